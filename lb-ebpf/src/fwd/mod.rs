@@ -1,0 +1,2 @@
+//! Forwarding methods.
+pub mod dr;

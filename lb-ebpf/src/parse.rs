@@ -1,0 +1,68 @@
+//! Header parsing with a bounds check before every read.
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{PROTO_TCP, PROTO_UDP, counter};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+const ETH_P_IP: u16 = 0x0800;
+/// IPv4 "more fragments" flag and fragment-offset bits of the `frags` field.
+const IP_MF_AND_OFFSET: u16 = 0x3fff;
+
+/// Pointer to a `T` at `offset` into the frame, or `Err` if the frame is too short.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// The fields of an IPv4 TCP/UDP frame the balancer needs.
+pub struct Ipv4Flow {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+}
+
+/// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the counter index of
+/// the reason the frame is not balanced.
+#[inline(always)]
+pub fn parse_ipv4_flow(ctx: &XdpContext) -> Result<Ipv4Flow, u32> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| counter::PASS_TRUNCATED)?;
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return Err(counter::PASS_NOT_IPV4);
+    }
+    let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).map_err(|()| counter::PASS_TRUNCATED)?;
+    let vihl = unsafe { (*ip).vihl };
+    let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl_bytes < Ipv4Hdr::LEN {
+        return Err(counter::PASS_BAD_HEADER);
+    }
+    let proto = unsafe { (*ip).proto };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(counter::PASS_NOT_TCP_UDP);
+    }
+    if u16::from_be_bytes(unsafe { (*ip).frags }) & IP_MF_AND_OFFSET != 0 {
+        return Err(counter::PASS_FRAGMENT);
+    }
+    let l4 = EthHdr::LEN + ihl_bytes;
+    let (sport, dport) = if proto == PROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(ctx, l4).map_err(|()| counter::PASS_TRUNCATED)?;
+        unsafe { ((*tcp).source, (*tcp).dest) }
+    } else {
+        let udp: *const UdpHdr = ptr_at(ctx, l4).map_err(|()| counter::PASS_TRUNCATED)?;
+        unsafe { ((*udp).src, (*udp).dst) }
+    };
+    Ok(Ipv4Flow {
+        src: unsafe { (*ip).src_addr },
+        dst: unsafe { (*ip).dst_addr },
+        sport,
+        dport,
+        proto,
+    })
+}

@@ -1,0 +1,62 @@
+//! `xlb demo`: an LVS-DR cluster in namespaces, balanced by xlb, answering curl.
+use std::{path::Path, time::Duration};
+
+use anyhow::Result;
+
+use crate::{
+    loader::AttachMode,
+    run::{install_stop_handler, stop_requested},
+    testbed::{CIP, DIP, DrCluster, VIP},
+};
+
+pub struct DemoOptions {
+    /// Requests to send before exiting; None: one a second until Ctrl-C.
+    pub requests: Option<u32>,
+    pub mode: AttachMode,
+    pub reals: usize,
+}
+
+pub fn demo(xlb: &Path, opts: DemoOptions) -> Result<()> {
+    install_stop_handler();
+    println!("== building the cluster (network namespaces)");
+    let mut cluster = DrCluster::build(xlb, opts.reals, opts.mode)?;
+    println!("   client    {CIP}");
+    println!("   director  {DIP}, VIP {VIP}  (namespace {})", cluster.director.name);
+    for rs in &cluster.reals {
+        println!("   {}       {}, VIP {VIP} on lo, arp_ignore=1 arp_announce=2, HTTP on :80", rs.name, rs.ip);
+    }
+    println!("== starting xlb on the director: xlb run --iface eth0 --mode {}", opts.mode.name());
+    for line in cluster.start_balancer()? {
+        println!("   {line}");
+    }
+    println!("== configuring DR round robin");
+    let service = format!("{VIP}:80");
+    println!("   $ xlb service add tcp {service} --scheduler rr");
+    cluster.xlb(&["service", "add", "tcp", &service, "--scheduler", "rr"])?;
+    for rs in &cluster.reals {
+        println!("   $ xlb real add tcp {service} {}", rs.ip);
+        cluster.xlb(&["real", "add", "tcp", &service, &rs.ip.to_string()])?;
+    }
+    match opts.requests {
+        Some(n) => println!("== {n} requests from the client: curl http://{VIP}/"),
+        None => println!("== a request a second from the client: curl http://{VIP}/  (Ctrl-C to stop)"),
+    }
+    let mut sent = 0;
+    while opts.requests.is_none_or(|n| sent < n) && !stop_requested() {
+        sent += 1;
+        let body = cluster.curl("/")?;
+        println!("   request {sent}: answered by {}", body.trim());
+        if opts.requests.is_none() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    println!("== per-real counters: xlb list");
+    for line in cluster.xlb(&["list"])?.lines() {
+        println!("   {line}");
+    }
+    println!("== cleaning up");
+    let status = cluster.stop_balancer()?;
+    drop(cluster);
+    println!("   xlb run exited ({status}); namespaces removed");
+    Ok(())
+}

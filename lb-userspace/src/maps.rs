@@ -1,0 +1,115 @@
+//! Typed handles on the fast path's maps, either taken from a freshly loaded object
+//! (and optionally pinned) or reopened from their pins by another `xlb` process.
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+};
+use lb_common::{ConnEntry, FlowKey, RealEntry, RealStats, ServiceInfo, ServiceKey, map_names};
+
+/// Where `xlb run` pins its maps unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    pub real_slots: Array<MapData, u32>,
+    pub reals: Array<MapData, RealEntry>,
+    pub conns: HashMap<MapData, FlowKey, ConnEntry>,
+    pub rr_cursors: PerCpuArray<MapData, u32>,
+    pub real_stats: PerCpuArray<MapData, RealStats>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object; with `pin_dir`, pins each one there first.
+    pub fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
+        let mut take = |name: &str| -> Result<Map> {
+            let map = ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"))?;
+            if let Some(dir) = pin_dir {
+                map.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))?;
+            }
+            Ok(map)
+        };
+        Self::from_maps(&mut take)
+    }
+
+    /// Reopens the maps a running `xlb run` pinned in `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        if !dir.join(map_names::SERVICES).exists() {
+            bail!(
+                "no running xlb found: {} holds no pinned maps (start one with `xlb run --iface IFACE`, or pass the --pin-dir it uses)",
+                dir.display()
+            );
+        }
+        let mut open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Self::from_maps(&mut open)
+    }
+
+    fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
+        Ok(Self {
+            services: get(map_names::SERVICES)?.try_into()?,
+            real_slots: get(map_names::REAL_SLOTS)?.try_into()?,
+            reals: get(map_names::REALS)?.try_into()?,
+            conns: get(map_names::CONNS)?.try_into()?,
+            rr_cursors: get(map_names::RR_CURSORS)?.try_into()?,
+            real_stats: get(map_names::REAL_STATS)?.try_into()?,
+            counters: get(map_names::COUNTERS)?.try_into()?,
+        })
+    }
+}
+
+/// Removes the pins `Maps::take` made, and the directory if it is then empty.
+pub fn unpin_all(dir: &Path) {
+    for name in map_names::ALL {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Makes sure bpffs is mounted at /sys/fs/bpf and `dir` exists on it.
+pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        fs::create_dir_all(bpffs).ok();
+        let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
+        if !status.success() {
+            bail!("/sys/fs/bpf is not a BPF filesystem and `mount -t bpf bpf /sys/fs/bpf` failed");
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// An exclusive lock on the pin directory, so two `xlb` commands never interleave
+/// their map updates. Released on drop.
+pub struct PinDirLock {
+    _dir: fs::File,
+    pub path: PathBuf,
+}
+
+impl PinDirLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let file = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("locking {}: {}", dir.display(), std::io::Error::last_os_error());
+        }
+        Ok(Self { _dir: file, path: dir.to_owned() })
+    }
+}

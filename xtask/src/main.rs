@@ -1,0 +1,247 @@
+//! `cargo xtask`: builds, runs, demos and tests xlb, bootstrapping the eBPF toolchain
+//! (nightly, rust-src, bpf-linker) and the system packages first.
+
+mod setup;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use setup::{cmd, ensure_setup, is_root};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run, demo and test xlb, the XDP layer-4 load balancer",
+    long_about = "Build, run, demo and test xlb, the XDP layer-4 load balancer.\n\n\
+        Every subcommand first checks the build prerequisites and installs what is missing: \
+        the nightly toolchain with rust-src, bpf-linker 0.10.3 and (as root, via apt-get) \
+        the tools the tests and demo use: iproute2, util-linux, ethtool, curl, bpftool, \
+        nftables and wrk."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build xlb (and its eBPF program) in release mode: target/release/xlb
+    Build,
+    /// Build xlb, then load it on the given interfaces until Ctrl-C (needs root)
+    Run {
+        /// Interface to attach the XDP program to (repeat for several)
+        #[arg(long, value_name = "IFACE", required = true)]
+        iface: Vec<String>,
+        /// Services and real servers to configure at startup (TOML)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// XDP attach mode (xlb's default: auto)
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+    },
+    /// Build xlb, then run its self-contained demo in network namespaces (needs root)
+    Demo {
+        /// Number of client requests the demo sends
+        #[arg(long, value_name = "N", conflicts_with = "iface")]
+        requests: Option<u64>,
+        /// XDP attach mode (xlb's default: auto)
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Demo on a real NIC instead: same as `cargo xtask run --iface IFACE [--config FILE]`
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        /// With --iface: services and real servers to configure (TOML)
+        #[arg(long, value_name = "FILE", requires = "iface")]
+        config: Option<PathBuf>,
+    },
+    /// Run the test suite in release mode (needs root: it loads XDP programs and creates
+    /// network namespaces)
+    #[command(after_help = "Arguments after `--` go to `cargo test`, e.g.\n  \
+                      cargo xtask test -- maglev -- --nocapture")]
+    Test {
+        /// Extra arguments for `cargo test`
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<String>,
+    },
+}
+
+/// XDP attach mode, passed through to `xlb --mode`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Native (driver) mode if the NIC supports it, else generic
+    Auto,
+    /// Driver mode only
+    Native,
+    /// Generic (skb) mode, works on any interface
+    Skb,
+}
+
+impl Mode {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Native => "native",
+            Mode::Skb => "skb",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    // Parsing first: `--help` and `help` must answer without bootstrapping anything.
+    let cli = Cli::parse();
+    ensure_setup()?;
+    match cli.command {
+        Task::Build => {
+            build()?;
+            Ok(())
+        }
+        Task::Run {
+            iface,
+            config,
+            mode,
+        } => run(&iface, config.as_deref(), mode),
+        // clap rejects --requests together with --iface.
+        Task::Demo {
+            mode,
+            iface: Some(iface),
+            config,
+            ..
+        } => {
+            let mut hint = format!("cargo xtask run --iface {iface}");
+            match &config {
+                Some(file) => hint += &format!(" --config {}", file.display()),
+                None => hint += " --config FILE",
+            }
+            println!("xtask: a demo on a real NIC is `{hint}`; running that");
+            run(&[iface], config.as_deref(), mode)
+        }
+        Task::Demo {
+            requests,
+            mode,
+            iface: None,
+            ..
+        } => demo(requests, mode),
+        Task::Test { args } => test(&args),
+    }
+}
+
+/// The workspace root: xtask lives at <root>/xtask.
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask's manifest dir has a parent")
+}
+
+/// Builds lb-userspace in release mode (its build.rs builds the eBPF object) and returns
+/// the path of the xlb binary.
+fn build() -> Result<PathBuf> {
+    let root = workspace_root();
+    let status = cmd("cargo")
+        .args(["build", "--release", "-p", "lb-userspace"])
+        .current_dir(root)
+        .status()
+        .context("failed to start cargo")?;
+    if !status.success() {
+        bail!("building xlb failed");
+    }
+    let xlb = root.join("target/release/xlb");
+    println!("xtask: built {}", xlb.display());
+    Ok(xlb)
+}
+
+fn require_root(message: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{message}");
+    }
+    Ok(())
+}
+
+/// xlb loads XDP programs and pins maps: checked before the (long) build so a non-root
+/// user learns it right away.
+fn require_root_for_xlb(subcommand: &str) -> Result<()> {
+    require_root(&format!(
+        "xlb {subcommand} needs root (CAP_BPF and CAP_NET_ADMIN): run as root or with sudo"
+    ))
+}
+
+fn run(ifaces: &[String], config: Option<&Path>, mode: Option<Mode>) -> Result<()> {
+    require_root_for_xlb("run")?;
+    let xlb = build()?;
+    let mut command = Command::new(xlb);
+    command.arg("run");
+    for iface in ifaces {
+        command.args(["--iface", iface]);
+    }
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    if let Some(mode) = mode {
+        command.args(["--mode", mode.as_arg()]);
+    }
+    exit_like(wait_through_ctrl_c(command)?)
+}
+
+fn demo(requests: Option<u64>, mode: Option<Mode>) -> Result<()> {
+    require_root_for_xlb("demo")?;
+    let xlb = build()?;
+    let mut command = Command::new(xlb);
+    command.arg("demo");
+    if let Some(requests) = requests {
+        command.args(["--requests", &requests.to_string()]);
+    }
+    if let Some(mode) = mode {
+        command.args(["--mode", mode.as_arg()]);
+    }
+    exit_like(wait_through_ctrl_c(command)?)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    require_root(
+        "the test suite loads XDP programs and creates network namespaces: run it as root",
+    )?;
+    // The default members already leave out lb-ebpf, which only builds for BPF.
+    let mut command = cmd("cargo");
+    command
+        .args(["test", "--release"])
+        .args(args)
+        .current_dir(workspace_root())
+        .env("RUST_BACKTRACE", "1");
+    exit_like(wait_through_ctrl_c(command)?)
+}
+
+/// Spawns `command` and waits for it with SIGINT ignored here.
+///
+/// Ctrl-C reaches the whole foreground process group; the child handles it (xlb detaches
+/// its programs and prints a summary) while we stay alive to report its exit status.
+/// SIGINT is ignored only after the spawn, since an ignored signal would be inherited.
+fn wait_through_ctrl_c(mut command: Command) -> Result<ExitStatus> {
+    let mut child = command.spawn().with_context(|| {
+        format!(
+            "failed to start {}",
+            command.get_program().to_string_lossy()
+        )
+    })?;
+    // SAFETY: installing SIG_IGN involves no handler code, so nothing can be unsound.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = child
+        .wait()
+        .context("waiting for the child process failed")?;
+    Ok(status)
+}
+
+/// Exits with the child's status: its exit code, or 128+N if signal N killed it.
+fn exit_like(status: ExitStatus) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(1);
+    std::process::exit(code);
+}
