@@ -2,6 +2,7 @@
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -9,8 +10,12 @@ use anyhow::{Context, Result, bail};
 
 /// A short id unique to this run, for namespace and interface names.
 pub fn run_id() -> String {
+    // Tests build several clusters in one process at once: a counter keeps them apart.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{:05x}", (std::process::id() ^ nanos.rotate_left(7)) & 0xfffff)
+    let mixed = (std::process::id() << 4) ^ (nanos >> 10) ^ seq.wrapping_mul(0x9e37);
+    format!("{:05x}{:x}", mixed & 0xfffff, seq & 0xf)
 }
 
 /// Runs a command and returns its stdout; a failure carries the command and its stderr.

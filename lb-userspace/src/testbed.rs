@@ -203,6 +203,11 @@ impl DrCluster {
 
     /// Starts `xlb run` on the director's NIC; returns the lines it printed (attach mode).
     pub fn start_balancer(&mut self) -> Result<Vec<String>> {
+        self.start_balancer_with(&[])
+    }
+
+    /// `xlb run` with extra arguments (for example `--config FILE`).
+    pub fn start_balancer_with(&mut self, extra: &[&str]) -> Result<Vec<String>> {
         if self.mode != AttachMode::Skb {
             // Native XDP_TX on a veth is delivered only if the peer runs XDP too.
             let mut stub = self.switch.command(&self.xlb);
@@ -210,7 +215,9 @@ impl DrCluster {
             let (guard, _) = spawn_until_ready("XDP pass stub on the switch port", stub, Duration::from_secs(20))?;
             self.children.push(guard);
         }
-        let cmd = self.xlb_command(&["run", "--iface", NIC, "--mode", self.mode.name()]);
+        let mut args = vec!["run", "--iface", NIC, "--mode", self.mode.name()];
+        args.extend_from_slice(extra);
+        let cmd = self.xlb_command(&args);
         let (guard, lines) = spawn_until_ready("xlb run on the director", cmd, Duration::from_secs(30))?;
         self.children.push(guard);
         Ok(lines)

@@ -1,0 +1,164 @@
+//! End to end through real namespaces: real HTTP servers, real curl, xlb attached to a
+//! veth in native and in SKB mode. Needs root; fails (never skips) without it.
+use std::{path::Path, process::Command};
+
+use lb_userspace::{
+    loader::AttachMode,
+    testbed::{DrCluster, VIP},
+};
+
+const XLB: &str = env!("CARGO_BIN_EXE_xlb");
+
+fn cluster(mode: AttachMode) -> DrCluster {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the end-to-end tests create namespaces and attach XDP: run them as root (cargo xtask test)");
+    DrCluster::build(Path::new(XLB), 2, mode).expect("build the namespace cluster")
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
+}
+
+fn xdp_attached(cluster: &DrCluster) -> bool {
+    cluster.director.ip(&["link", "show", "eth0"]).unwrap().contains("xdp")
+}
+
+fn dr_round_robin(mode: AttachMode) {
+    let mut c = cluster(mode);
+    let lines = c.start_balancer().expect("start xlb run");
+    let attach_line = format!("attached to eth0 in {} mode", mode.name());
+    assert!(lines.iter().any(|l| l.contains(&attach_line)), "xlb run said {lines:?}");
+    assert!(xdp_attached(&c));
+    c.configure_service().expect("configure the service");
+
+    let answers: Vec<String> = (0..6).map(|_| c.curl("/").expect("curl through the VIP").trim().to_string()).collect();
+    assert_eq!(answers, ["rs1", "rs2", "rs1", "rs2", "rs1", "rs2"], "round robin over new connections");
+
+    // A multi-segment transfer: every request segment and ACK goes through the fast path.
+    let big = c.curl("/bytes/3000000").expect("3 MB transfer");
+    assert_eq!(big.len(), 3_000_000);
+    assert!(big.bytes().enumerate().all(|(i, b)| b == b'a' + (i % 26) as u8), "body corrupted");
+
+    let list = json(&c.xlb(&["list", "--json"]).unwrap());
+    let reals = list[0]["reals"].as_array().unwrap();
+    assert_eq!(list[0]["vip"], VIP.to_string());
+    assert_eq!(reals.len(), 2);
+    let conns: Vec<u64> = reals.iter().map(|r| r["conns"].as_u64().unwrap()).collect();
+    assert_eq!(conns.iter().sum::<u64>(), 7, "{list}");
+    assert!(conns.iter().all(|&n| n >= 3), "{list}");
+    for r in reals {
+        assert!(r["packets"].as_u64().unwrap() >= 3 * 5, "each connection is several packets: {r}");
+        assert!(r["mac"].is_string(), "MAC resolved from the kernel: {r}");
+    }
+    let counters = json(&c.xlb(&["counters", "--json"]).unwrap());
+    let routed: u64 = reals.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
+    assert_eq!(counters["tx_dr"].as_u64().unwrap(), routed, "{counters}");
+
+    let status = c.stop_balancer().unwrap();
+    assert!(status.success(), "xlb run exit status {status}");
+    assert!(!xdp_attached(&c), "xlb run must detach on Ctrl-C");
+    assert!(!c.pin_dir.exists(), "xlb run must remove its pins");
+}
+
+#[test]
+fn dr_round_robin_native_mode() {
+    dr_round_robin(AttachMode::Native);
+}
+
+#[test]
+fn dr_round_robin_skb_mode() {
+    dr_round_robin(AttachMode::Skb);
+}
+
+#[test]
+fn config_file_is_applied_at_start() {
+    let mut c = cluster(AttachMode::Skb);
+    let dir = tempdir();
+    let cfg = dir.join("xlb.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\nreals = [\"10.99.0.11\", \"10.99.0.12\"]\n"),
+    )
+    .unwrap();
+    c.start_balancer_with(&["--config", cfg.to_str().unwrap()]).expect("xlb run --config");
+    let answers: Vec<String> = (0..4).map(|_| c.curl("/").unwrap().trim().to_string()).collect();
+    assert_eq!(answers, ["rs1", "rs2", "rs1", "rs2"]);
+}
+
+#[test]
+fn bad_config_is_rejected_before_anything_is_attached() {
+    let c = cluster(AttachMode::Skb);
+    let dir = tempdir();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[[service]]\nvip = \"10.99.0.100\"\nport = 80\nreals = [\"10.99.0.11\", \"10.99.0.300\"]\n").unwrap();
+    let out = c.xlb_command(&["run", "--iface", "eth0", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`10.99.0.300` is not an IPv4 address") && err.contains("bad.toml"), "{err}");
+    assert!(!xdp_attached(&c));
+    assert!(!c.pin_dir.exists());
+}
+
+#[test]
+fn cli_errors_are_clear_and_change_nothing() {
+    let mut c = cluster(AttachMode::Skb);
+    let err = |args: &[&str]| {
+        let out = c.xlb_command(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(err(&["list"]).contains("no running xlb found"));
+    c.start_balancer().unwrap();
+    c.configure_service().unwrap();
+    let before = c.xlb(&["list", "--json"]).unwrap();
+    let err = |args: &[&str]| {
+        let out = c.xlb_command(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(err(&["service", "add", "tcp", "10.99.0.100:80"]).contains("Service already exists"));
+    assert!(err(&["service", "add", "tcp", "10.99.0.100"]).contains("not VIP:PORT"));
+    assert!(err(&["service", "add", "tcp", "10.99.0.100:99999"]).contains("not a port"));
+    assert!(err(&["service", "add", "sctp", "10.99.0.100:80"]).contains("unknown protocol"));
+    assert!(err(&["service", "add", "tcp", "10.99.0.100:81", "-s", "fancy"]).contains("unknown scheduler"));
+    assert!(err(&["real", "add", "tcp", "10.99.0.100:80", "10.99.0.11"]).contains("Destination already exists"));
+    assert!(err(&["real", "add", "tcp", "10.99.0.100:81", "10.99.0.11"]).contains("No such service"));
+    assert!(err(&["real", "del", "tcp", "10.99.0.100:80", "10.99.0.99"]).contains("No such destination"));
+    assert!(err(&["real", "add", "tcp", "10.99.0.100:80", "10.99.0.256"]).contains("invalid"));
+    assert_eq!(c.xlb(&["list", "--json"]).unwrap(), before, "failed commands must change nothing");
+    // Removing a real takes it out of rotation at once.
+    c.xlb(&["real", "del", "tcp", "10.99.0.100:80", "10.99.0.11"]).unwrap();
+    let answers: Vec<String> = (0..3).map(|_| c.curl("/").unwrap().trim().to_string()).collect();
+    assert_eq!(answers, ["rs2", "rs2", "rs2"]);
+}
+
+#[test]
+fn demo_runs_non_interactively_and_cleans_up() {
+    let out = Command::new(XLB).args(["demo", "--requests", "4"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<&str> = stdout.lines().filter_map(|l| l.split("answered by ").nth(1)).collect();
+    assert_eq!(answers, ["rs1", "rs2", "rs1", "rs2"], "{stdout}");
+    assert!(stdout.contains("Route"), "the demo lists per-real counters: {stdout}");
+    let ns = stdout.split("(namespace ").nth(1).and_then(|s| s.split(')').next()).expect("namespace name in output");
+    let listed = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    assert!(!listed.contains(ns), "demo left namespace {ns} behind");
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(std::path::PathBuf);
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn tempdir() -> TempDir {
+    let dir = std::env::temp_dir().join(format!("xlb-test-{}", lb_userspace::netns::run_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
