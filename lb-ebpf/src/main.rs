@@ -18,7 +18,14 @@ use crate::maps::SERVICES;
 /// The load balancer, attached to the director's NIC.
 #[xdp]
 pub fn xlb_balance(ctx: XdpContext) -> u32 {
-    try_balance(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    balance(&ctx)
+}
+
+/// The whole balancing decision for one frame: the verdict, with the frame rewritten
+/// when it is forwarded. Wrappers (benchmarks) call this too.
+#[inline(always)]
+pub fn balance(ctx: &XdpContext) -> u32 {
+    try_balance(ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 /// XDP_PASS stub for the peer of a veth: native XDP_TX on a veth is only delivered
