@@ -1,33 +1,78 @@
 //! Map keys, values and constants shared by the XDP fast path (`lb-ebpf`) and the
-//! controller (`lb-userspace`). Everything here is `#[repr(C)]` and plain old data.
+//! controller (`lb-userspace`), plus the pure logic both must agree on (TCP state
+//! transitions, scheduler hashes). Everything here is `#[repr(C)]` plain old data.
 //!
 //! Addresses and ports are stored exactly as they appear on the wire (network byte
 //! order in memory), so the fast path can build keys from packet bytes with no swaps.
 #![no_std]
 
-/// Largest number of services (VIP:port:protocol entries).
-pub const MAX_SERVICES: u32 = 1024;
-/// Largest number of real servers in one service.
-pub const MAX_REALS_PER_SERVICE: u32 = 256;
-/// Largest number of real-server entries over all services.
-pub const MAX_REALS: u32 = 16384;
-/// Entries in the connection table (LRU: the least recently used flow is evicted).
+pub mod hash;
+pub mod tcp;
+
+/// Frontend keys (VIP:port:protocol entries), over all services.
+pub const MAX_FRONTENDS: u32 = 65_536;
+/// Virtual services (a plain VIP:port service, or a group sharing reals and persistence).
+pub const MAX_SERVICES: u32 = 4096;
+/// Real servers in one service.
+pub const MAX_REALS_PER_SERVICE: u32 = 1024;
+/// Real-server ids over all services.
+pub const MAX_REALS: u32 = 65_536;
+/// Entries in the connection table. When it is full, new connections are dropped and
+/// counted; established ones are never evicted.
 pub const MAX_CONNS: u32 = 262_144;
+/// Persistence templates (client network → real).
+pub const MAX_PERSIST: u32 = 65_536;
+/// u32 slots shared by every service's real list and scheduling table.
+pub const POOL_SLOTS: u32 = 1 << 22;
+/// Longest weighted round-robin sequence; weights are scaled down beyond it.
+pub const WRR_MAX_SEQUENCE: u32 = 65_536;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Scheduler ids stored in [`ServiceInfo::scheduler`].
-pub const SCHED_RR: u32 = 0;
+/// Scheduler ids ([`ServiceInfo::scheduler`]), IPVS's set.
+pub mod sched {
+    pub const RR: u32 = 0;
+    pub const WRR: u32 = 1;
+    pub const SH: u32 = 2;
+    pub const DH: u32 = 3;
+    pub const LC: u32 = 4;
+    pub const WLC: u32 = 5;
+    pub const SED: u32 = 6;
+    pub const NQ: u32 = 7;
+    pub const MH: u32 = 8;
+    pub const FO: u32 = 9;
+    pub const OVF: u32 = 10;
+}
 
-/// [`RealEntry::flags`]: the slot is used by a real server.
-pub const REAL_IN_USE: u16 = 1;
-/// [`RealEntry::flags`]: `mac` holds the real server's resolved MAC address.
-pub const REAL_MAC_VALID: u16 = 2;
+/// [`ServiceInfo::flags`].
+pub mod svc_flags {
+    /// Persistent service: a client network keeps its real across connections and ports.
+    pub const PERSISTENT: u32 = 1;
+    /// One-packet scheduling (UDP): every datagram is scheduled, no connection entry.
+    pub const ONE_PACKET: u32 = 2;
+    /// sh: hash the source port too.
+    pub const SH_PORT: u32 = 4;
+    /// sh: if the hashed real is unavailable, try the next buckets.
+    pub const SH_FALLBACK: u32 = 8;
+    /// mh: hash the source port too.
+    pub const MH_PORT: u32 = 16;
+    /// mh: if the hashed real is unavailable, rehash.
+    pub const MH_FALLBACK: u32 = 32;
+}
 
-/// Key of the service map: one virtual service.
+/// [`RealEntry::flags`].
+pub mod real_flags {
+    /// `mac` holds the real server's resolved MAC address.
+    pub const MAC_VALID: u16 = 1;
+    /// Removed from its service: no new flows; its flows continue or are dropped as
+    /// `expire_nodest_conn` says, and the id is freed once it has no connections.
+    pub const REMOVED: u16 = 2;
+}
+
+/// Frontend key: one VIP:port:protocol. Several may lead to one service.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     /// Virtual IPv4 address, wire order.
     pub vip: [u8; 4],
@@ -46,38 +91,71 @@ impl ServiceKey {
     }
 }
 
-/// Value of the service map.
+/// A service: how it schedules, and where its real list and scheduling table are in the
+/// pool. Replaced whole (a hash-map update is atomic), so the fast path never sees a
+/// half-updated table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
-    /// Index of this service's row in the real-slot table and the scheduler cursors.
     pub id: u32,
-    /// Number of valid entries in this service's row of the real-slot table.
-    pub real_count: u32,
     pub scheduler: u32,
     pub flags: u32,
+    /// Persistence timeout in seconds (with [`svc_flags::PERSISTENT`]).
+    pub persist_timeout: u32,
+    /// Persistence netmask, wire order.
+    pub persist_mask: [u8; 4],
+    /// Firewall mark of a group service (0: a plain VIP:port service).
+    pub fwmark: u32,
+    /// Pool slots listing every real id of the service (schedulers that scan).
+    pub reals_off: u32,
+    pub reals_len: u32,
+    /// Pool slots of the scheduling table (rr/wrr sequence, sh/dh buckets, mh table).
+    pub table_off: u32,
+    pub table_len: u32,
 }
 
-/// One real server, indexed by its real id in the reals array.
+/// One real server, keyed by its real id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RealEntry {
     /// Real server IPv4 address, wire order.
     pub ip: [u8; 4],
-    /// The service this real belongs to (its [`ServiceInfo::id`]).
     pub service_id: u32,
     pub mac: [u8; 6],
     pub flags: u16,
     /// Interface the real server is reached through.
     pub ifindex: u32,
+    /// 0..=65535; 0 is quiescent: no new flows, established flows continue.
+    pub weight: u32,
+    /// Upper connection threshold (0: none): at or above it the real takes no new flows.
+    pub u_threshold: u32,
+    /// Lower threshold, kept for listings and save files (IPVS's hysteresis bound).
+    pub l_threshold: u32,
 }
 
 impl RealEntry {
-    pub const fn in_use(&self) -> bool {
-        self.flags & REAL_IN_USE != 0
-    }
     pub const fn mac_valid(&self) -> bool {
-        self.flags & REAL_MAC_VALID != 0
+        self.flags & real_flags::MAC_VALID != 0
+    }
+    pub const fn removed(&self) -> bool {
+        self.flags & real_flags::REMOVED != 0
+    }
+}
+
+/// Live connection counts of a real, shared by all CPUs (atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealLoad {
+    /// Connections in ESTABLISHED (IPVS's ActiveConn).
+    pub active: u64,
+    /// Connections in any other state, and UDP flows (IPVS's InActConn).
+    pub inactive: u64,
+}
+
+impl RealLoad {
+    /// IPVS's ip_vs_dest_conn_overhead: an active connection weighs 256 inactive ones.
+    pub const fn overhead(&self) -> u64 {
+        (self.active << 8) + self.inactive
     }
 }
 
@@ -93,14 +171,64 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of the connection table: where the flow goes.
+/// Value of the connection table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
     pub real_id: u32,
-    /// The real's address when the flow was scheduled; a real id reused by another
-    /// real server no longer matches, so the flow is rescheduled instead of misrouted.
+    /// The real's address when the flow was scheduled; a real id since reused by another
+    /// server no longer matches, so the flow is never sent to the wrong machine.
     pub real_ip: [u8; 4],
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet.
+    pub last_seen_ns: u64,
+    /// [`tcp`] state, or [`tcp::UDP`].
+    pub state: u8,
+    pub _pad: [u8; 3],
+    pub service_id: u32,
+}
+
+/// Key of the persistence table: a client network within a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    pub service_id: u32,
+    /// Client address masked with the service's persistence netmask, wire order.
+    pub client: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistEntry {
+    pub real_id: u32,
+    pub real_ip: [u8; 4],
+    pub last_seen_ns: u64,
+}
+
+/// Global settings (one entry): timeouts as `ipvsadm --set` and IPVS's sysctls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Idle timeout per TCP state, seconds, indexed by [`tcp`] state.
+    pub tcp_timeouts: [u32; tcp::STATE_COUNT],
+    pub udp_timeout: u32,
+    /// IPVS's expire_nodest_conn: 0 keeps forwarding a removed real's flows to it,
+    /// 1 drops their packets and forgets them.
+    pub expire_nodest_conn: u32,
+    /// IPVS's sloppy_tcp: 1 lets a TCP packet other than SYN start a connection.
+    pub sloppy_tcp: u32,
+    pub _pad: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            tcp_timeouts: tcp::DEFAULT_TIMEOUTS,
+            udp_timeout: 300,
+            expire_nodest_conn: 0,
+            sloppy_tcp: 0,
+            _pad: 0,
+        }
+    }
 }
 
 /// Per-real, per-CPU traffic counters.
@@ -137,13 +265,19 @@ pub mod counter {
     pub const PASS_FRAGMENT: u32 = 5;
     /// The chosen real's MAC address is not resolved yet.
     pub const PASS_NEIGH_UNRESOLVED: u32 = 6;
-    /// Service has no real server to send to.
+    /// The scheduler found no available real (none, all quiescent or overloaded).
     pub const DROP_NO_REAL: u32 = 7;
     /// Forwarded to a real server by direct routing (XDP_TX).
     pub const TX_DR: u32 = 8;
-    /// Connection-table insert failed; the packet was still forwarded.
-    pub const CONN_INSERT_FAILED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// The connection table is full: a new connection was dropped.
+    pub const DROP_CONN_TABLE_FULL: u32 = 9;
+    /// A TCP packet other than SYN with no connection: left to the kernel (which resets it).
+    pub const PASS_NO_CONN: u32 = 10;
+    /// A packet of a flow whose real was removed, with expire_nodest_conn set.
+    pub const DROP_NODEST: u32 = 11;
+    /// The persistence table is full: the connection was scheduled without a template.
+    pub const PERSIST_TABLE_FULL: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -156,25 +290,28 @@ pub mod counter {
         "pass_neigh_unresolved",
         "drop_no_real",
         "tx_dr",
-        "conn_insert_failed",
+        "drop_conn_table_full",
+        "pass_no_conn",
+        "drop_nodest",
+        "persist_table_full",
     ];
-}
-
-/// Index into the real-slot table for slot `slot` of service `service_id`.
-pub const fn slot_index(service_id: u32, slot: u32) -> u32 {
-    service_id * MAX_REALS_PER_SERVICE + slot
 }
 
 /// Names of the maps in the eBPF object (and of their pins in bpffs).
 pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
-    pub const REAL_SLOTS: &str = "REAL_SLOTS";
+    pub const SERVICE_INFO: &str = "SERVICE_INFO";
+    pub const POOL: &str = "POOL";
     pub const REALS: &str = "REALS";
+    pub const REAL_LOAD: &str = "REAL_LOAD";
     pub const CONNS: &str = "CONNS";
+    pub const PERSIST: &str = "PERSIST";
+    pub const SETTINGS: &str = "SETTINGS";
     pub const RR_CURSORS: &str = "RR_CURSORS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 7] = [SERVICES, REAL_SLOTS, REALS, CONNS, RR_CURSORS, REAL_STATS, COUNTERS];
+    pub const ALL: [&str; 11] =
+        [SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS];
 }
 
 #[cfg(feature = "user")]
@@ -183,8 +320,12 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceInfo {}
     unsafe impl aya::Pod for RealEntry {}
+    unsafe impl aya::Pod for RealLoad {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for PersistEntry {}
+    unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for RealStats {}
 }
 
@@ -198,9 +339,11 @@ mod tests {
         // The kernel compares keys bytewise: hidden padding would make equal keys differ.
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<RealEntry>(), 20);
-        assert_eq!(size_of::<ConnEntry>(), 8);
-        assert_eq!(size_of::<ServiceInfo>(), 16);
+        assert_eq!(size_of::<PersistKey>(), 8);
+        assert_eq!(size_of::<RealEntry>(), 32);
+        assert_eq!(size_of::<ConnEntry>(), 24);
+        assert_eq!(size_of::<ServiceInfo>(), 40);
+        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 4));
     }
 
     #[test]
@@ -211,14 +354,14 @@ mod tests {
     }
 
     #[test]
-    fn slot_index_rows_do_not_overlap() {
-        assert_eq!(slot_index(0, MAX_REALS_PER_SERVICE - 1) + 1, slot_index(1, 0));
-        assert!(slot_index(MAX_SERVICES - 1, MAX_REALS_PER_SERVICE - 1) < MAX_SERVICES * MAX_REALS_PER_SERVICE);
-    }
-
-    #[test]
     fn counter_names_cover_every_counter() {
         assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
         assert_eq!(counter::NAMES[counter::TX_DR as usize], "tx_dr");
+        assert_eq!(counter::NAMES[counter::PERSIST_TABLE_FULL as usize], "persist_table_full");
+    }
+
+    #[test]
+    fn overhead_weighs_active_connections_256_times() {
+        assert_eq!(RealLoad { active: 2, inactive: 3 }.overhead(), 515);
     }
 }

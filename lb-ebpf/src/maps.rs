@@ -1,30 +1,45 @@
 //! Every map of the fast path, declared together. Layouts live in lb-common.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    ConnEntry, FlowKey, MAX_CONNS, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, RealEntry,
-    RealStats, ServiceInfo, ServiceKey, counter,
+    ConnEntry, FlowKey, MAX_CONNS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES, POOL_SLOTS,
+    PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, counter,
 };
 
-/// VIP:port:protocol → service.
+/// VIP:port:protocol → service id. Several frontends may share a service (a group).
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
 
-/// Row `service id` holds the real ids the scheduler picks from (`real_count` of them).
+/// Service id → service. Replaced whole on every change (atomic for the fast path).
 #[map]
-pub static REAL_SLOTS: Array<u32> =
-    Array::with_max_entries(MAX_SERVICES * MAX_REALS_PER_SERVICE, 0);
+pub static SERVICE_INFO: HashMap<u32, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// Real id → real server.
+/// Real-id lists and scheduling tables of every service, at the offsets ServiceInfo names.
 #[map]
-pub static REALS: Array<RealEntry> = Array::with_max_entries(MAX_REALS, 0);
+pub static POOL: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
 
-/// Client flow → chosen real (flow affinity). Shared by all CPUs: a flow's packets
-/// may arrive on any of them.
+/// Real id → real server (a hash map: updates replace the entry atomically).
 #[map]
-pub static CONNS: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+pub static REALS: HashMap<u32, RealEntry> = HashMap::with_max_entries(MAX_REALS, 0);
+
+/// Real id → live connection counts, shared by all CPUs (atomic adds).
+#[map]
+pub static REAL_LOAD: Array<RealLoad> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Client flow → its real and TCP state. A plain hash, not LRU: when full, new
+/// connections are refused rather than established ones evicted and misrouted.
+#[map]
+pub static CONNS: HashMap<FlowKey, ConnEntry> = HashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Persistence templates: client network within a service → real.
+#[map]
+pub static PERSIST: HashMap<PersistKey, PersistEntry> = HashMap::with_max_entries(MAX_PERSIST, 0);
+
+/// Timeouts and IPVS-style switches (one entry).
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Round-robin position per service, one per CPU: no shared counter to contend on.
 #[map]

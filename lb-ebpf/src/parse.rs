@@ -27,6 +27,8 @@ pub struct Ipv4Flow {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 /// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the counter index of
@@ -51,12 +53,13 @@ pub fn parse_ipv4_flow(ctx: &XdpContext) -> Result<Ipv4Flow, u32> {
         return Err(counter::PASS_FRAGMENT);
     }
     let l4 = EthHdr::LEN + ihl_bytes;
-    let (sport, dport) = if proto == PROTO_TCP {
+    let (sport, dport, tcp_flags) = if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, l4).map_err(|()| counter::PASS_TRUNCATED)?;
-        unsafe { ((*tcp).source, (*tcp).dest) }
+        // Byte 13 of the TCP header holds CWR..FIN.
+        unsafe { ((*tcp).source, (*tcp).dest, *(tcp as *const u8).add(13)) }
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, l4).map_err(|()| counter::PASS_TRUNCATED)?;
-        unsafe { ((*udp).src, (*udp).dst) }
+        unsafe { ((*udp).src, (*udp).dst, 0) }
     };
     Ok(Ipv4Flow {
         src: unsafe { (*ip).src_addr },
@@ -64,5 +67,6 @@ pub fn parse_ipv4_flow(ctx: &XdpContext) -> Result<Ipv4Flow, u32> {
         sport,
         dport,
         proto,
+        tcp_flags,
     })
 }

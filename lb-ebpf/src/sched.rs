@@ -1,27 +1,237 @@
-//! Schedulers: choose a real server for a new flow.
-use lb_common::{MAX_REALS_PER_SERVICE, RealEntry, ServiceInfo, slot_index};
+//! IPVS's schedulers: choose a real server for a new connection.
+//!
+//! Table schedulers (rr, wrr, sh, dh, mh) look up a table the controller precomputed,
+//! O(1) per connection. The least-connection family (lc, wlc, sed, nq) and fo/ovf scan
+//! the service's reals with their live counts, as IPVS does, for new connections only.
+use core::ffi::c_void;
 
-use crate::maps::{REAL_SLOTS, REALS, RR_CURSORS};
+use aya_ebpf::helpers::bpf_loop;
+use lb_common::{
+    FlowKey, MAX_REALS_PER_SERVICE, RealEntry, RealLoad, ServiceInfo, hash, sched, svc_flags,
+};
 
-/// Round robin over the service's real slots. The cursor is per CPU, so CPUs never
-/// contend on one counter; each CPU's sequence is an exact rotation.
+use crate::maps::{POOL, REAL_LOAD, REALS, RR_CURSORS};
+
+/// Table entries a round-robin pick may skip over (overloaded reals) before giving up.
+const RR_MAX_PROBES: u32 = 64;
+/// Rehash rounds of mh-fallback.
+const MH_FALLBACK_ROUNDS: u32 = 16;
+
 #[inline(always)]
-pub fn round_robin(svc: &ServiceInfo) -> Option<(u32, RealEntry)> {
-    let count = svc.real_count;
-    if count == 0 || count > MAX_REALS_PER_SERVICE {
+fn load(real_id: u32) -> RealLoad {
+    REAL_LOAD.get(real_id).copied().unwrap_or_default()
+}
+
+/// A real can take a new connection: not removed, weight > 0, under its upper threshold.
+#[inline(always)]
+fn available(real: &RealEntry, load: &RealLoad) -> bool {
+    !real.removed()
+        && real.weight > 0
+        && (real.u_threshold == 0 || load.active + load.inactive < real.u_threshold as u64)
+}
+
+/// The real at pool slot `slot`, with its load, if it can take a connection.
+#[inline(always)]
+fn available_at(slot: u32) -> Option<(u32, RealEntry)> {
+    let real_id = *POOL.get(slot)?;
+    let real = unsafe { REALS.get(&real_id) }?;
+    if available(real, &load(real_id)) { Some((real_id, *real)) } else { None }
+}
+
+#[inline(always)]
+pub fn schedule(svc: &ServiceInfo, flow: &FlowKey) -> Option<(u32, RealEntry)> {
+    match svc.scheduler {
+        sched::RR | sched::WRR => round_robin(svc),
+        sched::SH => source_hash(svc, flow),
+        sched::DH => {
+            if svc.table_len == 0 {
+                return None;
+            }
+            let bucket = hash::dh_bucket(u32::from_be_bytes(flow.dst)) % svc.table_len;
+            available_at(svc.table_off + bucket)
+        }
+        sched::MH => maglev(svc, flow),
+        _ => scan(svc),
+    }
+}
+
+/// Calls `step(i, ctx)` for i in 0..n until it returns 1, through the bpf_loop
+/// helper: the verifier checks `step` once instead of every iteration.
+#[inline(always)]
+fn bpf_for<C>(n: u32, ctx: &mut C, step: extern "C" fn(u64, *mut c_void) -> i64) {
+    unsafe { bpf_loop(n, step as usize as *mut c_void, (ctx as *mut C).cast(), 0) };
+}
+
+/// rr and wrr: walk the precomputed sequence (wrr's is the smooth weighted order, so
+/// the long-run ratios are exact and no real gets a burst). The cursor is per CPU.
+#[inline(always)]
+fn round_robin(svc: &ServiceInfo) -> Option<(u32, RealEntry)> {
+    if svc.table_len == 0 {
         return None;
     }
     let cursor = RR_CURSORS.get_ptr_mut(svc.id)?;
-    let mut slot = unsafe { *cursor };
-    if slot >= count {
-        // The service shrank since this CPU last scheduled: start over.
-        slot = 0;
+    let mut walk = TableWalk { svc: *svc, pos: unsafe { *cursor }, found: Found::default() };
+    bpf_for(RR_MAX_PROBES, &mut walk, rr_step);
+    unsafe { *cursor = walk.pos };
+    walk.found.get()
+}
+
+/// What a bpf_loop step found. Plain fields, not an Option: a callback storing `None`
+/// would leave the payload bytes undefined, which the verifier rejects.
+#[derive(Default)]
+struct Found {
+    ok: bool,
+    real_id: u32,
+    real: RealEntry,
+}
+
+impl Found {
+    /// Records `candidate` if there is one. Returns bpf_loop's verdict: 1 (stop) when
+    /// it did, else 0 — constants, which the verifier can bound.
+    #[inline(always)]
+    fn take(&mut self, candidate: Option<(u32, RealEntry)>) -> i64 {
+        match candidate {
+            Some((real_id, real)) => {
+                *self = Found { ok: true, real_id, real };
+                1
+            }
+            None => 0,
+        }
     }
-    unsafe { *cursor = if slot + 1 >= count { 0 } else { slot + 1 } };
-    let real_id = *REAL_SLOTS.get(slot_index(svc.id, slot))?;
-    let real = REALS.get(real_id)?;
-    if !real.in_use() || real.service_id != svc.id {
+    #[inline(always)]
+    fn get(&self) -> Option<(u32, RealEntry)> {
+        if self.ok { Some((self.real_id, self.real)) } else { None }
+    }
+}
+
+struct TableWalk {
+    svc: ServiceInfo,
+    pos: u32,
+    found: Found,
+}
+
+extern "C" fn rr_step(_: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut TableWalk) };
+    if w.pos >= w.svc.table_len {
+        w.pos = 0; // also when the table shrank since this CPU last scheduled
+    }
+    let slot = w.svc.table_off + w.pos;
+    w.pos += 1;
+    w.found.take(available_at(slot))
+}
+
+struct HashWalk {
+    table_off: u32,
+    table_len: u32,
+    addr: u32,
+    port: u16,
+    start: u32,
+    found: Found,
+}
+
+#[inline(always)]
+fn source_hash(svc: &ServiceInfo, flow: &FlowKey) -> Option<(u32, RealEntry)> {
+    if svc.table_len != hash::SH_TABLE_SIZE {
         return None;
     }
-    Some((real_id, *real))
+    let addr = u32::from_be_bytes(flow.src);
+    let port = if svc.flags & svc_flags::SH_PORT != 0 { u16::from_be_bytes(flow.sport) } else { 0 };
+    let bucket = hash::sh_bucket(addr, port, 0);
+    if let Some(found) = available_at(svc.table_off + bucket) {
+        return Some(found);
+    }
+    if svc.flags & svc_flags::SH_FALLBACK == 0 {
+        return None;
+    }
+    // IPVS's ip_vs_sh_get_fallback: walk the whole table from the hashed bucket.
+    let mut walk =
+        HashWalk { table_off: svc.table_off, table_len: svc.table_len, addr, port, start: bucket, found: Found::default() };
+    bpf_for(hash::SH_TABLE_SIZE, &mut walk, sh_fallback_step);
+    walk.found.get()
+}
+
+extern "C" fn sh_fallback_step(offset: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut HashWalk) };
+    let b = hash::sh_bucket(w.addr, w.port, (offset as u32 + w.start) & (hash::SH_TABLE_SIZE - 1));
+    w.found.take(available_at(w.table_off + b))
+}
+
+#[inline(always)]
+fn maglev(svc: &ServiceInfo, flow: &FlowKey) -> Option<(u32, RealEntry)> {
+    let len = svc.table_len;
+    if len == 0 {
+        return None;
+    }
+    let addr = u32::from_be_bytes(flow.src);
+    let port = if svc.flags & svc_flags::MH_PORT != 0 { u16::from_be_bytes(flow.sport) } else { 0 };
+    if let Some(found) = available_at(svc.table_off + hash::mh_hash(addr, port, 0) % len) {
+        return Some(found);
+    }
+    if svc.flags & svc_flags::MH_FALLBACK == 0 {
+        return None;
+    }
+    let mut walk = HashWalk { table_off: svc.table_off, table_len: len, addr, port, start: 0, found: Found::default() };
+    bpf_for(MH_FALLBACK_ROUNDS, &mut walk, mh_fallback_step);
+    walk.found.get()
+}
+
+extern "C" fn mh_fallback_step(round: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut HashWalk) };
+    if w.table_len == 0 {
+        return 1;
+    }
+    w.found.take(available_at(w.table_off + hash::mh_hash(w.addr, w.port, round as u32 + 1) % w.table_len))
+}
+
+struct Scan {
+    svc: ServiceInfo,
+    best: Found,
+    /// best's overhead for lc/wlc/sed/nq (lower wins); its weight for all.
+    best_cost: u64,
+    best_weight: u64,
+}
+
+/// lc, wlc, sed, nq, fo and ovf: one pass over the service's reals, IPVS's comparisons
+/// (the first real wins ties).
+#[inline(always)]
+fn scan(svc: &ServiceInfo) -> Option<(u32, RealEntry)> {
+    let mut s = Scan { svc: *svc, best: Found::default(), best_cost: 0, best_weight: 0 };
+    bpf_for(svc.reals_len.min(MAX_REALS_PER_SERVICE), &mut s, scan_step);
+    s.best.get()
+}
+
+extern "C" fn scan_step(i: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    let Some(&real_id) = POOL.get(s.svc.reals_off + i as u32) else { return 1 };
+    let Some(real) = (unsafe { REALS.get(&real_id) }) else { return 0 };
+    let l = load(real_id);
+    if !available(real, &l) {
+        return 0;
+    }
+    let weight = real.weight as u64;
+    let first = !s.best.ok;
+    let (better, cost) = match s.svc.scheduler {
+        sched::LC => {
+            let cost = l.overhead();
+            (first || cost < s.best_cost, cost)
+        }
+        sched::WLC | sched::SED | sched::NQ => {
+            if s.svc.scheduler == sched::NQ && l.active == 0 {
+                // nq: an idle real is taken at once.
+                return s.best.take(Some((real_id, *real)));
+            }
+            let cost = if s.svc.scheduler == sched::WLC { l.overhead() } else { l.active + 1 };
+            // cost/weight < best_cost/best_weight, without division.
+            (first || s.best_cost * weight > cost * s.best_weight, cost)
+        }
+        sched::FO => (first || weight > s.best_weight, 0),
+        sched::OVF => (l.active <= weight && (first || weight > s.best_weight), 0),
+        _ => (false, 0),
+    };
+    if better {
+        let _ = s.best.take(Some((real_id, *real)));
+        s.best_cost = cost;
+        s.best_weight = weight;
+    }
+    0
 }

@@ -1,5 +1,10 @@
-//! Per-CPU counters: no atomics needed, the controller sums the CPUs.
-use crate::maps::{COUNTERS, REAL_STATS};
+//! Counters. Traffic counters are per CPU (no atomics; the controller sums the CPUs);
+//! connection counts are shared because schedulers read them (atomic adds).
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use lb_common::tcp;
+
+use crate::maps::{COUNTERS, REAL_LOAD, REAL_STATS};
 
 #[inline(always)]
 pub fn count(reason: u32) {
@@ -18,5 +23,26 @@ pub fn count_real(real_id: u32, bytes: u64, new_conn: bool) {
                 (*s).conns += 1;
             }
         }
+    }
+}
+
+/// Adds `delta` (wrapping: -1 is u64::MAX) to the real's active or inactive count,
+/// whichever `state` belongs to.
+#[inline(always)]
+pub fn load_add(real_id: u32, state: u8, delta: u64) {
+    if let Some(load) = REAL_LOAD.get_ptr_mut(real_id) {
+        unsafe {
+            let field = if tcp::is_active(state) { &raw mut (*load).active } else { &raw mut (*load).inactive };
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta);
+        }
+    }
+}
+
+/// Moves a connection's count from its old state's column to its new state's.
+#[inline(always)]
+pub fn load_move(real_id: u32, from: u8, to: u8) {
+    if tcp::is_active(from) != tcp::is_active(to) {
+        load_add(real_id, from, u64::MAX);
+        load_add(real_id, to, 1);
     }
 }

@@ -1,53 +1,119 @@
 //! The declarative config file `xlb run --config FILE` loads:
 //!
 //! ```toml
+//! [settings]                 # optional; ipvsadm --set and IPVS's sysctls
+//! tcp = 900                  # ESTABLISHED idle timeout, seconds
+//! tcpfin = 120               # FIN_WAIT idle timeout
+//! udp = 300
+//! expire_nodest_conn = false
+//! sloppy_tcp = false
+//!
 //! [[service]]
-//! proto = "tcp"          # tcp (default) or udp
+//! proto = "tcp"              # tcp (default) or udp
 //! vip = "10.0.0.100"
 //! port = 80
-//! scheduler = "rr"       # default rr
-//! reals = ["10.0.0.11", "10.0.0.12"]
+//! scheduler = "wrr"          # IPVS's default: wlc
+//! sched_flags = []           # sh-port, sh-fallback, mh-port, mh-fallback
+//! persistent = 300           # optional: persistence timeout (seconds)
+//! netmask = "255.255.255.0"  # persistence granularity (default /32)
+//! reals = ["10.0.0.11", { address = "10.0.0.12", weight = 3 }]
+//!
+//! [[service]]                # a group: several VIP:ports, one set of reals
+//! fwmark = 1
+//! frontends = ["tcp:10.0.0.100:80", "tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8010"]
+//! persistent = 600
+//! reals = ["10.0.0.11"]
 //! ```
 //!
 //! The whole file is parsed and checked before anything is applied.
 use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result, bail};
+use lb_common::{Settings, tcp};
 use serde::Deserialize;
 
-use crate::ops::{Proto, Scheduler, Service};
+use crate::ops::{
+    self, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    settings: Option<SettingsSection>,
     #[serde(default)]
     service: Vec<ServiceSection>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ServiceSection {
-    #[serde(default = "default_proto")]
-    proto: String,
-    vip: String,
-    port: u16,
-    #[serde(default = "default_scheduler")]
-    scheduler: String,
+struct SettingsSection {
+    tcp: Option<u32>,
+    tcpfin: Option<u32>,
+    udp: Option<u32>,
     #[serde(default)]
-    reals: Vec<String>,
+    expire_nodest_conn: bool,
+    #[serde(default)]
+    sloppy_tcp: bool,
 }
 
-fn default_proto() -> String {
-    "tcp".into()
-}
-fn default_scheduler() -> String {
-    "rr".into()
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    proto: Option<String>,
+    vip: Option<String>,
+    port: Option<u16>,
+    fwmark: Option<u32>,
+    #[serde(default)]
+    frontends: Vec<String>,
+    scheduler: Option<String>,
+    #[serde(default)]
+    sched_flags: Vec<String>,
+    persistent: Option<u32>,
+    netmask: Option<String>,
+    #[serde(default)]
+    one_packet: bool,
+    #[serde(default)]
+    reals: Vec<RealSection>,
 }
 
-/// A checked config: services with their schedulers and real servers.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RealSection {
+    Address(String),
+    Full(RealTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RealTable {
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    u_threshold: u32,
+    #[serde(default)]
+    l_threshold: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One checked service of a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub id: ServiceId,
+    pub options: ServiceOptions,
+    /// Frontends of a firewall-mark service.
+    pub frontends: Vec<Service>,
+    pub reals: Vec<(Ipv4Addr, RealOptions)>,
+}
+
+/// A checked config.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub services: Vec<(Service, Scheduler, Vec<Ipv4Addr>)>,
+    pub settings: Option<Settings>,
+    pub services: Vec<ServiceConfig>,
 }
 
 pub fn load(path: &Path) -> Result<Config> {
@@ -55,34 +121,102 @@ pub fn load(path: &Path) -> Result<Config> {
     parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
+fn ip(s: &str) -> Result<Ipv4Addr> {
+    s.parse().map_err(|_| anyhow::anyhow!("`{s}` is not an IPv4 address"))
+}
+
 pub fn parse(text: &str) -> Result<Config> {
     // toml's errors carry line and column.
     let file: File = toml::from_str(text)?;
+    let settings = file.settings.map(|s| {
+        let mut out = Settings::default();
+        if let Some(t) = s.tcp {
+            out.tcp_timeouts[tcp::ESTABLISHED as usize] = t;
+        }
+        if let Some(t) = s.tcpfin {
+            out.tcp_timeouts[tcp::FIN_WAIT as usize] = t;
+        }
+        if let Some(t) = s.udp {
+            out.udp_timeout = t;
+        }
+        out.expire_nodest_conn = s.expire_nodest_conn as u32;
+        out.sloppy_tcp = s.sloppy_tcp as u32;
+        out
+    });
     let mut services = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen_ids = HashSet::new();
+    let mut seen_frontends = HashSet::new();
     for (i, s) in file.service.iter().enumerate() {
-        let at = || format!("service #{} ({}:{})", i + 1, s.vip, s.port);
-        let proto: Proto = s.proto.parse().with_context(at)?;
-        let vip: Ipv4Addr = s.vip.parse().map_err(|_| anyhow::anyhow!("`{}` is not an IPv4 address", s.vip)).with_context(at)?;
-        if s.port == 0 {
-            bail!("{}: port 0 is not a port", at());
+        let at = || format!("service #{}", i + 1);
+        let svc = service(s).with_context(at)?;
+        if !seen_ids.insert(svc.id) {
+            bail!("{}: Service already exists: {}", at(), svc.id);
         }
-        let sched: Scheduler = s.scheduler.parse().with_context(at)?;
-        let svc = Service { proto, vip, port: s.port };
-        if !seen.insert(svc) {
-            bail!("{}: Service already exists: {svc}", at());
-        }
-        let mut reals = Vec::new();
-        for r in &s.reals {
-            let rip: Ipv4Addr = r.parse().map_err(|_| anyhow::anyhow!("`{r}` is not an IPv4 address")).with_context(at)?;
-            if reals.contains(&rip) {
-                bail!("{}: Destination already exists: {rip}", at());
+        let own = match svc.id {
+            ServiceId::Addr(a) => vec![a],
+            ServiceId::Fwmark(_) => svc.frontends.clone(),
+        };
+        for f in own {
+            if !seen_frontends.insert(f) {
+                bail!("{}: Service already exists: {f} (a VIP:port belongs to one service)", at());
             }
-            reals.push(rip);
         }
-        services.push((svc, sched, reals));
+        services.push(svc);
     }
-    Ok(Config { services })
+    Ok(Config { settings, services })
+}
+
+fn service(s: &ServiceSection) -> Result<ServiceConfig> {
+    let (id, frontends) = match (s.fwmark, &s.vip, s.port) {
+        (Some(mark), None, None) => {
+            if mark == 0 {
+                bail!("fwmark 0 is not a firewall mark");
+            }
+            if s.proto.is_some() {
+                bail!("a fwmark service takes its protocols from `frontends`, not `proto`");
+            }
+            let mut list = Vec::new();
+            for f in &s.frontends {
+                let Some((proto, addr)) = f.split_once(':') else {
+                    bail!("frontend `{f}` is not PROTO:VIP:PORT (for example tcp:10.0.0.100:443)");
+                };
+                list.extend(ops::parse_frontends(proto.parse()?, addr)?);
+            }
+            (ServiceId::Fwmark(mark), list)
+        }
+        (None, Some(vip), Some(port)) => {
+            if !s.frontends.is_empty() {
+                bail!("`frontends` belong to fwmark services");
+            }
+            let proto: Proto = s.proto.as_deref().unwrap_or("tcp").parse()?;
+            (ServiceId::Addr(Service { proto, vip: ip(vip)?, port: ops::parse_port(&port.to_string())? }), Vec::new())
+        }
+        _ => bail!("a service needs either `vip` and `port`, or `fwmark` (with `frontends`)"),
+    };
+    let scheduler: Scheduler = s.scheduler.as_deref().unwrap_or("wlc").parse()?;
+    let sched_flags = ops::parse_sched_flags(&s.sched_flags.join(","))?;
+    let netmask = s.netmask.as_deref().map(ip).transpose()?;
+    if netmask.is_some() && s.persistent.is_none() {
+        bail!("`netmask` needs `persistent`");
+    }
+    let persistence = s.persistent.map(|timeout| Persistence { timeout, netmask: netmask.unwrap_or(Ipv4Addr::BROADCAST) });
+    let options = ServiceOptions { scheduler, sched_flags, persistence, one_packet: s.one_packet };
+    ops::check_options(id, &options)?;
+    let mut reals: Vec<(Ipv4Addr, RealOptions)> = Vec::new();
+    for r in &s.reals {
+        let (rip, opts) = match r {
+            RealSection::Address(a) => (ip(a)?, RealOptions::default()),
+            RealSection::Full(t) => {
+                (ip(&t.address)?, RealOptions { weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold })
+            }
+        };
+        ops::check_real_options(&opts).with_context(|| format!("real server {rip}"))?;
+        if reals.iter().any(|(r, _)| *r == rip) {
+            bail!("Destination already exists: {rip}");
+        }
+        reals.push((rip, opts));
+    }
+    Ok(ServiceConfig { id, options, frontends, reals })
 }
 
 #[cfg(test)]
@@ -93,39 +227,63 @@ mod tests {
     fn parses_a_full_file() {
         let cfg = parse(
             r#"
+            [settings]
+            tcp = 600
+            udp = 30
+            expire_nodest_conn = true
             [[service]]
             vip = "10.0.0.100"
             port = 80
-            reals = ["10.0.0.11", "10.0.0.12"]
+            scheduler = "wrr"
+            persistent = 300
+            netmask = "255.255.255.0"
+            reals = ["10.0.0.11", { address = "10.0.0.12", weight = 3 }]
             [[service]]
-            proto = "udp"
-            vip = "10.0.0.100"
-            port = 53
-            scheduler = "rr"
+            fwmark = 7
+            frontends = ["tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8002"]
+            scheduler = "sh"
+            sched_flags = ["sh-port", "sh-fallback"]
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.services.len(), 2);
-        let (svc, sched, reals) = &cfg.services[0];
-        assert_eq!(*svc, Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 100), port: 80 });
-        assert_eq!(*sched, Scheduler::Rr);
-        assert_eq!(reals, &[Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)]);
-        assert_eq!(cfg.services[1].0.proto, Proto::Udp);
+        let s = cfg.settings.unwrap();
+        assert_eq!(s.tcp_timeouts[tcp::ESTABLISHED as usize], 600);
+        assert_eq!(s.tcp_timeouts[tcp::FIN_WAIT as usize], 120);
+        assert_eq!((s.udp_timeout, s.expire_nodest_conn, s.sloppy_tcp), (30, 1, 0));
+        let web = &cfg.services[0];
+        assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 100), port: 80 }));
+        assert_eq!(web.options.scheduler, Scheduler::Wrr);
+        assert_eq!(web.options.persistence, Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 255, 255, 0) }));
+        assert_eq!(web.reals[1], (Ipv4Addr::new(10, 0, 0, 12), RealOptions { weight: 3, ..Default::default() }));
+        let group = &cfg.services[1];
+        assert_eq!(group.id, ServiceId::Fwmark(7));
+        assert_eq!(group.frontends.len(), 4);
+        assert_eq!(group.options.sched_flags, lb_common::svc_flags::SH_PORT | lb_common::svc_flags::SH_FALLBACK);
+    }
+
+    #[test]
+    fn default_scheduler_is_wlc_as_in_ipvs() {
+        let cfg = parse("[[service]]\nvip = \"10.0.0.1\"\nport = 80\n").unwrap();
+        assert_eq!(cfg.services[0].options.scheduler, Scheduler::Wlc);
+        assert_eq!(cfg.settings, None);
     }
 
     #[test]
     fn rejects_bad_files_with_location() {
-        let err = format!("{:#}", parse("[[service]]\nvip = \"10.0.0.1\"\nport = 99999\n").unwrap_err());
-        assert!(err.contains("line 3"), "{err}");
-        let err = format!("{:#}", parse("[[service]]\nvip = \"10.0.0.1\"\nport = 80\ncolour = 1\n").unwrap_err());
-        assert!(err.contains("unknown field `colour`"), "{err}");
-        let err = format!("{:#}", parse("[[service]]\nvip = \"10.0.0.300\"\nport = 80\n").unwrap_err());
-        assert!(err.contains("not an IPv4 address"), "{err}");
-        let err = format!("{:#}", parse("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nscheduler = \"xx\"\n").unwrap_err());
-        assert!(err.contains("unknown scheduler"), "{err}");
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 99999\n").contains("line 3"));
+        assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\ncolour = 1\n").contains("unknown field `colour`"));
+        assert!(err("[[service]]\nvip = \"10.0.0.300\"\nport = 80\n").contains("not an IPv4 address"));
+        assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nscheduler = \"xx\"\n").contains("unknown scheduler"));
         let dup = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[[service]]\nvip = \"10.0.0.1\"\nport = 80\n";
-        assert!(format!("{:#}", parse(dup).unwrap_err()).contains("Service already exists"));
+        assert!(err(dup).contains("Service already exists"));
         let dup_real = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\nreals = [\"10.0.0.2\", \"10.0.0.2\"]\n";
-        assert!(format!("{:#}", parse(dup_real).unwrap_err()).contains("Destination already exists"));
+        assert!(err(dup_real).contains("Destination already exists"));
+        let heavy = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\nreals = [{ address = \"10.0.0.2\", weight = 70000 }]\n";
+        assert!(err(heavy).contains("out of range"));
+        assert!(err("[[service]]\nvip = \"10.0.0.1\"\n").contains("either `vip` and `port`, or `fwmark`"));
+        let overlap = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[[service]]\nfwmark = 1\nfrontends = [\"tcp:10.0.0.1:79-81\"]\n";
+        assert!(err(overlap).contains("belongs to one service"));
+        assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nproto = \"tcp\"\none_packet = true\n").contains("UDP"));
     }
 }

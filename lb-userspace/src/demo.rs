@@ -50,9 +50,11 @@ pub fn demo(xlb: &Path, opts: DemoOptions) -> Result<()> {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
-    println!("== per-real counters: xlb list");
-    for line in cluster.xlb(&["list"])?.lines() {
-        println!("   {line}");
+    for (title, args) in [("connections per real: xlb list", &["list"][..]), ("traffic per real: xlb list --stats", &["list", "--stats"][..])] {
+        println!("== {title}");
+        for line in cluster.xlb(args)?.lines() {
+            println!("   {line}");
+        }
     }
     println!("== cleaning up");
     let status = cluster.stop_balancer()?;

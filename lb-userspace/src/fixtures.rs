@@ -11,12 +11,10 @@ use lb_common::{PROTO_TCP, PROTO_UDP, counter};
 
 use crate::{
     maps::Maps,
-    ops::{self, L2Target, Proto, Scheduler, Service},
+    ops::{self, L2Target, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions},
 };
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+pub use crate::loader::{XDP_DROP, XDP_PASS, XDP_TX};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x10];
 pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0xd1, 0, 0, 0, 0x02];
@@ -34,17 +32,24 @@ pub const DNS: Service = Service { proto: Proto::Udp, vip: VIP, port: 53 };
 /// TCP VIP:8080 → rs1 and rs2, round robin (affinity and distribution tests).
 pub const POOL: Service = Service { proto: Proto::Tcp, vip: VIP, port: 8080 };
 
+pub const RS1: L2Target = L2Target { mac: Some(RS1_MAC), ifindex: 1 };
+pub const RS2: L2Target = L2Target { mac: Some(RS2_MAC), ifindex: 1 };
+
+/// A round-robin service option set.
+pub fn rr() -> ServiceOptions {
+    ServiceOptions { scheduler: Scheduler::Rr, ..Default::default() }
+}
+
 /// Installs the fixture services in a fresh instance's maps.
 pub fn install_services(maps: &mut Maps) -> Result<()> {
-    let rs1 = L2Target { mac: Some(RS1_MAC), ifindex: 1 };
-    let rs2 = L2Target { mac: Some(RS2_MAC), ifindex: 1 };
-    ops::add_service(maps, WEB, Scheduler::Rr)?;
-    ops::add_real(maps, WEB, RS1_IP, rs1)?;
-    ops::add_service(maps, DNS, Scheduler::Rr)?;
-    ops::add_real(maps, DNS, RS2_IP, rs2)?;
-    ops::add_service(maps, POOL, Scheduler::Rr)?;
-    ops::add_real(maps, POOL, RS1_IP, rs1)?;
-    ops::add_real(maps, POOL, RS2_IP, rs2)?;
+    let one = RealOptions::default();
+    ops::add_service(maps, ServiceId::Addr(WEB), rr())?;
+    ops::add_real(maps, ServiceId::Addr(WEB), RS1_IP, one, RS1)?;
+    ops::add_service(maps, ServiceId::Addr(DNS), rr())?;
+    ops::add_real(maps, ServiceId::Addr(DNS), RS2_IP, one, RS2)?;
+    ops::add_service(maps, ServiceId::Addr(POOL), rr())?;
+    ops::add_real(maps, ServiceId::Addr(POOL), RS1_IP, one, RS1)?;
+    ops::add_real(maps, ServiceId::Addr(POOL), RS2_IP, one, RS2)?;
     Ok(())
 }
 
@@ -191,10 +196,9 @@ pub fn dr_cases() -> Vec<Case> {
     let syn = Frame::tcp(VIP, 80, 40000);
     let with_options = Frame {
         ip_options: vec![0x01, 0x01, 0x01, 0x00, 0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00],
-        tcp_flags: 0x18,
-        payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
         ..Frame::tcp(VIP, 80, 40001)
     };
+    let stray_ack = Frame { tcp_flags: 0x10, payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(), ..Frame::tcp(VIP, 80, 40005) };
     let dns = Frame::udp(VIP, 53, 5353);
     let pass = |name, input: Vec<u8>, counter| Case { name, input, verdict: XDP_PASS, output: Expected::Unchanged, counter };
     let mut bad_ihl = Frame::tcp(VIP, 80, 40002).bytes();
@@ -212,7 +216,7 @@ pub fn dr_cases() -> Vec<Case> {
             counter: counter::TX_DR,
         },
         Case {
-            name: "tcp data with 12 bytes of IP options (IHL 8) is routed to rs1",
+            name: "tcp syn with 12 bytes of IP options (IHL 8) is routed to rs1",
             input: with_options.bytes(),
             verdict: XDP_TX,
             output: Expected::Frame(with_options.routed_to(RS1_MAC).bytes()),
@@ -225,6 +229,7 @@ pub fn dr_cases() -> Vec<Case> {
             output: Expected::Frame(dns.routed_to(RS2_MAC).bytes()),
             counter: counter::TX_DR,
         },
+        pass("tcp data with no connection passes to the kernel (which resets it)", stray_ack.bytes(), counter::PASS_NO_CONN),
         pass("tcp to another address passes", Frame::tcp(Ipv4Addr::new(10, 0, 0, 2), 80, 40010).bytes(), counter::PASS_NOT_VIP),
         pass("tcp to VIP on a port with no service passes", Frame::tcp(VIP, 443, 40011).bytes(), counter::PASS_NOT_VIP),
         pass("udp to a tcp-only VIP:port passes", Frame::udp(VIP, 80, 40012).bytes(), counter::PASS_NOT_VIP),

@@ -11,4 +11,5 @@ pub mod neigh;
 pub mod netns;
 pub mod ops;
 pub mod run;
+pub mod tables;
 pub mod testbed;

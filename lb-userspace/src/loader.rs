@@ -5,9 +5,16 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 
-/// The balancer program and the veth peer stub in the object.
+/// The balancer program, the veth peer stub, and the connection expiry the
+/// controller's sweep runs through BPF_PROG_TEST_RUN.
 pub const BALANCE_PROGRAM: &str = "xlb_balance";
 pub const PASS_PROGRAM: &str = "xlb_pass";
+pub const EXPIRE_PROGRAM: &str = "xlb_expire";
+/// The XDP verdict values (linux/bpf.h).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+const PROGRAMS: [&str; 3] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,14 +37,35 @@ impl AttachMode {
     }
 }
 
-/// Loads the object with `program` loaded into the kernel (verified), not attached.
-pub fn load(program: &str) -> Result<Ebpf> {
+/// Loads the object with every program loaded into the kernel (verified), none attached.
+pub fn load() -> Result<Ebpf> {
+    load_with_sizes(&[])
+}
+
+/// As [`load`], with some maps' sizes overridden (tests shrink tables to fill them).
+pub fn load_with_sizes(sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
     if crate::ebpf::OBJECT.is_empty() {
         bail!("this xlb was built with AYA_BUILD_SKIP set and carries no XDP object; rebuild without it");
     }
-    let mut ebpf = EbpfLoader::new().load(crate::ebpf::OBJECT).context("loading the XDP object")?;
-    xdp(&mut ebpf, program)?.load().with_context(|| format!("loading program {program} into the kernel"))?;
+    let mut loader = EbpfLoader::new();
+    for (name, size) in sizes {
+        loader.map_max_entries(name, *size);
+    }
+    let mut ebpf = loader.load(crate::ebpf::OBJECT).context("loading the XDP object")?;
+    for program in PROGRAMS {
+        xdp(&mut ebpf, program)?.load().with_context(|| format!("loading program {program} into the kernel"))?;
+    }
     Ok(ebpf)
+}
+
+/// Runs `xlb_expire` on one flow: true if it was idle past its timeout and is now gone.
+pub fn expire_flow(ebpf: &mut Ebpf, flow: &lb_common::FlowKey) -> Result<bool> {
+    use aya::programs::{TestRun, TestRunOptions};
+    // The key is the "frame"; 16 bytes is above the 14-byte minimum of an XDP test run.
+    let bytes = unsafe { std::slice::from_raw_parts((flow as *const lb_common::FlowKey).cast::<u8>(), size_of_val(flow)) };
+    let opts = TestRunOptions { data_in: Some(bytes), ..Default::default() };
+    let result = xdp(ebpf, EXPIRE_PROGRAM)?.test_run(opts).context("running xlb_expire")?;
+    Ok(result.return_value == XDP_PASS)
 }
 
 pub fn xdp<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp> {

@@ -2,17 +2,18 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use lb_common::tcp;
 use lb_userspace::{
     config, demo, httpd,
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
-    ops::{self, Proto, Scheduler, Service},
+    ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
     run,
 };
 
 #[derive(Parser)]
-#[command(name = "xlb", version, about = "XDP layer-4 load balancer (LVS-style DR round robin)")]
+#[command(name = "xlb", version, about = "XDP layer-4 load balancer in the manner of LVS/IPVS")]
 struct Cli {
     /// bpffs directory where `xlb run` pins its maps; other commands find them there.
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "XLB_PIN_DIR")]
@@ -35,14 +36,25 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Add or remove a virtual service.
+    /// Add, change or remove a virtual service (ipvsadm -A / -E / -D).
     #[command(subcommand)]
     Service(ServiceCmd),
-    /// Add or remove a real server of a service (its MAC comes from the kernel).
+    /// Add or remove VIP:port frontends of a firewall-mark service (a service group).
+    #[command(subcommand)]
+    Frontend(FrontendCmd),
+    /// Add, change or remove a real server (ipvsadm -a / -e / -d); its MAC comes from the kernel.
     #[command(subcommand)]
     Real(RealCmd),
-    /// List services and real servers with their counters.
+    /// List services and real servers (ipvsadm -L -n).
     List {
+        /// Traffic counters instead of connection counts (ipvsadm --stats).
+        #[arg(long)]
+        stats: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the connection table (ipvsadm -L -c -n).
+    Conns {
         #[arg(long)]
         json: bool,
     },
@@ -51,6 +63,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches.
+    Set {
+        /// ESTABLISHED idle timeout, seconds.
+        #[arg(long)]
+        tcp: Option<u32>,
+        /// FIN_WAIT idle timeout, seconds.
+        #[arg(long)]
+        tcpfin: Option<u32>,
+        /// UDP idle timeout, seconds.
+        #[arg(long)]
+        udp: Option<u32>,
+        /// Drop packets of flows whose real server was removed (IPVS's expire_nodest_conn).
+        #[arg(long, value_parser = parse_switch)]
+        expire_nodest_conn: Option<bool>,
+        /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
+        #[arg(long, value_parser = parse_switch)]
+        sloppy_tcp: Option<bool>,
+    },
+    /// Show the timeouts (ipvsadm -L --timeout).
+    Timeout,
     /// Build an LVS-DR cluster in network namespaces and show xlb balancing it.
     Demo {
         /// Send this many requests, print the counters and exit (default: until Ctrl-C).
@@ -78,45 +110,147 @@ enum Cmd {
     },
 }
 
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "1" | "true" | "yes" => Ok(true),
+        "off" | "0" | "false" | "no" => Ok(false),
+        _ => Err(format!("`{s}` is not on or off")),
+    }
+}
+
+/// A service: `tcp VIP:PORT`, `udp VIP:PORT` or `fwm MARK`.
+#[derive(Args)]
+struct ServiceArg {
+    /// tcp, udp, or fwm (a firewall-mark service group).
+    kind: String,
+    /// VIP:PORT, or the mark for fwm.
+    #[arg(value_name = "VIP:PORT|MARK")]
+    address: String,
+}
+
+impl ServiceArg {
+    fn id(&self) -> Result<ServiceId> {
+        ServiceId::parse(&self.kind, &self.address)
+    }
+}
+
+#[derive(Args)]
+struct SchedArgs {
+    /// Scheduler: rr, wrr, sh, dh, lc, wlc, sed, nq, mh, fo, ovf.
+    #[arg(long, short = 's', default_value = "wlc")]
+    scheduler: ops::Scheduler,
+    /// Scheduler flags: sh-port, sh-fallback, mh-port, mh-fallback (comma-separated).
+    #[arg(long, short = 'b', default_value = "")]
+    sched_flags: String,
+    /// Persistent service, optionally with the timeout in seconds (default 300).
+    #[arg(long, short = 'p', num_args = 0..=1, default_missing_value = "300", value_name = "TIMEOUT")]
+    persistent: Option<u32>,
+    /// Persistence granularity: clients in one network share a real.
+    #[arg(long, short = 'M', requires = "persistent")]
+    netmask: Option<std::net::Ipv4Addr>,
+    /// One-packet scheduling (UDP).
+    #[arg(long, short = 'o')]
+    ops: bool,
+}
+
+impl SchedArgs {
+    fn options(&self) -> Result<ServiceOptions> {
+        Ok(ServiceOptions {
+            scheduler: self.scheduler,
+            sched_flags: ops::parse_sched_flags(&self.sched_flags)?,
+            persistence: self.persistent.map(|timeout| Persistence {
+                timeout,
+                netmask: self.netmask.unwrap_or(std::net::Ipv4Addr::BROADCAST),
+            }),
+            one_packet: self.ops,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum ServiceCmd {
-    /// xlb service add tcp 10.0.0.100:80 [--scheduler rr]
+    /// xlb service add tcp 10.0.0.100:80 -s wrr [-p 600 -M 255.255.255.0]
     Add {
-        proto: Proto,
-        #[arg(value_name = "VIP:PORT")]
-        vip_port: String,
-        #[arg(long, short = 's', default_value = "rr")]
-        scheduler: Scheduler,
+        #[command(flatten)]
+        service: ServiceArg,
+        #[command(flatten)]
+        sched: SchedArgs,
+    },
+    /// Replace a service's options: xlb service edit tcp 10.0.0.100:80 -s rr
+    Edit {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[command(flatten)]
+        sched: SchedArgs,
     },
     /// xlb service del tcp 10.0.0.100:80
     Del {
-        proto: Proto,
-        #[arg(value_name = "VIP:PORT")]
-        vip_port: String,
+        #[command(flatten)]
+        service: ServiceArg,
     },
+}
+
+#[derive(Subcommand)]
+enum FrontendCmd {
+    /// xlb frontend add 1 tcp 10.0.0.100:443   (or a range: 10.0.0.100:8000-8010)
+    Add {
+        mark: u32,
+        proto: ops::Proto,
+        #[arg(value_name = "VIP:PORT[-LAST]")]
+        address: String,
+    },
+    /// xlb frontend del 1 tcp 10.0.0.100:443
+    Del {
+        mark: u32,
+        proto: ops::Proto,
+        #[arg(value_name = "VIP:PORT[-LAST]")]
+        address: String,
+    },
+}
+
+#[derive(Args)]
+struct RealArgs {
+    /// Weight 0..65535; 0 is quiescent (no new connections).
+    #[arg(long, short = 'w', default_value_t = 1)]
+    weight: u32,
+    /// Upper connection threshold (0: none).
+    #[arg(long, short = 'x', default_value_t = 0)]
+    u_threshold: u32,
+    /// Lower connection threshold.
+    #[arg(long, short = 'y', default_value_t = 0)]
+    l_threshold: u32,
+}
+
+impl RealArgs {
+    fn options(&self) -> RealOptions {
+        RealOptions { weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold }
+    }
 }
 
 #[derive(Subcommand)]
 enum RealCmd {
-    /// xlb real add tcp 10.0.0.100:80 10.0.0.11
+    /// xlb real add tcp 10.0.0.100:80 10.0.0.11 [-w 3]
     Add {
-        proto: Proto,
-        #[arg(value_name = "VIP:PORT")]
-        vip_port: String,
+        #[command(flatten)]
+        service: ServiceArg,
         rip: std::net::Ipv4Addr,
+        #[command(flatten)]
+        opts: RealArgs,
+    },
+    /// xlb real edit tcp 10.0.0.100:80 10.0.0.11 -w 0
+    Edit {
+        #[command(flatten)]
+        service: ServiceArg,
+        rip: std::net::Ipv4Addr,
+        #[command(flatten)]
+        opts: RealArgs,
     },
     /// xlb real del tcp 10.0.0.100:80 10.0.0.11
     Del {
-        proto: Proto,
-        #[arg(value_name = "VIP:PORT")]
-        vip_port: String,
+        #[command(flatten)]
+        service: ServiceArg,
         rip: std::net::Ipv4Addr,
     },
-}
-
-fn service(proto: Proto, vip_port: &str) -> Result<Service> {
-    let (vip, port) = ops::parse_vip_port(vip_port)?;
-    Ok(Service { proto, vip, port })
 }
 
 fn main() -> ExitCode {
@@ -130,6 +264,11 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 fn dispatch(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir;
     match cli.command {
@@ -137,35 +276,57 @@ fn dispatch(cli: Cli) -> Result<()> {
             let config = config.as_deref().map(config::load).transpose()?;
             run::run(run::RunOptions { ifaces: iface, mode, config, pin_dir })
         }
-        Cmd::Service(ServiceCmd::Add { proto, vip_port, scheduler }) => {
-            let svc = service(proto, &vip_port)?;
+        Cmd::Service(cmd) => {
             let (mut maps, _lock) = run::open(&pin_dir)?;
-            ops::add_service(&mut maps, svc, scheduler)
+            match cmd {
+                ServiceCmd::Add { service, sched } => ops::add_service(&mut maps, service.id()?, sched.options()?),
+                ServiceCmd::Edit { service, sched } => ops::edit_service(&mut maps, service.id()?, sched.options()?),
+                ServiceCmd::Del { service } => ops::remove_service(&mut maps, service.id()?),
+            }
         }
-        Cmd::Service(ServiceCmd::Del { proto, vip_port }) => {
-            let svc = service(proto, &vip_port)?;
+        Cmd::Frontend(cmd) => {
             let (mut maps, _lock) = run::open(&pin_dir)?;
-            ops::remove_service(&mut maps, svc)
+            match cmd {
+                FrontendCmd::Add { mark, proto, address } => {
+                    ops::add_frontends(&mut maps, mark, &ops::parse_frontends(proto, &address)?)
+                }
+                FrontendCmd::Del { mark, proto, address } => {
+                    ops::remove_frontends(&mut maps, mark, &ops::parse_frontends(proto, &address)?)
+                }
+            }
         }
-        Cmd::Real(RealCmd::Add { proto, vip_port, rip }) => {
-            let svc = service(proto, &vip_port)?;
+        Cmd::Real(cmd) => {
             let (mut maps, _lock) = run::open(&pin_dir)?;
-            run::add_real_resolving(&mut maps, svc, rip).map(drop)
+            match cmd {
+                RealCmd::Add { service, rip, opts } => {
+                    run::add_real_resolving(&mut maps, service.id()?, rip, opts.options()).map(drop)
+                }
+                RealCmd::Edit { service, rip, opts } => ops::edit_real(&mut maps, service.id()?, rip, opts.options()),
+                RealCmd::Del { service, rip } => ops::remove_real(&mut maps, service.id()?, rip),
+            }
         }
-        Cmd::Real(RealCmd::Del { proto, vip_port, rip }) => {
-            let svc = service(proto, &vip_port)?;
-            let (mut maps, _lock) = run::open(&pin_dir)?;
-            ops::remove_real(&mut maps, svc, rip)
-        }
-        Cmd::List { json } => {
+        Cmd::List { stats, json } => {
             let (maps, _lock) = run::open(&pin_dir)?;
             let services = ops::snapshot(&maps)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
+                print_json(&services)
+            } else if stats {
+                print!("{}", lb_userspace::listing::stats_table(&services));
+                Ok(())
             } else {
                 print!("{}", lb_userspace::listing::table(&services));
+                Ok(())
             }
-            Ok(())
+        }
+        Cmd::Conns { json } => {
+            let (maps, _lock) = run::open(&pin_dir)?;
+            let conns = ops::connections(&maps)?;
+            if json {
+                print_json(&conns)
+            } else {
+                print!("{}", lb_userspace::listing::conns_table(&conns));
+                Ok(())
+            }
         }
         Cmd::Counters { json } => {
             let (maps, _lock) = run::open(&pin_dir)?;
@@ -173,12 +334,44 @@ fn dispatch(cli: Cli) -> Result<()> {
             if json {
                 let map: serde_json::Map<String, serde_json::Value> =
                     counters.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-                println!("{}", serde_json::to_string_pretty(&map)?);
+                print_json(&map)
             } else {
                 for (name, value) in counters {
                     println!("{name:<24} {value}");
                 }
+                Ok(())
             }
+        }
+        Cmd::Set { tcp: tcp_timeout, tcpfin, udp, expire_nodest_conn, sloppy_tcp } => {
+            let (mut maps, _lock) = run::open(&pin_dir)?;
+            let mut s = ops::settings(&maps)?;
+            // ipvsadm --set: 0 leaves a value unchanged.
+            if let Some(t) = tcp_timeout.filter(|&t| t > 0) {
+                s.tcp_timeouts[tcp::ESTABLISHED as usize] = t;
+            }
+            if let Some(t) = tcpfin.filter(|&t| t > 0) {
+                s.tcp_timeouts[tcp::FIN_WAIT as usize] = t;
+            }
+            if let Some(t) = udp.filter(|&t| t > 0) {
+                s.udp_timeout = t;
+            }
+            if let Some(on) = expire_nodest_conn {
+                s.expire_nodest_conn = on as u32;
+            }
+            if let Some(on) = sloppy_tcp {
+                s.sloppy_tcp = on as u32;
+            }
+            ops::set_settings(&mut maps, s)
+        }
+        Cmd::Timeout => {
+            let (maps, _lock) = run::open(&pin_dir)?;
+            let s = ops::settings(&maps)?;
+            println!(
+                "Timeout (tcp tcpfin udp): {} {} {}",
+                s.tcp_timeouts[tcp::ESTABLISHED as usize],
+                s.tcp_timeouts[tcp::FIN_WAIT as usize],
+                s.udp_timeout
+            );
             Ok(())
         }
         Cmd::Demo { requests, mode, reals } => {
@@ -188,7 +381,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
         Cmd::XdpPassStub { iface } => {
             run::install_stop_handler();
-            let mut ebpf = loader::load(loader::PASS_PROGRAM)?;
+            let mut ebpf = loader::load()?;
             loader::attach(&mut ebpf, loader::PASS_PROGRAM, &iface, AttachMode::Native)?;
             println!("ready: XDP_PASS stub on {iface}");
             use std::io::Write;

@@ -11,23 +11,31 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
-use lb_common::{ConnEntry, FlowKey, RealEntry, RealStats, ServiceInfo, ServiceKey, map_names};
+use lb_common::{
+    ConnEntry, FlowKey, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings,
+    map_names,
+};
 
 /// Where `xlb run` pins its maps unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 
 pub struct Maps {
-    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
-    pub real_slots: Array<MapData, u32>,
-    pub reals: Array<MapData, RealEntry>,
+    pub services: HashMap<MapData, ServiceKey, u32>,
+    pub service_info: HashMap<MapData, u32, ServiceInfo>,
+    pub pool: Array<MapData, u32>,
+    pub reals: HashMap<MapData, u32, RealEntry>,
+    pub real_load: Array<MapData, RealLoad>,
     pub conns: HashMap<MapData, FlowKey, ConnEntry>,
+    pub persist: HashMap<MapData, PersistKey, PersistEntry>,
+    pub settings: Array<MapData, Settings>,
     pub rr_cursors: PerCpuArray<MapData, u32>,
     pub real_stats: PerCpuArray<MapData, RealStats>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
-    /// Takes the maps out of a loaded object; with `pin_dir`, pins each one there first.
+    /// Takes the maps out of a freshly loaded object and writes the default settings
+    /// (IPVS's timeouts); with `pin_dir`, pins each map there first.
     pub fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
         let mut take = |name: &str| -> Result<Map> {
             let map = ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"))?;
@@ -36,7 +44,9 @@ impl Maps {
             }
             Ok(map)
         };
-        Self::from_maps(&mut take)
+        let mut maps = Self::from_maps(&mut take)?;
+        maps.settings.set(0, Settings::default(), 0)?;
+        Ok(maps)
     }
 
     /// Reopens the maps a running `xlb run` pinned in `dir`.
@@ -58,9 +68,13 @@ impl Maps {
     fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
             services: get(map_names::SERVICES)?.try_into()?,
-            real_slots: get(map_names::REAL_SLOTS)?.try_into()?,
+            service_info: get(map_names::SERVICE_INFO)?.try_into()?,
+            pool: get(map_names::POOL)?.try_into()?,
             reals: get(map_names::REALS)?.try_into()?,
+            real_load: get(map_names::REAL_LOAD)?.try_into()?,
             conns: get(map_names::CONNS)?.try_into()?,
+            persist: get(map_names::PERSIST)?.try_into()?,
+            settings: get(map_names::SETTINGS)?.try_into()?,
             rr_cursors: get(map_names::RR_CURSORS)?.try_into()?,
             real_stats: get(map_names::REAL_STATS)?.try_into()?,
             counters: get(map_names::COUNTERS)?.try_into()?,

@@ -1,28 +1,22 @@
 //! Control operations on the fast path's maps: the only code that writes services and
 //! real servers, used by the CLI, the config loader and the tests alike.
 //!
-//! Update order keeps the fast path consistent at every step: a real's entry is written
-//! before its slot becomes visible (count incremented), and a removed real leaves the
-//! slot table before its entry is cleared.
-use std::net::Ipv4Addr;
+//! Every change that affects scheduling rebuilds the service's real list and table into
+//! fresh pool slots and then replaces the service entry whole, so the fast path always
+//! sees either the old or the new table, never a mix. A removed real stays in the maps,
+//! marked removed, until its last connection is gone (see [`sweep`]).
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use lb_common::{
-    MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, PROTO_TCP, PROTO_UDP, REAL_IN_USE,
-    REAL_MAC_VALID, RealEntry, RealStats, SCHED_RR, ServiceInfo, ServiceKey, counter, slot_index,
+    ConnEntry, FlowKey, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, POOL_SLOTS, PROTO_TCP, PROTO_UDP,
+    RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, counter, real_flags,
+    sched, svc_flags, tcp,
 };
 use serde::Serialize;
 
-use crate::maps::Maps;
-
-/// A virtual service as the user names it: protocol, VIP and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Service {
-    pub proto: Proto,
-    pub vip: Ipv4Addr,
-    pub port: u16,
-}
+use crate::{maps::Maps, tables};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +58,14 @@ impl std::str::FromStr for Proto {
     }
 }
 
+/// One frontend: protocol, VIP and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Service {
+    pub proto: Proto,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+}
+
 impl Service {
     pub fn key(&self) -> ServiceKey {
         ServiceKey::new(self.vip.octets(), self.port, self.proto.number())
@@ -79,48 +81,209 @@ impl std::fmt::Display for Service {
     }
 }
 
+/// A virtual service as the user names it: one VIP:port, or a firewall-mark group
+/// (xlb's equivalent of IPVS's `-f MARK` services: frontends added with `xlb frontend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceId {
+    Addr(Service),
+    Fwmark(u32),
+}
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceId::Addr(s) => s.fmt(f),
+            ServiceId::Fwmark(m) => write!(f, "FWM {m}"),
+        }
+    }
+}
+
+impl ServiceId {
+    /// `tcp 10.0.0.1:80`, `udp 10.0.0.1:53` or `fwm 1`.
+    pub fn parse(kind: &str, addr: &str) -> Result<Self> {
+        if kind.eq_ignore_ascii_case("fwm") || kind.eq_ignore_ascii_case("fwmark") {
+            return match addr.parse::<u32>() {
+                Ok(m) if m > 0 => Ok(ServiceId::Fwmark(m)),
+                _ => bail!("`{addr}` is not a firewall mark (1-4294967295)"),
+            };
+        }
+        let proto: Proto = kind.parse()?;
+        let (vip, port) = parse_vip_port(addr)?;
+        Ok(ServiceId::Addr(Service { proto, vip, port }))
+    }
+}
+
 /// Parses "VIP:PORT".
 pub fn parse_vip_port(s: &str) -> Result<(Ipv4Addr, u16)> {
     let Some((ip, port)) = s.rsplit_once(':') else { bail!("`{s}` is not VIP:PORT (for example 10.0.0.100:80)") };
     let Ok(ip) = ip.parse::<Ipv4Addr>() else { bail!("`{ip}` is not an IPv4 address") };
-    let port = match port.parse::<u16>() {
-        Ok(p) if p != 0 => p,
+    Ok((ip, parse_port(port)?))
+}
+
+pub fn parse_port(port: &str) -> Result<u16> {
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
         _ => bail!("`{port}` is not a port (1-65535)"),
+    }
+}
+
+/// Parses "VIP:PORT" or "VIP:FIRST-LAST" into frontends of protocol `proto`.
+pub fn parse_frontends(proto: Proto, s: &str) -> Result<Vec<Service>> {
+    let Some((ip, ports)) = s.rsplit_once(':') else { bail!("`{s}` is not VIP:PORT or VIP:FIRST-LAST") };
+    let Ok(vip) = ip.parse::<Ipv4Addr>() else { bail!("`{ip}` is not an IPv4 address") };
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (parse_port(a)?, parse_port(b)?),
+        None => (parse_port(ports)?, parse_port(ports)?),
     };
-    Ok((ip, port))
+    if first > last {
+        bail!("port range {first}-{last} is empty");
+    }
+    Ok((first..=last).map(|port| Service { proto, vip, port }).collect())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     Rr,
+    Wrr,
+    Sh,
+    Dh,
+    Lc,
+    Wlc,
+    Sed,
+    Nq,
+    Mh,
+    Fo,
+    Ovf,
 }
+
+const SCHEDULERS: [(Scheduler, &str, u32); 11] = [
+    (Scheduler::Rr, "rr", sched::RR),
+    (Scheduler::Wrr, "wrr", sched::WRR),
+    (Scheduler::Sh, "sh", sched::SH),
+    (Scheduler::Dh, "dh", sched::DH),
+    (Scheduler::Lc, "lc", sched::LC),
+    (Scheduler::Wlc, "wlc", sched::WLC),
+    (Scheduler::Sed, "sed", sched::SED),
+    (Scheduler::Nq, "nq", sched::NQ),
+    (Scheduler::Mh, "mh", sched::MH),
+    (Scheduler::Fo, "fo", sched::FO),
+    (Scheduler::Ovf, "ovf", sched::OVF),
+];
 
 impl std::str::FromStr for Scheduler {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "rr" => Ok(Scheduler::Rr),
-            _ => bail!("unknown scheduler `{s}` (supported: rr)"),
+        match SCHEDULERS.iter().find(|(_, name, _)| *name == s) {
+            Some((sched, _, _)) => Ok(*sched),
+            None => bail!("unknown scheduler `{s}` (rr, wrr, sh, dh, lc, wlc, sed, nq, mh, fo, ovf)"),
         }
     }
 }
 
 impl Scheduler {
-    const fn id(self) -> u32 {
-        match self {
-            Scheduler::Rr => SCHED_RR,
+    fn entry(self) -> &'static (Scheduler, &'static str, u32) {
+        SCHEDULERS.iter().find(|(s, _, _)| *s == self).expect("every scheduler is listed")
+    }
+    pub fn id(self) -> u32 {
+        self.entry().2
+    }
+    pub fn name(self) -> &'static str {
+        self.entry().1
+    }
+    pub fn from_id(id: u32) -> Option<Self> {
+        SCHEDULERS.iter().find(|(_, _, i)| *i == id).map(|(s, _, _)| *s)
+    }
+}
+
+/// IPVS's --sched-flags: sh-port, sh-fallback, mh-port, mh-fallback.
+pub const SCHED_FLAG_NAMES: [(&str, u32); 4] = [
+    ("sh-fallback", svc_flags::SH_FALLBACK),
+    ("sh-port", svc_flags::SH_PORT),
+    ("mh-fallback", svc_flags::MH_FALLBACK),
+    ("mh-port", svc_flags::MH_PORT),
+];
+
+pub fn parse_sched_flags(list: &str) -> Result<u32> {
+    let mut flags = 0;
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((_, f)) = SCHED_FLAG_NAMES.iter().find(|(n, _)| *n == name) else {
+            bail!("unknown scheduler flag `{name}` (sh-fallback, sh-port, mh-fallback, mh-port)");
+        };
+        flags |= f;
+    }
+    Ok(flags)
+}
+
+pub fn sched_flag_names(flags: u32) -> Vec<&'static str> {
+    SCHED_FLAG_NAMES.iter().filter(|(_, f)| flags & f != 0).map(|(n, _)| *n).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Persistence {
+    /// Seconds a client's template lives after its last connection (IPVS default 300).
+    pub timeout: u32,
+    pub netmask: Ipv4Addr,
+}
+
+pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 300;
+
+/// How a service schedules (ipvsadm -A/-E's options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceOptions {
+    pub scheduler: Scheduler,
+    /// svc_flags::SH_* / MH_* bits.
+    pub sched_flags: u32,
+    pub persistence: Option<Persistence>,
+    /// One-packet scheduling (UDP).
+    pub one_packet: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        // IPVS's default scheduler.
+        Self { scheduler: Scheduler::Wlc, sched_flags: 0, persistence: None, one_packet: false }
+    }
+}
+
+impl ServiceOptions {
+    fn flags(&self) -> u32 {
+        let mut f = self.sched_flags;
+        if self.persistence.is_some() {
+            f |= svc_flags::PERSISTENT;
         }
+        if self.one_packet {
+            f |= svc_flags::ONE_PACKET;
+        }
+        f
     }
-    fn from_id(id: u32) -> Option<Self> {
-        (id == SCHED_RR).then_some(Scheduler::Rr)
-    }
-    pub const fn name(self) -> &'static str {
-        match self {
-            Scheduler::Rr => "rr",
+    fn from_info(info: &ServiceInfo) -> Self {
+        Self {
+            scheduler: Scheduler::from_id(info.scheduler).unwrap_or(Scheduler::Wlc),
+            sched_flags: info.flags & (svc_flags::SH_PORT | svc_flags::SH_FALLBACK | svc_flags::MH_PORT | svc_flags::MH_FALLBACK),
+            persistence: (info.flags & svc_flags::PERSISTENT != 0)
+                .then(|| Persistence { timeout: info.persist_timeout, netmask: Ipv4Addr::from(info.persist_mask) }),
+            one_packet: info.flags & svc_flags::ONE_PACKET != 0,
         }
     }
 }
+
+/// A real server's options (ipvsadm -a/-e's -w, -x, -y).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RealOptions {
+    pub weight: u32,
+    pub u_threshold: u32,
+    pub l_threshold: u32,
+}
+
+impl Default for RealOptions {
+    fn default() -> Self {
+        Self { weight: 1, u_threshold: 0, l_threshold: 0 }
+    }
+}
+
+pub const MAX_WEIGHT: u32 = 65_535;
 
 /// Where frames for a real server go: its MAC (None while unresolved) and interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,132 +292,314 @@ pub struct L2Target {
     pub ifindex: u32,
 }
 
-pub fn add_service(maps: &mut Maps, svc: Service, sched: Scheduler) -> Result<()> {
-    let key = svc.key();
-    if maps.services.get(&key, 0).is_ok() {
-        bail!("Service already exists: {svc}");
-    }
-    let mut used = vec![false; MAX_SERVICES as usize];
-    for entry in maps.services.iter() {
-        let (_, info) = entry?;
-        used[info.id as usize] = true;
-    }
-    let Some(id) = used.iter().position(|u| !u) else {
-        bail!("too many services (at most {MAX_SERVICES})");
-    };
-    let id = id as u32;
-    maps.rr_cursors.set(id, zeroed_per_cpu()?, 0)?;
-    let info = ServiceInfo { id, real_count: 0, scheduler: sched.id(), flags: 0 };
-    maps.services.insert(key, info, 0)?;
-    Ok(())
-}
-
-pub fn remove_service(maps: &mut Maps, svc: Service) -> Result<()> {
-    let key = svc.key();
-    let info = service_info(maps, svc)?;
-    maps.services.remove(&key)?;
-    // The service is gone from the fast path; now free its reals.
-    for real_id in real_ids(maps, &info)? {
-        maps.reals.set(real_id, RealEntry::default(), 0)?;
-    }
-    Ok(())
-}
-
-pub fn add_real(maps: &mut Maps, svc: Service, rip: Ipv4Addr, target: L2Target) -> Result<u32> {
-    let mut info = service_info(maps, svc)?;
-    for real_id in real_ids(maps, &info)? {
-        if maps.reals.get(&real_id, 0)?.ip == rip.octets() {
-            bail!("Destination already exists: {rip} in {svc}");
-        }
-    }
-    if info.real_count >= MAX_REALS_PER_SERVICE {
-        bail!("too many real servers in {svc} (at most {MAX_REALS_PER_SERVICE})");
-    }
-    let real_id = free_real_id(maps)?;
-    maps.real_stats.set(real_id, zeroed_per_cpu()?, 0)?;
-    maps.reals.set(real_id, real_entry(info.id, rip, target), 0)?;
-    maps.real_slots.set(slot_index(info.id, info.real_count), real_id, 0)?;
-    info.real_count += 1;
-    maps.services.insert(svc.key(), info, 0)?;
-    Ok(real_id)
-}
-
-pub fn remove_real(maps: &mut Maps, svc: Service, rip: Ipv4Addr) -> Result<()> {
-    let mut info = service_info(maps, svc)?;
-    let ids = real_ids(maps, &info)?;
-    let mut found = None;
-    for (slot, &real_id) in ids.iter().enumerate() {
-        if maps.reals.get(&real_id, 0)?.ip == rip.octets() {
-            found = Some((slot as u32, real_id));
-        }
-    }
-    let Some((slot, real_id)) = found else { bail!("No such destination: {rip} in {svc}") };
-    let last = info.real_count - 1;
-    if slot != last {
-        maps.real_slots.set(slot_index(info.id, slot), ids[last as usize], 0)?;
-    }
-    info.real_count = last;
-    maps.services.insert(svc.key(), info, 0)?;
-    // Flows pinned to this real see it gone and are scheduled afresh.
-    maps.reals.set(real_id, RealEntry::default(), 0)?;
-    Ok(())
-}
-
-/// Updates a real's MAC and interface (after the neighbour entry changed).
-pub fn set_real_target(maps: &mut Maps, real_id: u32, target: L2Target) -> Result<()> {
-    let entry = maps.reals.get(&real_id, 0)?;
-    if !entry.in_use() {
-        bail!("real id {real_id} is not in use");
-    }
-    maps.reals.set(real_id, real_entry(entry.service_id, Ipv4Addr::from(entry.ip), target), 0)?;
-    Ok(())
-}
-
-fn real_entry(service_id: u32, rip: Ipv4Addr, target: L2Target) -> RealEntry {
-    RealEntry {
-        ip: rip.octets(),
-        service_id,
-        mac: target.mac.unwrap_or_default(),
-        flags: REAL_IN_USE | if target.mac.is_some() { REAL_MAC_VALID } else { 0 },
-        ifindex: target.ifindex,
-    }
-}
-
-fn service_info(maps: &Maps, svc: Service) -> Result<ServiceInfo> {
-    match maps.services.get(&svc.key(), 0) {
-        Ok(info) => Ok(info),
-        Err(_) => bail!("No such service: {svc}"),
-    }
-}
-
-fn real_ids(maps: &Maps, info: &ServiceInfo) -> Result<Vec<u32>> {
-    (0..info.real_count.min(MAX_REALS_PER_SERVICE))
-        .map(|slot| Ok(maps.real_slots.get(&slot_index(info.id, slot), 0)?))
-        .collect()
-}
-
-fn free_real_id(maps: &Maps) -> Result<u32> {
-    for id in 0..MAX_REALS {
-        if !maps.reals.get(&id, 0)?.in_use() {
-            return Ok(id);
-        }
-    }
-    bail!("too many real servers (at most {MAX_REALS})")
-}
-
-fn zeroed_per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
+fn per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     Ok(PerCpuValues::try_from(vec![T::default(); cpus])?)
 }
 
-/// A real server as listed: address, where frames go, and counters summed over CPUs.
+fn services(maps: &Maps) -> Result<Vec<ServiceInfo>> {
+    let mut v = Vec::new();
+    for entry in maps.service_info.iter() {
+        v.push(entry?.1);
+    }
+    Ok(v)
+}
+
+fn frontends(maps: &Maps) -> Result<Vec<(ServiceKey, u32)>> {
+    let mut v = Vec::new();
+    for entry in maps.services.iter() {
+        v.push(entry?);
+    }
+    Ok(v)
+}
+
+fn reals(maps: &Maps) -> Result<Vec<(u32, RealEntry)>> {
+    let mut v = Vec::new();
+    for entry in maps.reals.iter() {
+        v.push(entry?);
+    }
+    v.sort_by_key(|(id, _)| *id);
+    Ok(v)
+}
+
+/// The service entry for `id`.
+pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
+    let found = match id {
+        ServiceId::Addr(svc) => match maps.services.get(&svc.key(), 0) {
+            Ok(sid) => maps.service_info.get(&sid, 0).ok(),
+            Err(_) => None,
+        },
+        ServiceId::Fwmark(mark) => services(maps)?.into_iter().find(|s| s.fwmark == mark),
+    };
+    found.with_context(|| format!("No such service: {id}"))
+}
+
+pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
+    if opts.one_packet && !matches!(id, ServiceId::Addr(Service { proto: Proto::Udp, .. }) | ServiceId::Fwmark(_)) {
+        bail!("one-packet scheduling (-o) is for UDP services only");
+    }
+    if let Some(p) = opts.persistence {
+        if p.timeout == 0 {
+            bail!("persistence timeout must be at least 1 second");
+        }
+        let m = u32::from(p.netmask);
+        if m.leading_ones() + m.trailing_zeros() != 32 {
+            bail!("`{}` is not a netmask", p.netmask);
+        }
+    }
+    Ok(())
+}
+
+fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
+    let p = opts.persistence.unwrap_or(Persistence { timeout: 0, netmask: Ipv4Addr::BROADCAST });
+    ServiceInfo {
+        scheduler: opts.scheduler.id(),
+        flags: opts.flags(),
+        persist_timeout: p.timeout,
+        persist_mask: p.netmask.octets(),
+        ..base
+    }
+}
+
+/// ipvsadm -A.
+pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Result<()> {
+    check_options(id, &opts)?;
+    let existing = services(maps)?;
+    let taken = match id {
+        ServiceId::Addr(svc) => maps.services.get(&svc.key(), 0).is_ok(),
+        ServiceId::Fwmark(mark) => existing.iter().any(|s| s.fwmark == mark),
+    };
+    if taken {
+        bail!("Service already exists: {id}");
+    }
+    let mut used = vec![false; MAX_SERVICES as usize];
+    for s in &existing {
+        used[s.id as usize] = true;
+    }
+    let Some(sid) = used.iter().position(|u| !u) else { bail!("too many services (at most {MAX_SERVICES})") };
+    let sid = sid as u32;
+    maps.rr_cursors.set(sid, per_cpu()?, 0)?;
+    let fwmark = match id {
+        ServiceId::Fwmark(m) => m,
+        ServiceId::Addr(_) => 0,
+    };
+    maps.service_info.insert(sid, info_with(ServiceInfo { id: sid, fwmark, ..Default::default() }, &opts), 0)?;
+    if let ServiceId::Addr(svc) = id {
+        maps.services.insert(svc.key(), sid, 0)?;
+    }
+    Ok(())
+}
+
+/// ipvsadm -E.
+pub fn edit_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Result<()> {
+    check_options(id, &opts)?;
+    let info = find_service(maps, id)?;
+    maps.service_info.insert(info.id, info_with(info, &opts), 0)?;
+    rebuild(maps, info.id)
+}
+
+/// ipvsadm -D. The reals are marked removed; their connections end with their timeouts.
+pub fn remove_service(maps: &mut Maps, id: ServiceId) -> Result<()> {
+    let info = find_service(maps, id)?;
+    for (key, sid) in frontends(maps)? {
+        if sid == info.id {
+            maps.services.remove(&key)?;
+        }
+    }
+    maps.service_info.remove(&info.id)?;
+    for (real_id, mut real) in reals(maps)? {
+        if real.service_id == info.id && !real.removed() {
+            real.flags |= real_flags::REMOVED;
+            maps.reals.insert(real_id, real, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds frontends (VIP:port entries) to a firewall-mark service.
+pub fn add_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()> {
+    let info = find_service(maps, ServiceId::Fwmark(mark))?;
+    for f in list {
+        if maps.services.get(&f.key(), 0).is_ok() {
+            bail!("Service already exists: {f} (a VIP:port belongs to one service)");
+        }
+    }
+    for f in list {
+        maps.services.insert(f.key(), info.id, 0)?;
+    }
+    Ok(())
+}
+
+pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()> {
+    let info = find_service(maps, ServiceId::Fwmark(mark))?;
+    for f in list {
+        if maps.services.get(&f.key(), 0).ok() != Some(info.id) {
+            bail!("No such frontend: {f} in FWM {mark}");
+        }
+    }
+    for f in list {
+        maps.services.remove(&f.key())?;
+    }
+    Ok(())
+}
+
+pub fn check_real_options(opts: &RealOptions) -> Result<()> {
+    if opts.weight > MAX_WEIGHT {
+        bail!("weight {} is out of range (0-{MAX_WEIGHT})", opts.weight);
+    }
+    if opts.u_threshold != 0 && opts.l_threshold > opts.u_threshold {
+        bail!("lower threshold {} is above upper threshold {}", opts.l_threshold, opts.u_threshold);
+    }
+    Ok(())
+}
+
+/// ipvsadm -a. A real removed earlier but still draining is brought back with its flows.
+pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions, target: L2Target) -> Result<u32> {
+    check_real_options(&opts)?;
+    let info = find_service(maps, id)?;
+    let all = reals(maps)?;
+    let mine: Vec<&(u32, RealEntry)> = all.iter().filter(|(_, r)| r.service_id == info.id && r.ip == rip.octets()).collect();
+    if mine.iter().any(|(_, r)| !r.removed()) {
+        bail!("Destination already exists: {rip} in {id}");
+    }
+    let live = all.iter().filter(|(_, r)| r.service_id == info.id && !r.removed()).count() as u32;
+    if live >= MAX_REALS_PER_SERVICE {
+        bail!("too many real servers in {id} (at most {MAX_REALS_PER_SERVICE})");
+    }
+    let entry = RealEntry {
+        ip: rip.octets(),
+        service_id: info.id,
+        mac: target.mac.unwrap_or_default(),
+        flags: if target.mac.is_some() { real_flags::MAC_VALID } else { 0 },
+        ifindex: target.ifindex,
+        weight: opts.weight,
+        u_threshold: opts.u_threshold,
+        l_threshold: opts.l_threshold,
+    };
+    let real_id = match mine.first() {
+        Some((revived, _)) => *revived,
+        None => {
+            let mut used = vec![false; MAX_REALS as usize];
+            for (rid, _) in &all {
+                used[*rid as usize] = true;
+            }
+            let Some(free) = used.iter().position(|u| !u) else { bail!("too many real servers (at most {MAX_REALS})") };
+            let free = free as u32;
+            maps.real_stats.set(free, per_cpu()?, 0)?;
+            maps.real_load.set(free, RealLoad::default(), 0)?;
+            free
+        }
+    };
+    maps.reals.insert(real_id, entry, 0)?;
+    rebuild(maps, info.id)?;
+    Ok(real_id)
+}
+
+fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, rip: Ipv4Addr) -> Result<(u32, RealEntry)> {
+    reals(maps)?
+        .into_iter()
+        .find(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.removed())
+        .with_context(|| format!("No such destination: {rip} in {id}"))
+}
+
+/// ipvsadm -e.
+pub fn edit_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions) -> Result<()> {
+    check_real_options(&opts)?;
+    let info = find_service(maps, id)?;
+    let (real_id, mut real) = find_real(maps, &info, id, rip)?;
+    real.weight = opts.weight;
+    real.u_threshold = opts.u_threshold;
+    real.l_threshold = opts.l_threshold;
+    maps.reals.insert(real_id, real, 0)?;
+    rebuild(maps, info.id)
+}
+
+/// ipvsadm -d: no new flows; established ones continue or are dropped as
+/// expire_nodest_conn says.
+pub fn remove_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr) -> Result<()> {
+    let info = find_service(maps, id)?;
+    let (real_id, mut real) = find_real(maps, &info, id, rip)?;
+    real.flags |= real_flags::REMOVED;
+    maps.reals.insert(real_id, real, 0)?;
+    rebuild(maps, info.id)
+}
+
+/// Updates a real's MAC and interface (after the neighbour entry changed).
+pub fn set_real_target(maps: &mut Maps, real_id: u32, target: L2Target) -> Result<()> {
+    let mut real = maps.reals.get(&real_id, 0).with_context(|| format!("real id {real_id} is not in use"))?;
+    real.mac = target.mac.unwrap_or_default();
+    real.ifindex = target.ifindex;
+    real.flags = (real.flags & !real_flags::MAC_VALID) | if target.mac.is_some() { real_flags::MAC_VALID } else { 0 };
+    maps.reals.insert(real_id, real, 0)?;
+    Ok(())
+}
+
+/// Rebuilds a service's real list and scheduling table in fresh pool slots, then
+/// points the service at them.
+fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
+    let all_services = services(maps)?;
+    let info = *all_services.iter().find(|s| s.id == sid).context("service vanished")?;
+    let live: Vec<(u32, RealEntry)> = reals(maps)?.into_iter().filter(|(_, r)| r.service_id == sid && !r.removed()).collect();
+    let ids: Vec<u32> = live.iter().map(|(id, _)| *id).collect();
+    let weights: Vec<u32> = live.iter().map(|(_, r)| r.weight).collect();
+    let positions = match Scheduler::from_id(info.scheduler) {
+        Some(Scheduler::Rr) => tables::rr_table(&weights),
+        Some(Scheduler::Wrr) => tables::wrr_sequence(&weights, WRR_MAX_SEQUENCE as usize),
+        Some(Scheduler::Sh) => tables::sh_buckets(&weights),
+        Some(Scheduler::Dh) => tables::dh_buckets(weights.len()),
+        Some(Scheduler::Mh) => {
+            let keys: Vec<u32> = live.iter().map(|(_, r)| u32::from_be_bytes(r.ip)).collect();
+            tables::maglev_table(&keys, &weights)
+        }
+        _ => Vec::new(), // scanning schedulers use the real list only
+    };
+    let table: Vec<u32> = positions.iter().map(|&p| ids[p as usize]).collect();
+    // Place both next to every service's current regions (this one's included: the fast
+    // path may be reading them until the flip).
+    let mut used: Vec<(u32, u32)> = all_services.iter().flat_map(|s| [(s.reals_off, s.reals_len), (s.table_off, s.table_len)]).collect();
+    let reals_off = place(&mut used, ids.len() as u32)?;
+    let table_off = place(&mut used, table.len() as u32)?;
+    for (i, id) in ids.iter().enumerate() {
+        maps.pool.set(reals_off + i as u32, id, 0)?;
+    }
+    for (i, id) in table.iter().enumerate() {
+        maps.pool.set(table_off + i as u32, id, 0)?;
+    }
+    let updated = ServiceInfo { reals_off, reals_len: ids.len() as u32, table_off, table_len: table.len() as u32, ..info };
+    maps.service_info.insert(sid, updated, 0)?;
+    Ok(())
+}
+
+fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
+    let off = tables::allocate(used, len, POOL_SLOTS).with_context(|| {
+        format!("scheduling-table pool is full ({POOL_SLOTS} slots): remove services or use smaller tables")
+    })?;
+    used.push((off, len));
+    Ok(off)
+}
+
+pub fn settings(maps: &Maps) -> Result<Settings> {
+    Ok(maps.settings.get(&0, 0)?)
+}
+
+pub fn set_settings(maps: &mut Maps, s: Settings) -> Result<()> {
+    maps.settings.set(0, s, 0)?;
+    Ok(())
+}
+
+/// A real server as listed: address, options, where frames go, counts and counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct RealView {
     pub id: u32,
     pub address: Ipv4Addr,
+    pub weight: u32,
+    pub u_threshold: u32,
+    pub l_threshold: u32,
     /// "aa:bb:cc:dd:ee:ff", or None while the neighbour is unresolved.
     pub mac: Option<String>,
     pub ifindex: u32,
+    pub active_conns: u64,
+    pub inactive_conns: u64,
     pub packets: u64,
     pub bytes: u64,
     pub conns: u64,
@@ -262,41 +607,83 @@ pub struct RealView {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceView {
-    #[serde(flatten)]
-    pub service: Service,
+    pub id: ServiceId,
+    /// The VIP:port entries that lead to this service.
+    pub frontends: Vec<Service>,
     pub scheduler: &'static str,
+    pub sched_flags: Vec<&'static str>,
+    pub persistence: Option<Persistence>,
+    pub one_packet: bool,
     pub reals: Vec<RealView>,
 }
 
-/// Every service with its reals and counters, sorted for stable output.
+impl ServiceView {
+    /// The port shown for real servers (DR keeps the virtual port).
+    pub fn port(&self) -> u16 {
+        match self.id {
+            ServiceId::Addr(s) => s.port,
+            ServiceId::Fwmark(_) => 0,
+        }
+    }
+}
+
+/// Every service with its frontends, reals, counts and counters, sorted.
 pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
-    let mut services = Vec::new();
-    for entry in maps.services.iter() {
-        let (key, info) = entry?;
-        let Some(service) = Service::from_key(&key) else { continue };
+    let mut by_service: BTreeMap<u32, Vec<Service>> = BTreeMap::new();
+    for (key, sid) in frontends(maps)? {
+        if let Some(f) = Service::from_key(&key) {
+            by_service.entry(sid).or_default().push(f);
+        }
+    }
+    let all_reals = reals(maps)?;
+    let mut out = Vec::new();
+    for info in services(maps)? {
+        let mut fronts = by_service.remove(&info.id).unwrap_or_default();
+        fronts.sort();
+        let id = if info.fwmark != 0 {
+            ServiceId::Fwmark(info.fwmark)
+        } else {
+            match fronts.first() {
+                Some(f) => ServiceId::Addr(*f),
+                None => continue, // being created or removed by another command
+            }
+        };
+        let opts = ServiceOptions::from_info(&info);
         let mut reals = Vec::new();
-        for real_id in real_ids(maps, &info)? {
-            let e = maps.reals.get(&real_id, 0)?;
+        for (real_id, r) in all_reals.iter().filter(|(_, r)| r.service_id == info.id && !r.removed()) {
             let mut stats = RealStats::default();
-            for cpu in maps.real_stats.get(&real_id, 0)?.iter() {
+            for cpu in maps.real_stats.get(real_id, 0)?.iter() {
                 stats.add(cpu);
             }
+            let load = maps.real_load.get(real_id, 0)?;
             reals.push(RealView {
-                id: real_id,
-                address: Ipv4Addr::from(e.ip),
-                mac: e.mac_valid().then(|| format_mac(&e.mac)),
-                ifindex: e.ifindex,
+                id: *real_id,
+                address: Ipv4Addr::from(r.ip),
+                weight: r.weight,
+                u_threshold: r.u_threshold,
+                l_threshold: r.l_threshold,
+                mac: r.mac_valid().then(|| format_mac(&r.mac)),
+                ifindex: r.ifindex,
+                active_conns: load.active,
+                inactive_conns: load.inactive,
                 packets: stats.packets,
                 bytes: stats.bytes,
                 conns: stats.conns,
             });
         }
         reals.sort_by_key(|r| r.address);
-        let scheduler = Scheduler::from_id(info.scheduler).map_or("?", Scheduler::name);
-        services.push(ServiceView { service, scheduler, reals });
+        out.push(ServiceView {
+            id,
+            frontends: fronts,
+            scheduler: opts.scheduler.name(),
+            sched_flags: sched_flag_names(opts.sched_flags),
+            persistence: opts.persistence,
+            one_packet: opts.one_packet,
+            reals,
+        });
     }
-    services.sort_by_key(|s| s.service);
-    Ok(services)
+    out.sort_by_key(|s| s.id);
+    Ok(out)
 }
 
 /// The fast path's verdict counters, summed over CPUs, in `counter::NAMES` order.
@@ -308,6 +695,104 @@ pub fn counters(maps: &Maps) -> Result<Vec<(&'static str, u64)>> {
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One entry of the connection table, as `xlb conns` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnView {
+    pub proto: &'static str,
+    pub client: String,
+    pub virtual_address: String,
+    pub real: Ipv4Addr,
+    pub state: &'static str,
+    /// Seconds until the entry expires if idle.
+    pub expires_in: u64,
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn idle_limit_ns(state: u8, s: &Settings) -> u64 {
+    let secs = if state == tcp::UDP { s.udp_timeout } else { s.tcp_timeouts.get(state as usize).copied().unwrap_or(0) };
+    secs as u64 * 1_000_000_000
+}
+
+pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
+    let s = settings(maps)?;
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for entry in maps.conns.iter() {
+        let (k, c): (FlowKey, ConnEntry) = entry?;
+        let left = (c.last_seen_ns + idle_limit_ns(c.state, &s)).saturating_sub(now) / 1_000_000_000;
+        out.push(ConnView {
+            proto: Proto::from_number(k.proto).map_or("?", Proto::name),
+            client: format!("{}:{}", Ipv4Addr::from(k.src), u16::from_be_bytes(k.sport)),
+            virtual_address: format!("{}:{}", Ipv4Addr::from(k.dst), u16::from_be_bytes(k.dport)),
+            real: Ipv4Addr::from(c.real_ip),
+            state: tcp::STATE_NAMES.get(c.state as usize).copied().unwrap_or("?"),
+            expires_in: left,
+        });
+    }
+    out.sort_by(|a, b| (&a.client, &a.virtual_address).cmp(&(&b.client, &b.virtual_address)));
+    Ok(out)
+}
+
+/// What one sweep removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub conns_expired: u64,
+    pub templates_expired: u64,
+    pub reals_freed: u64,
+}
+
+/// Expires idle connections and persistence templates and frees removed reals that
+/// have no connection left. `expire` removes one connection in the kernel (the
+/// `xlb_expire` program) so the shared counts stay exact; it returns whether it did.
+pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) -> Result<SweepReport> {
+    let s = settings(maps)?;
+    let now = monotonic_ns();
+    let mut report = SweepReport::default();
+    let mut idle = Vec::new();
+    for entry in maps.conns.iter() {
+        let (k, c) = entry?;
+        if now.saturating_sub(c.last_seen_ns) > idle_limit_ns(c.state, &s) {
+            idle.push(k);
+        }
+    }
+    for k in idle {
+        if expire(&k)? {
+            report.conns_expired += 1;
+        }
+    }
+    let timeouts: BTreeMap<u32, u64> =
+        services(maps)?.iter().map(|i| (i.id, i.persist_timeout as u64 * 1_000_000_000)).collect();
+    let mut stale = Vec::new();
+    for entry in maps.persist.iter() {
+        let (k, e) = entry?;
+        let limit = timeouts.get(&k.service_id).copied().unwrap_or(0);
+        if now.saturating_sub(e.last_seen_ns) > limit {
+            stale.push(k);
+        }
+    }
+    for k in stale {
+        if maps.persist.remove(&k).is_ok() {
+            report.templates_expired += 1;
+        }
+    }
+    for (real_id, r) in reals(maps)? {
+        if r.removed() {
+            let load = maps.real_load.get(&real_id, 0)?;
+            if load.active == 0 && load.inactive == 0 {
+                maps.reals.remove(&real_id)?;
+                report.reals_freed += 1;
+            }
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -324,10 +809,42 @@ mod tests {
     }
 
     #[test]
-    fn proto_and_scheduler_names() {
+    fn service_ids_and_frontend_ranges() {
+        assert_eq!(ServiceId::parse("fwm", "7").unwrap(), ServiceId::Fwmark(7));
+        assert!(ServiceId::parse("fwm", "0").is_err());
+        assert!(matches!(ServiceId::parse("udp", "10.0.0.1:53").unwrap(), ServiceId::Addr(Service { proto: Proto::Udp, .. })));
+        let r = parse_frontends(Proto::Tcp, "10.0.0.1:8000-8002").unwrap();
+        assert_eq!(r.iter().map(|s| s.port).collect::<Vec<_>>(), vec![8000, 8001, 8002]);
+        assert!(parse_frontends(Proto::Tcp, "10.0.0.1:9-8").unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for (s, name, id) in SCHEDULERS {
+            assert_eq!(name.parse::<Scheduler>().unwrap(), s);
+            assert_eq!(Scheduler::from_id(id), Some(s));
+        }
+        assert!("fancy".parse::<Scheduler>().unwrap_err().to_string().contains("unknown scheduler"));
+        assert_eq!(parse_sched_flags("sh-port,sh-fallback").unwrap(), svc_flags::SH_PORT | svc_flags::SH_FALLBACK);
+        assert!(parse_sched_flags("sh-sideways").is_err());
+        assert_eq!(sched_flag_names(svc_flags::MH_PORT), vec!["mh-port"]);
         assert_eq!("TCP".parse::<Proto>().unwrap(), Proto::Tcp);
-        assert!("sctp".parse::<Proto>().is_err());
-        assert!("wrr".parse::<Scheduler>().unwrap_err().to_string().contains("unknown scheduler"));
         assert_eq!(format_mac(&[0xaa, 0, 1, 2, 3, 0xff]), "aa:00:01:02:03:ff");
+    }
+
+    #[test]
+    fn option_checks() {
+        let udp = ServiceId::Addr(Service { proto: Proto::Udp, vip: Ipv4Addr::LOCALHOST, port: 53 });
+        let tcp_svc = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::LOCALHOST, port: 80 });
+        let ops = ServiceOptions { one_packet: true, ..Default::default() };
+        assert!(check_options(udp, &ops).is_ok());
+        assert!(check_options(tcp_svc, &ops).unwrap_err().to_string().contains("UDP"));
+        let bad_mask = ServiceOptions {
+            persistence: Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 0, 255, 0) }),
+            ..Default::default()
+        };
+        assert!(check_options(tcp_svc, &bad_mask).unwrap_err().to_string().contains("not a netmask"));
+        assert!(check_real_options(&RealOptions { weight: 65536, ..Default::default() }).unwrap_err().to_string().contains("out of range"));
+        assert!(check_real_options(&RealOptions { weight: 1, u_threshold: 5, l_threshold: 9 }).is_err());
     }
 }

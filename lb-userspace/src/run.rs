@@ -65,7 +65,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             opts.pin_dir.display()
         );
     }
-    let mut ebpf = loader::load(loader::BALANCE_PROGRAM)?;
+    let mut ebpf = loader::load()?;
     let _pins = PinGuard(opts.pin_dir.clone());
     let mut maps = Maps::take(&mut ebpf, Some(&opts.pin_dir))?;
     if let Some(cfg) = &opts.config {
@@ -86,6 +86,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
             if let Err(e) = refresh_neighbours(&mut maps) {
                 eprintln!("xlb: refreshing real servers' MACs: {e:#}");
             }
+            if let Err(e) = ops::sweep(&mut maps, &mut |flow| loader::expire_flow(&mut ebpf, flow)) {
+                eprintln!("xlb: expiring idle connections: {e:#}");
+            }
             next_refresh = Instant::now() + REFRESH_EVERY;
         }
     }
@@ -96,10 +99,16 @@ pub fn run(opts: RunOptions) -> Result<()> {
 
 /// Applies a checked config to empty maps.
 pub fn apply_config(maps: &mut Maps, cfg: &Config) -> Result<()> {
-    for (svc, sched, reals) in &cfg.services {
-        ops::add_service(maps, *svc, *sched)?;
-        for rip in reals {
-            add_real_resolving(maps, *svc, *rip)?;
+    if let Some(s) = cfg.settings {
+        ops::set_settings(maps, s)?;
+    }
+    for svc in &cfg.services {
+        ops::add_service(maps, svc.id, svc.options)?;
+        if let ops::ServiceId::Fwmark(mark) = svc.id {
+            ops::add_frontends(maps, mark, &svc.frontends)?;
+        }
+        for (rip, opts) in &svc.reals {
+            add_real_resolving(maps, svc.id, *rip, *opts)?;
         }
     }
     Ok(())
@@ -107,14 +116,14 @@ pub fn apply_config(maps: &mut Maps, cfg: &Config) -> Result<()> {
 
 /// Adds a real server, taking its MAC from the kernel's neighbour table. An unresolved
 /// real is added anyway: its frames go to the kernel until `xlb run` resolves it.
-pub fn add_real_resolving(maps: &mut Maps, svc: ops::Service, rip: Ipv4Addr) -> Result<u32> {
+pub fn add_real_resolving(maps: &mut Maps, svc: ops::ServiceId, rip: Ipv4Addr, opts: ops::RealOptions) -> Result<u32> {
     let target = neigh::resolve(rip, RESOLVE_WAIT)?;
     if target.is_none() {
         eprintln!(
             "xlb: warning: {rip} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known"
         );
     }
-    ops::add_real(maps, svc, rip, target.unwrap_or_default())
+    ops::add_real(maps, svc, rip, opts, target.unwrap_or_default())
 }
 
 /// Re-reads every real's neighbour entry and updates MACs that changed or appeared.

@@ -40,7 +40,7 @@ fn dr_round_robin(mode: AttachMode) {
 
     let list = json(&c.xlb(&["list", "--json"]).unwrap());
     let reals = list[0]["reals"].as_array().unwrap();
-    assert_eq!(list[0]["vip"], VIP.to_string());
+    assert_eq!(list[0]["frontends"][0]["vip"], VIP.to_string());
     assert_eq!(reals.len(), 2);
     let conns: Vec<u64> = reals.iter().map(|r| r["conns"].as_u64().unwrap()).collect();
     assert_eq!(conns.iter().sum::<u64>(), 7, "{list}");
@@ -161,4 +161,25 @@ fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("xlb-test-{}", lb_userspace::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
+}
+
+#[test]
+fn weighted_round_robin_as_in_the_seeds() {
+    // The seeds: ipvsadm -A -t VIP:80 -s wrr; -a … -w 2; -a … -w 3.
+    let mut c = cluster(AttachMode::Skb);
+    c.start_balancer().unwrap();
+    let service = format!("{VIP}:80");
+    c.xlb(&["service", "add", "tcp", &service, "-s", "wrr"]).unwrap();
+    c.xlb(&["real", "add", "tcp", &service, "10.99.0.11", "-w", "2"]).unwrap();
+    c.xlb(&["real", "add", "tcp", &service, "10.99.0.12", "-w", "3"]).unwrap();
+    let answers: Vec<String> = (0..10).map(|_| c.curl("/").unwrap().trim().to_string()).collect();
+    assert_eq!(answers.iter().filter(|a| *a == "rs1").count(), 4, "{answers:?}");
+    assert_eq!(answers.iter().filter(|a| *a == "rs2").count(), 6, "{answers:?}");
+    let listing = c.xlb(&["list"]).unwrap();
+    assert!(listing.contains("TCP  10.99.0.100:80 wrr"), "{listing}");
+    assert!(listing.lines().any(|l| l.contains("10.99.0.12:80") && l.contains("Route   3")), "{listing}");
+    // The connection table shows the finished connections, as ipvsadm -L -c does.
+    let conns = json(&c.xlb(&["conns", "--json"]).unwrap());
+    assert_eq!(conns.as_array().unwrap().len(), 10, "{conns}");
+    assert!(conns.as_array().unwrap().iter().all(|e| e["state"] != "ESTABLISHED"), "{conns}");
 }
