@@ -10,5 +10,6 @@ pub mod maps;
 pub mod neigh;
 pub mod netns;
 pub mod ops;
+pub mod realserver;
 pub mod run;
 pub mod testbed;

@@ -8,7 +8,7 @@ use lb_userspace::{
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
     ops::{self, Proto, Scheduler, Service},
-    run,
+    realserver, run,
 };
 
 #[derive(Parser)]
@@ -62,6 +62,9 @@ enum Cmd {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
         reals: u8,
     },
+    /// Prepare this host as a real server: VIPs on lo, ARP for them suppressed.
+    #[command(subcommand)]
+    Realserver(realserver::RealserverCmd),
     /// HTTP server naming itself (the demo's real servers).
     #[command(hide = true)]
     HttpServe {
@@ -119,8 +122,22 @@ fn service(proto: Proto, vip_port: &str) -> Result<Service> {
     Ok(Service { proto, vip, port })
 }
 
+/// Logs go to stderr, filtered by RUST_LOG (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -185,6 +202,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
         }
+        Cmd::Realserver(cmd) => realserver::command(cmd),
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
         Cmd::XdpPassStub { iface } => {
             run::install_stop_handler();
