@@ -2,7 +2,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lb_userspace::{
     config, demo, httpd,
     loader::{self, AttachMode},
@@ -65,6 +65,17 @@ enum Cmd {
     /// Prepare this host as a real server: VIPs on lo, ARP for them suppressed.
     #[command(subcommand)]
     Realserver(realserver::RealserverCmd),
+    /// Print a shell completion script for xlb.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print xlb's man page (roff), or write it and one page per subcommand to a directory.
+    Man {
+        /// Write xlb.1, xlb-realserver.1, … here instead (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// HTTP server naming itself (the demo's real servers).
     #[command(hide = true)]
     HttpServe {
@@ -203,6 +214,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
         }
         Cmd::Realserver(cmd) => realserver::command(cmd),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir: None } => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
+        Cmd::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir).with_context(|| format!("writing man pages to {}", dir.display()))
+        }
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
         Cmd::XdpPassStub { iface } => {
             run::install_stop_handler();
