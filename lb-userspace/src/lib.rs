@@ -10,6 +10,7 @@ pub mod maps;
 pub mod neigh;
 pub mod netns;
 pub mod ops;
+pub mod realserver;
 pub mod run;
 pub mod tables;
 pub mod testbed;

@@ -2,14 +2,14 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use lb_common::tcp;
 use lb_userspace::{
     config, demo, httpd,
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
     ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
-    run,
+    realserver, run,
 };
 
 #[derive(Parser)]
@@ -93,6 +93,20 @@ enum Cmd {
         /// Number of real servers.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
         reals: u8,
+    },
+    /// Prepare this host as a real server: VIPs on lo, ARP for them suppressed.
+    #[command(subcommand)]
+    Realserver(realserver::RealserverCmd),
+    /// Print a shell completion script for xlb.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print xlb's man page (roff), or write it and one page per subcommand to a directory.
+    Man {
+        /// Write xlb.1, xlb-realserver.1, … here instead (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// HTTP server naming itself (the demo's real servers).
     #[command(hide = true)]
@@ -253,8 +267,22 @@ enum RealCmd {
     },
 }
 
+/// Logs go to stderr, filtered by RUST_LOG (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -377,6 +405,15 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Demo { requests, mode, reals } => {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
+        }
+        Cmd::Realserver(cmd) => realserver::command(cmd),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir: None } => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
+        Cmd::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir).with_context(|| format!("writing man pages to {}", dir.display()))
         }
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
         Cmd::XdpPassStub { iface } => {

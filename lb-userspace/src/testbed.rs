@@ -1,6 +1,6 @@
 //! An LVS-DR cluster in network namespaces, as in the seeds' notes: a client, a director
 //! holding the VIP, and real servers with the VIP on lo and ARP suppressed
-//! (arp_ignore=1, arp_announce=2), all on one switch (a bridge in its own namespace).
+//! (arp_ignore=1, arp_announce=2, by `xlb realserver setup`), all on one switch (a bridge in its own namespace).
 //! Used by `xlb demo` and the end-to-end tests. Everything is removed on drop.
 use std::{
     io::{BufRead, BufReader},
@@ -170,11 +170,7 @@ impl DrCluster {
         for rs in &self.reals {
             self.plug(&rs.ns, &format!("p-{}", rs.name), rs.ip)?;
             // The seeds' real-server script: VIP on lo, and never answer or announce it by ARP.
-            rs.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            for iface in ["all", "lo"] {
-                rs.ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
-                rs.ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
-            }
+            netns::run(rs.ns.command(&self.xlb).args(["realserver", "setup", "--vip", &VIP.to_string()]))?;
         }
         Ok(())
     }
@@ -259,6 +255,10 @@ impl Drop for DrCluster {
         // (and their veths) go when the Netns fields drop.
         while let Some(child) = self.children.pop() {
             drop(child);
+        }
+        // Setup's state file lives in the host's /run/xlb, which outlives the namespaces.
+        for rs in &self.reals {
+            let _ = netns::run(rs.ns.command(&self.xlb).args(["realserver", "teardown"]));
         }
         crate::maps::unpin_all(&self.pin_dir);
     }

@@ -21,7 +21,7 @@ use setup::{cmd, ensure_setup, is_root};
         Every subcommand first checks the build prerequisites and installs what is missing: \
         the nightly toolchain with rust-src, bpf-linker 0.10.3 and (as root, via apt-get) \
         the tools the tests and demo use: iproute2, util-linux, ethtool, curl, bpftool, \
-        nftables and wrk."
+        nftables, wrk and systemd (for systemd-analyze)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("nft", "nftables"),
     ("wrk", "wrk"),
+    // Only `systemd-analyze verify` of the unit files in packaging/systemd.
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Directories searched for commands besides PATH: a non-login root shell often lacks

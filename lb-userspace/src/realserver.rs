@@ -1,0 +1,538 @@
+//! `xlb realserver`: prepares a real server as the seeds' LVS-DR real-server script does —
+//! each VIP as a /32 on `lo` (brought up), ARP for it neither answered (`arp_ignore=1`)
+//! nor announced (`arp_announce=2`) for `all` and `lo` — but idempotently and reversibly.
+//!
+//! Two lines of that script are left out on purpose:
+//! - `route add -host VIP dev lo:10`: adding the /32 makes the kernel put a `local` route
+//!   for it in the local table, which is looked up before the main table, so the extra
+//!   host route changes nothing. `status` checks that the VIP routes locally instead.
+//! - `eth0/arp_ignore`, `eth0/arp_announce`: the kernel uses the larger of `all` and the
+//!   interface's own value for both, so `all` covers every NIC, also ones added later.
+//!
+//! Setup records the sysctl values it found and the addresses it added in a state file
+//! under /run/xlb, one per network namespace, so that teardown puts back exactly that.
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    io::ErrorKind,
+    net::Ipv4Addr,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::netns;
+
+/// Where setup keeps what teardown must restore (emptied at boot, like what it records).
+pub const STATE_DIR: &str = "/run/xlb";
+
+/// What TUN mode still lacks; said by setup and reported by status.
+pub const IPIP_DECAPSULATOR_MISSING: &str = "the IPIP decapsulator is not available yet";
+
+#[derive(clap::Subcommand)]
+pub enum RealserverCmd {
+    /// Put the VIPs on lo and suppress ARP for them (running it again changes nothing).
+    Setup {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Undo setup: remove the addresses it added; restore the ARP sysctls once no VIP is left.
+    Teardown {
+        /// VIP to tear down (repeat, or separate with commas; default: every VIP set up here).
+        #[arg(long = "vip", value_name = "VIP", value_delimiter = ',')]
+        vips: Vec<Ipv4Addr>,
+    },
+    /// Check every part of the setup; exits non-zero if any is missing.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Target {
+    /// Virtual IP this real server serves (repeat, or separate with commas).
+    #[arg(long = "vip", value_name = "VIP", required = true, value_delimiter = ',')]
+    pub vips: Vec<Ipv4Addr>,
+    /// How the director forwards to this real server.
+    #[arg(long, value_enum, default_value = "dr")]
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Direct routing: the director rewrites the MAC address.
+    Dr,
+    /// IP-in-IP tunnel: the director encapsulates (decapsulator not available yet).
+    Tun,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Dr => "DR",
+            Mode::Tun => "TUN",
+        })
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Runs one `xlb realserver` subcommand.
+pub fn command(cmd: RealserverCmd) -> Result<()> {
+    match cmd {
+        RealserverCmd::Setup { target } => setup(&target.vips, target.mode),
+        RealserverCmd::Teardown { vips } => teardown(&vips),
+        RealserverCmd::Status { target, output } => {
+            let status = status(&target.vips, target.mode)?;
+            match output {
+                Output::Text => print!("{}", status.text()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            }
+            let failed = status.checks.iter().filter(|c| !c.ok).count();
+            if failed > 0 {
+                bail!(
+                    "this real server is not set up for {}: {failed} of {} checks failed",
+                    status.mode,
+                    status.checks.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One ARP sysctl of the seeds' script and the value a real server needs.
+struct ArpSysctl {
+    iface: &'static str,
+    name: &'static str,
+    value: &'static str,
+}
+
+const ARP_SYSCTLS: [ArpSysctl; 4] = [
+    ArpSysctl { iface: "all", name: "arp_ignore", value: "1" },
+    ArpSysctl { iface: "all", name: "arp_announce", value: "2" },
+    ArpSysctl { iface: "lo", name: "arp_ignore", value: "1" },
+    ArpSysctl { iface: "lo", name: "arp_announce", value: "2" },
+];
+
+impl ArpSysctl {
+    fn key(&self) -> String {
+        format!("net.ipv4.conf.{}.{}", self.iface, self.name)
+    }
+
+    /// /proc/sys/net belongs to the network namespace of the process opening it: ours.
+    fn path(&self) -> PathBuf {
+        Path::new("/proc/sys/net/ipv4/conf").join(self.iface).join(self.name)
+    }
+
+    fn read(&self) -> Result<String> {
+        let path = self.path();
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(text.trim().to_string())
+    }
+
+    fn write(&self, value: &str) -> Result<()> {
+        let path = self.path();
+        fs::write(&path, format!("{value}\n")).map_err(|e| {
+            let hint = if e.kind() == ErrorKind::PermissionDenied { " (it needs root)" } else { "" };
+            anyhow::anyhow!("setting {} to {value} (writing {}): {e}{hint}", self.key(), path.display())
+        })
+    }
+}
+
+/// The VIPs given, each once, refusing addresses no VIP can be.
+fn checked_vips(vips: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>> {
+    let mut checked = Vec::new();
+    for &vip in vips {
+        let why = if vip.is_unspecified() {
+            "the unspecified address"
+        } else if vip.is_loopback() {
+            "a loopback address (127.0.0.0/8)"
+        } else if vip.is_multicast() {
+            "a multicast address"
+        } else if vip.is_broadcast() {
+            "the broadcast address"
+        } else {
+            if !checked.contains(&vip) {
+                checked.push(vip);
+            }
+            continue;
+        };
+        bail!("{vip} cannot be a VIP: it is {why}");
+    }
+    Ok(checked)
+}
+
+/// `ip ARGS…`, returning stdout; a failure carries the command and its stderr.
+fn ip(args: &[&str]) -> Result<String> {
+    netns::run(Command::new("ip").args(args))
+}
+
+/// The IPv4 addresses of this namespace's interfaces, from `ip -j addr show`.
+struct Addresses {
+    lo_up: bool,
+    /// (interface, address, prefix length)
+    v4: Vec<(String, Ipv4Addr, u8)>,
+}
+
+#[derive(Deserialize)]
+struct IpLink {
+    ifname: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    addr_info: Vec<IpAddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpAddrInfo {
+    #[serde(default)]
+    family: String,
+    #[serde(default)]
+    local: String,
+    #[serde(default)]
+    prefixlen: u8,
+}
+
+impl Addresses {
+    fn read() -> Result<Self> {
+        let json = ip(&["-j", "addr", "show"])?;
+        let links: Vec<IpLink> = serde_json::from_str(&json).with_context(|| format!("reading `ip -j addr show`: {json}"))?;
+        let lo_up = links.iter().any(|l| l.ifname == "lo" && l.flags.iter().any(|f| f == "UP"));
+        let mut v4 = Vec::new();
+        for link in &links {
+            for a in link.addr_info.iter().filter(|a| a.family == "inet") {
+                let addr = a.local.parse().with_context(|| format!("`ip -j addr show` listed {:?} on {}", a.local, link.ifname))?;
+                v4.push((link.ifname.clone(), addr, a.prefixlen));
+            }
+        }
+        Ok(Self { lo_up, v4 })
+    }
+
+    fn on_lo_as_host(&self, vip: Ipv4Addr) -> bool {
+        self.v4.iter().any(|(iface, addr, prefix)| iface == "lo" && *addr == vip && *prefix == 32)
+    }
+
+    /// Where `vip` is that a real server must not have it: on lo with a wider prefix
+    /// (that makes the whole subnet local) or on any other interface (where ARP answers it).
+    fn misplaced(&self, vip: Ipv4Addr) -> Vec<String> {
+        self.v4
+            .iter()
+            .filter(|(iface, addr, prefix)| *addr == vip && (iface != "lo" || *prefix != 32))
+            .map(|(iface, addr, prefix)| format!("{addr}/{prefix} on {iface}"))
+            .collect()
+    }
+}
+
+/// The route type `ip route get` reports for `vip` ("local" when it is delivered here).
+fn route_type(vip: Ipv4Addr) -> String {
+    let out = Command::new("ip").args(["-j", "route", "get", &vip.to_string()]).stdin(Stdio::null()).output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let routes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            routes[0]["type"].as_str().unwrap_or("unknown").to_string()
+        }
+        Ok(out) => format!("no route ({})", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("`ip route get` did not run: {e}"),
+    }
+}
+
+/// What setup changed, so that teardown can put it back.
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    /// Sysctl key → its value before the first setup.
+    previous_sysctls: BTreeMap<String, String>,
+    vips: Vec<VipRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VipRecord {
+    vip: Ipv4Addr,
+    /// Whether setup added the address; one that was there before stays after teardown.
+    added: bool,
+}
+
+/// This namespace's state file, locked against concurrent `xlb realserver` runs.
+struct StateFile {
+    path: PathBuf,
+    _lock: fs::File,
+}
+
+impl StateFile {
+    fn lock() -> Result<Self> {
+        fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let dir = fs::File::open(STATE_DIR).with_context(|| format!("opening {STATE_DIR}"))?;
+        dir.lock().with_context(|| format!("locking {STATE_DIR}"))?;
+        let path = Path::new(STATE_DIR).join(format!("realserver-{}.json", netns_key()?));
+        Ok(Self { path, _lock: dir })
+    }
+
+    fn load(&self) -> Result<Option<State>> {
+        match fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| format!("reading {}", self.path.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+
+    /// Writes a whole new file and renames it over the old one: never half a state.
+    fn save(&self, state: &State) -> Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(state)?).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path).with_context(|| format!("renaming {} to {}", tmp.display(), self.path.display()))
+    }
+
+    fn remove(&self) -> Result<()> {
+        fs::remove_file(&self.path).with_context(|| format!("removing {}", self.path.display()))
+    }
+}
+
+/// Names this network namespace for its state file. /run/xlb is shared by every
+/// namespace on the host (nsenter --net keeps the mounts). The netns cookie is never
+/// reused while the machine is up, unlike the namespace's inode number; kernels before
+/// 5.14 have no cookie, and there the inode is the best name available.
+fn netns_key() -> Result<String> {
+    if let Some(cookie) = netns_cookie() {
+        return Ok(format!("netns-{cookie}"));
+    }
+    let inode = fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
+    Ok(format!("netns-inode-{inode}"))
+}
+
+fn netns_cookie() -> Option<u64> {
+    // Any socket lives in the namespace of the process that made it.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
+fn comma_list(vips: &[Ipv4Addr]) -> String {
+    vips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(", ")
+}
+
+pub fn setup(vips: &[Ipv4Addr], mode: Mode) -> Result<()> {
+    let vips = checked_vips(vips)?;
+    let addresses = Addresses::read()?;
+    for &vip in &vips {
+        let misplaced = addresses.misplaced(vip);
+        if !misplaced.is_empty() {
+            bail!(
+                "{vip} is already configured as {}: a real server must hold it only as {vip}/32 on lo \
+                 (elsewhere it answers ARP for it or makes a whole subnet local); remove it with \
+                 `ip addr del ADDRESS/PREFIX dev IFACE` and run setup again",
+                misplaced.join(", ")
+            );
+        }
+    }
+
+    let state_file = StateFile::lock()?;
+    let mut state = state_file.load()?.unwrap_or_default();
+    let mut to_add = Vec::new();
+    for &vip in &vips {
+        let pos = match state.vips.iter().position(|r| r.vip == vip) {
+            Some(pos) => pos,
+            None => {
+                state.vips.push(VipRecord { vip, added: false });
+                state.vips.len() - 1
+            }
+        };
+        if !addresses.on_lo_as_host(vip) {
+            state.vips[pos].added = true;
+            to_add.push(vip);
+        }
+    }
+    let mut to_change = Vec::new();
+    for sysctl in &ARP_SYSCTLS {
+        let current = sysctl.read()?;
+        // Only the first setup's values count: they are what this host had.
+        state.previous_sysctls.entry(sysctl.key()).or_insert_with(|| current.clone());
+        if current != sysctl.value {
+            to_change.push((sysctl, current));
+        }
+    }
+    // Saved before anything changes, so that teardown also undoes a setup that failed half way.
+    state_file.save(&state)?;
+
+    if !addresses.lo_up {
+        ip(&["link", "set", "lo", "up"]).context("bringing lo up")?;
+        info!("brought lo up");
+    }
+    for vip in to_add {
+        ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).with_context(|| format!("adding {vip}/32 to lo"))?;
+        info!("added {vip}/32 to lo");
+    }
+    for (sysctl, old) in to_change {
+        sysctl.write(sysctl.value)?;
+        info!("{}: {old} -> {}", sysctl.key(), sysctl.value);
+    }
+    if mode == Mode::Tun {
+        setup_ipip_decapsulator(&vips);
+    }
+    println!("real server set up for {mode}: {} on lo, ARP for them suppressed", comma_list(&vips));
+    Ok(())
+}
+
+/// TUN mode's hook: make this real server decapsulate the director's IPIP packets for
+/// `vips`. xlb has no decapsulator yet (tunnel mode is a later issue), so it says so.
+fn setup_ipip_decapsulator(_vips: &[Ipv4Addr]) {
+    warn!(
+        "TUN mode: {IPIP_DECAPSULATOR_MISSING}; the VIPs are on lo with ARP suppressed, but \
+         IPIP-encapsulated packets from the director are not received yet"
+    );
+}
+
+/// TUN mode's status hook: whether IPIP packets for the VIPs are decapsulated.
+fn check_ipip_decapsulator() -> Check {
+    Check { check: "IPIP decapsulator for TUN mode".into(), ok: false, found: IPIP_DECAPSULATOR_MISSING.into() }
+}
+
+/// Undoes setup for `vips` (all recorded VIPs if empty).
+pub fn teardown(vips: &[Ipv4Addr]) -> Result<()> {
+    let state_file = StateFile::lock()?;
+    let Some(mut state) = state_file.load()? else {
+        println!("nothing to tear down: no `xlb realserver setup` recorded for this network namespace");
+        return Ok(());
+    };
+    let selected: Vec<Ipv4Addr> = if vips.is_empty() { state.vips.iter().map(|r| r.vip).collect() } else { vips.to_vec() };
+    let addresses = Addresses::read()?;
+    for vip in &selected {
+        let Some(pos) = state.vips.iter().position(|r| r.vip == *vip) else {
+            warn!("{vip} was not set up by `xlb realserver setup` in this network namespace; left as it is");
+            continue;
+        };
+        let record = state.vips.remove(pos);
+        if record.added && addresses.on_lo_as_host(record.vip) {
+            ip(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).with_context(|| format!("removing {vip}/32 from lo"))?;
+            info!("removed {vip}/32 from lo");
+        } else if !record.added {
+            info!("kept {vip}/32 on lo: it was there before setup");
+        }
+        state_file.save(&state)?;
+    }
+    if !state.vips.is_empty() {
+        let left: Vec<Ipv4Addr> = state.vips.iter().map(|r| r.vip).collect();
+        println!("ARP suppression kept: {} still set up", comma_list(&left));
+        return Ok(());
+    }
+    // lo stays up: it was either up before or is needed by everything else anyway.
+    for sysctl in &ARP_SYSCTLS {
+        if let Some(previous) = state.previous_sysctls.get(&sysctl.key()) {
+            sysctl.write(previous)?;
+            info!("restored {} to {previous}", sysctl.key());
+        }
+    }
+    state_file.remove()?;
+    println!("real server torn down: addresses removed, ARP sysctls restored");
+    Ok(())
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub mode: Mode,
+    pub vips: Vec<Ipv4Addr>,
+    pub complete: bool,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Serialize)]
+pub struct Check {
+    pub check: String,
+    pub ok: bool,
+    /// What was found (the wanted value when `ok`).
+    pub found: String,
+}
+
+impl Status {
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        for c in &self.checks {
+            if c.ok {
+                text += &format!("ok    {}\n", c.check);
+            } else {
+                text += &format!("FAIL  {}: found {}\n", c.check, c.found);
+            }
+        }
+        text
+    }
+}
+
+/// Checks, without changing anything, every part of what setup does.
+pub fn status(vips: &[Ipv4Addr], mode: Mode) -> Result<Status> {
+    let vips = checked_vips(vips)?;
+    let addresses = Addresses::read()?;
+    let mut checks = vec![Check {
+        check: "lo is up".into(),
+        ok: addresses.lo_up,
+        found: if addresses.lo_up { "up" } else { "down" }.into(),
+    }];
+    for &vip in &vips {
+        let on_lo = addresses.on_lo_as_host(vip);
+        checks.push(Check {
+            check: format!("{vip}/32 on lo"),
+            ok: on_lo,
+            found: if on_lo { "present" } else { "missing" }.into(),
+        });
+        let misplaced = addresses.misplaced(vip);
+        checks.push(Check {
+            check: format!("{vip} held nowhere else"),
+            ok: misplaced.is_empty(),
+            found: if misplaced.is_empty() { "none".into() } else { misplaced.join(", ") },
+        });
+        let route = route_type(vip);
+        checks.push(Check { check: format!("{vip} routes locally"), ok: route == "local", found: route });
+    }
+    for sysctl in &ARP_SYSCTLS {
+        let value = sysctl.read()?;
+        checks.push(Check { check: format!("{} = {}", sysctl.key(), sysctl.value), ok: value == sysctl.value, found: value });
+    }
+    if mode == Mode::Tun {
+        checks.push(check_ipip_decapsulator());
+    }
+    let complete = checks.iter().all(|c| c.ok);
+    Ok(Status { mode, vips, complete, checks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vips_are_checked_and_deduplicated() {
+        let vip = Ipv4Addr::new(192, 168, 1, 200);
+        assert_eq!(checked_vips(&[vip, vip]).unwrap(), [vip]);
+        let err = |v: Ipv4Addr| checked_vips(&[v]).unwrap_err().to_string();
+        assert_eq!(err(Ipv4Addr::LOCALHOST), "127.0.0.1 cannot be a VIP: it is a loopback address (127.0.0.0/8)");
+        assert_eq!(err(Ipv4Addr::UNSPECIFIED), "0.0.0.0 cannot be a VIP: it is the unspecified address");
+        assert_eq!(err(Ipv4Addr::new(224, 0, 0, 1)), "224.0.0.1 cannot be a VIP: it is a multicast address");
+        assert_eq!(err(Ipv4Addr::BROADCAST), "255.255.255.255 cannot be a VIP: it is the broadcast address");
+    }
+}
