@@ -207,7 +207,7 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
         let (rip, opts) = match r {
             RealSection::Address(a) => (ip(a)?, RealOptions::default()),
             RealSection::Full(t) => {
-                (ip(&t.address)?, RealOptions { weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold })
+                (ip(&t.address)?, RealOptions { weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold, ..Default::default() })
             }
         };
         ops::check_real_options(&opts).with_context(|| format!("real server {rip}"))?;

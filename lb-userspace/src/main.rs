@@ -237,7 +237,7 @@ struct RealArgs {
 
 impl RealArgs {
     fn options(&self) -> RealOptions {
-        RealOptions { weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold }
+        RealOptions { weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold, ..Default::default() }
     }
 }
 

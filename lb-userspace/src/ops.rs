@@ -269,9 +269,34 @@ impl ServiceOptions {
     }
 }
 
-/// A real server's options (ipvsadm -a/-e's -w, -x, -y).
+/// How frames reach a real server (ipvsadm's -g, -m, -i).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMethod {
+    /// Direct routing: MAC rewrite (-g, the default).
+    #[default]
+    Route,
+    /// NAT / masquerading (-m).
+    Masq,
+    /// IPIP tunnel (-i).
+    Tunnel,
+}
+
+impl ForwardMethod {
+    /// The Forward column of ipvsadm's listing.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForwardMethod::Route => "Route",
+            ForwardMethod::Masq => "Masq",
+            ForwardMethod::Tunnel => "Tunnel",
+        }
+    }
+}
+
+/// A real server's options (ipvsadm -a/-e's -g/-m/-i, -w, -x, -y).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RealOptions {
+    pub forward: ForwardMethod,
     pub weight: u32,
     pub u_threshold: u32,
     pub l_threshold: u32,
@@ -279,7 +304,7 @@ pub struct RealOptions {
 
 impl Default for RealOptions {
     fn default() -> Self {
-        Self { weight: 1, u_threshold: 0, l_threshold: 0 }
+        Self { forward: ForwardMethod::Route, weight: 1, u_threshold: 0, l_threshold: 0 }
     }
 }
 
@@ -444,6 +469,9 @@ pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<
 }
 
 pub fn check_real_options(opts: &RealOptions) -> Result<()> {
+    if opts.forward != ForwardMethod::Route {
+        bail!("forwarding method {} is not supported yet (only direct routing, -g)", opts.forward.name());
+    }
     if opts.weight > MAX_WEIGHT {
         bail!("weight {} is out of range (0-{MAX_WEIGHT})", opts.weight);
     }
@@ -845,6 +873,6 @@ mod tests {
         };
         assert!(check_options(tcp_svc, &bad_mask).unwrap_err().to_string().contains("not a netmask"));
         assert!(check_real_options(&RealOptions { weight: 65536, ..Default::default() }).unwrap_err().to_string().contains("out of range"));
-        assert!(check_real_options(&RealOptions { weight: 1, u_threshold: 5, l_threshold: 9 }).is_err());
+        assert!(check_real_options(&RealOptions { weight: 1, u_threshold: 5, l_threshold: 9, ..Default::default() }).is_err());
     }
 }

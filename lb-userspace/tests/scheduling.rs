@@ -239,7 +239,7 @@ fn upper_threshold_stops_new_connections() {
     pin_to_cpu0();
     let mut inst = Instance::empty();
     ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).unwrap();
-    ops::add_real(&mut inst.maps, web(80), RS1_IP, RealOptions { weight: 1, u_threshold: 2, l_threshold: 1 }, RS1).unwrap();
+    ops::add_real(&mut inst.maps, web(80), RS1_IP, RealOptions { weight: 1, u_threshold: 2, l_threshold: 1, ..Default::default() }, RS1).unwrap();
     ops::add_real(&mut inst.maps, web(80), RS2_IP, weight(1), RS2).unwrap();
     let macs: Vec<_> = (0..8).map(|i| inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80))).collect();
     assert_eq!(macs.iter().filter(|m| **m == RS1_MAC).count(), 2, "rs1 is full at 2 connections: {macs:02x?}");
