@@ -30,13 +30,13 @@ use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result, bail};
 use lb_common::{Settings, tcp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ops::{
     self, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     settings: Option<SettingsSection>,
@@ -44,7 +44,7 @@ struct File {
     service: Vec<ServiceSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsSection {
     tcp: Option<u32>,
@@ -56,34 +56,41 @@ struct SettingsSection {
     sloppy_tcp: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ServiceSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     proto: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     vip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     fwmark: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     frontends: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     scheduler: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sched_flags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     persistent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     netmask: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     one_packet: bool,
     #[serde(default)]
     reals: Vec<RealSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 enum RealSection {
     Address(String),
     Full(RealTable),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RealTable {
     address: String,
@@ -109,11 +116,68 @@ pub struct ServiceConfig {
     pub reals: Vec<(Ipv4Addr, RealOptions)>,
 }
 
-/// A checked config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A checked config: also the daemon's desired state, which it saves in this format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub settings: Option<Settings>,
     pub services: Vec<ServiceConfig>,
+}
+
+/// The config as TOML that [`parse`] reads back to the same config.
+pub fn to_toml(cfg: &Config) -> String {
+    let settings = cfg.settings.map(|s| SettingsSection {
+        tcp: Some(s.tcp_timeouts[tcp::ESTABLISHED as usize]),
+        tcpfin: Some(s.tcp_timeouts[tcp::FIN_WAIT as usize]),
+        udp: Some(s.udp_timeout),
+        expire_nodest_conn: s.expire_nodest_conn != 0,
+        sloppy_tcp: s.sloppy_tcp != 0,
+    });
+    let service = cfg
+        .services
+        .iter()
+        .map(|svc| {
+            let (proto, vip, port, fwmark) = match svc.id {
+                ServiceId::Addr(a) => (Some(a.proto.name().to_ascii_lowercase()), Some(a.vip.to_string()), Some(a.port), None),
+                ServiceId::Fwmark(m) => (None, None, None, Some(m)),
+            };
+            let o = &svc.options;
+            ServiceSection {
+                proto,
+                vip,
+                port,
+                fwmark,
+                frontends: crate::listing::fold_frontends(&svc.frontends)
+                    .iter()
+                    .map(|f| {
+                        let (proto, addr) = f.split_once(' ').unwrap_or(("", f));
+                        format!("{}:{addr}", proto.to_ascii_lowercase())
+                    })
+                    .collect(),
+                scheduler: Some(o.scheduler.name().to_string()),
+                sched_flags: ops::sched_flag_names(o.sched_flags).iter().map(|f| f.to_string()).collect(),
+                persistent: o.persistence.map(|p| p.timeout),
+                netmask: o.persistence.filter(|p| p.netmask != Ipv4Addr::BROADCAST).map(|p| p.netmask.to_string()),
+                one_packet: o.one_packet,
+                reals: svc
+                    .reals
+                    .iter()
+                    .map(|(rip, ro)| {
+                        if *ro == RealOptions::default() {
+                            RealSection::Address(rip.to_string())
+                        } else {
+                            RealSection::Full(RealTable {
+                                address: rip.to_string(),
+                                weight: ro.weight,
+                                u_threshold: ro.u_threshold,
+                                l_threshold: ro.l_threshold,
+                            })
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    toml::to_string(&File { settings, service }).expect("a config always serialises")
 }
 
 pub fn load(path: &Path) -> Result<Config> {
@@ -259,6 +323,33 @@ mod tests {
         assert_eq!(group.id, ServiceId::Fwmark(7));
         assert_eq!(group.frontends.len(), 4);
         assert_eq!(group.options.sched_flags, lb_common::svc_flags::SH_PORT | lb_common::svc_flags::SH_FALLBACK);
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let text = r#"
+            [settings]
+            tcp = 600
+            udp = 30
+            [[service]]
+            vip = "10.0.0.100"
+            port = 80
+            scheduler = "wrr"
+            persistent = 300
+            netmask = "255.255.255.0"
+            reals = ["10.0.0.11", { address = "10.0.0.12", weight = 3, u_threshold = 10 }]
+            [[service]]
+            fwmark = 7
+            frontends = ["tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8002"]
+            scheduler = "sh"
+            sched_flags = ["sh-port"]
+            one_packet = true
+            "#;
+        let cfg = parse(text).unwrap();
+        let again = parse(&to_toml(&cfg)).unwrap();
+        assert_eq!(again, cfg);
+        assert!(to_toml(&cfg).contains("udp:10.0.0.100:8000-8002"));
+        assert_eq!(parse(&to_toml(&Config::default())).unwrap(), Config::default());
     }
 
     #[test]

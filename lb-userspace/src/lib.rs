@@ -1,9 +1,12 @@
 //! xlb's controller library: everything the `xlb` binary does, usable by tests.
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod ebpf;
 pub mod fixtures;
 pub mod httpd;
+pub mod ipvsadm;
 pub mod listing;
 pub mod loader;
 pub mod maps;
@@ -11,6 +14,7 @@ pub mod neigh;
 pub mod netns;
 pub mod ops;
 pub mod realserver;
+pub mod reconcile;
 pub mod run;
 pub mod tables;
 pub mod testbed;

@@ -1,13 +1,154 @@
-//! Human listings, in ipvsadm's layout where ipvsadm has one.
+//! Human listings in ipvsadm's exact layouts (ipvsadm.c's print_title and
+//! print_service_entry), shared by `xlb list` and `xlb ipvsadm -L`.
 use std::fmt::Write;
 
-use crate::ops::{ConnView, Service, ServiceId, ServiceView};
+use crate::ops::{ConnView, RealView, Service, ServiceId, ServiceView};
+
+/// How commands print: human tables or JSON (`--output`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Which columns a listing shows (ipvsadm's FMT_* formats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Stats,
+    Rate,
+    Thresholds,
+}
+
+/// ipvsadm's print_largenum: 9 columns, abbreviated with K/M/G/T unless exact.
+pub fn largenum(i: u64, exact: bool) -> String {
+    if exact {
+        let s = i.to_string();
+        let width = if s.len() <= 8 { 9 } else { s.len() + 1 };
+        return format!("{s:>width$}");
+    }
+    match i {
+        _ if i < 100_000_000 => format!("{i:>9}"),
+        _ if i < 1_000_000_000 => format!("{:>8}K", i / 1000),
+        _ if i < 100_000_000_000 => format!("{:>8}M", i / 1_000_000),
+        _ if i < 100_000_000_000_000 => format!("{:>8}G", i / 1_000_000_000),
+        _ => format!("{:>8}T", i / 1_000_000_000_000),
+    }
+}
+
+/// "TCP  10.0.0.1:80" / "FWM  1", cut to 33 characters as ipvsadm does.
+fn service_name(s: &ServiceView) -> String {
+    let mut name = match s.id {
+        ServiceId::Addr(a) => format!("{}  {}:{}", a.proto.name(), a.vip, a.port),
+        ServiceId::Fwmark(m) => format!("FWM  {m}"),
+    };
+    name.truncate(33);
+    name
+}
+
+fn real_name(s: &ServiceView, r: &RealView) -> String {
+    let mut name = format!("{}:{}", r.address, s.port());
+    name.truncate(28);
+    name
+}
+
+/// Totals of a service (sum of its reals), as IPVS keeps them per service.
+fn totals(s: &ServiceView) -> RealView {
+    let mut t = RealView {
+        id: 0,
+        address: std::net::Ipv4Addr::UNSPECIFIED,
+        weight: 0,
+        u_threshold: 0,
+        l_threshold: 0,
+        mac: None,
+        ifindex: 0,
+        active_conns: 0,
+        inactive_conns: 0,
+        packets: 0,
+        bytes: 0,
+        conns: 0,
+        cps: 0,
+        in_pps: 0,
+        in_bps: 0,
+    };
+    for r in &s.reals {
+        t.packets += r.packets;
+        t.bytes += r.bytes;
+        t.conns += r.conns;
+        t.cps += r.cps;
+        t.in_pps += r.in_pps;
+        t.in_bps += r.in_bps;
+    }
+    t
+}
+
+fn title(format: Format) -> String {
+    let cols = |a: &str, b: &str, c: &str, d: &str, e: &str| {
+        format!("{:<33} {a:>8} {b:>8} {c:>8} {d:>8} {e:>8}\n  -> RemoteAddress:Port\n", "Prot LocalAddress:Port")
+    };
+    match format {
+        Format::Stats => cols("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"),
+        Format::Rate => cols("CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"),
+        Format::Thresholds => format!(
+            "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port\n",
+            "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+        ),
+        Format::Plain => {
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+                .to_string()
+        }
+    }
+}
+
+/// `xlb list` and `ipvsadm -L -n`: title, then each service and its reals. The out
+/// direction (OutPkts, OutBytes, …) is 0: in DR the director never sees it.
+pub fn table(services: &[ServiceView], format: Format, exact: bool) -> String {
+    let mut out = title(format);
+    let n = |i| largenum(i, exact);
+    for s in services {
+        let t = totals(s);
+        let _ = match format {
+            Format::Stats => {
+                writeln!(out, "{:<33}{}{}{}{}{}", service_name(s), n(t.conns), n(t.packets), n(0), n(t.bytes), n(0))
+            }
+            Format::Rate => {
+                writeln!(out, "{:<33}{}{}{}{}{}", service_name(s), n(t.cps), n(t.in_pps), n(0), n(t.in_bps), n(0))
+            }
+            Format::Plain | Format::Thresholds => writeln!(out, "{}", service_line(s)),
+        };
+        if let ServiceId::Fwmark(_) = s.id {
+            if format == Format::Plain {
+                for f in fold_frontends(&s.frontends) {
+                    let _ = writeln!(out, "  <- {f}");
+                }
+            }
+        }
+        for r in &s.reals {
+            let name = real_name(s, r);
+            let _ = match format {
+                Format::Stats => {
+                    writeln!(out, "  -> {name:<28}{}{}{}{}{}", n(r.conns), n(r.packets), n(0), n(r.bytes), n(0))
+                }
+                Format::Rate => writeln!(out, "  -> {name:<28} {:>8} {:>8} {:>8}{}{}", r.cps, r.in_pps, 0, n(r.in_bps), n(0)),
+                Format::Thresholds => writeln!(
+                    out,
+                    "  -> {name:<28} {:<10} {:<10} {:<10} {:<10}",
+                    r.u_threshold, r.l_threshold, r.active_conns, r.inactive_conns
+                ),
+                Format::Plain => writeln!(
+                    out,
+                    "  -> {name:<28} {:<7} {:<6} {:<10} {:<10}",
+                    "Route", r.weight, r.active_conns, r.inactive_conns
+                ),
+            };
+        }
+    }
+    out
+}
 
 fn service_line(s: &ServiceView) -> String {
-    let mut line = match s.id {
-        ServiceId::Addr(a) => format!("{:<4} {}:{} {}", a.proto.name(), a.vip, a.port, s.scheduler),
-        ServiceId::Fwmark(m) => format!("FWM  {m} {}", s.scheduler),
-    };
+    let mut line = format!("{} {}", service_name(s), s.scheduler);
     if !s.sched_flags.is_empty() {
         let _ = write!(line, " ({})", s.sched_flags.join(","));
     }
@@ -44,77 +185,20 @@ pub fn fold_frontends(list: &[Service]) -> Vec<String> {
     out
 }
 
-fn real_address(s: &ServiceView, r: &crate::ops::RealView) -> String {
-    format!("{}:{}", r.address, s.port())
-}
-
-/// `xlb list`: ipvsadm -L -n's layout.
-pub fn table(services: &[ServiceView]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "Prot LocalAddress:Port Scheduler Flags");
-    let _ = writeln!(out, "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
-    for s in services {
-        let _ = writeln!(out, "{}", service_line(s));
-        if let ServiceId::Fwmark(_) = s.id {
-            for f in fold_frontends(&s.frontends) {
-                let _ = writeln!(out, "  <- {f}");
-            }
-        }
-        for r in &s.reals {
-            let unresolved = if r.mac.is_none() { "  (MAC unresolved)" } else { "" };
-            let _ = writeln!(
-                out,
-                "  -> {:<28} {:<7} {:<6} {:<10} {:<10}{unresolved}",
-                real_address(s, r),
-                "Route",
-                r.weight,
-                r.active_conns,
-                r.inactive_conns,
-            );
-        }
-    }
-    out
-}
-
-/// `xlb list --stats`: ipvsadm -L -n --stats's layout. In DR the director sees only
-/// the inbound half, so the Out columns stay 0.
-pub fn stats_table(services: &[ServiceView]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes");
-    let _ = writeln!(out, "  -> RemoteAddress:Port");
-    for s in services {
-        let (conns, pkts, bytes) = s.reals.iter().fold((0, 0, 0), |a, r| (a.0 + r.conns, a.1 + r.packets, a.2 + r.bytes));
-        let name = match s.id {
-            ServiceId::Addr(a) => format!("{:<4} {}:{}", a.proto.name(), a.vip, a.port),
-            ServiceId::Fwmark(m) => format!("FWM  {m}"),
-        };
-        let _ = writeln!(out, "{name:<33} {conns:>8} {pkts:>8} {:>8} {bytes:>8} {:>8}", 0, 0);
-        for r in &s.reals {
-            let _ = writeln!(
-                out,
-                "  -> {:<29} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                real_address(s, r),
-                r.conns,
-                r.packets,
-                0,
-                r.bytes,
-                0
-            );
-        }
-    }
-    out
-}
-
-/// `xlb conns`: ipvsadm -L -c -n's layout.
+/// `xlb conns` and `ipvsadm -L -c -n`: the connection table.
 pub fn conns_table(conns: &[ConnView]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "pro expire state       source                virtual               destination");
+    let mut out = String::from("IPVS connection entries\npro expire state       source             virtual            destination\n");
     for c in conns {
-        let expire = format!("{:02}:{:02}", c.expires_in / 60, c.expires_in % 60);
         let _ = writeln!(
             out,
-            "{:<3} {expire:<6} {:<11} {:<21} {:<21} {}",
-            c.proto, c.state, c.client, c.virtual_address, c.real
+            "{:<3} {:02}:{:02}  {:<11} {:<18} {:<18} {}",
+            c.proto,
+            c.expires_in / 60,
+            c.expires_in % 60,
+            c.state,
+            c.client,
+            c.virtual_address,
+            c.real
         );
     }
     out
@@ -131,5 +215,14 @@ mod tests {
         let f = |proto, port| Service { proto, vip, port };
         let list = [f(Proto::Tcp, 80), f(Proto::Tcp, 443), f(Proto::Tcp, 444), f(Proto::Tcp, 445), f(Proto::Udp, 446)];
         assert_eq!(fold_frontends(&list), vec!["TCP 10.0.0.1:80", "TCP 10.0.0.1:443-445", "UDP 10.0.0.1:446"]);
+    }
+
+    #[test]
+    fn large_numbers_as_ipvsadm_prints_them() {
+        assert_eq!(largenum(42, false), "       42");
+        assert_eq!(largenum(123_456_789, false), "  123456K");
+        assert_eq!(largenum(12_345_678_901, false), "   12345M");
+        assert_eq!(largenum(123_456_789, true), " 123456789");
+        assert_eq!(largenum(1234, true), "     1234");
     }
 }

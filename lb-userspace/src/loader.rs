@@ -1,9 +1,12 @@
 //! Loading the XDP object and attaching it to interfaces.
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, links::FdLink, links::PinnedLink, xdp::XdpLink},
 };
+use lb_common::map_names;
 
 /// The balancer program, the veth peer stub, and the connection expiry the
 /// controller's sweep runs through BPF_PROG_TEST_RUN.
@@ -44,14 +47,28 @@ pub fn load() -> Result<Ebpf> {
 
 /// As [`load`], with some maps' sizes overridden (tests shrink tables to fill them).
 pub fn load_with_sizes(sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
-    if crate::ebpf::OBJECT.is_empty() {
-        bail!("this xlb was built with AYA_BUILD_SKIP set and carries no XDP object; rebuild without it");
-    }
     let mut loader = EbpfLoader::new();
     for (name, size) in sizes {
         loader.map_max_entries(name, *size);
     }
-    let mut ebpf = loader.load(crate::ebpf::OBJECT).context("loading the XDP object")?;
+    load_programs(&mut loader)
+}
+
+/// Loads the object with every map pinned in `dir`: maps already pinned there (a
+/// daemon restart) are reused with their contents, the others are created and pinned.
+pub fn load_pinned(dir: &Path) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    load_programs(&mut loader)
+}
+
+fn load_programs(loader: &mut EbpfLoader<'_>) -> Result<Ebpf> {
+    if crate::ebpf::OBJECT.is_empty() {
+        bail!("this xlb was built with AYA_BUILD_SKIP set and carries no XDP object; rebuild without it");
+    }
+    let mut ebpf = loader.load(crate::ebpf::OBJECT).context("loading the XDP object (are the pinned maps from an incompatible xlb? `xlb stop` first)")?;
     for program in PROGRAMS {
         xdp(&mut ebpf, program)?.load().with_context(|| format!("loading program {program} into the kernel"))?;
     }
@@ -76,23 +93,47 @@ pub fn xdp<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp> {
 /// Attaches `program` to `iface`. Returns the mode actually used ("native" or "skb"),
 /// so the caller can say which. The link lives as long as `ebpf`.
 pub fn attach(ebpf: &mut Ebpf, program: &str, iface: &str, mode: AttachMode) -> Result<AttachMode> {
+    attach_link(ebpf, program, iface, mode).map(|(used, _)| used)
+}
+
+fn attach_link(
+    ebpf: &mut Ebpf,
+    program: &str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(AttachMode, aya::programs::xdp::XdpLinkId)> {
     let prog = xdp(ebpf, program)?;
+    let in_mode = |prog: &mut Xdp, m: AttachMode| {
+        let flags = if m == AttachMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
+        prog.attach(iface, flags).with_context(|| format!("attaching to {iface} in {} mode", m.name())).map(|id| (m, id))
+    };
     match mode {
-        AttachMode::Skb => {
-            prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in SKB mode"))?;
-            Ok(AttachMode::Skb)
-        }
-        AttachMode::Native => {
-            prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching to {iface} in native mode"))?;
-            Ok(AttachMode::Native)
-        }
-        AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => Ok(AttachMode::Native),
+        AttachMode::Auto => match in_mode(prog, AttachMode::Native) {
+            Ok(done) => Ok(done),
             Err(native_err) => {
-                eprintln!("xlb: native XDP on {iface} refused ({native_err}); falling back to SKB mode");
-                prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in SKB mode"))?;
-                Ok(AttachMode::Skb)
+                eprintln!("xlb: native XDP on {iface} refused ({native_err:#}); falling back to SKB mode");
+                in_mode(prog, AttachMode::Skb)
             }
         },
+        m => in_mode(prog, m),
     }
+}
+
+/// Attaches the balancer to `iface` and pins the link at `pin`, so the program stays
+/// attached when this process exits (until the pin is removed).
+pub fn attach_pinned(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, pin: &Path) -> Result<AttachMode> {
+    let (used, id) = attach_link(ebpf, BALANCE_PROGRAM, iface, mode)?;
+    let link = xdp(ebpf, BALANCE_PROGRAM)?.take_link(id)?;
+    let fd: FdLink = link.try_into().context("XDP link without a kernel link object (kernel too old to pin it)")?;
+    fd.pin(pin).with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+    Ok(used)
+}
+
+/// Takes over a pinned link: the balancer in `ebpf` replaces the program it runs,
+/// atomically (no packet sees no program).
+pub fn adopt_pinned(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
+    let pinned = PinnedLink::from_pin(pin).with_context(|| format!("opening the pinned XDP link {}", pin.display()))?;
+    let link = XdpLink::try_from(FdLink::from(pinned))?;
+    xdp(ebpf, BALANCE_PROGRAM)?.attach_to_link(link).context("replacing the program of the pinned XDP link")?;
+    Ok(())
 }

@@ -1,40 +1,67 @@
-//! `xlb`: the controller of the xlb XDP load balancer.
+//! `xlb`: the controller of the xlb XDP load balancer. `xlb daemon` (or `xlb run` in
+//! the foreground) owns the fast path; every other command talks to it over its API.
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use lb_common::tcp;
 use lb_userspace::{
-    config, demo, httpd,
+    api::{self, Paths, Reply, Request, SettingsChange},
+    daemon, demo, httpd, ipvsadm,
+    listing::{self, Output},
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
-    ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
+    ops::{self, ForwardMethod, Persistence, RealOptions, ServiceId, ServiceOptions},
     realserver, run,
 };
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer in the manner of LVS/IPVS")]
 struct Cli {
-    /// bpffs directory where `xlb run` pins its maps; other commands find them there.
+    /// bpffs directory of the instance's pinned maps and links; its name also names the
+    /// API socket (/run/xlb/NAME.sock) and the saved state (/var/lib/xlb/NAME.toml).
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "XLB_PIN_DIR")]
     pin_dir: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Output,
     #[command(subcommand)]
     command: Cmd,
 }
 
+#[derive(Args)]
+struct DaemonArgs {
+    /// Interface to attach to (repeat for several NICs).
+    #[arg(long, required = true)]
+    iface: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: AttachMode,
+    /// TOML config: the state at first start, and what SIGHUP / `xlb reload` re-applies.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load and attach the balancer on a NIC and serve until Ctrl-C (then detach).
-    Run {
-        /// Interface to attach to (the NIC that receives traffic for the VIPs).
-        #[arg(long, required = true)]
-        iface: Vec<String>,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: AttachMode,
-        /// TOML file of services and real servers to load at start.
-        #[arg(long)]
-        config: Option<PathBuf>,
+    /// Run the daemon in the foreground; Ctrl-C detaches and removes the pins.
+    Run(DaemonArgs),
+    /// Run the daemon; SIGTERM leaves the fast path running for the next start
+    /// (connections kept); `xlb stop` detaches.
+    Daemon(DaemonArgs),
+    /// Detach the fast path, remove its pins and stop the daemon.
+    Stop,
+    /// Make the whole configuration be FILE (only the differences are applied).
+    Apply { file: PathBuf },
+    /// Re-apply the daemon's --config file (as SIGHUP does).
+    Reload,
+    /// The daemon's interfaces, files and counts.
+    Status,
+    /// ipvsadm's command line, unchanged (`xlbadm` is the same).
+    #[command(disable_help_flag = true, allow_hyphen_values = true)]
+    Ipvsadm {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
     },
     /// Add, change or remove a virtual service (ipvsadm -A / -E / -D).
     #[command(subcommand)]
@@ -47,22 +74,19 @@ enum Cmd {
     Real(RealCmd),
     /// List services and real servers (ipvsadm -L -n).
     List {
-        /// Traffic counters instead of connection counts (ipvsadm --stats).
-        #[arg(long)]
+        /// Traffic counters (ipvsadm --stats).
+        #[arg(long, conflicts_with = "rate")]
         stats: bool,
+        /// Rates over the last 2 s (ipvsadm --rate).
         #[arg(long)]
-        json: bool,
+        rate: bool,
     },
     /// List the connection table (ipvsadm -L -c -n).
-    Conns {
-        #[arg(long)]
-        json: bool,
-    },
+    Conns,
     /// Show the fast path's verdict counters (why frames were passed, dropped or sent).
-    Counters {
-        #[arg(long)]
-        json: bool,
-    },
+    Counters,
+    /// Zero the traffic counters (ipvsadm -Z).
+    Zero,
     /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches.
     Set {
         /// ESTABLISHED idle timeout, seconds.
@@ -233,11 +257,27 @@ struct RealArgs {
     /// Lower connection threshold.
     #[arg(long, short = 'y', default_value_t = 0)]
     l_threshold: u32,
+    /// Direct routing (the default).
+    #[arg(long = "gatewaying", short = 'g', conflicts_with_all = ["masquerading", "ipip"])]
+    gatewaying: bool,
+    /// NAT.
+    #[arg(long, short = 'm', conflicts_with = "ipip")]
+    masquerading: bool,
+    /// IPIP tunnel.
+    #[arg(long, short = 'i')]
+    ipip: bool,
 }
 
 impl RealArgs {
     fn options(&self) -> RealOptions {
-        RealOptions { weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold, ..Default::default() }
+        let forward = if self.masquerading {
+            ForwardMethod::Masq
+        } else if self.ipip {
+            ForwardMethod::Tunnel
+        } else {
+            ForwardMethod::Route
+        };
+        RealOptions { forward, weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold }
     }
 }
 
@@ -292,121 +332,120 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// Prints a reply as JSON, or as text with `text`.
+fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Text => print!("{}", text(value)),
+    }
     Ok(())
 }
 
+fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemon::DaemonOptions {
+    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config: args.config, paths, detach_on_exit }
+}
+
 fn dispatch(cli: Cli) -> Result<()> {
-    let pin_dir = cli.pin_dir;
-    match cli.command {
-        Cmd::Run { iface, mode, config } => {
-            let config = config.as_deref().map(config::load).transpose()?;
-            run::run(run::RunOptions { ifaces: iface, mode, config, pin_dir })
-        }
-        Cmd::Service(cmd) => {
-            let (mut maps, _lock) = run::open(&pin_dir)?;
-            match cmd {
-                ServiceCmd::Add { service, sched } => ops::add_service(&mut maps, service.id()?, sched.options()?),
-                ServiceCmd::Edit { service, sched } => ops::edit_service(&mut maps, service.id()?, sched.options()?),
-                ServiceCmd::Del { service } => ops::remove_service(&mut maps, service.id()?),
-            }
-        }
-        Cmd::Frontend(cmd) => {
-            let (mut maps, _lock) = run::open(&pin_dir)?;
-            match cmd {
-                FrontendCmd::Add { mark, proto, address } => {
-                    ops::add_frontends(&mut maps, mark, &ops::parse_frontends(proto, &address)?)
-                }
-                FrontendCmd::Del { mark, proto, address } => {
-                    ops::remove_frontends(&mut maps, mark, &ops::parse_frontends(proto, &address)?)
-                }
-            }
-        }
-        Cmd::Real(cmd) => {
-            let (mut maps, _lock) = run::open(&pin_dir)?;
-            match cmd {
-                RealCmd::Add { service, rip, opts } => {
-                    run::add_real_resolving(&mut maps, service.id()?, rip, opts.options()).map(drop)
-                }
-                RealCmd::Edit { service, rip, opts } => ops::edit_real(&mut maps, service.id()?, rip, opts.options()),
-                RealCmd::Del { service, rip } => ops::remove_real(&mut maps, service.id()?, rip),
-            }
-        }
-        Cmd::List { stats, json } => {
-            let (maps, _lock) = run::open(&pin_dir)?;
-            let services = ops::snapshot(&maps)?;
-            if json {
-                print_json(&services)
-            } else if stats {
-                print!("{}", lb_userspace::listing::stats_table(&services));
-                Ok(())
-            } else {
-                print!("{}", lb_userspace::listing::table(&services));
-                Ok(())
-            }
-        }
-        Cmd::Conns { json } => {
-            let (maps, _lock) = run::open(&pin_dir)?;
-            let conns = ops::connections(&maps)?;
-            if json {
-                print_json(&conns)
-            } else {
-                print!("{}", lb_userspace::listing::conns_table(&conns));
-                Ok(())
-            }
-        }
-        Cmd::Counters { json } => {
-            let (maps, _lock) = run::open(&pin_dir)?;
-            let counters = ops::counters(&maps)?;
-            if json {
-                let map: serde_json::Map<String, serde_json::Value> =
-                    counters.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-                print_json(&map)
-            } else {
-                for (name, value) in counters {
-                    println!("{name:<24} {value}");
-                }
-                Ok(())
-            }
-        }
-        Cmd::Set { tcp: tcp_timeout, tcpfin, udp, expire_nodest_conn, sloppy_tcp } => {
-            let (mut maps, _lock) = run::open(&pin_dir)?;
-            let mut s = ops::settings(&maps)?;
-            // ipvsadm --set: 0 leaves a value unchanged.
-            if let Some(t) = tcp_timeout.filter(|&t| t > 0) {
-                s.tcp_timeouts[tcp::ESTABLISHED as usize] = t;
-            }
-            if let Some(t) = tcpfin.filter(|&t| t > 0) {
-                s.tcp_timeouts[tcp::FIN_WAIT as usize] = t;
-            }
-            if let Some(t) = udp.filter(|&t| t > 0) {
-                s.udp_timeout = t;
-            }
-            if let Some(on) = expire_nodest_conn {
-                s.expire_nodest_conn = on as u32;
-            }
-            if let Some(on) = sloppy_tcp {
-                s.sloppy_tcp = on as u32;
-            }
-            ops::set_settings(&mut maps, s)
-        }
-        Cmd::Timeout => {
-            let (maps, _lock) = run::open(&pin_dir)?;
-            let s = ops::settings(&maps)?;
-            println!(
-                "Timeout (tcp tcpfin udp): {} {} {}",
-                s.tcp_timeouts[tcp::ESTABLISHED as usize],
-                s.tcp_timeouts[tcp::FIN_WAIT as usize],
-                s.udp_timeout
-            );
+    let paths = Paths::for_pin_dir(&cli.pin_dir);
+    let output = cli.output;
+    let call = |req: Request| api::call(&paths.socket, &req);
+    // Commands that only change things print nothing in text, {"ok": true} in JSON.
+    let done = |reply: Reply| match (output, reply) {
+        (Output::Json, Reply::Changes(c)) => show(output, &c, |_| String::new()),
+        (Output::Json, _) => show(output, &serde_json::json!({ "ok": true }), |_| String::new()),
+        (Output::Text, Reply::Changes(c)) => {
+            println!("{}", if c.is_empty() { "no changes".to_string() } else { format!("{c:?}") });
             Ok(())
         }
+        (Output::Text, _) => Ok(()),
+    };
+    match cli.command {
+        Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)),
+        Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)),
+        Cmd::Stop => done(call(Request::Stop)?),
+        Cmd::Apply { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            done(call(Request::Apply { config: text, origin: file.display().to_string() })?)
+        }
+        Cmd::Reload => done(call(Request::Reload)?),
+        Cmd::Status => match call(Request::Status)? {
+            Reply::Status(s) => show(output, &s, |s| {
+                format!(
+                    "pid {}\ninterfaces {}\npin dir {}\nstate file {}\nconfig file {}\nservices {}\nconnections {}\n",
+                    s.pid,
+                    s.interfaces.join(", "),
+                    s.pin_dir.display(),
+                    s.state_file.display(),
+                    s.config_file.as_ref().map_or("-".into(), |p| p.display().to_string()),
+                    s.services,
+                    s.connections
+                )
+            }),
+            other => unexpected(other),
+        },
+        Cmd::Ipvsadm { args } => {
+            let code = ipvsadm::main(&args, &paths);
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Cmd::Service(cmd) => done(call(match cmd {
+            ServiceCmd::Add { service, sched } => Request::AddService { service: service.id()?, options: sched.options()? },
+            ServiceCmd::Edit { service, sched } => Request::EditService { service: service.id()?, options: sched.options()? },
+            ServiceCmd::Del { service } => Request::DelService { service: service.id()? },
+        })?),
+        Cmd::Frontend(cmd) => done(call(match cmd {
+            FrontendCmd::Add { mark, proto, address } => {
+                Request::AddFrontends { mark, frontends: ops::parse_frontends(proto, &address)? }
+            }
+            FrontendCmd::Del { mark, proto, address } => {
+                Request::DelFrontends { mark, frontends: ops::parse_frontends(proto, &address)? }
+            }
+        })?),
+        Cmd::Real(cmd) => done(call(match cmd {
+            RealCmd::Add { service, rip, opts } => Request::AddReal { service: service.id()?, address: rip, options: opts.options() },
+            RealCmd::Edit { service, rip, opts } => Request::EditReal { service: service.id()?, address: rip, options: opts.options() },
+            RealCmd::Del { service, rip } => Request::DelReal { service: service.id()?, address: rip },
+        })?),
+        Cmd::List { stats, rate } => match call(Request::List)? {
+            Reply::Services(services) => show(output, &services, |s| {
+                let format = if stats {
+                    listing::Format::Stats
+                } else if rate {
+                    listing::Format::Rate
+                } else {
+                    listing::Format::Plain
+                };
+                listing::table(s, format, false)
+            }),
+            other => unexpected(other),
+        },
+        Cmd::Conns => match call(Request::Conns)? {
+            Reply::Conns(conns) => show(output, &conns, |c| listing::conns_table(c)),
+            other => unexpected(other),
+        },
+        Cmd::Counters => match call(Request::Counters)? {
+            Reply::Counters(counters) => {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    counters.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+                show(output, &map, |_| counters.iter().map(|(k, v)| format!("{k:<24} {v}\n")).collect())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Zero => done(call(Request::Zero { service: None })?),
+        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp } => {
+            done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp } })?)
+        }
+        Cmd::Timeout => match call(Request::Settings)? {
+            Reply::Settings(s) => show(output, &s, |s| format!("Timeout (tcp tcpfin udp): {} {} {}\n", s.tcp, s.tcpfin, s.udp)),
+            other => unexpected(other),
+        },
         Cmd::Demo { requests, mode, reals } => {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
         }
-        Cmd::Realserver(cmd) => realserver::command(cmd),
+        Cmd::Realserver(cmd) => realserver::command(cmd, output),
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
             Ok(())
@@ -429,4 +468,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn unexpected(reply: Reply) -> Result<()> {
+    anyhow::bail!("the daemon answered with an unexpected reply: {reply:?}")
 }

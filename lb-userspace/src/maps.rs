@@ -1,10 +1,6 @@
 //! Typed handles on the fast path's maps, either taken from a freshly loaded object
 //! (and optionally pinned) or reopened from their pins by another `xlb` process.
-use std::{
-    fs,
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -49,20 +45,11 @@ impl Maps {
         Ok(maps)
     }
 
-    /// Reopens the maps a running `xlb run` pinned in `dir`.
-    pub fn open_pinned(dir: &Path) -> Result<Self> {
-        if !dir.join(map_names::SERVICES).exists() {
-            bail!(
-                "no running xlb found: {} holds no pinned maps (start one with `xlb run --iface IFACE`, or pass the --pin-dir it uses)",
-                dir.display()
-            );
-        }
-        let mut open = |name: &str| -> Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
-        };
-        Self::from_maps(&mut open)
+    /// Takes the maps out of an object loaded against existing pins (their contents and
+    /// settings are kept).
+    pub fn take_existing(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"));
+        Self::from_maps(&mut take)
     }
 
     fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
@@ -109,21 +96,4 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-/// An exclusive lock on the pin directory, so two `xlb` commands never interleave
-/// their map updates. Released on drop.
-pub struct PinDirLock {
-    _dir: fs::File,
-    pub path: PathBuf,
-}
-
-impl PinDirLock {
-    pub fn acquire(dir: &Path) -> Result<Self> {
-        let file = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("locking {}: {}", dir.display(), std::io::Error::last_os_error());
-        }
-        Ok(Self { _dir: file, path: dir.to_owned() })
-    }
 }

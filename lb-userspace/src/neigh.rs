@@ -85,6 +85,26 @@ pub fn resolve(ip: Ipv4Addr, wait: Duration) -> Result<Option<L2Target>> {
     Ok(None)
 }
 
+/// Resolves many addresses with one solicitation round and at most `wait` in all.
+pub fn resolve_many(ips: &[Ipv4Addr], wait: Duration) -> Vec<Option<L2Target>> {
+    let mut found: Vec<Option<L2Target>> = ips.iter().map(|ip| lookup(*ip).ok().flatten()).collect();
+    for (ip, f) in ips.iter().zip(&found) {
+        if f.is_none() {
+            solicit(*ip);
+        }
+    }
+    let deadline = Instant::now() + wait;
+    while found.iter().any(Option::is_none) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        for (ip, f) in ips.iter().zip(found.iter_mut()) {
+            if f.is_none() {
+                *f = lookup(*ip).ok().flatten();
+            }
+        }
+    }
+    found
+}
+
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = CString::new(name)?;
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {

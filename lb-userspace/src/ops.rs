@@ -14,11 +14,11 @@ use lb_common::{
     RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, counter, real_flags,
     sched, svc_flags, tcp,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{maps::Maps, tables};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -59,7 +59,7 @@ impl std::str::FromStr for Proto {
 }
 
 /// One frontend: protocol, VIP and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Service {
     pub proto: Proto,
     pub vip: Ipv4Addr,
@@ -83,7 +83,7 @@ impl std::fmt::Display for Service {
 
 /// A virtual service as the user names it: one VIP:port, or a firewall-mark group
 /// (xlb's equivalent of IPVS's `-f MARK` services: frontends added with `xlb frontend`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceId {
     Addr(Service),
@@ -142,7 +142,7 @@ pub fn parse_frontends(proto: Proto, s: &str) -> Result<Vec<Service>> {
     Ok((first..=last).map(|port| Service { proto, vip, port }).collect())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     Rr,
@@ -220,7 +220,7 @@ pub fn sched_flag_names(flags: u32) -> Vec<&'static str> {
     SCHED_FLAG_NAMES.iter().filter(|(_, f)| flags & f != 0).map(|(n, _)| *n).collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persistence {
     /// Seconds a client's template lives after its last connection (IPVS default 300).
     pub timeout: u32,
@@ -230,7 +230,7 @@ pub struct Persistence {
 pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 300;
 
 /// How a service schedules (ipvsadm -A/-E's options).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceOptions {
     pub scheduler: Scheduler,
     /// svc_flags::SH_* / MH_* bits.
@@ -270,7 +270,7 @@ impl ServiceOptions {
 }
 
 /// How frames reach a real server (ipvsadm's -g, -m, -i).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardMethod {
     /// Direct routing: MAC rewrite (-g, the default).
@@ -294,7 +294,7 @@ impl ForwardMethod {
 }
 
 /// A real server's options (ipvsadm -a/-e's -g/-m/-i, -w, -x, -y).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealOptions {
     pub forward: ForwardMethod,
     pub weight: u32,
@@ -315,6 +315,36 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub struct L2Target {
     pub mac: Option<[u8; 6]>,
     pub ifindex: u32,
+}
+
+/// A refused operation, in libipvs's words (what ipvsadm prints) plus the details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub ipvs: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.detail.is_empty() { f.write_str(self.ipvs) } else { write!(f, "{}: {}", self.ipvs, self.detail) }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// libipvs's messages (ipvs_strerror).
+pub mod ipvs_msg {
+    pub const SERVICE_EXISTS: &str = "Service already exists";
+    pub const NO_SERVICE: &str = "No such service";
+    pub const SERVICE_NOT_DEFINED: &str = "Service not defined";
+    pub const DEST_EXISTS: &str = "Destination already exists";
+    pub const NO_DEST: &str = "No such destination";
+    pub const NO_MEMORY: &str = "Memory allocation problem";
+    pub const INVALID: &str = "Invalid operation";
+}
+
+fn refuse(ipvs: &'static str, detail: impl Into<String>) -> anyhow::Error {
+    Refusal { ipvs, detail: detail.into() }.into()
 }
 
 fn per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
@@ -349,6 +379,12 @@ fn reals(maps: &Maps) -> Result<Vec<(u32, RealEntry)>> {
 
 /// The service entry for `id`.
 pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
+    lookup_service(maps, id, ipvs_msg::NO_SERVICE)
+}
+
+/// As [`find_service`]; `missing` is the refusal when there is none (libipvs says
+/// "Service not defined" for real-server commands).
+fn lookup_service(maps: &Maps, id: ServiceId, missing: &'static str) -> Result<ServiceInfo> {
     let found = match id {
         ServiceId::Addr(svc) => match maps.services.get(&svc.key(), 0) {
             Ok(sid) => maps.service_info.get(&sid, 0).ok(),
@@ -356,12 +392,12 @@ pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
         },
         ServiceId::Fwmark(mark) => services(maps)?.into_iter().find(|s| s.fwmark == mark),
     };
-    found.with_context(|| format!("No such service: {id}"))
+    found.ok_or_else(|| refuse(missing, id.to_string()))
 }
 
 pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
     if opts.one_packet && !matches!(id, ServiceId::Addr(Service { proto: Proto::Udp, .. }) | ServiceId::Fwmark(_)) {
-        bail!("one-packet scheduling (-o) is for UDP services only");
+        return Err(refuse(ipvs_msg::INVALID, "one-packet scheduling (-o) is for UDP services only"));
     }
     if let Some(p) = opts.persistence {
         if p.timeout == 0 {
@@ -395,13 +431,15 @@ pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Resu
         ServiceId::Fwmark(mark) => existing.iter().any(|s| s.fwmark == mark),
     };
     if taken {
-        bail!("Service already exists: {id}");
+        return Err(refuse(ipvs_msg::SERVICE_EXISTS, id.to_string()));
     }
     let mut used = vec![false; MAX_SERVICES as usize];
     for s in &existing {
         used[s.id as usize] = true;
     }
-    let Some(sid) = used.iter().position(|u| !u) else { bail!("too many services (at most {MAX_SERVICES})") };
+    let Some(sid) = used.iter().position(|u| !u) else {
+        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {MAX_SERVICES})")));
+    };
     let sid = sid as u32;
     maps.rr_cursors.set(sid, per_cpu()?, 0)?;
     let fwmark = match id {
@@ -446,7 +484,7 @@ pub fn add_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()>
     let info = find_service(maps, ServiceId::Fwmark(mark))?;
     for f in list {
         if maps.services.get(&f.key(), 0).is_ok() {
-            bail!("Service already exists: {f} (a VIP:port belongs to one service)");
+            return Err(refuse(ipvs_msg::SERVICE_EXISTS, format!("{f} (a VIP:port belongs to one service)")));
         }
     }
     for f in list {
@@ -459,7 +497,7 @@ pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<
     let info = find_service(maps, ServiceId::Fwmark(mark))?;
     for f in list {
         if maps.services.get(&f.key(), 0).ok() != Some(info.id) {
-            bail!("No such frontend: {f} in FWM {mark}");
+            return Err(refuse(ipvs_msg::NO_SERVICE, format!("{f} is not a frontend of FWM {mark}")));
         }
     }
     for f in list {
@@ -484,15 +522,15 @@ pub fn check_real_options(opts: &RealOptions) -> Result<()> {
 /// ipvsadm -a. A real removed earlier but still draining is brought back with its flows.
 pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions, target: L2Target) -> Result<u32> {
     check_real_options(&opts)?;
-    let info = find_service(maps, id)?;
+    let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let all = reals(maps)?;
     let mine: Vec<&(u32, RealEntry)> = all.iter().filter(|(_, r)| r.service_id == info.id && r.ip == rip.octets()).collect();
     if mine.iter().any(|(_, r)| !r.removed()) {
-        bail!("Destination already exists: {rip} in {id}");
+        return Err(refuse(ipvs_msg::DEST_EXISTS, format!("{rip} in {id}")));
     }
     let live = all.iter().filter(|(_, r)| r.service_id == info.id && !r.removed()).count() as u32;
     if live >= MAX_REALS_PER_SERVICE {
-        bail!("too many real servers in {id} (at most {MAX_REALS_PER_SERVICE})");
+        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers in {id} (at most {MAX_REALS_PER_SERVICE})")));
     }
     let entry = RealEntry {
         ip: rip.octets(),
@@ -511,7 +549,9 @@ pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions
             for (rid, _) in &all {
                 used[*rid as usize] = true;
             }
-            let Some(free) = used.iter().position(|u| !u) else { bail!("too many real servers (at most {MAX_REALS})") };
+            let Some(free) = used.iter().position(|u| !u) else {
+                return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {MAX_REALS})")));
+            };
             let free = free as u32;
             maps.real_stats.set(free, per_cpu()?, 0)?;
             maps.real_load.set(free, RealLoad::default(), 0)?;
@@ -527,13 +567,13 @@ fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, rip: Ipv4Addr) -> R
     reals(maps)?
         .into_iter()
         .find(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.removed())
-        .with_context(|| format!("No such destination: {rip} in {id}"))
+        .ok_or_else(|| refuse(ipvs_msg::NO_DEST, format!("{rip} in {id}")))
 }
 
 /// ipvsadm -e.
 pub fn edit_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions) -> Result<()> {
     check_real_options(&opts)?;
-    let info = find_service(maps, id)?;
+    let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let (real_id, mut real) = find_real(maps, &info, id, rip)?;
     real.weight = opts.weight;
     real.u_threshold = opts.u_threshold;
@@ -545,7 +585,7 @@ pub fn edit_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOption
 /// ipvsadm -d: no new flows; established ones continue or are dropped as
 /// expire_nodest_conn says.
 pub fn remove_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr) -> Result<()> {
-    let info = find_service(maps, id)?;
+    let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let (real_id, mut real) = find_real(maps, &info, id, rip)?;
     real.flags |= real_flags::REMOVED;
     maps.reals.insert(real_id, real, 0)?;
@@ -599,8 +639,8 @@ fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
 }
 
 fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
-    let off = tables::allocate(used, len, POOL_SLOTS).with_context(|| {
-        format!("scheduling-table pool is full ({POOL_SLOTS} slots): remove services or use smaller tables")
+    let off = tables::allocate(used, len, POOL_SLOTS).ok_or_else(|| {
+        refuse(ipvs_msg::NO_MEMORY, format!("scheduling-table pool is full ({POOL_SLOTS} slots): remove services or use smaller tables"))
     })?;
     used.push((off, len));
     Ok(off)
@@ -616,7 +656,7 @@ pub fn set_settings(maps: &mut Maps, s: Settings) -> Result<()> {
 }
 
 /// A real server as listed: address, options, where frames go, counts and counters.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RealView {
     pub id: u32,
     pub address: Ipv4Addr,
@@ -631,15 +671,22 @@ pub struct RealView {
     pub packets: u64,
     pub bytes: u64,
     pub conns: u64,
+    /// Rates over the daemon's last sampling interval (0 outside the daemon).
+    #[serde(default)]
+    pub cps: u64,
+    #[serde(default)]
+    pub in_pps: u64,
+    #[serde(default)]
+    pub in_bps: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceView {
     pub id: ServiceId,
     /// The VIP:port entries that lead to this service.
     pub frontends: Vec<Service>,
-    pub scheduler: &'static str,
-    pub sched_flags: Vec<&'static str>,
+    pub scheduler: String,
+    pub sched_flags: Vec<String>,
     pub persistence: Option<Persistence>,
     pub one_packet: bool,
     pub reals: Vec<RealView>,
@@ -653,6 +700,17 @@ impl ServiceView {
             ServiceId::Fwmark(_) => 0,
         }
     }
+}
+
+/// Zeroes the traffic counters of a service's reals, or of every real (ipvsadm -Z).
+pub fn zero(maps: &mut Maps, id: Option<ServiceId>) -> Result<()> {
+    let only = id.map(|id| find_service(maps, id)).transpose()?.map(|i| i.id);
+    for (real_id, r) in reals(maps)? {
+        if only.is_none_or(|sid| sid == r.service_id) {
+            maps.real_stats.set(real_id, per_cpu()?, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every service with its frontends, reals, counts and counters, sorted.
@@ -697,14 +755,17 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
                 packets: stats.packets,
                 bytes: stats.bytes,
                 conns: stats.conns,
+                cps: 0,
+                in_pps: 0,
+                in_bps: 0,
             });
         }
         reals.sort_by_key(|r| r.address);
         out.push(ServiceView {
             id,
             frontends: fronts,
-            scheduler: opts.scheduler.name(),
-            sched_flags: sched_flag_names(opts.sched_flags),
+            scheduler: opts.scheduler.name().to_string(),
+            sched_flags: sched_flag_names(opts.sched_flags).iter().map(|f| f.to_string()).collect(),
             persistence: opts.persistence,
             one_packet: opts.one_packet,
             reals,
@@ -726,13 +787,13 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 /// One entry of the connection table, as `xlb conns` lists it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConnView {
-    pub proto: &'static str,
+    pub proto: String,
     pub client: String,
     pub virtual_address: String,
     pub real: Ipv4Addr,
-    pub state: &'static str,
+    pub state: String,
     /// Seconds until the entry expires if idle.
     pub expires_in: u64,
 }
@@ -757,11 +818,11 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
         let (k, c): (FlowKey, ConnEntry) = entry?;
         let left = (c.last_seen_ns + idle_limit_ns(c.state, &s)).saturating_sub(now) / 1_000_000_000;
         out.push(ConnView {
-            proto: Proto::from_number(k.proto).map_or("?", Proto::name),
+            proto: Proto::from_number(k.proto).map_or("?", Proto::name).to_string(),
             client: format!("{}:{}", Ipv4Addr::from(k.src), u16::from_be_bytes(k.sport)),
             virtual_address: format!("{}:{}", Ipv4Addr::from(k.dst), u16::from_be_bytes(k.dport)),
             real: Ipv4Addr::from(c.real_ip),
-            state: tcp::STATE_NAMES.get(c.state as usize).copied().unwrap_or("?"),
+            state: tcp::STATE_NAMES.get(c.state as usize).copied().unwrap_or("?").to_string(),
             expires_in: left,
         });
     }
@@ -770,7 +831,7 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
 }
 
 /// What one sweep removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepReport {
     pub conns_expired: u64,
     pub templates_expired: u64,

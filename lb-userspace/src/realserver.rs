@@ -24,6 +24,7 @@ use std::{
     process::{Command, Stdio},
 };
 
+use crate::listing::Output;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -53,8 +54,6 @@ pub enum RealserverCmd {
     Status {
         #[command(flatten)]
         target: Target,
-        #[arg(long, value_enum, default_value = "text")]
-        output: Output,
     },
 }
 
@@ -86,18 +85,12 @@ impl fmt::Display for Mode {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-/// Runs one `xlb realserver` subcommand.
-pub fn command(cmd: RealserverCmd) -> Result<()> {
+/// Runs one `xlb realserver` subcommand; `output` is the global --output.
+pub fn command(cmd: RealserverCmd, output: Output) -> Result<()> {
     match cmd {
         RealserverCmd::Setup { target } => setup(&target.vips, target.mode),
         RealserverCmd::Teardown { vips } => teardown(&vips),
-        RealserverCmd::Status { target, output } => {
+        RealserverCmd::Status { target } => {
             let status = status(&target.vips, target.mode)?;
             match output {
                 Output::Text => print!("{}", status.text()),

@@ -1,22 +1,14 @@
-//! `xlb run`: load, pin the maps, apply the config, attach, keep real servers' MACs
-//! current, and detach cleanly on SIGINT/SIGTERM.
+//! What long-running xlb processes share: stop signals, and real servers' MACs taken
+//! from (and kept in step with) the kernel's neighbour table.
 use std::{
-    io::Write,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
-use lb_common::map_names;
+use anyhow::Result;
 
-use crate::{
-    config::Config,
-    loader::{self, AttachMode},
-    maps::{self, Maps, PinDirLock},
-    neigh, ops,
-};
+use crate::{maps::Maps, neigh, ops};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -39,80 +31,6 @@ pub fn stop_requested() -> bool {
 
 /// How long commands wait for a real server's MAC before adding it unresolved.
 pub const RESOLVE_WAIT: Duration = Duration::from_secs(2);
-const REFRESH_EVERY: Duration = Duration::from_secs(2);
-
-/// Removes the pins when `run` ends, however it ends.
-struct PinGuard(PathBuf);
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        maps::unpin_all(&self.0);
-    }
-}
-
-pub struct RunOptions {
-    pub ifaces: Vec<String>,
-    pub mode: AttachMode,
-    pub config: Option<Config>,
-    pub pin_dir: PathBuf,
-}
-
-pub fn run(opts: RunOptions) -> Result<()> {
-    install_stop_handler();
-    maps::prepare_pin_dir(&opts.pin_dir)?;
-    if opts.pin_dir.join(map_names::SERVICES).exists() {
-        bail!(
-            "{} already holds xlb's maps: another `xlb run` is using it (stop it, or give this one another --pin-dir)",
-            opts.pin_dir.display()
-        );
-    }
-    let mut ebpf = loader::load()?;
-    let _pins = PinGuard(opts.pin_dir.clone());
-    let mut maps = Maps::take(&mut ebpf, Some(&opts.pin_dir))?;
-    if let Some(cfg) = &opts.config {
-        apply_config(&mut maps, cfg)?;
-    }
-    for iface in &opts.ifaces {
-        let used = loader::attach(&mut ebpf, loader::BALANCE_PROGRAM, iface, opts.mode)?;
-        println!("xlb: attached to {iface} in {} mode", used.name());
-    }
-    println!("xlb: ready; maps pinned in {} (Ctrl-C to stop)", opts.pin_dir.display());
-    std::io::stdout().flush()?;
-
-    let mut next_refresh = Instant::now() + REFRESH_EVERY;
-    while !stop_requested() {
-        std::thread::sleep(Duration::from_millis(100));
-        if Instant::now() >= next_refresh {
-            let _lock = PinDirLock::acquire(&opts.pin_dir)?;
-            if let Err(e) = refresh_neighbours(&mut maps) {
-                eprintln!("xlb: refreshing real servers' MACs: {e:#}");
-            }
-            if let Err(e) = ops::sweep(&mut maps, &mut |flow| loader::expire_flow(&mut ebpf, flow)) {
-                eprintln!("xlb: expiring idle connections: {e:#}");
-            }
-            next_refresh = Instant::now() + REFRESH_EVERY;
-        }
-    }
-    drop(ebpf); // detaches every link
-    println!("xlb: detached from {}; stopped", opts.ifaces.join(", "));
-    Ok(())
-}
-
-/// Applies a checked config to empty maps.
-pub fn apply_config(maps: &mut Maps, cfg: &Config) -> Result<()> {
-    if let Some(s) = cfg.settings {
-        ops::set_settings(maps, s)?;
-    }
-    for svc in &cfg.services {
-        ops::add_service(maps, svc.id, svc.options)?;
-        if let ops::ServiceId::Fwmark(mark) = svc.id {
-            ops::add_frontends(maps, mark, &svc.frontends)?;
-        }
-        for (rip, opts) in &svc.reals {
-            add_real_resolving(maps, svc.id, *rip, *opts)?;
-        }
-    }
-    Ok(())
-}
 
 /// Adds a real server, taking its MAC from the kernel's neighbour table. An unresolved
 /// real is added anyway: its frames go to the kernel until `xlb run` resolves it.
@@ -140,12 +58,4 @@ pub fn refresh_neighbours(maps: &mut Maps) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Opens the maps of a running `xlb run` and locks them for one command.
-pub fn open(pin_dir: &Path) -> Result<(Maps, PinDirLock)> {
-    let lock = PinDirLock::acquire(pin_dir).with_context(|| {
-        format!("no running xlb found at {} (start one with `xlb run --iface IFACE`)", pin_dir.display())
-    })?;
-    Ok((Maps::open_pinned(pin_dir)?, lock))
 }

@@ -261,5 +261,8 @@ impl Drop for DrCluster {
             let _ = netns::run(rs.ns.command(&self.xlb).args(["realserver", "teardown"]));
         }
         crate::maps::unpin_all(&self.pin_dir);
+        let paths = crate::api::Paths::for_pin_dir(&self.pin_dir);
+        let _ = std::fs::remove_file(paths.state);
+        let _ = std::fs::remove_file(paths.socket);
     }
 }

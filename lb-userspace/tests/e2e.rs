@@ -38,7 +38,7 @@ fn dr_round_robin(mode: AttachMode) {
     assert_eq!(big.len(), 3_000_000);
     assert!(big.bytes().enumerate().all(|(i, b)| b == b'a' + (i % 26) as u8), "body corrupted");
 
-    let list = json(&c.xlb(&["list", "--json"]).unwrap());
+    let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
     let reals = list[0]["reals"].as_array().unwrap();
     assert_eq!(list[0]["frontends"][0]["vip"], VIP.to_string());
     assert_eq!(reals.len(), 2);
@@ -49,7 +49,7 @@ fn dr_round_robin(mode: AttachMode) {
         assert!(r["packets"].as_u64().unwrap() >= 3 * 5, "each connection is several packets: {r}");
         assert!(r["mac"].is_string(), "MAC resolved from the kernel: {r}");
     }
-    let counters = json(&c.xlb(&["counters", "--json"]).unwrap());
+    let counters = json(&c.xlb(&["--output", "json", "counters"]).unwrap());
     let routed: u64 = reals.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
     assert_eq!(counters["tx_dr"].as_u64().unwrap(), routed, "{counters}");
 
@@ -109,7 +109,7 @@ fn cli_errors_are_clear_and_change_nothing() {
     assert!(err(&["list"]).contains("no running xlb found"));
     c.start_balancer().unwrap();
     c.configure_service().unwrap();
-    let before = c.xlb(&["list", "--json"]).unwrap();
+    let before = c.xlb(&["--output", "json", "list"]).unwrap();
     let err = |args: &[&str]| {
         let out = c.xlb_command(args).output().unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
@@ -121,10 +121,10 @@ fn cli_errors_are_clear_and_change_nothing() {
     assert!(err(&["service", "add", "sctp", "10.99.0.100:80"]).contains("unknown protocol"));
     assert!(err(&["service", "add", "tcp", "10.99.0.100:81", "-s", "fancy"]).contains("unknown scheduler"));
     assert!(err(&["real", "add", "tcp", "10.99.0.100:80", "10.99.0.11"]).contains("Destination already exists"));
-    assert!(err(&["real", "add", "tcp", "10.99.0.100:81", "10.99.0.11"]).contains("No such service"));
+    assert!(err(&["real", "add", "tcp", "10.99.0.100:81", "10.99.0.11"]).contains("Service not defined"));
     assert!(err(&["real", "del", "tcp", "10.99.0.100:80", "10.99.0.99"]).contains("No such destination"));
     assert!(err(&["real", "add", "tcp", "10.99.0.100:80", "10.99.0.256"]).contains("invalid"));
-    assert_eq!(c.xlb(&["list", "--json"]).unwrap(), before, "failed commands must change nothing");
+    assert_eq!(c.xlb(&["--output", "json", "list"]).unwrap(), before, "failed commands must change nothing");
     // Removing a real takes it out of rotation at once.
     c.xlb(&["real", "del", "tcp", "10.99.0.100:80", "10.99.0.11"]).unwrap();
     let answers: Vec<String> = (0..3).map(|_| c.curl("/").unwrap().trim().to_string()).collect();
@@ -179,7 +179,7 @@ fn weighted_round_robin_as_in_the_seeds() {
     assert!(listing.contains("TCP  10.99.0.100:80 wrr"), "{listing}");
     assert!(listing.lines().any(|l| l.contains("10.99.0.12:80") && l.contains("Route   3")), "{listing}");
     // The connection table shows the finished connections, as ipvsadm -L -c does.
-    let conns = json(&c.xlb(&["conns", "--json"]).unwrap());
+    let conns = json(&c.xlb(&["--output", "json", "conns"]).unwrap());
     assert_eq!(conns.as_array().unwrap().len(), 10, "{conns}");
     assert!(conns.as_array().unwrap().iter().all(|e| e["state"] != "ESTABLISHED"), "{conns}");
 }

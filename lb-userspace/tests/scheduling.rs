@@ -249,15 +249,15 @@ fn upper_threshold_stops_new_connections() {
 fn tcp_states_and_counts_follow_the_client() {
     let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 0]);
     let c = |flags| Frame { tcp_flags: flags, ..syn_from(client(1), 1000, VIP, 80) };
-    let state = |inst: &Instance| ops::connections(&inst.maps).unwrap()[0].state;
+    let state = |inst: &Instance| ops::connections(&inst.maps).unwrap()[0].state.clone();
     inst.forwarded_to(&c(tcp::FLAG_SYN));
-    assert_eq!((state(&inst), inst.load(web(80), RS1_IP)), ("SYN_RECV", (0, 1)));
+    assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("SYN_RECV", (0, 1)));
     inst.forwarded_to(&c(tcp::FLAG_ACK));
-    assert_eq!((state(&inst), inst.load(web(80), RS1_IP)), ("ESTABLISHED", (1, 0)));
+    assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("ESTABLISHED", (1, 0)));
     inst.forwarded_to(&c(tcp::FLAG_FIN | tcp::FLAG_ACK));
-    assert_eq!((state(&inst), inst.load(web(80), RS1_IP)), ("FIN_WAIT", (0, 1)));
+    assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("FIN_WAIT", (0, 1)));
     inst.forwarded_to(&c(tcp::FLAG_RST));
-    assert_eq!((state(&inst), inst.load(web(80), RS1_IP)), ("CLOSE", (0, 1)));
+    assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("CLOSE", (0, 1)));
     // CLOSE lasts 10 s: after that the entry is gone and the count with it.
     inst.age_connections(11);
     assert_eq!(inst.sweep().conns_expired, 1);
