@@ -117,8 +117,28 @@ pub enum Reply {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(Reply),
-    Err { message: String, ipvs: Option<String> },
+    Err {
+        message: String,
+        ipvs: Option<String>,
+        /// Which request of a batch failed (0-based).
+        #[serde(default)]
+        failed_request: Option<usize>,
+    },
 }
+
+/// The failure of one request of a [`Request::Batch`].
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub index: usize,
+}
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request #{} of the batch failed; nothing was changed", self.index + 1)
+    }
+}
+
+impl std::error::Error for BatchFailure {}
 
 impl Response {
     pub fn from_result(r: Result<Reply>) -> Self {
@@ -126,7 +146,12 @@ impl Response {
             Ok(reply) => Response::Ok(reply),
             Err(e) => Response::Err {
                 message: format!("{e:#}"),
-                ipvs: e.chain().find_map(|c| c.downcast_ref::<Refusal>()).map(|r| r.ipvs.to_string()),
+                ipvs: e
+                    .downcast_ref::<Refusal>()
+                    .or_else(|| e.chain().find_map(|c| c.downcast_ref::<Refusal>()))
+                    .map(|r| r.ipvs.to_string()),
+                // A context (as BatchFailure is) is found by anyhow's downcast, not in chain().
+                failed_request: e.downcast_ref::<BatchFailure>().map(|b| b.index),
             },
         }
     }
@@ -137,6 +162,7 @@ impl Response {
 pub struct DaemonError {
     pub message: String,
     pub ipvs: Option<String>,
+    pub failed_request: Option<usize>,
 }
 
 impl std::fmt::Display for DaemonError {
@@ -180,6 +206,6 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply> {
     write_message(&mut stream, request)?;
     match read_message::<Response>(&mut stream)? {
         Response::Ok(reply) => Ok(reply),
-        Response::Err { message, ipvs } => Err(DaemonError { message, ipvs }.into()),
+        Response::Err { message, ipvs, failed_request } => Err(DaemonError { message, ipvs, failed_request }.into()),
     }
 }

@@ -143,7 +143,7 @@ impl Engine {
                     if let Err(e) = self.apply_one(r) {
                         reconcile::apply(&mut self.maps, &before)
                             .context("restoring the state before the failed batch")?;
-                        return Err(e.context(format!("request #{} of the batch failed; nothing was changed", i + 1)));
+                        return Err(e.context(api::BatchFailure { index: i }));
                     }
                 }
                 Reply::Done
@@ -327,7 +327,7 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
 }
 
 /// Removes the link pins (detaching the program once our fds close) and the map pins.
-fn detach_and_unpin(pin_dir: &Path) {
+pub fn detach_and_unpin(pin_dir: &Path) {
     if let Ok(entries) = fs::read_dir(pin_dir) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with("link-") {

@@ -23,6 +23,26 @@ pub fn serve(name: &str, listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// A line echo server for long-lived connections: every line comes back as
+/// "NAME: line", for as long as the client keeps the connection open.
+pub fn serve_echo(name: &str, listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("ready: {name} echoing lines on {listen}");
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let name = name.to_string();
+        std::thread::spawn(move || -> Result<()> {
+            let mut out = stream.try_clone()?;
+            for line in BufReader::new(stream).lines() {
+                writeln!(out, "{name}: {}", line?)?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 fn handle(name: &str, stream: TcpStream) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();

@@ -550,8 +550,9 @@ pub fn save(services: &[ServiceView]) -> String {
     out
 }
 
-/// Parses a restore file (ipvsadm-save's or ours) into requests; line numbers in errors.
-pub fn restore_requests(text: &str) -> Result<Vec<Request>, UsageError> {
+/// Parses a restore file (ipvsadm-save's or ours) into requests, each with its line
+/// number; line numbers in errors.
+pub fn restore_requests(text: &str) -> Result<Vec<(usize, Request)>, UsageError> {
     let mut requests = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -562,7 +563,7 @@ pub fn restore_requests(text: &str) -> Result<Vec<Request>, UsageError> {
         let args: Vec<String> = line.split_whitespace().map(|w| if w == "ops" { "-o".into() } else { w.to_string() }).collect();
         let inv = parse(&args).map_err(|e| UsageError(format!("line {}: {}", n + 1, e.0)))?;
         match mutation(&inv) {
-            Some(r) => requests.push(r),
+            Some(r) => requests.push((n + 1, r)),
             None => return Err(UsageError(format!("line {}: only -A, -E, -D, -a, -e and -d can be restored", n + 1))),
         }
     }
@@ -576,6 +577,21 @@ fn print_daemon_error(e: &anyhow::Error) {
         _ => eprintln!("{e:#}"),
     }
 }
+
+/// A restore line that the daemon refused: "line N: message".
+#[derive(Debug)]
+struct RestoreFailure {
+    line: usize,
+    message: String,
+}
+
+impl std::fmt::Display for RestoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for RestoreFailure {}
 
 /// Runs one ipvsadm command line against the daemon at `paths`; returns the exit status.
 pub fn main(args: &[String], paths: &Paths) -> i32 {
@@ -624,8 +640,15 @@ fn execute(inv: &Invocation, paths: &Paths) -> Result<()> {
         Command::Restore => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            let requests = restore_requests(&text).map_err(|e| anyhow::anyhow!(e.0))?;
-            call(Request::Batch { requests })?;
+            let numbered = restore_requests(&text).map_err(|e| anyhow::anyhow!(e.0))?;
+            let lines: Vec<usize> = numbered.iter().map(|(n, _)| *n).collect();
+            let requests = numbered.into_iter().map(|(_, r)| r).collect();
+            if let Err(e) = call(Request::Batch { requests }) {
+                let Some(d) = e.downcast_ref::<DaemonError>() else { return Err(e) };
+                let Some(line) = d.failed_request.and_then(|i| lines.get(i)) else { return Err(e) };
+                let message = d.ipvs.clone().unwrap_or_else(|| d.message.clone());
+                return Err(RestoreFailure { line: *line, message }.into());
+            }
         }
         Command::List if inv.timeout_listing => {
             if let Reply::Settings(s) = call(Request::Settings)? {
@@ -642,7 +665,11 @@ fn execute(inv: &Invocation, paths: &Paths) -> Result<()> {
             if let Some(id) = inv.service {
                 services.retain(|s| s.id == id);
                 if services.is_empty() {
-                    anyhow::bail!(DaemonError { message: format!("No such service: {id}"), ipvs: Some(ops::ipvs_msg::NO_SERVICE.into()) });
+                    anyhow::bail!(DaemonError {
+                        message: format!("No such service: {id}"),
+                        ipvs: Some(ops::ipvs_msg::NO_SERVICE.into()),
+                        failed_request: None,
+                    });
                 }
             } else {
                 // As ipvsadm; xlb holds up to MAX_CONNS connections, not IPVS's hash size.
@@ -722,7 +749,7 @@ mod tests {
                     -A -u 192.168.1.200:domain -s rr ops\n";
         let reqs = restore_requests(file).unwrap();
         assert_eq!(reqs.len(), 3);
-        assert!(matches!(reqs[2], Request::AddService { options: ServiceOptions { one_packet: true, .. }, .. }));
+        assert!(matches!(reqs[2], (3, Request::AddService { options: ServiceOptions { one_packet: true, .. }, .. })));
         let bad = restore_requests("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w -1\n").unwrap_err();
         assert_eq!(bad.0, "line 2: illegal weight specified");
         assert!(restore_requests("-L -n\n").unwrap_err().0.contains("line 1"));

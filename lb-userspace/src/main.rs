@@ -140,6 +140,14 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Line echo server naming itself (long-lived connections in tests).
+    #[command(hide = true)]
+    EchoServe {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Attach an XDP_PASS program in native mode (veth peers need one for XDP_TX).
     #[command(hide = true)]
     XdpPassStub {
@@ -455,6 +463,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             clap_mangen::generate_to(Cli::command(), &dir).with_context(|| format!("writing man pages to {}", dir.display()))
         }
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
+        Cmd::EchoServe { name, listen } => httpd::serve_echo(&name, listen),
         Cmd::XdpPassStub { iface } => {
             run::install_stop_handler();
             let mut ebpf = loader::load()?;

@@ -62,11 +62,10 @@ pub fn lookup(ip: Ipv4Addr) -> Result<Option<L2Target>> {
 }
 
 /// Asks the kernel to resolve `ip`: an empty UDP datagram to the discard port makes it
-/// send an ARP request (the datagram itself is harmless if it ever arrives).
-pub fn solicit(ip: Ipv4Addr) {
-    if let Ok(sock) = UdpSocket::bind("0.0.0.0:0") {
-        let _ = sock.send_to(&[], (ip, 9));
-    }
+/// send an ARP request (the datagram itself is harmless if it ever arrives). False when
+/// there is no route to `ip` at all: then no answer can come, so nobody should wait.
+pub fn solicit(ip: Ipv4Addr) -> bool {
+    UdpSocket::bind("0.0.0.0:0").and_then(|sock| sock.send_to(&[], (ip, 9))).is_ok()
 }
 
 /// Looks `ip` up, soliciting and waiting up to `wait` if it is not resolved yet.
@@ -74,7 +73,9 @@ pub fn resolve(ip: Ipv4Addr, wait: Duration) -> Result<Option<L2Target>> {
     if let Some(t) = lookup(ip)? {
         return Ok(Some(t));
     }
-    solicit(ip);
+    if !solicit(ip) {
+        return Ok(None);
+    }
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -88,16 +89,13 @@ pub fn resolve(ip: Ipv4Addr, wait: Duration) -> Result<Option<L2Target>> {
 /// Resolves many addresses with one solicitation round and at most `wait` in all.
 pub fn resolve_many(ips: &[Ipv4Addr], wait: Duration) -> Vec<Option<L2Target>> {
     let mut found: Vec<Option<L2Target>> = ips.iter().map(|ip| lookup(*ip).ok().flatten()).collect();
-    for (ip, f) in ips.iter().zip(&found) {
-        if f.is_none() {
-            solicit(*ip);
-        }
-    }
+    let waiting: Vec<bool> = ips.iter().zip(&found).map(|(ip, f)| f.is_none() && solicit(*ip)).collect();
     let deadline = Instant::now() + wait;
-    while found.iter().any(Option::is_none) && Instant::now() < deadline {
+    let pending = |found: &[Option<L2Target>]| found.iter().zip(&waiting).any(|(f, w)| f.is_none() && *w);
+    while pending(&found) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        for (ip, f) in ips.iter().zip(found.iter_mut()) {
-            if f.is_none() {
+        for ((ip, f), w) in ips.iter().zip(found.iter_mut()).zip(&waiting) {
+            if f.is_none() && *w {
                 *f = lookup(*ip).ok().flatten();
             }
         }

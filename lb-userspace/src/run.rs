@@ -53,7 +53,9 @@ pub fn refresh_neighbours(maps: &mut Maps) -> Result<()> {
             match current {
                 Some(t) if t.mac != known || t.ifindex != real.ifindex => ops::set_real_target(maps, real.id, t)?,
                 Some(_) => {}
-                None => neigh::solicit(real.address),
+                None => {
+                    neigh::solicit(real.address);
+                }
             }
         }
     }

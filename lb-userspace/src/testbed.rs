@@ -24,6 +24,8 @@ pub const DIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 pub const CIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
 /// Interface name of every host's NIC inside its namespace.
 pub const NIC: &str = "eth0";
+/// Port of the real servers' line echo servers.
+pub const ECHO_PORT: u16 = 7000;
 
 pub fn rip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, 11 + i as u8)
@@ -42,6 +44,17 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Asks the process to stop with SIGINT and waits for it; returns its stdout rest.
     pub fn interrupt(mut self) -> Result<std::process::ExitStatus> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -175,14 +188,43 @@ impl DrCluster {
         Ok(())
     }
 
+    /// On every real server: HTTP on :80 and a line echo on ECHO_PORT (long-lived
+    /// connections), both naming the server.
     fn start_http_servers(&mut self) -> Result<()> {
         for rs in &self.reals {
-            let mut cmd = rs.ns.command(&self.xlb);
-            cmd.args(["http-serve", "--name", &rs.name, "--listen", "0.0.0.0:80"]);
-            let (guard, _) = spawn_until_ready(&format!("HTTP server on {}", rs.name), cmd, Duration::from_secs(10))?;
-            self.children.push(guard);
+            for (kind, port) in [("http-serve", 80), ("echo-serve", ECHO_PORT)] {
+                let mut cmd = rs.ns.command(&self.xlb);
+                cmd.args([kind, "--name", &rs.name, "--listen", &format!("0.0.0.0:{port}")]);
+                let (guard, _) = spawn_until_ready(&format!("{kind} on {}", rs.name), cmd, Duration::from_secs(10))?;
+                self.children.push(guard);
+            }
         }
         Ok(())
+    }
+
+    /// A TCP connection from the client namespace to VIP:`port` (the socket belongs to
+    /// the client's namespace, whichever thread uses it).
+    pub fn connect_from_client(&self, port: u16) -> Result<std::net::TcpStream> {
+        let ns = std::fs::File::open(self.client.path())?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // On CPU 0 like curl(): round robin's cursor is per CPU.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut set);
+                    libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+                }
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("entering {}: {}", self.client.name, std::io::Error::last_os_error());
+                }
+                let stream = std::net::TcpStream::connect_timeout(&(VIP, port).into(), Duration::from_secs(5))?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                Ok(stream)
+            })
+            .join()
+            .expect("connect thread")
+        })
     }
 
     /// The director's `xlb` command line for `args` (what a user would type there).
@@ -204,14 +246,38 @@ impl DrCluster {
 
     /// `xlb run` with extra arguments (for example `--config FILE`).
     pub fn start_balancer_with(&mut self, extra: &[&str]) -> Result<Vec<String>> {
-        if self.mode != AttachMode::Skb {
+        self.start_xlb("run", extra)
+    }
+
+    /// `xlb daemon`: like `run`, but a stop signal leaves the fast path running.
+    pub fn start_daemon(&mut self, extra: &[&str]) -> Result<Vec<String>> {
+        self.start_xlb("daemon", extra)
+    }
+
+    /// Kills `xlb run`/`xlb daemon` with SIGKILL (no cleanup of any kind).
+    pub fn kill_balancer(&mut self) -> Result<()> {
+        let pos = self.children.iter().position(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
+        let mut child = self.children.remove(pos);
+        child.kill_hard()
+    }
+
+    /// Sends `signal` to the running `xlb run`/`xlb daemon`.
+    pub fn signal_balancer(&self, signal: i32) -> Result<()> {
+        let child = self.children.iter().find(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
+        unsafe { libc::kill(child.pid() as i32, signal) };
+        Ok(())
+    }
+
+    fn start_xlb(&mut self, how: &str, extra: &[&str]) -> Result<Vec<String>> {
+        let stub_running = self.children.iter().any(|c| c.what.starts_with("XDP pass stub"));
+        if self.mode != AttachMode::Skb && !stub_running {
             // Native XDP_TX on a veth is delivered only if the peer runs XDP too.
             let mut stub = self.switch.command(&self.xlb);
             stub.args(["xdp-pass-stub", "--iface", "p-dir"]);
             let (guard, _) = spawn_until_ready("XDP pass stub on the switch port", stub, Duration::from_secs(20))?;
             self.children.push(guard);
         }
-        let mut args = vec!["run", "--iface", NIC, "--mode", self.mode.name()];
+        let mut args = vec![how, "--iface", NIC, "--mode", self.mode.name()];
         args.extend_from_slice(extra);
         let cmd = self.xlb_command(&args);
         let (guard, lines) = spawn_until_ready("xlb run on the director", cmd, Duration::from_secs(30))?;
@@ -260,7 +326,7 @@ impl Drop for DrCluster {
         for rs in &self.reals {
             let _ = netns::run(rs.ns.command(&self.xlb).args(["realserver", "teardown"]));
         }
-        crate::maps::unpin_all(&self.pin_dir);
+        crate::daemon::detach_and_unpin(&self.pin_dir);
         let paths = crate::api::Paths::for_pin_dir(&self.pin_dir);
         let _ = std::fs::remove_file(paths.state);
         let _ = std::fs::remove_file(paths.socket);

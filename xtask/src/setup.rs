@@ -29,6 +29,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
 ];
 
+/// (file, Debian package providing it) for data files the tests read.
+const FILES: &[(&str, &str)] = &[
+    // Service names in ipvsadm-save files (`-t VIP:http`).
+    ("/etc/services", "netbase"),
+];
+
 /// Directories searched for commands besides PATH: a non-login root shell often lacks
 /// the sbin directories where ip, nft and bpftool live.
 const EXTRA_BIN_DIRS: &[&str] = &["/usr/sbin", "/sbin"];
@@ -182,6 +188,7 @@ fn ensure_packages() -> Result<()> {
     let missing: BTreeSet<&str> = PACKAGES
         .iter()
         .filter(|(command, _)| !command_exists(command))
+        .chain(FILES.iter().filter(|(file, _)| !std::path::Path::new(file).exists()))
         .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {
