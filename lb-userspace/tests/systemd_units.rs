@@ -65,7 +65,7 @@ fn units_have_their_keys_and_the_documented_binary() {
     }
     let director = unit("xlb.service");
     assert_eq!(value(&director, "Service", "Type"), "simple");
-    assert!(value(&director, "Service", "ExecStart").starts_with("/usr/local/bin/xlb run --iface ${IFACE} --config ${CONFIG}"));
+    assert!(value(&director, "Service", "ExecStart").starts_with("/usr/local/bin/xlb daemon --iface ${IFACE} --config ${CONFIG}"));
     let real = unit("xlb-realserver.service");
     assert_eq!(value(&real, "Service", "Type"), "oneshot");
     assert_eq!(value(&real, "Service", "RemainAfterExit"), "yes");
