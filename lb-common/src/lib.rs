@@ -59,6 +59,11 @@ pub mod svc_flags {
     pub const MH_PORT: u32 = 16;
     /// mh: if the hashed real is unavailable, rehash.
     pub const MH_FALLBACK: u32 = 32;
+    /// Health: a failed real keeps its place in the tables with weight 0
+    /// (keepalived's inhibit_on_failure) instead of leaving them.
+    pub const INHIBIT_ON_FAILURE: u32 = 64;
+    /// Health: too few reals are healthy; the sorry server takes new connections.
+    pub const SORRY_ACTIVE: u32 = 128;
 }
 
 /// [`RealEntry::flags`].
@@ -68,6 +73,10 @@ pub mod real_flags {
     /// Removed from its service: no new flows; its flows continue or are dropped as
     /// `expire_nodest_conn` says, and the id is freed once it has no connections.
     pub const REMOVED: u16 = 2;
+    /// Failed its health check: no new flows (established ones continue).
+    pub const HEALTH_DOWN: u16 = 4;
+    /// The service's sorry server: scheduled only while SORRY_ACTIVE.
+    pub const SORRY: u16 = 8;
 }
 
 /// Frontend key: one VIP:port:protocol. Several may lead to one service.
@@ -139,6 +148,12 @@ impl RealEntry {
     }
     pub const fn removed(&self) -> bool {
         self.flags & real_flags::REMOVED != 0
+    }
+    pub const fn health_down(&self) -> bool {
+        self.flags & real_flags::HEALTH_DOWN != 0
+    }
+    pub const fn sorry(&self) -> bool {
+        self.flags & real_flags::SORRY != 0
     }
 }
 

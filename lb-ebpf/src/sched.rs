@@ -22,10 +22,12 @@ fn load(real_id: u32) -> RealLoad {
     REAL_LOAD.get(real_id).copied().unwrap_or_default()
 }
 
-/// A real can take a new connection: not removed, weight > 0, under its upper threshold.
+/// A real can take a new connection: not removed, healthy, weight > 0, under its upper
+/// threshold.
 #[inline(always)]
 fn available(real: &RealEntry, load: &RealLoad) -> bool {
     !real.removed()
+        && !real.health_down()
         && real.weight > 0
         && (real.u_threshold == 0 || load.active + load.inactive < real.u_threshold as u64)
 }

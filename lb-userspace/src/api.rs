@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    health::HealthConfig,
     ops::{ConnView, RealOptions, Refusal, Service, ServiceId, ServiceOptions, ServiceView},
     reconcile::Changes,
 };
@@ -84,6 +85,10 @@ pub enum Request {
     Batch { requests: Vec<Request> },
     /// Remove every service (ipvsadm -C).
     Clear,
+    /// Set (or with None remove) a service's health check.
+    SetHealth { service: ServiceId, health: Option<HealthConfig> },
+    /// Set (or with None remove) a service's sorry server.
+    SetSorry { service: ServiceId, address: Option<Ipv4Addr> },
     /// Zero traffic counters (ipvsadm -Z).
     Zero { service: Option<ServiceId> },
     SetSettings { change: SettingsChange },

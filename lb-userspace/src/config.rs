@@ -32,6 +32,7 @@ use anyhow::{Context, Result, bail};
 use lb_common::{Settings, tcp};
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthConfig;
 use crate::ops::{
     self, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
 };
@@ -81,6 +82,10 @@ struct ServiceSection {
     one_packet: bool,
     #[serde(default)]
     reals: Vec<RealSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sorry_server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<HealthConfig>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -107,17 +112,20 @@ fn one() -> u32 {
 }
 
 /// One checked service of a config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub id: ServiceId,
     pub options: ServiceOptions,
     /// Frontends of a firewall-mark service.
     pub frontends: Vec<Service>,
     pub reals: Vec<(Ipv4Addr, RealOptions)>,
+    /// Takes new connections when fewer reals than the health quorum are healthy.
+    pub sorry_server: Option<Ipv4Addr>,
+    pub health: Option<HealthConfig>,
 }
 
 /// A checked config: also the daemon's desired state, which it saves in this format.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub settings: Option<Settings>,
     pub services: Vec<ServiceConfig>,
@@ -174,6 +182,8 @@ pub fn to_toml(cfg: &Config) -> String {
                         }
                     })
                     .collect(),
+                sorry_server: svc.sorry_server.map(|s| s.to_string()),
+                health: svc.health.clone(),
             }
         })
         .collect();
@@ -280,7 +290,11 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
         }
         reals.push((rip, opts));
     }
-    Ok(ServiceConfig { id, options, frontends, reals })
+    let sorry_server = s.sorry_server.as_deref().map(ip).transpose().context("sorry_server")?;
+    if let Some(h) = &s.health {
+        h.validate(id)?;
+    }
+    Ok(ServiceConfig { id, options, frontends, reals, sorry_server, health: s.health.clone() })
 }
 
 #[cfg(test)]
@@ -344,6 +358,15 @@ mod tests {
             scheduler = "sh"
             sched_flags = ["sh-port"]
             one_packet = true
+            sorry_server = "10.0.0.200"
+            [service.health]
+            type = "http"
+            port = 443
+            path = "/health"
+            contains = "ok"
+            interval = 1.5
+            fall = 3
+            on_failure = "inhibit"
             "#;
         let cfg = parse(text).unwrap();
         let again = parse(&to_toml(&cfg)).unwrap();
@@ -374,6 +397,12 @@ mod tests {
         assert!(err(heavy).contains("out of range"));
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\n").contains("either `vip` and `port`, or `fwmark`"));
         let overlap = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[[service]]\nfwmark = 1\nfrontends = [\"tcp:10.0.0.1:79-81\"]\n";
+        let health = |extra: &str| format!("[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[service.health]\n{extra}\n");
+        assert!(err(&health("type = \"udp\"")).contains("needs `send`"));
+        assert!(err(&health("type = \"tcp\"\npath = \"/\"")).contains("does not apply"));
+        assert!(err(&health("type = \"http\"\ninterval = 0")).contains("above 0"));
+        assert!(err(&health("type = \"ping\"")).contains("unknown variant `ping`"));
+        assert!(err("[[service]]\nfwmark = 2\n[service.health]\ntype = \"tcp\"\n").contains("needs a `port`"));
         assert!(err(overlap).contains("belongs to one service"));
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nproto = \"tcp\"\none_packet = true\n").contains("UDP"));
     }

@@ -8,9 +8,10 @@
 //! detaches and removes the pins. The desired state is saved (write, fsync, rename)
 //! after every change and restored at start.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs,
     io::Write,
+    net::{Ipv4Addr, SocketAddr},
     os::unix::{
         fs::PermissionsExt,
         net::{UnixListener, UnixStream},
@@ -30,9 +31,12 @@ use lb_common::{RealStats, map_names, tcp};
 use crate::{
     api::{self, Paths, Reply, Request, Response, SettingsChange, SettingsView, StatusView},
     config::{self, Config},
+    health::{self, Checker, HealthConfig, OnFailure},
     loader::{self, AttachMode},
     maps::{self, Maps},
-    ops, reconcile, run,
+    neigh,
+    ops::{self, ServiceId},
+    reconcile, run,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -90,10 +94,22 @@ impl Rates {
     }
 }
 
+/// What the checker last said about a real.
+#[derive(Clone, Debug)]
+struct RealHealth {
+    up: bool,
+    reason: String,
+    changes: u64,
+}
+
 struct Engine {
     maps: Maps,
     ebpf: Ebpf,
     rates: Rates,
+    /// Health checks by service: part of the desired state, kept here (not in maps).
+    health: BTreeMap<ServiceId, HealthConfig>,
+    checker: Checker,
+    real_health: HashMap<(ServiceId, Ipv4Addr), RealHealth>,
     opts_ifaces: Vec<String>,
     paths: Paths,
     config: Option<PathBuf>,
@@ -126,8 +142,151 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
 }
 
 impl Engine {
+    /// The desired state: the maps' configuration plus the health checks.
+    fn desired(&self) -> Result<Config> {
+        let mut cfg = reconcile::current(&self.maps)?;
+        for s in &mut cfg.services {
+            s.health = self.health.get(&s.id).cloned();
+        }
+        Ok(cfg)
+    }
+
+    /// Takes the health checks of `cfg`; returns how many services' checks changed.
+    fn adopt_health(&mut self, cfg: &Config) -> usize {
+        let new: BTreeMap<ServiceId, HealthConfig> =
+            cfg.services.iter().filter_map(|s| s.health.clone().map(|h| (s.id, h))).collect();
+        let changed = new.iter().filter(|(id, h)| self.health.get(id) != Some(h)).count()
+            + self.health.keys().filter(|id| !new.contains_key(id)).count();
+        self.health = new;
+        changed
+    }
+
+    /// Runs exactly the checks the desired state asks for, and brings the maps' health
+    /// flags in line with it.
+    fn sync_health(&mut self) -> Result<()> {
+        let services = ops::snapshot(&self.maps)?;
+        self.health.retain(|id, _| services.iter().any(|s| s.id == *id));
+        let mut targets = Vec::new();
+        for s in &services {
+            match self.health.get(&s.id) {
+                Some(h) => {
+                    ops::set_inhibit_on_failure(&mut self.maps, s.id, h.on_failure == OnFailure::Inhibit)?;
+                    for r in &s.reals {
+                        let addr = SocketAddr::new(h.address.unwrap_or(r.address).into(), h.port.unwrap_or(s.port()));
+                        targets.push(health::Target { service: s.id, real: r.address, addr, config: h.clone() });
+                    }
+                }
+                None => {
+                    // No check (any more): nobody may hold a real down.
+                    for r in s.reals.iter().filter(|r| r.health_down) {
+                        ops::set_real_health(&mut self.maps, s.id, r.address, true)?;
+                    }
+                    ops::set_inhibit_on_failure(&mut self.maps, s.id, false)?;
+                }
+            }
+        }
+        self.real_health.retain(|k, _| targets.iter().any(|t| (t.service, t.real) == *k));
+        for t in &targets {
+            self.real_health.entry((t.service, t.real)).or_insert_with(|| RealHealth {
+                up: true,
+                reason: "not checked yet".into(),
+                changes: 0,
+            });
+        }
+        self.checker.sync(targets);
+        for s in &services {
+            self.evaluate_sorry(s.id)?;
+        }
+        Ok(())
+    }
+
+    /// Sends new connections to the sorry server while fewer reals than the quorum are
+    /// healthy, and back to the reals when enough are.
+    fn evaluate_sorry(&mut self, id: ServiceId) -> Result<()> {
+        let Some(view) = ops::snapshot(&self.maps)?.into_iter().find(|s| s.id == id) else { return Ok(()) };
+        let healthy = view.reals.iter().filter(|r| !r.health_down).count() as u32;
+        let quorum = self.health.get(&id).map_or(1, |h| h.quorum).max(1);
+        let active = view.sorry_server.is_some() && healthy < quorum;
+        if ops::set_sorry_active(&mut self.maps, id, active)? {
+            let sorry = view.sorry_server.map_or("-".into(), |s| s.to_string());
+            if active {
+                tracing::warn!("{id}: {healthy} healthy real(s), quorum {quorum}: sorry server {sorry} takes new connections");
+            } else {
+                tracing::info!("{id}: {healthy} healthy real(s): new connections go to the reals again");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies what the checker reported: state changes, dynamic weights, notifications.
+    fn process_health_events(&mut self) {
+        let events: Vec<health::Event> = self.checker.events.try_iter().collect();
+        let mut weight_changed = false;
+        for ev in events {
+            let entry = self.real_health.entry((ev.service, ev.real)).or_insert_with(|| RealHealth {
+                up: true,
+                reason: String::new(),
+                changes: 0,
+            });
+            let changed = entry.up != ev.up;
+            entry.up = ev.up;
+            entry.reason = ev.reason.clone();
+            if changed {
+                entry.changes += 1;
+            }
+            if let Err(e) = ops::set_real_health(&mut self.maps, ev.service, ev.real, ev.up) {
+                tracing::warn!("{} of {}: {e:#}", ev.real, ev.service);
+                continue;
+            }
+            if let Some(w) = ev.weight {
+                let current = ops::snapshot(&self.maps).ok().and_then(|v| {
+                    v.into_iter().find(|s| s.id == ev.service)?.reals.into_iter().find(|r| r.address == ev.real)
+                });
+                if let Some(r) = current.filter(|r| r.weight != w) {
+                    let opts = ops::RealOptions { weight: w, u_threshold: r.u_threshold, l_threshold: r.l_threshold, ..Default::default() };
+                    if ops::edit_real(&mut self.maps, ev.service, ev.real, opts).is_ok() {
+                        tracing::info!("{} of {}: weight {w} (set by its check)", ev.real, ev.service);
+                        weight_changed = true;
+                    }
+                }
+            }
+            if changed {
+                let state = if ev.up { "UP" } else { "DOWN" };
+                tracing::warn!("{} of {} is {state}: {}", ev.real, ev.service, ev.reason);
+                let cmd = self.health.get(&ev.service).and_then(|h| if ev.up { h.notify_up.clone() } else { h.notify_down.clone() });
+                if let Some(cmd) = cmd {
+                    notify(&cmd, ev.service, ev.real, state);
+                }
+            }
+            if let Err(e) = self.evaluate_sorry(ev.service) {
+                tracing::warn!("{}: {e:#}", ev.service);
+            }
+        }
+        if weight_changed {
+            if let Err(e) = self.save_state() {
+                tracing::warn!("saving the state: {e:#}");
+            }
+        }
+    }
+
+    fn fill_health(&self, services: &mut [ops::ServiceView]) {
+        for s in services {
+            let checked = self.health.contains_key(&s.id);
+            for r in &mut s.reals {
+                match self.real_health.get(&(s.id, r.address)).filter(|_| checked) {
+                    Some(h) => {
+                        r.health = if h.up { "up" } else { "down" }.into();
+                        r.health_reason = h.reason.clone();
+                        r.health_changes = h.changes;
+                    }
+                    None => r.health = "-".into(),
+                }
+            }
+        }
+    }
+
     fn save_state(&self) -> Result<()> {
-        let text = config::to_toml(&reconcile::current(&self.maps)?);
+        let text = config::to_toml(&self.desired()?);
         write_atomically(&self.paths.state, &format!("# xlb's saved state: rewritten on every change\n{text}"))
     }
 
@@ -151,6 +310,9 @@ impl Engine {
             other => self.apply_one(other)?,
         };
         if mutating {
+            if let Err(e) = self.sync_health() {
+                tracing::warn!("health checks: {e:#}");
+            }
             self.save_state()?;
         }
         Ok(reply)
@@ -172,7 +334,28 @@ impl Engine {
             Request::Batch { .. } => bail!("batches do not nest"),
             Request::Clear => {
                 let settings = Some(ops::settings(maps)?);
-                return Ok(Reply::Changes(reconcile::apply(maps, &Config { settings, services: Vec::new() })?));
+                let changes = reconcile::apply(maps, &Config { settings, services: Vec::new() })?;
+                self.health.clear();
+                return Ok(Reply::Changes(changes));
+            }
+            Request::SetHealth { service, health } => {
+                ops::find_service(maps, service)?;
+                match health {
+                    Some(h) => {
+                        h.validate(service)?;
+                        self.health.insert(service, h);
+                    }
+                    None => {
+                        self.health.remove(&service);
+                    }
+                }
+            }
+            Request::SetSorry { service, address } => {
+                let target = match address {
+                    Some(ip) => Some((ip, neigh::resolve(ip, run::RESOLVE_WAIT)?.unwrap_or_default())),
+                    None => None,
+                };
+                ops::set_sorry_server(maps, service, target)?;
             }
             Request::Zero { service } => {
                 ops::zero(maps, service)?;
@@ -185,17 +368,23 @@ impl Engine {
             }
             Request::Apply { config, origin } => {
                 let cfg = config::parse(&config).with_context(|| format!("in {origin}"))?;
-                return Ok(Reply::Changes(reconcile::apply(maps, &cfg)?));
+                let mut changes = reconcile::apply(maps, &cfg)?;
+                changes.health_checks_changed = self.adopt_health(&cfg);
+                return Ok(Reply::Changes(changes));
             }
             Request::Reload => {
                 let Some(path) = &self.config else {
                     bail!("xlb was started without --config: there is no file to reload (use `xlb apply FILE`)")
                 };
-                return Ok(Reply::Changes(reconcile::apply(maps, &config::load(path)?)?));
+                let cfg = config::load(path)?;
+                let mut changes = reconcile::apply(maps, &cfg)?;
+                changes.health_checks_changed = self.adopt_health(&cfg);
+                return Ok(Reply::Changes(changes));
             }
             Request::List => {
                 let mut services = ops::snapshot(maps)?;
                 self.rates.fill(&mut services);
+                self.fill_health(&mut services);
                 return Ok(Reply::Services(services));
             }
             Request::Conns => return Ok(Reply::Conns(ops::connections(maps)?)),
@@ -232,6 +421,24 @@ impl Engine {
         if let Err(e) = self.rates.sample(&self.maps) {
             tracing::warn!("sampling rates: {e:#}");
         }
+    }
+}
+
+/// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
+fn notify(cmd: &str, service: ServiceId, real: Ipv4Addr, state: &str) {
+    let spawned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("XLB_SERVICE", service.to_string())
+        .env("XLB_REAL", real.to_string())
+        .env("XLB_STATE", state)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::warn!("notify command `{cmd}`: {e}"),
     }
 }
 
@@ -372,12 +579,22 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         maps,
         ebpf,
         rates: Rates::default(),
+        health: BTreeMap::new(),
+        checker: Checker::new()?,
+        real_health: HashMap::new(),
         opts_ifaces: opts.ifaces.clone(),
         paths: opts.paths.clone(),
         config: opts.config.clone(),
         stop_and_detach: false,
     }));
-    engine.lock().expect("engine lock").save_state()?;
+    {
+        let mut e = engine.lock().expect("engine lock");
+        if let Some(desired) = &desired {
+            e.adopt_health(desired);
+        }
+        e.sync_health()?;
+        e.save_state()?;
+    }
     let done = Arc::new(AtomicBool::new(false));
     let api_thread = {
         let (engine, done) = (engine.clone(), done.clone());
@@ -408,6 +625,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
                 Err(err) => eprintln!("xlb: reload refused, nothing changed: {err:#}"),
             }
         }
+        e.process_health_events();
         if Instant::now() >= next_tick {
             e.periodic();
             next_tick = Instant::now() + TICK;

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ebpf;
 pub mod fixtures;
+pub mod health;
 pub mod httpd;
 pub mod ipvsadm;
 pub mod listing;

@@ -63,6 +63,10 @@ fn totals(s: &ServiceView) -> RealView {
         l_threshold: 0,
         mac: None,
         ifindex: 0,
+        health_down: false,
+        health: String::new(),
+        health_reason: String::new(),
+        health_changes: 0,
         active_conns: 0,
         inactive_conns: 0,
         packets: 0,
@@ -101,10 +105,42 @@ fn title(format: Format) -> String {
     }
 }
 
-/// `xlb list` and `ipvsadm -L -n`: title, then each service and its reals. The out
-/// direction (OutPkts, OutBytes, …) is 0: in DR the director never sees it.
+/// `ipvsadm -L -n`: title, then each service and its reals, as IPVS would hold them
+/// with keepalived's checks: a failed real is gone (or shown with weight 0 under
+/// inhibit_on_failure), and a sorry server shows while it serves. The out direction
+/// (OutPkts, OutBytes, …) is 0: in DR the director never sees it.
 pub fn table(services: &[ServiceView], format: Format, exact: bool) -> String {
+    let as_ipvs: Vec<ServiceView> = services
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.reals.retain(|r| !r.health_down || s.inhibit_on_failure);
+            for r in s.reals.iter_mut().filter(|r| r.health_down) {
+                r.weight = 0;
+            }
+            // keepalived adds the sorry server to IPVS while it serves.
+            if let (Some(sorry), true) = (s.sorry_server, s.sorry_active) {
+                let mut r = totals(&s);
+                (r.address, r.weight) = (sorry, 1);
+                (r.packets, r.bytes, r.conns, r.cps, r.in_pps, r.in_bps) = (0, 0, 0, 0, 0, 0);
+                s.reals.push(r);
+            }
+            s
+        })
+        .collect();
+    render(&as_ipvs, format, exact, false)
+}
+
+/// `xlb list`: ipvsadm's layout with every configured real and a Health column.
+pub fn table_with_health(services: &[ServiceView], format: Format, exact: bool) -> String {
+    render(services, format, exact, true)
+}
+
+fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -> String {
     let mut out = title(format);
+    if health && format == Format::Plain {
+        out = out.replacen("InActConn\n", "InActConn  Health\n", 1);
+    }
     let n = |i| largenum(i, exact);
     for s in services {
         let t = totals(s);
@@ -136,12 +172,21 @@ pub fn table(services: &[ServiceView], format: Format, exact: bool) -> String {
                     "  -> {name:<28} {:<10} {:<10} {:<10} {:<10}",
                     r.u_threshold, r.l_threshold, r.active_conns, r.inactive_conns
                 ),
+                Format::Plain if health => writeln!(
+                    out,
+                    "  -> {name:<28} {:<7} {:<6} {:<10} {:<10} {}",
+                    "Route", r.weight, r.active_conns, r.inactive_conns, r.health
+                ),
                 Format::Plain => writeln!(
                     out,
                     "  -> {name:<28} {:<7} {:<6} {:<10} {:<10}",
                     "Route", r.weight, r.active_conns, r.inactive_conns
                 ),
             };
+        }
+        if let (Some(sorry), true) = (s.sorry_server, health) {
+            let state = if s.sorry_active { "serving" } else { "standby" };
+            let _ = writeln!(out, "  -> {:<28} sorry server, {state}", format!("{sorry}:{}", s.port()));
         }
     }
     out

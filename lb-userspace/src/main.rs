@@ -10,6 +10,7 @@ use lb_userspace::{
     listing::{self, Output},
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
+    health::{self, HealthConfig},
     ops::{self, ForwardMethod, Persistence, RealOptions, ServiceId, ServiceOptions},
     realserver, run,
 };
@@ -66,6 +67,12 @@ enum Cmd {
     /// Add, change or remove a virtual service (ipvsadm -A / -E / -D).
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Set or remove a service's health check (keepalived's checkers, built in).
+    #[command(subcommand)]
+    Health(HealthCmd),
+    /// Set or remove a service's sorry server (takes new connections when too few reals are healthy).
+    #[command(subcommand)]
+    Sorry(SorryCmd),
     /// Add or remove VIP:port frontends of a firewall-mark service (a service group).
     #[command(subcommand)]
     Frontend(FrontendCmd),
@@ -237,6 +244,133 @@ enum ServiceCmd {
 }
 
 #[derive(Subcommand)]
+enum HealthCmd {
+    /// xlb health set tcp 10.0.0.100:80 --type http --path /health --interval 2 --fall 3
+    Set {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[command(flatten)]
+        check: HealthArgs,
+    },
+    /// xlb health del tcp 10.0.0.100:80
+    Del {
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// tcp, http, https, udp or exec.
+    #[arg(long = "type", id = "check_type", value_enum)]
+    check_type: health::CheckKind,
+    /// Port to check (default: the real's).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to check (default: the real's).
+    #[arg(long)]
+    address: Option<std::net::Ipv4Addr>,
+    /// http/https: path to GET (default /).
+    #[arg(long)]
+    path: Option<String>,
+    /// http/https: expected status (default 200).
+    #[arg(long)]
+    status: Option<u16>,
+    /// http/https: the body must contain this.
+    #[arg(long)]
+    contains: Option<String>,
+    /// http/https: MD5 of the body, hex (keepalived's digest).
+    #[arg(long)]
+    md5: Option<String>,
+    /// udp: the request datagram.
+    #[arg(long)]
+    send: Option<String>,
+    /// udp: the answer must start with this.
+    #[arg(long)]
+    expect: Option<String>,
+    /// exec: shell command (XLB_REAL, XLB_PORT, XLB_SERVICE set); exit 0 is healthy.
+    #[arg(long)]
+    command: Option<String>,
+    /// exec: exit status 2..255 sets the weight to status-2 (MISC_CHECK misc_dynamic).
+    #[arg(long)]
+    dynamic: bool,
+    /// Seconds between checks.
+    #[arg(long, default_value_t = 5.0)]
+    interval: f64,
+    /// Seconds a check may take.
+    #[arg(long, default_value_t = 3.0)]
+    timeout: f64,
+    /// Successes that bring a down real up.
+    #[arg(long, default_value_t = 1)]
+    rise: u32,
+    /// Failures that take an up real down.
+    #[arg(long, default_value_t = 1)]
+    fall: u32,
+    /// Up to this many seconds of random delay before the first check.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Reals start down until they pass `rise` checks.
+    #[arg(long)]
+    alpha: bool,
+    /// A failed real keeps weight 0 instead of leaving the service (inhibit_on_failure).
+    #[arg(long)]
+    inhibit: bool,
+    /// Fewer healthy reals than this: the sorry server takes new connections.
+    #[arg(long, default_value_t = 1)]
+    quorum: u32,
+    /// Command run when a real comes up (XLB_SERVICE, XLB_REAL, XLB_STATE set).
+    #[arg(long)]
+    notify_up: Option<String>,
+    /// Command run when a real goes down.
+    #[arg(long)]
+    notify_down: Option<String>,
+}
+
+impl HealthArgs {
+    fn config(self) -> HealthConfig {
+        HealthConfig {
+            port: self.port,
+            address: self.address,
+            path: self.path,
+            status: self.status,
+            contains: self.contains,
+            md5: self.md5,
+            send: self.send,
+            expect: self.expect,
+            command: self.command,
+            dynamic: self.dynamic,
+            interval: self.interval,
+            timeout: self.timeout,
+            rise: self.rise,
+            fall: self.fall,
+            warmup: self.warmup,
+            alpha: self.alpha,
+            on_failure: if self.inhibit { health::OnFailure::Inhibit } else { health::OnFailure::Remove },
+            quorum: self.quorum,
+            notify_up: self.notify_up,
+            notify_down: self.notify_down,
+            ..HealthConfig::new(self.check_type)
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SorryCmd {
+    /// xlb sorry set tcp 10.0.0.100:80 10.0.0.250
+    Set {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(value_name = "SORRY_SERVER")]
+        sorry: std::net::Ipv4Addr,
+    },
+    /// xlb sorry del tcp 10.0.0.100:80
+    Del {
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum FrontendCmd {
     /// xlb frontend add 1 tcp 10.0.0.100:443   (or a range: 10.0.0.100:8000-8010)
     Add {
@@ -312,6 +446,15 @@ enum RealCmd {
         #[command(flatten)]
         service: ServiceArg,
         rip: std::net::Ipv4Addr,
+    },
+    /// Weight 0, wait until the real's active connections end (or the timeout), remove it.
+    Drain {
+        #[command(flatten)]
+        service: ServiceArg,
+        rip: std::net::Ipv4Addr,
+        /// Seconds to wait for active connections to end.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
     },
 }
 
@@ -411,10 +554,20 @@ fn dispatch(cli: Cli) -> Result<()> {
                 Request::DelFrontends { mark, frontends: ops::parse_frontends(proto, &address)? }
             }
         })?),
+        Cmd::Health(cmd) => done(call(match cmd {
+            HealthCmd::Set { service, check } => Request::SetHealth { service: service.id()?, health: Some(check.config()) },
+            HealthCmd::Del { service } => Request::SetHealth { service: service.id()?, health: None },
+        })?),
+        Cmd::Sorry(cmd) => done(call(match cmd {
+            SorryCmd::Set { service, sorry } => Request::SetSorry { service: service.id()?, address: Some(sorry) },
+            SorryCmd::Del { service } => Request::SetSorry { service: service.id()?, address: None },
+        })?),
+        Cmd::Real(RealCmd::Drain { service, rip, timeout }) => drain(&paths, service.id()?, rip, timeout, output),
         Cmd::Real(cmd) => done(call(match cmd {
             RealCmd::Add { service, rip, opts } => Request::AddReal { service: service.id()?, address: rip, options: opts.options() },
             RealCmd::Edit { service, rip, opts } => Request::EditReal { service: service.id()?, address: rip, options: opts.options() },
             RealCmd::Del { service, rip } => Request::DelReal { service: service.id()?, address: rip },
+            RealCmd::Drain { .. } => unreachable!("handled above"),
         })?),
         Cmd::List { stats, rate } => match call(Request::List)? {
             Reply::Services(services) => show(output, &services, |s| {
@@ -425,7 +578,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 } else {
                     listing::Format::Plain
                 };
-                listing::table(s, format, false)
+                listing::table_with_health(s, format, false)
             }),
             other => unexpected(other),
         },
@@ -477,6 +630,47 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `xlb real drain`: weight 0 (no new connections), wait for the active connections to
+/// end or the timeout, then remove the real; progress once a second.
+fn drain(paths: &Paths, service: ServiceId, rip: std::net::Ipv4Addr, timeout: u64, output: Output) -> Result<()> {
+    let call = |req: Request| api::call(&paths.socket, &req);
+    let find = || -> Result<ops::RealView> {
+        match call(Request::List)? {
+            Reply::Services(list) => list
+                .into_iter()
+                .find(|s| s.id == service)
+                .and_then(|s| s.reals.into_iter().find(|r| r.address == rip))
+                .with_context(|| format!("No such destination: {rip} in {service}")),
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        }
+    };
+    let r = find()?;
+    let opts = RealOptions { weight: 0, u_threshold: r.u_threshold, l_threshold: r.l_threshold, ..Default::default() };
+    call(Request::EditReal { service, address: rip, options: opts })?;
+    let start = std::time::Instant::now();
+    let drained = loop {
+        let r = find()?;
+        if output == Output::Text {
+            println!("draining {rip} of {service}: {} active, {} inactive connection(s), {} s", r.active_conns, r.inactive_conns, start.elapsed().as_secs());
+        }
+        if r.active_conns == 0 {
+            break true;
+        }
+        if start.elapsed().as_secs() >= timeout {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    call(Request::DelReal { service, address: rip })?;
+    let waited = start.elapsed().as_secs();
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "drained": drained, "seconds": waited })),
+        Output::Text if drained => println!("drained {rip} of {service} in {waited} s; removed"),
+        Output::Text => println!("timeout after {waited} s with active connections left; removed {rip} of {service} anyway"),
+    }
+    Ok(())
 }
 
 fn unexpected(reply: Reply) -> Result<()> {

@@ -411,11 +411,14 @@ pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
     Ok(())
 }
 
+/// Flags the health machinery owns, kept across option edits.
+const HEALTH_FLAGS: u32 = svc_flags::INHIBIT_ON_FAILURE | svc_flags::SORRY_ACTIVE;
+
 fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
     let p = opts.persistence.unwrap_or(Persistence { timeout: 0, netmask: Ipv4Addr::BROADCAST });
     ServiceInfo {
         scheduler: opts.scheduler.id(),
-        flags: opts.flags(),
+        flags: opts.flags() | (base.flags & HEALTH_FLAGS),
         persist_timeout: p.timeout,
         persist_mask: p.netmask.octets(),
         ..base
@@ -524,11 +527,12 @@ pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions
     check_real_options(&opts)?;
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let all = reals(maps)?;
-    let mine: Vec<&(u32, RealEntry)> = all.iter().filter(|(_, r)| r.service_id == info.id && r.ip == rip.octets()).collect();
+    let mine: Vec<&(u32, RealEntry)> =
+        all.iter().filter(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.sorry()).collect();
     if mine.iter().any(|(_, r)| !r.removed()) {
         return Err(refuse(ipvs_msg::DEST_EXISTS, format!("{rip} in {id}")));
     }
-    let live = all.iter().filter(|(_, r)| r.service_id == info.id && !r.removed()).count() as u32;
+    let live = all.iter().filter(|(_, r)| r.service_id == info.id && !r.removed() && !r.sorry()).count() as u32;
     if live >= MAX_REALS_PER_SERVICE {
         return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers in {id} (at most {MAX_REALS_PER_SERVICE})")));
     }
@@ -566,7 +570,7 @@ pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions
 fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, rip: Ipv4Addr) -> Result<(u32, RealEntry)> {
     reals(maps)?
         .into_iter()
-        .find(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.removed())
+        .find(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.removed() && !r.sorry())
         .ok_or_else(|| refuse(ipvs_msg::NO_DEST, format!("{rip} in {id}")))
 }
 
@@ -607,9 +611,16 @@ pub fn set_real_target(maps: &mut Maps, real_id: u32, target: L2Target) -> Resul
 fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
     let all_services = services(maps)?;
     let info = *all_services.iter().find(|s| s.id == sid).context("service vanished")?;
-    let live: Vec<(u32, RealEntry)> = reals(maps)?.into_iter().filter(|(_, r)| r.service_id == sid && !r.removed()).collect();
+    let mine = reals(maps)?.into_iter().filter(|(_, r)| r.service_id == sid && !r.removed());
+    let inhibit = info.flags & svc_flags::INHIBIT_ON_FAILURE != 0;
+    let live: Vec<(u32, RealEntry)> = if info.flags & svc_flags::SORRY_ACTIVE != 0 {
+        mine.filter(|(_, r)| r.sorry()).collect()
+    } else {
+        // A failed real leaves the tables, or stays with weight 0 (inhibit_on_failure).
+        mine.filter(|(_, r)| !r.sorry() && (!r.health_down() || inhibit)).collect()
+    };
     let ids: Vec<u32> = live.iter().map(|(id, _)| *id).collect();
-    let weights: Vec<u32> = live.iter().map(|(_, r)| r.weight).collect();
+    let weights: Vec<u32> = live.iter().map(|(_, r)| if r.health_down() { 0 } else { r.weight }).collect();
     let positions = match Scheduler::from_id(info.scheduler) {
         Some(Scheduler::Rr) => tables::rr_table(&weights),
         Some(Scheduler::Wrr) => tables::wrr_sequence(&weights, WRR_MAX_SEQUENCE as usize),
@@ -646,6 +657,79 @@ fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
     Ok(off)
 }
 
+/// Marks a real up or down by its health check and reschedules around it.
+pub fn set_real_health(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, up: bool) -> Result<()> {
+    let info = find_service(maps, id)?;
+    let (real_id, mut real) = find_real(maps, &info, id, rip)?;
+    let flags = if up { real.flags & !real_flags::HEALTH_DOWN } else { real.flags | real_flags::HEALTH_DOWN };
+    if flags != real.flags {
+        real.flags = flags;
+        maps.reals.insert(real_id, real, 0)?;
+        rebuild(maps, info.id)?;
+    }
+    Ok(())
+}
+
+fn set_service_flag(maps: &mut Maps, id: ServiceId, flag: u32, on: bool) -> Result<bool> {
+    let mut info = find_service(maps, id)?;
+    let flags = if on { info.flags | flag } else { info.flags & !flag };
+    if flags == info.flags {
+        return Ok(false);
+    }
+    info.flags = flags;
+    maps.service_info.insert(info.id, info, 0)?;
+    rebuild(maps, info.id)?;
+    Ok(true)
+}
+
+/// Whether a failed real stays in the tables with weight 0 (inhibit) or leaves them.
+pub fn set_inhibit_on_failure(maps: &mut Maps, id: ServiceId, inhibit: bool) -> Result<()> {
+    set_service_flag(maps, id, svc_flags::INHIBIT_ON_FAILURE, inhibit).map(drop)
+}
+
+/// Sends new connections to the sorry server (or back to the reals). True if it changed.
+pub fn set_sorry_active(maps: &mut Maps, id: ServiceId, active: bool) -> Result<bool> {
+    set_service_flag(maps, id, svc_flags::SORRY_ACTIVE, active)
+}
+
+/// Sets or clears a service's sorry server (keepalived's sorry_server).
+pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr, L2Target)>) -> Result<()> {
+    let info = find_service(maps, id)?;
+    let current = reals(maps)?.into_iter().find(|(_, r)| r.service_id == info.id && r.sorry() && !r.removed());
+    if current.as_ref().map(|(_, r)| Ipv4Addr::from(r.ip)) == sorry.map(|(ip, _)| ip) {
+        return Ok(());
+    }
+    if let Some((real_id, mut r)) = current {
+        r.flags |= real_flags::REMOVED;
+        maps.reals.insert(real_id, r, 0)?;
+    }
+    if let Some((ip, target)) = sorry {
+        let all = reals(maps)?;
+        let mut used = vec![false; MAX_REALS as usize];
+        for (rid, _) in &all {
+            used[*rid as usize] = true;
+        }
+        let Some(free) = used.iter().position(|u| !u) else {
+            return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {MAX_REALS})")));
+        };
+        let free = free as u32;
+        maps.real_stats.set(free, per_cpu()?, 0)?;
+        maps.real_load.set(free, RealLoad::default(), 0)?;
+        let entry = RealEntry {
+            ip: ip.octets(),
+            service_id: info.id,
+            mac: target.mac.unwrap_or_default(),
+            flags: real_flags::SORRY | if target.mac.is_some() { real_flags::MAC_VALID } else { 0 },
+            ifindex: target.ifindex,
+            weight: 1,
+            u_threshold: 0,
+            l_threshold: 0,
+        };
+        maps.reals.insert(free, entry, 0)?;
+    }
+    rebuild(maps, info.id)
+}
+
 pub fn settings(maps: &Maps) -> Result<Settings> {
     Ok(maps.settings.get(&0, 0)?)
 }
@@ -671,6 +755,17 @@ pub struct RealView {
     pub packets: u64,
     pub bytes: u64,
     pub conns: u64,
+    /// Failed its health check (no new connections).
+    #[serde(default)]
+    pub health_down: bool,
+    /// "up", "down", or "-" (no check), with the last reason and state changes, as the
+    /// daemon's checker knows them.
+    #[serde(default)]
+    pub health: String,
+    #[serde(default)]
+    pub health_reason: String,
+    #[serde(default)]
+    pub health_changes: u64,
     /// Rates over the daemon's last sampling interval (0 outside the daemon).
     #[serde(default)]
     pub cps: u64,
@@ -690,6 +785,14 @@ pub struct ServiceView {
     pub persistence: Option<Persistence>,
     pub one_packet: bool,
     pub reals: Vec<RealView>,
+    #[serde(default)]
+    pub sorry_server: Option<Ipv4Addr>,
+    /// New connections go to the sorry server (too few healthy reals).
+    #[serde(default)]
+    pub sorry_active: bool,
+    /// Failed reals keep weight 0 in the tables (keepalived's inhibit_on_failure).
+    #[serde(default)]
+    pub inhibit_on_failure: bool,
 }
 
 impl ServiceView {
@@ -736,7 +839,11 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
         };
         let opts = ServiceOptions::from_info(&info);
         let mut reals = Vec::new();
-        for (real_id, r) in all_reals.iter().filter(|(_, r)| r.service_id == info.id && !r.removed()) {
+        let sorry_server = all_reals
+            .iter()
+            .find(|(_, r)| r.service_id == info.id && r.sorry() && !r.removed())
+            .map(|(_, r)| Ipv4Addr::from(r.ip));
+        for (real_id, r) in all_reals.iter().filter(|(_, r)| r.service_id == info.id && !r.removed() && !r.sorry()) {
             let mut stats = RealStats::default();
             for cpu in maps.real_stats.get(real_id, 0)?.iter() {
                 stats.add(cpu);
@@ -755,6 +862,10 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
                 packets: stats.packets,
                 bytes: stats.bytes,
                 conns: stats.conns,
+                health_down: r.health_down(),
+                health: if r.health_down() { "down" } else { "-" }.to_string(),
+                health_reason: String::new(),
+                health_changes: 0,
                 cps: 0,
                 in_pps: 0,
                 in_bps: 0,
@@ -769,6 +880,9 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
             persistence: opts.persistence,
             one_packet: opts.one_packet,
             reals,
+            sorry_server,
+            sorry_active: info.flags & svc_flags::SORRY_ACTIVE != 0,
+            inhibit_on_failure: info.flags & svc_flags::INHIBIT_ON_FAILURE != 0,
         });
     }
     out.sort_by_key(|s| s.id);

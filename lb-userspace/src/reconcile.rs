@@ -34,6 +34,9 @@ pub fn current(maps: &Maps) -> Result<Config> {
                     (r.address, opts)
                 })
                 .collect(),
+            sorry_server: v.sorry_server,
+            // Health checks live in the daemon, which adds them to its saved state.
+            health: None,
         })
         .collect();
     Ok(Config { settings: Some(ops::settings(maps)?), services })
@@ -50,6 +53,8 @@ pub struct Changes {
     pub reals_changed: usize,
     pub frontends_added: usize,
     pub frontends_removed: usize,
+    pub sorry_servers_changed: usize,
+    pub health_checks_changed: usize,
     pub settings_changed: bool,
 }
 
@@ -137,6 +142,13 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
     for ((id, rip, opts), target) in to_resolve.iter().zip(targets) {
         ops::add_real(maps, *id, *rip, *opts, target)?;
         ch.reals_added += 1;
+    }
+    for (id, want) in &new {
+        if old.get(id).map_or(None, |h| h.sorry_server) != want.sorry_server {
+            let target = want.sorry_server.map(|ip| (ip, resolve_all(std::iter::once(ip))[0]));
+            ops::set_sorry_server(maps, *id, target)?;
+            ch.sorry_servers_changed += 1;
+        }
     }
     Ok(ch)
 }

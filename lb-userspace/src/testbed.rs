@@ -202,6 +202,23 @@ impl DrCluster {
         Ok(())
     }
 
+    /// Stops real server `index`'s HTTP server (as if the service died).
+    pub fn stop_http(&mut self, index: usize) -> Result<()> {
+        let what = format!("http-serve on {}", self.reals[index].name);
+        let pos = self.children.iter().position(|c| c.what == what).with_context(|| format!("{what} is not running"))?;
+        self.children.remove(pos).kill_hard()
+    }
+
+    /// Starts real server `index`'s HTTP server again.
+    pub fn start_http(&mut self, index: usize) -> Result<()> {
+        let rs = &self.reals[index];
+        let mut cmd = rs.ns.command(&self.xlb);
+        cmd.args(["http-serve", "--name", &rs.name, "--listen", "0.0.0.0:80"]);
+        let (guard, _) = spawn_until_ready(&format!("http-serve on {}", rs.name), cmd, Duration::from_secs(10))?;
+        self.children.push(guard);
+        Ok(())
+    }
+
     /// A TCP connection from the client namespace to VIP:`port` (the socket belongs to
     /// the client's namespace, whichever thread uses it).
     pub fn connect_from_client(&self, port: u16) -> Result<std::net::TcpStream> {

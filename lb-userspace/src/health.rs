@@ -1,0 +1,459 @@
+//! Health checks, the set keepalived offers: TCP connect, HTTP and HTTPS GET (status,
+//! body substring or MD5 digest as keepalived's `digest`), UDP request/response, and
+//! exec (exit code; MISC_CHECK's dynamic mode sets the weight from it).
+//!
+//! Every real runs as one task on a small tokio runtime, so thousands of reals cost
+//! thousands of tasks, not threads. Tasks count rises and falls themselves and report
+//! only state changes (and dynamic weights) to the daemon.
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+};
+
+use crate::ops::ServiceId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+    Https,
+    Udp,
+    Exec,
+}
+
+/// What happens to a real whose check fails (keepalived's default is to remove it;
+/// `inhibit_on_failure` sets its weight to 0 instead).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Remove,
+    Inhibit,
+}
+
+fn default_interval() -> f64 {
+    5.0
+}
+fn default_timeout() -> f64 {
+    3.0
+}
+fn one() -> u32 {
+    1
+}
+
+/// A service's health check, applied to each of its reals (`[service.health]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    /// Check this port instead of the real's (required for firewall-mark services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Check this address instead of the real's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// http/https: path to GET, expected status, body checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// MD5 of the body, hex (keepalived's `digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    /// udp: datagram to send and (optionally) the reply's expected prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// exec: `sh -c` command, with XLB_REAL, XLB_PORT and XLB_SERVICE set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// exec: exit status 2..=255 means up with weight status-2 (MISC_CHECK misc_dynamic).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynamic: bool,
+    /// Seconds between checks.
+    #[serde(default = "default_interval")]
+    pub interval: f64,
+    /// Seconds a check may take.
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+    /// Successes in a row that bring a down real up, failures that take an up real down.
+    #[serde(default = "one")]
+    pub rise: u32,
+    #[serde(default = "one")]
+    pub fall: u32,
+    /// At most this many seconds of random delay before a real's first check.
+    #[serde(default)]
+    pub warmup: f64,
+    /// Start reals down until they pass `rise` checks (keepalived's alpha).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alpha: bool,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Fewer healthy reals than this: the sorry server (if any) takes new connections.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// Commands run on a real's state change (keepalived's notify_up / notify_down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_down: Option<String>,
+}
+
+impl HealthConfig {
+    pub fn new(kind: CheckKind) -> Self {
+        Self {
+            kind,
+            port: None,
+            address: None,
+            path: None,
+            status: None,
+            contains: None,
+            md5: None,
+            send: None,
+            expect: None,
+            command: None,
+            dynamic: false,
+            interval: default_interval(),
+            timeout: default_timeout(),
+            rise: 1,
+            fall: 1,
+            warmup: 0.0,
+            alpha: false,
+            on_failure: OnFailure::Remove,
+            quorum: 1,
+            notify_up: None,
+            notify_down: None,
+        }
+    }
+
+    /// Checks the combination of fields; errors name the field.
+    pub fn validate(&self, service: ServiceId) -> Result<()> {
+        let positive = |name: &str, v: f64| {
+            if !(v > 0.0 && v.is_finite() && v <= 86_400.0) {
+                bail!("health `{name}` must be a number of seconds above 0 (got {v})");
+            }
+            Ok(())
+        };
+        positive("interval", self.interval)?;
+        positive("timeout", self.timeout)?;
+        if !(self.warmup >= 0.0 && self.warmup <= 86_400.0) {
+            bail!("health `warmup` must be 0 or more seconds");
+        }
+        if self.rise == 0 || self.fall == 0 {
+            bail!("health `rise` and `fall` must be at least 1");
+        }
+        if matches!(service, ServiceId::Fwmark(_)) && self.port.is_none() && self.kind != CheckKind::Exec {
+            bail!("the health check of {service} needs a `port` (a firewall-mark service has no single port)");
+        }
+        let http = matches!(self.kind, CheckKind::Http | CheckKind::Https);
+        for (field, set, allowed) in [
+            ("path", self.path.is_some(), http),
+            ("status", self.status.is_some(), http),
+            ("contains", self.contains.is_some(), http),
+            ("md5", self.md5.is_some(), http),
+            ("send", self.send.is_some(), self.kind == CheckKind::Udp),
+            ("expect", self.expect.is_some(), self.kind == CheckKind::Udp),
+            ("command", self.command.is_some(), self.kind == CheckKind::Exec),
+            ("dynamic", self.dynamic, self.kind == CheckKind::Exec),
+        ] {
+            if set && !allowed {
+                bail!("health `{field}` does not apply to a {:?} check", self.kind);
+            }
+        }
+        if self.kind == CheckKind::Udp && self.send.is_none() {
+            bail!("a udp health check needs `send` (the request datagram)");
+        }
+        if self.kind == CheckKind::Exec && self.command.as_deref().is_none_or(str::is_empty) {
+            bail!("an exec health check needs `command`");
+        }
+        if let Some(md5) = &self.md5 {
+            if md5.len() != 32 || !md5.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("health `md5` must be 32 hex digits");
+            }
+        }
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') {
+                bail!("health `path` must start with /");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One real to check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub service: ServiceId,
+    pub real: Ipv4Addr,
+    /// Where the check connects (address/port overrides applied).
+    pub addr: SocketAddr,
+    pub config: HealthConfig,
+}
+
+/// A state change (or a new dynamic weight) of a real, for the daemon to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub service: ServiceId,
+    pub real: Ipv4Addr,
+    pub up: bool,
+    /// Why it went down, or "passed N checks" when up.
+    pub reason: String,
+    /// MISC_CHECK dynamic weight, when the exec check set one.
+    pub weight: Option<u32>,
+}
+
+/// Runs the checks of every target until told otherwise.
+pub struct Checker {
+    runtime: tokio::runtime::Runtime,
+    tasks: HashMap<(ServiceId, Ipv4Addr), (Target, tokio::task::JoinHandle<()>)>,
+    sender: mpsc::Sender<Event>,
+    pub events: mpsc::Receiver<Event>,
+}
+
+impl Checker {
+    pub fn new() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("xlb-health")
+            .enable_all()
+            .build()
+            .context("starting the health-check runtime")?;
+        let (sender, events) = mpsc::channel();
+        Ok(Self { runtime, tasks: HashMap::new(), sender, events })
+    }
+
+    /// Makes the running checks be exactly `targets`: new ones start, changed ones
+    /// restart, vanished ones stop.
+    pub fn sync(&mut self, targets: Vec<Target>) {
+        let wanted: HashMap<(ServiceId, Ipv4Addr), Target> = targets.into_iter().map(|t| ((t.service, t.real), t)).collect();
+        self.tasks.retain(|key, (running, handle)| {
+            let keep = wanted.get(key) == Some(running);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (key, target) in wanted {
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            let sender = self.sender.clone();
+            let handle = self.runtime.spawn(run_target(target.clone(), sender));
+            self.tasks.insert(key, (target, handle));
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+async fn run_target(t: Target, events: mpsc::Sender<Event>) {
+    let c = &t.config;
+    if c.warmup > 0.0 {
+        let jitter = (std::process::id() as f64 * 0.618 + u32::from(t.real) as f64 * 0.377).fract();
+        tokio::time::sleep(Duration::from_secs_f64(c.warmup * jitter)).await;
+    }
+    let send = |up: bool, reason: String, weight: Option<u32>| {
+        let _ = events.send(Event { service: t.service, real: t.real, up, reason, weight });
+    };
+    let mut up = !c.alpha;
+    if c.alpha {
+        send(false, "waiting for its first checks (alpha)".into(), None);
+    }
+    let (mut passed, mut failed) = (0u32, 0u32);
+    let mut weight: Option<u32> = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(c.interval));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let outcome = match tokio::time::timeout(Duration::from_secs_f64(c.timeout), check_once(&t)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer within {} s", c.timeout)),
+        };
+        match outcome {
+            Ok(dynamic) => {
+                passed += 1;
+                failed = 0;
+                if !up && passed >= c.rise {
+                    up = true;
+                    weight = dynamic;
+                    send(true, format!("passed {passed} check(s)"), dynamic);
+                } else if up && dynamic.is_some() && dynamic != weight {
+                    weight = dynamic;
+                    send(true, format!("check set weight {}", dynamic.unwrap_or(0)), dynamic);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                passed = 0;
+                if up && failed >= c.fall {
+                    up = false;
+                    send(false, format!("{e:#} ({failed} failed check(s))"), None);
+                }
+            }
+        }
+    }
+}
+
+/// One check. Ok carries the dynamic weight an exec check set, if any.
+async fn check_once(t: &Target) -> Result<Option<u32>> {
+    let c = &t.config;
+    match c.kind {
+        CheckKind::Tcp => {
+            TcpStream::connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))?;
+            Ok(None)
+        }
+        CheckKind::Http => {
+            let stream = TcpStream::connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))?;
+            http_get(stream, t).await.map(|()| None)
+        }
+        CheckKind::Https => {
+            let stream = TcpStream::connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))?;
+            let connector = tokio_rustls::TlsConnector::from(tls_config());
+            let name = rustls::pki_types::ServerName::IpAddress(t.addr.ip().into());
+            let tls = connector.connect(name, stream).await.context("TLS handshake")?;
+            http_get(tls, t).await.map(|()| None)
+        }
+        CheckKind::Udp => {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).await?;
+            sock.connect(t.addr).await?;
+            sock.send(c.send.as_deref().unwrap_or_default().as_bytes()).await?;
+            let mut buf = vec![0u8; 65_536];
+            let n = sock.recv(&mut buf).await.with_context(|| format!("no UDP answer from {}", t.addr))?;
+            if let Some(expect) = &c.expect {
+                if !buf[..n].starts_with(expect.as_bytes()) {
+                    bail!("UDP answer does not start with {expect:?}");
+                }
+            }
+            Ok(None)
+        }
+        CheckKind::Exec => {
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(c.command.as_deref().unwrap_or_default())
+                .env("XLB_REAL", t.real.to_string())
+                .env("XLB_PORT", t.addr.port().to_string())
+                .env("XLB_SERVICE", t.service.to_string())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .context("running the check command")?;
+            match status.code() {
+                Some(0) => Ok(None),
+                Some(code) if c.dynamic && code >= 2 => Ok(Some(code as u32 - 2)),
+                Some(code) => bail!("check command exited with {code}"),
+                None => bail!("check command was killed by a signal"),
+            }
+        }
+    }
+}
+
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, t: &Target) -> Result<()> {
+    let c = &t.config;
+    let path = c.path.as_deref().unwrap_or("/");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: xlb-health\r\nConnection: close\r\n\r\n", t.addr.ip());
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    // A body of a few MB at most is read; the checks compare status and content.
+    let _ = (&mut stream).take(8 << 20).read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = match response.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&text[..i], &response[i + 4..]),
+        None => bail!("not an HTTP response"),
+    };
+    let status: u16 = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let want = c.status.unwrap_or(200);
+    if status != want {
+        bail!("HTTP status {status}, expected {want}");
+    }
+    if let Some(needle) = &c.contains {
+        if !String::from_utf8_lossy(body).contains(needle.as_str()) {
+            bail!("body does not contain {needle:?}");
+        }
+    }
+    if let Some(md5) = &c.md5 {
+        use md5::Digest;
+        let got: String = md5::Md5::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+        if !got.eq_ignore_ascii_case(md5) {
+            bail!("body digest {got}, expected {md5}");
+        }
+    }
+    Ok(())
+}
+
+/// TLS for checks: like keepalived's SSL_GET, the real's certificate is not verified
+/// (it is our own server, addressed by IP); the check is about the service answering.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// One check of `target`, run to completion (tests and `xlb health test`).
+pub fn check_now(target: &Target) -> Result<Option<u32>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        match tokio::time::timeout(Duration::from_secs_f64(target.config.timeout), check_once(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer within {} s", target.config.timeout)),
+        }
+    })
+}
