@@ -548,23 +548,26 @@ pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions
     };
     let real_id = match mine.first() {
         Some((revived, _)) => *revived,
-        None => {
-            let mut used = vec![false; MAX_REALS as usize];
-            for (rid, _) in &all {
-                used[*rid as usize] = true;
-            }
-            let Some(free) = used.iter().position(|u| !u) else {
-                return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {MAX_REALS})")));
-            };
-            let free = free as u32;
-            maps.real_stats.set(free, per_cpu()?, 0)?;
-            maps.real_load.set(free, RealLoad::default(), 0)?;
-            free
-        }
+        None => new_real_id(maps, &all)?,
     };
     maps.reals.insert(real_id, entry, 0)?;
     rebuild(maps, info.id)?;
     Ok(real_id)
+}
+
+/// The lowest real id no entry uses (`all`: every entry), with zeroed counters.
+fn new_real_id(maps: &mut Maps, all: &[(u32, RealEntry)]) -> Result<u32> {
+    let mut used = vec![false; MAX_REALS as usize];
+    for (rid, _) in all {
+        used[*rid as usize] = true;
+    }
+    let Some(free) = used.iter().position(|u| !u) else {
+        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {MAX_REALS})")));
+    };
+    let free = free as u32;
+    maps.real_stats.set(free, per_cpu()?, 0)?;
+    maps.real_load.set(free, RealLoad::default(), 0)?;
+    Ok(free)
 }
 
 fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, rip: Ipv4Addr) -> Result<(u32, RealEntry)> {
@@ -705,16 +708,7 @@ pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr,
     }
     if let Some((ip, target)) = sorry {
         let all = reals(maps)?;
-        let mut used = vec![false; MAX_REALS as usize];
-        for (rid, _) in &all {
-            used[*rid as usize] = true;
-        }
-        let Some(free) = used.iter().position(|u| !u) else {
-            return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {MAX_REALS})")));
-        };
-        let free = free as u32;
-        maps.real_stats.set(free, per_cpu()?, 0)?;
-        maps.real_load.set(free, RealLoad::default(), 0)?;
+        let free = new_real_id(maps, &all)?;
         let entry = RealEntry {
             ip: ip.octets(),
             service_id: info.id,
