@@ -622,7 +622,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
             match e.handle(Request::Reload) {
                 Ok(Reply::Changes(c)) => println!("xlb: reloaded {}: {c:?}", opts.config.as_deref().map_or("?".into(), |p| p.display().to_string())),
                 Ok(_) => {}
-                Err(err) => eprintln!("xlb: reload refused, nothing changed: {err:#}"),
+                Err(err) => tracing::error!("reload refused, nothing changed: {err:#}"),
             }
         }
         e.process_health_events();

@@ -111,7 +111,7 @@ fn attach_link(
         AttachMode::Auto => match in_mode(prog, AttachMode::Native) {
             Ok(done) => Ok(done),
             Err(native_err) => {
-                eprintln!("xlb: native XDP on {iface} refused ({native_err:#}); falling back to SKB mode");
+                tracing::warn!("native XDP on {iface} refused ({native_err:#}); falling back to SKB mode");
                 in_mode(prog, AttachMode::Skb)
             }
         },

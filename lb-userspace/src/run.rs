@@ -37,9 +37,7 @@ pub const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 pub fn add_real_resolving(maps: &mut Maps, svc: ops::ServiceId, rip: Ipv4Addr, opts: ops::RealOptions) -> Result<u32> {
     let target = neigh::resolve(rip, RESOLVE_WAIT)?;
     if target.is_none() {
-        eprintln!(
-            "xlb: warning: {rip} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known"
-        );
+        tracing::warn!("{rip} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known");
     }
     ops::add_real(maps, svc, rip, opts, target.unwrap_or_default())
 }
