@@ -186,14 +186,14 @@ impl Engine {
             }
         }
         self.real_health.retain(|k, _| targets.iter().any(|t| (t.service, t.real) == *k));
-        for t in &targets {
-            self.real_health.entry((t.service, t.real)).or_insert_with(|| RealHealth {
-                up: true,
-                reason: "not checked yet".into(),
-                changes: 0,
-            });
+        // A (re)started check begins up (down with alpha): the maps follow, whatever an
+        // earlier check or daemon left in them.
+        for t in self.checker.sync(targets) {
+            let up = !t.config.alpha;
+            let changes = self.real_health.get(&(t.service, t.real)).map_or(0, |h| h.changes);
+            self.real_health.insert((t.service, t.real), RealHealth { up, reason: "not checked yet".into(), changes });
+            ops::set_real_health(&mut self.maps, t.service, t.real, up)?;
         }
-        self.checker.sync(targets);
         for s in &services {
             self.evaluate_sorry(s.id)?;
         }

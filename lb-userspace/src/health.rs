@@ -237,8 +237,9 @@ impl Checker {
     }
 
     /// Makes the running checks be exactly `targets`: new ones start, changed ones
-    /// restart, vanished ones stop.
-    pub fn sync(&mut self, targets: Vec<Target>) {
+    /// restart, vanished ones stop. Returns the targets (re)started: their state starts
+    /// afresh (up, or down with `alpha`).
+    pub fn sync(&mut self, targets: Vec<Target>) -> Vec<Target> {
         let wanted: HashMap<(ServiceId, Ipv4Addr), Target> = targets.into_iter().map(|t| ((t.service, t.real), t)).collect();
         self.tasks.retain(|key, (running, handle)| {
             let keep = wanted.get(key) == Some(running);
@@ -247,14 +248,17 @@ impl Checker {
             }
             keep
         });
+        let mut started = Vec::new();
         for (key, target) in wanted {
             if self.tasks.contains_key(&key) {
                 continue;
             }
             let sender = self.sender.clone();
             let handle = self.runtime.spawn(run_target(target.clone(), sender));
-            self.tasks.insert(key, (target, handle));
+            self.tasks.insert(key, (target.clone(), handle));
+            started.push(target);
         }
+        started
     }
 
     pub fn running(&self) -> usize {
