@@ -185,3 +185,23 @@ fn the_sorry_server_serves_while_no_real_is_healthy() {
         assert!(events.contains(line), "notify ran for {line}: {events:?}");
     }
 }
+
+#[test]
+fn a_real_that_recovered_while_the_daemon_was_away_serves_again() {
+    let mut c = cluster(2);
+    c.start_daemon(&[]).unwrap();
+    web(&c, &["10.99.0.11", "10.99.0.12"]);
+    c.stop_http(1).unwrap();
+    std::thread::sleep(secs((FALL + 1) as f64 * INTERVAL + 0.5));
+    assert!((0..4).all(|_| sample(&c).1.as_deref() == Some("rs1")), "rs2 is down");
+    // The daemon dies with rs2 marked down in the pinned maps; rs2 recovers meanwhile.
+    c.kill_balancer().unwrap();
+    c.start_http(1).unwrap();
+    c.start_daemon(&[]).unwrap();
+    let back = Instant::now();
+    let mut seen = false;
+    while back.elapsed() < secs((RISE + 2) as f64 * INTERVAL + 2.0) && !seen {
+        seen = sample(&c).1.as_deref() == Some("rs2");
+    }
+    assert!(seen, "rs2 must not stay down after the restart");
+}
