@@ -32,7 +32,7 @@ use crate::{
     config::{self, Config},
     loader::{self, AttachMode},
     maps::{self, Maps},
-    ops, reconcile, run,
+    observe, ops, reconcile, run, web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -46,6 +46,8 @@ pub struct DaemonOptions {
     /// Detach and remove the pins when the process is asked to stop (`xlb run`);
     /// otherwise a SIGTERM/SIGINT leaves the fast path running for the next daemon.
     pub detach_on_exit: bool,
+    /// Metrics endpoint and status page (none by default).
+    pub web: web::WebOptions,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -264,6 +266,29 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
     }
 }
 
+/// What the metrics and the status page read: the engine, under its lock.
+struct EngineView {
+    engine: Arc<Mutex<Engine>>,
+    interfaces: Vec<observe::Interface>,
+}
+
+impl web::Source for EngineView {
+    fn services(&self) -> Result<Vec<ops::ServiceView>> {
+        ops::snapshot(&self.engine.lock().expect("engine lock").maps)
+    }
+
+    fn snapshot(&self) -> Result<observe::Snapshot> {
+        let e = self.engine.lock().expect("engine lock");
+        Ok(observe::Snapshot {
+            interfaces: self.interfaces.clone(),
+            services: ops::snapshot(&e.maps)?,
+            counters: ops::counters(&e.maps)?,
+            conntrack_entries: e.maps.conns.keys().count() as u64,
+            conntrack_capacity: lb_common::MAX_CONNS.into(),
+        })
+    }
+}
+
 /// Binds the API socket, refusing if another daemon answers on it.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
     let dir = path.parent().context("socket path has no directory")?;
@@ -349,6 +374,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         None
     };
     let listener = bind_socket(&opts.paths.socket)?;
+    let web_listeners = web::bind(&opts.web).inspect_err(|_| drop(fs::remove_file(&opts.paths.socket)))?;
     let (ebpf, mut maps, fresh) = match attach_or_adopt(&opts) {
         Ok(parts) => parts,
         Err(e) => {
@@ -383,6 +409,11 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         let (engine, done) = (engine.clone(), done.clone());
         std::thread::spawn(move || serve_api(listener, engine, done))
     };
+    let interfaces = opts.ifaces.iter().map(|i| observe::Interface::attached(i)).collect();
+    for (addr, what) in web_listeners.addresses() {
+        println!("xlb: serving the {what} on http://{addr}/");
+    }
+    let web_server = web_listeners.serve(Arc::new(EngineView { engine: engine.clone(), interfaces }));
     println!(
         "xlb: ready; maps pinned in {}, API on {}, state in {}",
         opts.paths.pin_dir.display(),
@@ -415,6 +446,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     done.store(true, Ordering::SeqCst);
     let _ = api_thread.join();
+    drop(web_server); // its threads hold the engine too
     let _ = fs::remove_file(&opts.paths.socket);
     if detach {
         detach_and_unpin(&opts.paths.pin_dir);

@@ -20,3 +20,4 @@ pub mod reconcile;
 pub mod run;
 pub mod tables;
 pub mod testbed;
+pub mod web;

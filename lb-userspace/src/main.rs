@@ -11,7 +11,7 @@ use lb_userspace::{
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
     ops::{self, ForwardMethod, Persistence, RealOptions, ServiceId, ServiceOptions},
-    realserver, run,
+    realserver, run, web,
 };
 use serde::Serialize;
 
@@ -40,6 +40,16 @@ struct DaemonArgs {
     /// TOML config: the state at first start, and what SIGHUP / `xlb reload` re-applies.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9810; off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve the status page on http://ADDR/ (e.g. 127.0.0.1:9811; may equal --metrics-listen).
+    #[arg(long, value_name = "ADDR")]
+    status_listen: Option<SocketAddr>,
+    /// Allow non-loopback addresses for --metrics-listen and --status-listen (they have
+    /// no authentication).
+    #[arg(long)]
+    listen_public: bool,
 }
 
 #[derive(Subcommand)]
@@ -350,7 +360,8 @@ fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String
 }
 
 fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemon::DaemonOptions {
-    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config: args.config, paths, detach_on_exit }
+    let web = web::WebOptions { metrics: args.metrics_listen, status: args.status_listen, public: args.listen_public };
+    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config: args.config, paths, detach_on_exit, web }
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
