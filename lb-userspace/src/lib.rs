@@ -20,4 +20,5 @@ pub mod reconcile;
 pub mod run;
 pub mod tables;
 pub mod testbed;
+pub mod top;
 pub mod web;

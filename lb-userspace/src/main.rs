@@ -11,7 +11,7 @@ use lb_userspace::{
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
     ops::{self, ForwardMethod, Persistence, RealOptions, ServiceId, ServiceOptions},
-    realserver, run, web,
+    realserver, run, top, web,
 };
 use serde::Serialize;
 
@@ -91,6 +91,12 @@ enum Cmd {
         #[arg(long)]
         rate: bool,
     },
+    /// A live view of services and real servers: rates, health, traffic sparklines (q quits).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+    },
     /// List the connection table (ipvsadm -L -c -n).
     Conns,
     /// Show the fast path's verdict counters (why frames were passed, dropped or sent).
@@ -164,6 +170,13 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds from 0.1 to 3600")),
+    }
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -440,6 +453,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }),
             other => unexpected(other),
         },
+        Cmd::Top { interval } => top::run(&paths.socket, std::time::Duration::from_secs_f64(interval)),
         Cmd::Conns => match call(Request::Conns)? {
             Reply::Conns(conns) => show(output, &conns, |c| listing::conns_table(c)),
             other => unexpected(other),
