@@ -34,9 +34,9 @@ use crate::{
     health::{self, Checker, HealthConfig, OnFailure},
     loader::{self, AttachMode},
     maps::{self, Maps},
-    neigh,
+    neigh, observe,
     ops::{self, ServiceId},
-    reconcile, run,
+    reconcile, run, web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -50,6 +50,8 @@ pub struct DaemonOptions {
     /// Detach and remove the pins when the process is asked to stop (`xlb run`);
     /// otherwise a SIGTERM/SIGINT leaves the fast path running for the next daemon.
     pub detach_on_exit: bool,
+    /// Metrics endpoint and status page (none by default).
+    pub web: web::WebOptions,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -471,6 +473,34 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
     }
 }
 
+/// What the metrics and the status page read: the engine, under its lock.
+struct EngineView {
+    engine: Arc<Mutex<Engine>>,
+    interfaces: Vec<observe::Interface>,
+}
+
+impl web::Source for EngineView {
+    fn services(&self) -> Result<Vec<ops::ServiceView>> {
+        let e = self.engine.lock().expect("engine lock");
+        let mut services = ops::snapshot(&e.maps)?;
+        e.fill_health(&mut services);
+        Ok(services)
+    }
+
+    fn snapshot(&self) -> Result<observe::Snapshot> {
+        let e = self.engine.lock().expect("engine lock");
+        let mut services = ops::snapshot(&e.maps)?;
+        e.fill_health(&mut services);
+        Ok(observe::Snapshot {
+            interfaces: self.interfaces.clone(),
+            services,
+            counters: ops::counters(&e.maps)?,
+            conntrack_entries: e.maps.conns.keys().count() as u64,
+            conntrack_capacity: lb_common::MAX_CONNS.into(),
+        })
+    }
+}
+
 /// Binds the API socket, refusing if another daemon answers on it.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
     let dir = path.parent().context("socket path has no directory")?;
@@ -556,6 +586,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         None
     };
     let listener = bind_socket(&opts.paths.socket)?;
+    let web_listeners = web::bind(&opts.web).inspect_err(|_| drop(fs::remove_file(&opts.paths.socket)))?;
     let (ebpf, mut maps, fresh) = match attach_or_adopt(&opts) {
         Ok(parts) => parts,
         Err(e) => {
@@ -600,6 +631,11 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         let (engine, done) = (engine.clone(), done.clone());
         std::thread::spawn(move || serve_api(listener, engine, done))
     };
+    let interfaces = opts.ifaces.iter().map(|i| observe::Interface::attached(i)).collect();
+    for (addr, what) in web_listeners.addresses() {
+        println!("xlb: serving the {what} on http://{addr}/");
+    }
+    let web_server = web_listeners.serve(Arc::new(EngineView { engine: engine.clone(), interfaces }));
     println!(
         "xlb: ready; maps pinned in {}, API on {}, state in {}",
         opts.paths.pin_dir.display(),
@@ -633,6 +669,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     done.store(true, Ordering::SeqCst);
     let _ = api_thread.join();
+    drop(web_server); // its threads hold the engine too
     let _ = fs::remove_file(&opts.paths.socket);
     if detach {
         detach_and_unpin(&opts.paths.pin_dir);

@@ -12,7 +12,7 @@ use lb_userspace::{
     maps::DEFAULT_PIN_DIR,
     health::{self, HealthConfig},
     ops::{self, ForwardMethod, Persistence, RealOptions, ServiceId, ServiceOptions},
-    realserver, run,
+    realserver, run, top, web,
 };
 use serde::Serialize;
 
@@ -41,6 +41,16 @@ struct DaemonArgs {
     /// TOML config: the state at first start, and what SIGHUP / `xlb reload` re-applies.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9810; off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve the status page on http://ADDR/ (e.g. 127.0.0.1:9811; may equal --metrics-listen).
+    #[arg(long, value_name = "ADDR")]
+    status_listen: Option<SocketAddr>,
+    /// Allow non-loopback addresses for --metrics-listen and --status-listen (they have
+    /// no authentication).
+    #[arg(long)]
+    listen_public: bool,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +97,12 @@ enum Cmd {
         /// Rates over the last 2 s (ipvsadm --rate).
         #[arg(long)]
         rate: bool,
+    },
+    /// A live view of services and real servers: rates, health, traffic sparklines (q quits).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
     },
     /// List the connection table (ipvsadm -L -c -n).
     Conns,
@@ -161,6 +177,13 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds from 0.1 to 3600")),
+    }
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -493,7 +516,8 @@ fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String
 }
 
 fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemon::DaemonOptions {
-    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config: args.config, paths, detach_on_exit }
+    let web = web::WebOptions { metrics: args.metrics_listen, status: args.status_listen, public: args.listen_public };
+    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config: args.config, paths, detach_on_exit, web }
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -582,6 +606,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }),
             other => unexpected(other),
         },
+        Cmd::Top { interval } => top::run(&paths.socket, std::time::Duration::from_secs_f64(interval)),
         Cmd::Conns => match call(Request::Conns)? {
             Reply::Conns(conns) => show(output, &conns, |c| listing::conns_table(c)),
             other => unexpected(other),

@@ -55,7 +55,15 @@ fn dr_round_robin(mode: AttachMode) {
 
     let status = c.stop_balancer().unwrap();
     assert!(status.success(), "xlb run exit status {status}");
-    assert!(!xdp_attached(&c), "xlb run must detach on Ctrl-C");
+    // The kernel releases the link when the last fd closes; allow it a moment under load.
+    let detached = (0..40).any(|_| {
+        let gone = !xdp_attached(&c);
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        gone
+    });
+    assert!(detached, "xlb run must detach on Ctrl-C");
     assert!(!c.pin_dir.exists(), "xlb run must remove its pins");
 }
 

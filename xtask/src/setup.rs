@@ -27,12 +27,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     // Only `systemd-analyze verify` of the unit files in packaging/systemd.
     ("systemd-analyze", "systemd"),
+    // Headless screenshots and DOM dumps of the daemon's status page.
+    ("chromium", "chromium"),
 ];
 
 /// (file, Debian package providing it) for data files the tests read.
 const FILES: &[(&str, &str)] = &[
     // Service names in ipvsadm-save files (`-t VIP:http`).
     ("/etc/services", "netbase"),
+    // Text in the status page's screenshots.
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
 ];
 
 /// Directories searched for commands besides PATH: a non-login root shell often lacks

@@ -1,0 +1,213 @@
+//! The Prometheus endpoint's content: a [`Snapshot`] in the OpenMetrics text format
+//! (which Prometheus scrapes natively), encoded by the `prometheus-client` crate.
+//!
+//! The fast path's counters live in BPF maps, so every scrape builds a fresh registry
+//! from one snapshot instead of keeping metric objects in step with the maps.
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::observe::{Health, Snapshot, real_health, service_label};
+
+/// The Content-Type of [`exposition`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Counters and gauges registered under one name (counters get `_total` appended).
+struct Families<'r> {
+    registry: &'r mut Registry,
+}
+
+impl Families<'_> {
+    fn counter(&mut self, name: &str, help: &str) -> Family<Labels, Counter> {
+        let family = Family::default();
+        self.registry.register(name, help, family.clone());
+        family
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Family<Labels, Gauge> {
+        let family = Family::default();
+        self.registry.register(name, help, family.clone());
+        family
+    }
+
+    /// A gauge without labels.
+    fn single_gauge(&mut self, name: &str, help: &str, value: u64) {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(gauge_value(value));
+        self.registry.register(name, help, gauge);
+    }
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// (direction, packets, bytes) from the inbound counts. Under direct routing the
+/// replies go from the real server straight to the client, so, as IPVS does for DR,
+/// the director counts nothing outbound.
+fn by_direction(packets: u64, bytes: u64) -> [(&'static str, u64, u64); 2] {
+    [("in", packets, bytes), ("out", 0, 0)]
+}
+
+/// The whole exposition of `snapshot`, ending with `# EOF`.
+pub fn exposition(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::default();
+    let mut f = Families { registry: &mut registry };
+    let real_conns = f.counter("xlb_real_connections", "Connections scheduled to the real server");
+    let real_active = f.gauge("xlb_real_active_connections", "The real server's established connections (ipvsadm ActiveConn)");
+    let real_inactive = f.gauge("xlb_real_inactive_connections", "The real server's other tracked connections (ipvsadm InActConn)");
+    let real_packets = f.counter("xlb_real_packets", "Packets forwarded to (in) or from (out) the real server");
+    let real_bytes = f.counter("xlb_real_bytes", "Bytes forwarded to (in) or from (out) the real server");
+    let real_weight = f.gauge("xlb_real_weight", "The real server's weight (0: quiesced)");
+    let real_health_state = f.gauge("xlb_real_health", "1 for the real server's current health state (up, down, unknown), 0 for the others");
+    let svc_conns = f.counter("xlb_service_connections", "Connections scheduled by the service");
+    let svc_active = f.gauge("xlb_service_active_connections", "The service's established connections");
+    let svc_inactive = f.gauge("xlb_service_inactive_connections", "The service's other tracked connections");
+    let svc_packets = f.counter("xlb_service_packets", "Packets forwarded by the service, by direction");
+    let svc_bytes = f.counter("xlb_service_bytes", "Bytes forwarded by the service, by direction");
+    let svc_reals = f.gauge("xlb_service_reals", "The service's real servers by health state");
+    let verdicts = f.counter("xlb_verdicts", "Frames passed, dropped or sent by the fast path, by reason (as `xlb counters`)");
+    f.single_gauge("xlb_conntrack_entries", "Entries in the connection table", snapshot.conntrack_entries);
+    f.single_gauge(
+        "xlb_conntrack_capacity",
+        "Size of the connection table (new connections are dropped when full)",
+        snapshot.conntrack_capacity,
+    );
+    let attach = f.gauge("xlb_attach_mode", "1 per interface the fast path is attached to, labelled with the XDP mode (native, skb)");
+
+    for service in &snapshot.services {
+        let name = service_label(&service.id);
+        let svc = |extra: &[(&'static str, &str)]| -> Labels {
+            let mut l = vec![("service", name.clone())];
+            l.extend(extra.iter().map(|&(k, v)| (k, v.to_string())));
+            l
+        };
+        let mut by_health = [0i64; Health::ALL.len()];
+        for real in &service.reals {
+            let address = real.address.to_string();
+            let labels = svc(&[("real", &address)]);
+            real_conns.get_or_create(&labels).inc_by(real.conns);
+            real_active.get_or_create(&labels).set(gauge_value(real.active_conns));
+            real_inactive.get_or_create(&labels).set(gauge_value(real.inactive_conns));
+            real_weight.get_or_create(&labels).set(real.weight.into());
+            for (direction, packets, bytes) in by_direction(real.packets, real.bytes) {
+                let labels = svc(&[("real", &address), ("direction", direction)]);
+                real_packets.get_or_create(&labels).inc_by(packets);
+                real_bytes.get_or_create(&labels).inc_by(bytes);
+            }
+            let health = real_health(real);
+            for (i, state) in Health::ALL.into_iter().enumerate() {
+                real_health_state.get_or_create(&svc(&[("real", &address), ("state", state.name())])).set((state == health).into());
+                by_health[i] += i64::from(state == health);
+            }
+        }
+        let sum = |field: fn(&crate::ops::RealView) -> u64| service.reals.iter().map(field).sum::<u64>();
+        svc_conns.get_or_create(&svc(&[])).inc_by(sum(|r| r.conns));
+        svc_active.get_or_create(&svc(&[])).set(gauge_value(sum(|r| r.active_conns)));
+        svc_inactive.get_or_create(&svc(&[])).set(gauge_value(sum(|r| r.inactive_conns)));
+        for (direction, packets, bytes) in by_direction(sum(|r| r.packets), sum(|r| r.bytes)) {
+            svc_packets.get_or_create(&svc(&[("direction", direction)])).inc_by(packets);
+            svc_bytes.get_or_create(&svc(&[("direction", direction)])).inc_by(bytes);
+        }
+        for (state, count) in Health::ALL.into_iter().zip(by_health) {
+            svc_reals.get_or_create(&svc(&[("state", state.name())])).set(count);
+        }
+    }
+    for &(reason, count) in &snapshot.counters {
+        verdicts.get_or_create(&vec![("reason", reason.to_string())]).inc_by(count);
+    }
+    for iface in &snapshot.interfaces {
+        attach.get_or_create(&vec![("interface", iface.name.clone()), ("mode", iface.mode_name().to_string())]).set(1);
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("encoding into a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        loader::AttachMode,
+        observe::{
+            Interface,
+            tests::{real, web_service},
+        },
+    };
+
+    fn snapshot() -> Snapshot {
+        let mut unresolved = real(12, 3, 30, 3000);
+        unresolved.mac = None;
+        Snapshot {
+            interfaces: vec![Interface { name: "eth0".into(), mode: Some(AttachMode::Skb) }],
+            services: vec![web_service(vec![real(11, 5, 50, 5000), unresolved])],
+            counters: vec![("tx_dr", 80), ("drop_no_real", 2)],
+            conntrack_entries: 8,
+            conntrack_capacity: 262_144,
+        }
+    }
+
+    /// Sample lines as a map from `name{labels}` to value.
+    fn samples(text: &str) -> BTreeMap<String, String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').expect("sample line");
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exposition_has_every_family_with_its_type_and_values() {
+        let text = exposition(&snapshot());
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for (family, kind) in [
+            ("xlb_real_connections", "counter"),
+            ("xlb_real_active_connections", "gauge"),
+            ("xlb_real_packets", "counter"),
+            ("xlb_real_health", "gauge"),
+            ("xlb_service_reals", "gauge"),
+            ("xlb_verdicts", "counter"),
+            ("xlb_conntrack_capacity", "gauge"),
+            ("xlb_attach_mode", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} {kind}\n")), "{family} {kind}:\n{text}");
+        }
+        let s = samples(&text);
+        let rs1 = r#"service="tcp:10.99.0.100:80",real="10.99.0.11""#;
+        let rs2 = r#"service="tcp:10.99.0.100:80",real="10.99.0.12""#;
+        for (sample, value) in [
+            (format!("xlb_real_connections_total{{{rs1}}}"), "5"),
+            (format!("xlb_real_connections_total{{{rs2}}}"), "3"),
+            (format!("xlb_real_active_connections{{{rs1}}}"), "1"),
+            (format!("xlb_real_inactive_connections{{{rs1}}}"), "2"),
+            (format!("xlb_real_packets_total{{{rs1},direction=\"in\"}}"), "50"),
+            (format!("xlb_real_packets_total{{{rs1},direction=\"out\"}}"), "0"),
+            (format!("xlb_real_bytes_total{{{rs2},direction=\"in\"}}"), "3000"),
+            (format!("xlb_real_weight{{{rs1}}}"), "1"),
+            (format!("xlb_real_health{{{rs1},state=\"up\"}}"), "1"),
+            (format!("xlb_real_health{{{rs2},state=\"up\"}}"), "0"),
+            (format!("xlb_real_health{{{rs2},state=\"unknown\"}}"), "1"),
+            (r#"xlb_service_connections_total{service="tcp:10.99.0.100:80"}"#.into(), "8"),
+            (r#"xlb_service_packets_total{service="tcp:10.99.0.100:80",direction="in"}"#.into(), "80"),
+            (r#"xlb_service_active_connections{service="tcp:10.99.0.100:80"}"#.into(), "2"),
+            (r#"xlb_service_reals{service="tcp:10.99.0.100:80",state="up"}"#.into(), "1"),
+            (r#"xlb_service_reals{service="tcp:10.99.0.100:80",state="down"}"#.into(), "0"),
+            (r#"xlb_verdicts_total{reason="tx_dr"}"#.into(), "80"),
+            (r#"xlb_verdicts_total{reason="drop_no_real"}"#.into(), "2"),
+            ("xlb_conntrack_entries".into(), "8"),
+            ("xlb_conntrack_capacity".into(), "262144"),
+            (r#"xlb_attach_mode{interface="eth0",mode="skb"}"#.into(), "1"),
+        ] {
+            assert_eq!(s.get(&sample).map(String::as_str), Some(value), "{sample}:\n{text}");
+        }
+    }
+}
