@@ -1,4 +1,5 @@
 //! xlb's controller library: everything the `xlb` binary does, usable by tests.
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod ebpf;

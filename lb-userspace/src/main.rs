@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    config, demo, httpd,
+    bench, config, demo, httpd,
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
     ops::{self, Proto, Scheduler, Service},
@@ -62,6 +62,31 @@ enum Cmd {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
         reals: u8,
     },
+    /// The benchmarks behind `cargo xtask bench`.
+    #[command(hide = true)]
+    Bench {
+        /// Tiny counts (a smoke run; figures not meaningful).
+        #[arg(long)]
+        quick: bool,
+        /// Sections to run (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        sections: Vec<BenchSection>,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write <date>.md and its <date>.svg chart in this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Replace the benchmark table in this README (with --report).
+        #[arg(long, requires = "report")]
+        readme: Option<PathBuf>,
+        /// Section 3: the JSON a run inside the IPVS VM wrote.
+        #[arg(long, requires = "vm_accel")]
+        vm_json: Option<PathBuf>,
+        /// How the VM ran (KVM or TCG, and why).
+        #[arg(long)]
+        vm_accel: Option<String>,
+    },
     /// HTTP server naming itself (the demo's real servers).
     #[command(hide = true)]
     HttpServe {
@@ -76,6 +101,13 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchSection {
+    Fastpath,
+    E2e,
+    Scale,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +216,29 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Demo { requests, mode, reals } => {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
+        }
+        Cmd::Bench { quick, sections, json, report, readme, vm_json, vm_accel } => {
+            let xlb = std::env::current_exe().context("locating the xlb binary")?;
+            let mut opts = bench::BenchOptions::all(quick);
+            let wanted = |s: BenchSection| sections.is_empty() || sections.contains(&s);
+            opts.fastpath = opts.fastpath.filter(|_| wanted(BenchSection::Fastpath));
+            opts.e2e = opts.e2e.filter(|_| wanted(BenchSection::E2e));
+            opts.scale = opts.scale.filter(|_| wanted(BenchSection::Scale));
+            let mut results = bench::run(&xlb, &opts)?;
+            if let (Some(path), Some(accel)) = (vm_json, vm_accel) {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let vm: bench::Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+                let e2e = vm.e2e.with_context(|| format!("{} holds no end-to-end results", path.display()))?;
+                results.ipvs_vm = Some(bench::VmResults { accel, kernel: vm.machine.kernel, e2e });
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(dir) = report {
+                let md = bench::write_report(&results, &dir, &bench::today(), readme.as_deref())?;
+                println!("xlb bench: wrote {}", md.display());
+            }
+            Ok(())
         }
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
         Cmd::XdpPassStub { iface } => {
