@@ -25,6 +25,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("nft", "nftables"),
     ("wrk", "wrk"),
+    // The bench's real servers and its userspace balancer to compare with.
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
 ];
 
 /// Directories searched for commands besides PATH: a non-login root shell often lacks

@@ -227,7 +227,7 @@ pub fn update_readme(readme: &str, table: &str) -> String {
         return format!("{}{table}{rest}", &readme[..start]);
     }
     format!(
-        "{}\n## Benchmarks\n\n`cargo xtask bench` measures the fast path, end-to-end throughput against nftables, HAProxy and (with `--ipvs-vm`, in a VM) kernel IPVS, and scale; it writes `bench/results/<date>.md` with a chart, and this table.\n\n{table}",
+        "{}\n\n## Benchmarks\n\n`cargo xtask bench` measures the fast path, end-to-end throughput against nftables, HAProxy and (with `--ipvs-vm`, in a VM) kernel IPVS, and scale; it writes `bench/results/<date>.md` with a chart, and this table.\n\n{table}",
         readme.trim_end()
     )
 }
