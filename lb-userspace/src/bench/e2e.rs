@@ -336,7 +336,9 @@ impl Bed {
                 Ok(format!("DNAT rule hit by {packets} new connections"))
             }
             Kind::Ipvs { .. } => {
-                let stats = self.cluster.director.exec("ipvsadm", &["-Ln", "--stats"])?;
+                // IPVS sums its per-CPU counters every 2 s.
+                std::thread::sleep(Duration::from_millis(2200));
+                let stats = self.cluster.director.exec("ipvsadm", &["-Ln", "--stats", "--exact"])?;
                 self.cluster.director.exec("ipvsadm", &["-C"])?;
                 let conns: Vec<&str> =
                     stats.lines().filter(|l| l.trim_start().starts_with("->")).filter_map(|l| l.split_whitespace().nth(2)).collect();
