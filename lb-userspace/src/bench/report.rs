@@ -69,8 +69,8 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     let _ = writeln!(md, "## 1. Fast path: BPF_PROG_TEST_RUN per fixture case\n");
     let _ = writeln!(
         md,
-        "{} rounds × {} iterations per run. A test run does not restore the frame between iterations, so each case runs under a wrapper program that restores the original frame (length and bytes, from a map) and then calls `balance()`; a restore-only program is timed in the same round and subtracted, and the bare XDP_DROP time (the test run's own cost per iteration, which any program pays) added back: **ns/packet = wrapper − restore-only + bare XDP_DROP**. For new flows the wrapper also writes a fresh client source address every iteration, and the connection table is emptied after the run. Per-iteration time is the wall clock around the syscall when it agrees with the kernel's whole-ns figure, else the kernel's figure.\n",
-        f.rounds, f.repeat
+        "{} rounds × {} iterations per run. A test run does not restore the frame between iterations, so each case runs under a wrapper program that restores the original frame (length and bytes, from a map) and then calls `balance()`; a restore-only program is timed in the same round and subtracted, and the bare XDP_DROP time (the test run's own cost per iteration, which any program pays) added back: **ns/packet = wrapper − restore-only + bare XDP_DROP**. For new flows the wrapper also writes a fresh client source address every iteration (at most {} iterations per run, so the connection table never fills), and the table is emptied after the run. Per-iteration time is the wall clock around the syscall when it agrees with the kernel's whole-ns figure, else the kernel's figure.\n",
+        f.rounds, f.repeat, super::fastpath::NEW_FLOW_ITERATIONS
     );
     let _ = writeln!(
         md,
