@@ -81,11 +81,14 @@ enum Cmd {
         #[arg(long, requires = "report")]
         readme: Option<PathBuf>,
         /// Section 3: the JSON a run inside the IPVS VM wrote.
-        #[arg(long, requires = "vm_accel")]
+        #[arg(long, requires_all = ["vm_accel", "vm_accel_note"])]
         vm_json: Option<PathBuf>,
-        /// How the VM ran (KVM or TCG, and why).
+        /// How the VM ran: KVM or TCG.
         #[arg(long)]
         vm_accel: Option<String>,
+        /// Why it ran so.
+        #[arg(long)]
+        vm_accel_note: Option<String>,
     },
     /// HTTP server naming itself (the demo's real servers).
     #[command(hide = true)]
@@ -217,7 +220,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
         }
-        Cmd::Bench { quick, sections, json, report, readme, vm_json, vm_accel } => {
+        Cmd::Bench { quick, sections, json, report, readme, vm_json, vm_accel, vm_accel_note } => {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             let mut opts = bench::BenchOptions::all(quick);
             let wanted = |s: BenchSection| sections.is_empty() || sections.contains(&s);
@@ -225,11 +228,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             opts.e2e = opts.e2e.filter(|_| wanted(BenchSection::E2e));
             opts.scale = opts.scale.filter(|_| wanted(BenchSection::Scale));
             let mut results = bench::run(&xlb, &opts)?;
-            if let (Some(path), Some(accel)) = (vm_json, vm_accel) {
+            if let (Some(path), Some(accel), Some(accel_note)) = (vm_json, vm_accel, vm_accel_note) {
                 let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 let vm: bench::Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
                 let e2e = vm.e2e.with_context(|| format!("{} holds no end-to-end results", path.display()))?;
-                results.ipvs_vm = Some(bench::VmResults { accel, kernel: vm.machine.kernel, e2e });
+                results.ipvs_vm = Some(bench::VmResults { accel, accel_note, kernel: vm.machine.kernel, e2e });
             }
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;

@@ -26,8 +26,14 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool) -> Result<Comm
         command.arg("--quick");
     }
     if ipvs_vm {
-        let (results, accel) = run_ipvs_vm(root, xlb, quick)?;
-        command.arg("--vm-json").arg(results).arg("--vm-accel").arg(accel);
+        let (results, accel, note) = run_ipvs_vm(root, xlb, quick)?;
+        command
+            .arg("--vm-json")
+            .arg(results)
+            .arg("--vm-accel")
+            .arg(accel)
+            .arg("--vm-accel-note")
+            .arg(note);
     }
     if quick {
         // A smoke run's figures mean nothing: they stay out of bench/results and README.
@@ -42,8 +48,16 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool) -> Result<Comm
 /// KVM only when /dev/kvm opens and the CPU shows hardware virtualisation: a /dev/kvm
 /// without vmx/svm (a paravirtual KVM such as PVM) cannot boot Debian's stock kernel.
 fn choose_accel() -> (&'static str, String) {
-    if OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
-        return ("tcg", "TCG (software emulation; /dev/kvm cannot be opened)".into());
+    if OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return (
+            "tcg",
+            "software emulation, /dev/kvm cannot be opened".into(),
+        );
     }
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let hw = cpuinfo
@@ -53,15 +67,15 @@ fn choose_accel() -> (&'static str, String) {
     if !hw {
         return (
             "tcg",
-            "TCG (software emulation; /dev/kvm exists but the CPU shows no vmx/svm, so it cannot boot a stock kernel)".into(),
+            "software emulation, /dev/kvm exists but the CPU shows no vmx/svm, so it cannot boot a stock kernel".into(),
         );
     }
-    ("kvm", "KVM".into())
+    ("kvm", "hardware virtualisation".into())
 }
 
-/// Builds the cache if needed, boots the VM with `xlb`, and returns the results file
-/// and how the VM ran.
-fn run_ipvs_vm(root: &Path, xlb: &Path, quick: bool) -> Result<(PathBuf, String)> {
+/// Builds the cache if needed, boots the VM with `xlb`, and returns the results file,
+/// the accelerator (KVM or TCG) and why.
+fn run_ipvs_vm(root: &Path, xlb: &Path, quick: bool) -> Result<(PathBuf, String, String)> {
     let scripts = root.join("bench/ipvs-vm");
     println!("xtask: preparing the IPVS VM (Debian kernel, root filesystem) in {VM_CACHE}");
     let status = Command::new("bash")
@@ -73,22 +87,34 @@ fn run_ipvs_vm(root: &Path, xlb: &Path, quick: bool) -> Result<(PathBuf, String)
         bail!("bench/ipvs-vm/setup.sh failed");
     }
     let (mut accel, mut why) = choose_accel();
-    println!("xtask: booting the IPVS VM under {why}");
+    println!(
+        "xtask: booting the IPVS VM under {} ({why})",
+        accel.to_uppercase()
+    );
     let log = root.join("target/bench-ipvs-vm.log");
     let mut booted = boot(&scripts, xlb, accel, quick, &log)?;
     if !booted && accel == "kvm" {
-        why = "TCG (software emulation; the VM did not boot under KVM)".into();
+        why = "software emulation, the VM did not boot under KVM".into();
         accel = "tcg";
-        println!("xtask: no boot under KVM; booting under {why}");
+        println!("xtask: no boot under KVM; booting under TCG");
         booted = boot(&scripts, xlb, accel, quick, &log)?;
     }
     if !booted {
-        bail!("the IPVS VM did not boot under {accel}; its console is in {}", log.display());
+        bail!(
+            "the IPVS VM did not boot under {accel}; its console is in {}",
+            log.display()
+        );
     }
     let results = Path::new(VM_CACHE).join("rootfs/root/results.json");
     let kept = root.join("target/bench-ipvs-vm.json");
-    fs::copy(&results, &kept).with_context(|| format!("the VM job left no results ({}); see {}", results.display(), log.display()))?;
-    Ok((kept, why))
+    fs::copy(&results, &kept).with_context(|| {
+        format!(
+            "the VM job left no results ({}); see {}",
+            results.display(),
+            log.display()
+        )
+    })?;
+    Ok((kept, accel.to_uppercase(), why))
 }
 
 /// One VM run, its console echoed and kept in `log`. Ok(false): it never booted.
@@ -146,7 +172,13 @@ fn boot(scripts: &Path, xlb: &Path, accel: &str, quick: bool, log: &Path) -> Res
     }
     match exit.as_deref() {
         Some("0") => Ok(true),
-        Some(rc) => bail!("the bench inside the VM failed (exit {rc}); its console is in {}", log.display()),
-        None => bail!("the VM stopped before its job finished (timeout {VM_TIMEOUT_SECS} s?); its console is in {}", log.display()),
+        Some(rc) => bail!(
+            "the bench inside the VM failed (exit {rc}); its console is in {}",
+            log.display()
+        ),
+        None => bail!(
+            "the VM stopped before its job finished (timeout {VM_TIMEOUT_SECS} s?); its console is in {}",
+            log.display()
+        ),
     }
 }

@@ -35,8 +35,10 @@ pub struct Results {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VmResults {
-    /// "KVM" or "TCG (software emulation)", and why.
+    /// "KVM" or "TCG".
     pub accel: String,
+    /// Why that accelerator.
+    pub accel_note: String,
     pub kernel: String,
     pub e2e: e2e::E2eResults,
 }
@@ -104,9 +106,11 @@ pub fn run(xlb: &Path, opts: &BenchOptions) -> Result<Results> {
     Ok(Results { machine, quick: opts.quick, fastpath, e2e, scale, ipvs_vm: None })
 }
 
-/// Writes `<dir>/<date>.md` and `<dir>/<date>.svg`; with `readme`, replaces its table.
+/// Writes `<dir>/<date>.md`, its chart `<date>.svg` and the raw figures `<date>.json`;
+/// with `readme`, replaces its table.
 pub fn write_report(results: &Results, dir: &Path, date: &str, readme: Option<&Path>) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(format!("{date}.json")), serde_json::to_string_pretty(results)?)?;
     let chart = format!("{date}.svg");
     std::fs::write(dir.join(&chart), report::svg(results))?;
     let md = dir.join(format!("{date}.md"));

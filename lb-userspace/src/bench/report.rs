@@ -50,8 +50,8 @@ pub fn markdown(r: &Results, date: &str, chart: &str) -> String {
         Some(vm) => {
             let _ = writeln!(
                 md,
-                "Section 2 run inside a VM (Debian kernel {} with IPVS, {}), xlb and IPVS in the same namespace topology and the same VM boot. Absolute figures are the emulator's; only the ratios within this table mean anything.\n",
-                vm.kernel, vm.accel
+                "Section 2 run inside a VM (Debian kernel {} with IPVS, under {}: {}), xlb and IPVS in the same namespace topology and the same VM boot. Absolute figures are the VM's; only the ratios within this table mean anything.\n",
+                vm.kernel, vm.accel, vm.accel_note
             );
             e2e_section(&mut md, &vm.e2e);
         }

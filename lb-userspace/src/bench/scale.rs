@@ -92,6 +92,17 @@ pub fn run(xlb: &Path, opts: &ScaleOptions) -> Result<ScaleResults> {
     )];
     let flows = flow_scale(opts)?;
     let load = load_times(&opts.load_sizes)?;
+    if let [small, .., large] = load.as_slice() {
+        if large.us_per_real > 3.0 * small.us_per_real {
+            notes.push(format!(
+                "service loading grows faster than the number of reals ({:.0} µs per real at {} reals, {:.0} at {}): ops looks for a free real id by reading REALS from slot 0 up, one map lookup per slot",
+                small.us_per_real,
+                small.services * small.reals_per_service,
+                large.us_per_real,
+                large.services * large.reals_per_service
+            ));
+        }
+    }
     let largest = largest_load(100);
     notes.push(format!(
         "service loading: 10k services × 100 reals is beyond the limits (MAX_SERVICES {MAX_SERVICES}, MAX_REALS_PER_SERVICE {MAX_REALS_PER_SERVICE}, MAX_REALS {MAX_REALS} in all); the largest at 100 reals per service is {} × 100",
