@@ -55,6 +55,9 @@ pub struct E2eRow {
     pub cpu_us_per_request: f64,
     /// Per-round ratios to "direct", median of rounds.
     pub rps_vs_direct: f64,
+    /// Lowest and highest per-round requests/s ratio: how much the rounds disagreed.
+    #[serde(default)]
+    pub rps_vs_direct_range: (f64, f64),
     pub cpu_vs_direct: f64,
     /// Failed requests (socket errors, non-2xx) over all rounds.
     pub errors: u64,
@@ -471,7 +474,8 @@ pub fn run(xlb: &Path, opts: E2eOptions) -> Result<E2eResults> {
         .zip(evidence)
         .map(|((target, runs), evidence)| {
             let m = |f: &dyn Fn(&(WrkRun, f64)) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
-            let ratio = |f: &dyn Fn(&(WrkRun, f64)) -> f64| median(&runs.iter().zip(direct).map(|(r, d)| f(r) / f(d)).collect::<Vec<_>>());
+            let ratios = |f: &dyn Fn(&(WrkRun, f64)) -> f64| runs.iter().zip(direct).map(|(r, d)| f(r) / f(d)).collect::<Vec<_>>();
+            let rps_ratios = ratios(&|r| r.0.requests_per_sec);
             E2eRow {
                 target: target.label.clone(),
                 requests_per_sec: m(&|r| r.0.requests_per_sec),
@@ -479,8 +483,9 @@ pub fn run(xlb: &Path, opts: E2eOptions) -> Result<E2eResults> {
                 p90_ms: m(&|r| r.0.p90_ms),
                 p99_ms: m(&|r| r.0.p99_ms),
                 cpu_us_per_request: m(&|r| r.1),
-                rps_vs_direct: ratio(&|r| r.0.requests_per_sec),
-                cpu_vs_direct: ratio(&|r| r.1),
+                rps_vs_direct: median(&rps_ratios),
+                rps_vs_direct_range: (rps_ratios.iter().copied().fold(f64::INFINITY, f64::min), rps_ratios.iter().copied().fold(0.0, f64::max)),
+                cpu_vs_direct: median(&ratios(&|r| r.1)),
                 errors: runs.iter().map(|r| r.0.errors).sum(),
                 evidence,
             }

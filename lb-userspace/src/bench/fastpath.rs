@@ -90,6 +90,23 @@ impl Proof {
             && self.output_matches
     }
 
+    /// Adds another run's counts (the first run sets the counter's name).
+    pub fn add(&mut self, run: &Proof) {
+        self.counter.clone_from(&run.counter);
+        self.iterations += run.iterations;
+        self.counted += run.counted;
+        self.other_counters += run.other_counters;
+        self.new_conns += run.new_conns;
+        self.expected_new_conns += run.expected_new_conns;
+        self.restore_failures += run.restore_failures;
+        self.output_matches &= run.output_matches;
+    }
+
+    /// Nothing counted yet, nothing contradicted.
+    pub fn empty() -> Self {
+        Self { output_matches: true, ..Default::default() }
+    }
+
     pub fn summary(&self) -> String {
         let mark = if self.holds() { "✓" } else { "✗" };
         format!(
@@ -381,14 +398,14 @@ fn items(h: &mut Harness, probe_repeat: u32) -> Result<Vec<Item>> {
 
 pub fn run(opts: FastpathOptions) -> Result<FastpathResults> {
     let mut h = Harness::load()?;
-    super::pin_to_one_cpu()?;
+    let _pin = super::CpuPin::current()?;
     let items = items(&mut h, opts.repeat.min(1000))?;
     let syn = Frame::tcp(VIP, fixtures::WEB.port, 40000).bytes();
     let mut drop_ns = Vec::new();
     let mut swap_ns = Vec::new();
     // Per item: per-round (wrapper, restore, drop, swap) and the summed proof.
     let mut rounds: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); items.len()];
-    let mut proofs: Vec<Proof> = vec![Proof { output_matches: true, ..Default::default() }; items.len()];
+    let mut proofs: Vec<Proof> = vec![Proof::empty(); items.len()];
     for _ in 0..opts.rounds {
         let drop = h.run(names::DROP_PROGRAM, &syn, Vary::default(), opts.repeat)?.ns;
         let swap = h.run(names::SWAP_TX_PROGRAM, &syn, Vary::default(), opts.repeat)?.ns;
@@ -398,21 +415,13 @@ pub fn run(opts: FastpathOptions) -> Result<FastpathResults> {
             let new_flow = item.path == PathKind::NewFlow;
             let repeat = if new_flow { opts.repeat.min(NEW_FLOW_ITERATIONS) } else { opts.repeat };
             let restore = h.run(names::RESTORE_PROGRAM, &item.input, item.vary, repeat)?.ns;
-            let (run, proof) = h.measured(&item.input, item.vary, repeat, item.counter, new_flow)?;
+            let (run, mut proof) = h.measured(&item.input, item.vary, repeat, item.counter, new_flow)?;
             if new_flow {
                 h.flush_conns()?;
                 h.replay_fixtures()?;
             }
-            let output_ok = run.verdict == item.verdict && item.output.as_ref().is_none_or(|e| output_is(e, &item.input, &run.output));
-            let total = &mut proofs[i];
-            total.counter = proof.counter;
-            total.iterations += proof.iterations;
-            total.counted += proof.counted;
-            total.other_counters += proof.other_counters;
-            total.new_conns += proof.new_conns;
-            total.expected_new_conns += proof.expected_new_conns;
-            total.restore_failures += proof.restore_failures;
-            total.output_matches &= output_ok;
+            proof.output_matches = run.verdict == item.verdict && item.output.as_ref().is_none_or(|e| output_is(e, &item.input, &run.output));
+            proofs[i].add(&proof);
             rounds[i].push((run.ns, restore, drop, swap));
         }
     }

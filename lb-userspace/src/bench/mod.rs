@@ -84,7 +84,7 @@ impl BenchOptions {
     /// Every section, full length (`quick`: tiny counts, figures not meaningful).
     pub fn all(quick: bool) -> Self {
         let fastpath = fastpath::FastpathOptions { repeat: if quick { 2_000 } else { 200_000 }, rounds: if quick { 1 } else { 7 } };
-        let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 5 }, rounds: if quick { 1 } else { 3 }, connections: 8, ipvs: true };
+        let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 5 }, rounds: if quick { 1 } else { 5 }, connections: 8, ipvs: true };
         let (services, reals) = scale::largest_load(100);
         let scale = scale::ScaleOptions {
             repeat: fastpath.repeat,
@@ -151,18 +151,35 @@ pub fn median(values: &[f64]) -> f64 {
     if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
 }
 
-/// Keeps this thread on the CPU it is on: per-CPU state (round robin's cursor) and
-/// caches stay the same for every run of a round.
-pub fn pin_to_one_cpu() -> Result<()> {
-    unsafe {
-        let cpu = libc::sched_getcpu().max(0) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            anyhow::bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+/// Keeps this thread on the CPU it is on while it lives, so per-CPU state (round robin's
+/// cursor) and caches stay the same for every run of a round. The thread's CPUs are
+/// given back on drop: processes started later (wrk, servers) inherit them.
+pub struct CpuPin {
+    original: libc::cpu_set_t,
+}
+
+impl CpuPin {
+    pub fn current() -> Result<Self> {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        unsafe {
+            let mut original: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, size, &mut original) != 0 {
+                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut one);
+            if libc::sched_setaffinity(0, size, &one) != 0 {
+                bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+            }
+            Ok(Self { original })
         }
     }
-    Ok(())
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.original) };
+    }
 }
 
 /// Runs `f` on a thread inside network namespace `ns` and returns its result: sockets

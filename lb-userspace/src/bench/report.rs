@@ -19,6 +19,11 @@ fn ratio(v: f64) -> String {
     format!("{v:.2}×")
 }
 
+/// A median ratio with the lowest and highest round's.
+fn ratio_range(v: f64, (low, high): (f64, f64)) -> String {
+    format!("{v:.2}× ({low:.2}–{high:.2})")
+}
+
 /// The whole results file. `chart` is the SVG's file name, next to it.
 pub fn markdown(r: &Results, date: &str, chart: &str) -> String {
     let mut md = String::new();
@@ -112,7 +117,7 @@ fn e2e_section(md: &mut String, e: &E2eResults) {
         "wrk, 1 thread, {} connections, {} s per run, {} rounds; every request is a new TCP connection (`Connection: close`) to nginx on two real servers, so every request is a new flow for the balancer. CPU is the whole machine's busy time per request (client, balancer, servers, kernel; on a shared machine it includes others' work, which the interleaving spreads evenly).\n",
         e.connections, e.seconds, e.rounds
     );
-    let _ = writeln!(md, "| Target | requests/s | × direct | p50 ms | p90 ms | p99 ms | CPU µs/request | CPU × direct | errors | evidence |");
+    let _ = writeln!(md, "| Target | requests/s | × direct (lowest–highest round) | p50 ms | p90 ms | p99 ms | CPU µs/request | CPU × direct | errors | evidence |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for row in &e.rows {
         let _ = writeln!(
@@ -120,7 +125,7 @@ fn e2e_section(md: &mut String, e: &E2eResults) {
             "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {} |",
             row.target,
             row.requests_per_sec,
-            ratio(row.rps_vs_direct),
+            ratio_range(row.rps_vs_direct, row.rps_vs_direct_range),
             row.p50_ms,
             row.p90_ms,
             row.p99_ms,
@@ -193,7 +198,7 @@ pub fn readme_table(r: &Results, results_file: &str) -> String {
         let _ = writeln!(md);
     }
     let e2e_rows = |md: &mut String, title: &str, e: &E2eResults| {
-        let _ = writeln!(md, "| {title} | requests/s | × direct | p99 ms | CPU µs/request | CPU × direct |");
+        let _ = writeln!(md, "| {title} | requests/s | × direct (lowest–highest round) | p99 ms | CPU µs/request | CPU × direct |");
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
         for row in &e.rows {
             let _ = writeln!(
@@ -201,7 +206,7 @@ pub fn readme_table(r: &Results, results_file: &str) -> String {
                 "| {} | {:.0} | {} | {:.2} | {:.0} | {} |",
                 row.target,
                 row.requests_per_sec,
-                ratio(row.rps_vs_direct),
+                ratio_range(row.rps_vs_direct, row.rps_vs_direct_range),
                 row.p99_ms,
                 row.cpu_us_per_request,
                 ratio(row.cpu_vs_direct)

@@ -126,11 +126,11 @@ pub fn largest_load(per_service: u32) -> (u32, u32) {
 
 fn flow_scale(opts: &ScaleOptions) -> Result<Vec<FlowScaleRow>> {
     let mut h = Harness::load()?;
-    super::pin_to_one_cpu()?;
+    let _pin = super::CpuPin::current()?;
     let syn = Frame::tcp(VIP, fixtures::WEB.port, 40000).bytes();
     let offset = source_address_offset(&syn).context("the fixture SYN has a source address")?;
     let mut per_size: Vec<(Vec<(f64, f64, f64)>, Proof, u64)> =
-        vec![(Vec::new(), Proof { output_matches: true, ..Default::default() }, 0); opts.flow_counts.len()];
+        vec![(Vec::new(), Proof::empty(), 0); opts.flow_counts.len()];
     for _ in 0..opts.rounds {
         for (i, &flows) in opts.flow_counts.iter().enumerate() {
             h.flush_conns()?;
@@ -143,16 +143,11 @@ fn flow_scale(opts: &ScaleOptions) -> Result<Vec<FlowScaleRow>> {
             let established = Vary { offset, base: FILL_BASE, count: flows };
             let drop = h.run(names::DROP_PROGRAM, &syn, Vary::default(), opts.repeat)?.ns;
             let restore = h.run(names::RESTORE_PROGRAM, &syn, established, opts.repeat)?.ns;
-            let (run, proof) = h.measured(&syn, established, opts.repeat, counter::TX_DR, false)?;
+            let (run, mut proof) = h.measured(&syn, established, opts.repeat, counter::TX_DR, false)?;
+            proof.output_matches = run.verdict == fixtures::XDP_TX;
             let (samples, total, seen) = &mut per_size[i];
             samples.push((run.ns, restore, drop));
-            total.counter = proof.counter;
-            total.iterations += proof.iterations;
-            total.counted += proof.counted;
-            total.other_counters += proof.other_counters;
-            total.new_conns += proof.new_conns;
-            total.restore_failures += proof.restore_failures;
-            total.output_matches &= run.verdict == fixtures::XDP_TX;
+            total.add(&proof);
             *seen = in_table;
         }
     }
