@@ -286,8 +286,8 @@ impl Harness {
         Ok(())
     }
 
-    /// Per-real packets+conns and counters before; runs the wrapper; returns the run and
-    /// the proof for that run alone.
+    /// Runs the wrapper with the counters read around it: the run, and what the counters
+    /// show about this run alone (its output frame is the caller's to check).
     pub fn measured(&mut self, input: &[u8], vary: Vary, repeat: u32, counter: u32, expect_new_conns: bool) -> Result<(Run, Proof)> {
         let before = self.counts()?;
         let failures_before = self.restore_failures()?;
