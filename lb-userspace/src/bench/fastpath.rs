@@ -182,6 +182,30 @@ pub fn source_address_offset(frame: &[u8]) -> Option<u32> {
     }
 }
 
+/// One round's times (ns per iteration) for one measured thing.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundTimes {
+    pub wrapper: f64,
+    pub restore: f64,
+    /// The bare XDP_DROP program: the test run's own cost per iteration.
+    pub drop: f64,
+    /// The bare swap-MACs-XDP_TX program.
+    pub swap_tx: f64,
+}
+
+impl RoundTimes {
+    /// The program alone: the wrapper without its restoring, plus what any program
+    /// (a bare XDP_DROP) costs the test run.
+    pub fn ns_per_packet(&self) -> f64 {
+        self.wrapper - self.restore + self.drop
+    }
+
+    /// Median over rounds of `f`.
+    pub fn median_of(rounds: &[RoundTimes], f: impl Fn(&RoundTimes) -> f64) -> f64 {
+        median(&rounds.iter().map(f).collect::<Vec<_>>())
+    }
+}
+
 /// One test run: verdict, mean kernel-timed ns per iteration, output frame.
 pub struct Run {
     pub verdict: u32,
@@ -401,16 +425,14 @@ pub fn run(opts: FastpathOptions) -> Result<FastpathResults> {
     let _pin = super::CpuPin::current()?;
     let items = items(&mut h, opts.repeat.min(1000))?;
     let syn = Frame::tcp(VIP, fixtures::WEB.port, 40000).bytes();
-    let mut drop_ns = Vec::new();
-    let mut swap_ns = Vec::new();
-    // Per item: per-round (wrapper, restore, drop, swap) and the summed proof.
-    let mut rounds: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); items.len()];
+    let mut bare = Vec::new();
+    // Per item: its times in every round, and its proof summed over the rounds.
+    let mut rounds: Vec<Vec<RoundTimes>> = vec![Vec::new(); items.len()];
     let mut proofs: Vec<Proof> = vec![Proof::empty(); items.len()];
     for _ in 0..opts.rounds {
         let drop = h.run(names::DROP_PROGRAM, &syn, Vary::default(), opts.repeat)?.ns;
-        let swap = h.run(names::SWAP_TX_PROGRAM, &syn, Vary::default(), opts.repeat)?.ns;
-        drop_ns.push(drop);
-        swap_ns.push(swap);
+        let swap_tx = h.run(names::SWAP_TX_PROGRAM, &syn, Vary::default(), opts.repeat)?.ns;
+        bare.push(RoundTimes { wrapper: 0.0, restore: 0.0, drop, swap_tx });
         for (i, item) in items.iter().enumerate() {
             let new_flow = item.path == PathKind::NewFlow;
             let repeat = if new_flow { opts.repeat.min(NEW_FLOW_ITERATIONS) } else { opts.repeat };
@@ -422,39 +444,39 @@ pub fn run(opts: FastpathOptions) -> Result<FastpathResults> {
             }
             proof.output_matches = run.verdict == item.verdict && item.output.as_ref().is_none_or(|e| output_is(e, &item.input, &run.output));
             proofs[i].add(&proof);
-            rounds[i].push((run.ns, restore, drop, swap));
+            rounds[i].push(RoundTimes { wrapper: run.ns, restore, drop, swap_tx });
         }
     }
     let rows: Vec<Row> = items
         .iter()
         .zip(rounds)
         .zip(proofs)
-        .map(|((item, per_round), proof)| row(item, &per_round, proof))
+        .map(|((item, times), proof)| row(item, &times, proof))
         .collect();
     let coverage = coverage(&rows, &h.scheduler_services);
     Ok(FastpathResults {
         repeat: opts.repeat,
         rounds: opts.rounds,
-        bare_drop_ns: median(&drop_ns),
-        bare_swap_tx_ns: median(&swap_ns),
+        bare_drop_ns: RoundTimes::median_of(&bare, |t| t.drop),
+        bare_swap_tx_ns: RoundTimes::median_of(&bare, |t| t.swap_tx),
         rows,
         coverage,
     })
 }
 
-fn row(item: &Item, per_round: &[(f64, f64, f64, f64)], proof: Proof) -> Row {
-    let pick = |f: &dyn Fn(&(f64, f64, f64, f64)) -> f64| median(&per_round.iter().map(f).collect::<Vec<_>>());
+fn row(item: &Item, rounds: &[RoundTimes], proof: Proof) -> Row {
+    let pick = |f: fn(&RoundTimes) -> f64| RoundTimes::median_of(rounds, f);
     Row {
         case: item.case.clone(),
         path: item.path,
         counter: counter::NAMES.get(item.counter as usize).copied().unwrap_or("?").to_string(),
         ipv6: item.input.get(12..14) == Some(&[0x86, 0xdd]),
-        ns_per_packet: pick(&|(w, r, d, _)| w - r + d),
-        added_ns: pick(&|(w, r, _, _)| w - r),
-        vs_swap_tx: pick(&|(w, r, d, s)| (w - r + d) / s),
-        vs_drop: pick(&|(w, r, d, _)| (w - r + d) / d),
-        wrapper_ns: pick(&|(w, _, _, _)| *w),
-        restore_ns: pick(&|(_, r, _, _)| *r),
+        ns_per_packet: pick(|t| t.ns_per_packet()),
+        added_ns: pick(|t| t.wrapper - t.restore),
+        vs_swap_tx: pick(|t| t.ns_per_packet() / t.swap_tx),
+        vs_drop: pick(|t| t.ns_per_packet() / t.drop),
+        wrapper_ns: pick(|t| t.wrapper),
+        restore_ns: pick(|t| t.restore),
         proof,
     }
 }

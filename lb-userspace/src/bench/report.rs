@@ -237,51 +237,64 @@ pub fn update_readme(readme: &str, table: &str) -> String {
     )
 }
 
+/// One bar of the chart.
+struct Bar {
+    label: String,
+    value: f64,
+    color: &'static str,
+}
+
+/// A titled group of bars sharing one scale.
+struct Panel {
+    title: String,
+    bars: Vec<Bar>,
+    unit: &'static str,
+}
+
 const BAR_COLOR: &str = "#4a7bb7";
 const BASE_COLOR: &str = "#999999";
 
 /// Horizontal bar chart: fast-path ns/packet per requested case (with the baselines),
 /// and requests/s relative to direct per end-to-end target.
 pub fn svg(r: &Results) -> String {
-    let mut panels: Vec<(String, Vec<(String, f64, &str)>, &str)> = Vec::new();
+    let bar = |label: &str, value: f64, color| Bar { label: label.to_string(), value, color };
+    let mut panels = Vec::new();
     if let Some(f) = &r.fastpath {
-        let mut bars = vec![
-            ("bare XDP_DROP".to_string(), f.bare_drop_ns, BASE_COLOR),
-            ("bare swap-MACs XDP_TX".to_string(), f.bare_swap_tx_ns, BASE_COLOR),
-        ];
+        let mut bars = vec![bar("bare XDP_DROP", f.bare_drop_ns, BASE_COLOR), bar("bare swap-MACs XDP_TX", f.bare_swap_tx_ns, BASE_COLOR)];
         for c in &f.coverage {
             if let Some(row) = c.row.and_then(|i| f.rows.get(i)) {
-                bars.push((c.requested.clone(), row.ns_per_packet, BAR_COLOR));
+                bars.push(bar(&c.requested, row.ns_per_packet, BAR_COLOR));
             }
         }
-        panels.push(("Fast path, ns per packet (BPF_PROG_TEST_RUN)".into(), bars, "ns"));
+        panels.push(Panel { title: "Fast path, ns per packet (BPF_PROG_TEST_RUN)".into(), bars, unit: "ns" });
     }
-    let mut e2e_panel = |title: String, e: &E2eResults| {
-        let bars = e.rows.iter().map(|row| (row.target.clone(), row.rps_vs_direct, if row.target.starts_with("direct") { BASE_COLOR } else { BAR_COLOR })).collect();
-        panels.push((title, bars, "× direct"));
+    let e2e_panel = |title: String, e: &E2eResults| Panel {
+        title,
+        bars: e.rows.iter().map(|row| bar(&row.target, row.rps_vs_direct, if row.target.starts_with("direct") { BASE_COLOR } else { BAR_COLOR })).collect(),
+        unit: "× direct",
     };
     if let Some(e) = &r.e2e {
-        e2e_panel("End to end, requests/s relative to direct (new connection per request)".into(), e);
+        panels.push(e2e_panel("End to end, requests/s relative to direct (new connection per request)".into(), e));
     }
     if let Some(vm) = &r.ipvs_vm {
-        e2e_panel(format!("In a VM with IPVS ({}), requests/s relative to direct", vm.accel), &vm.e2e);
+        panels.push(e2e_panel(format!("In a VM with IPVS ({}), requests/s relative to direct", vm.accel), &vm.e2e));
     }
     let (width, label_w, bar_h, gap) = (900.0, 300.0, 18.0, 6.0);
-    let height: f64 = panels.iter().map(|(_, bars, _)| 40.0 + bars.len() as f64 * (bar_h + gap)).sum::<f64>() + 10.0;
+    let height: f64 = panels.iter().map(|p| 40.0 + p.bars.len() as f64 * (bar_h + gap)).sum::<f64>() + 10.0;
     let mut s = String::new();
     let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#);
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let mut y = 10.0;
-    for (title, bars, unit) in &panels {
-        let _ = writeln!(s, r#"<text x="10" y="{}" font-weight="bold" font-size="14">{}</text>"#, y + 16.0, escape(title));
+    for panel in &panels {
+        let _ = writeln!(s, r#"<text x="10" y="{}" font-weight="bold" font-size="14">{}</text>"#, y + 16.0, escape(&panel.title));
         y += 30.0;
-        let max = bars.iter().map(|b| b.1).filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-9);
+        let max = panel.bars.iter().map(|b| b.value).filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-9);
         let scale = (width - label_w - 90.0) / max;
-        for (label, value, color) in bars {
-            let w = if value.is_finite() { value * scale } else { 0.0 };
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, label_w - 8.0, y + bar_h - 5.0, escape(label));
-            let _ = writeln!(s, r#"<rect x="{label_w}" y="{y}" width="{w:.1}" height="{bar_h}" fill="{color}"/>"#);
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{}">{value:.2} {unit}</text>"#, label_w + w + 5.0, y + bar_h - 5.0);
+        for b in &panel.bars {
+            let w = if b.value.is_finite() { b.value * scale } else { 0.0 };
+            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, label_w - 8.0, y + bar_h - 5.0, escape(&b.label));
+            let _ = writeln!(s, r#"<rect x="{label_w}" y="{y}" width="{w:.1}" height="{bar_h}" fill="{}"/>"#, b.color);
+            let _ = writeln!(s, r#"<text x="{:.1}" y="{}">{:.2} {}</text>"#, label_w + w + 5.0, y + bar_h - 5.0, b.value, panel.unit);
             y += bar_h + gap;
         }
         y += 10.0;

@@ -19,7 +19,7 @@ use lb_common::{MAX_CONNS, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, bench
 use serde::{Deserialize, Serialize};
 
 use super::{
-    fastpath::{Harness, Proof, Vary, source_address_offset},
+    fastpath::{Harness, Proof, RoundTimes, Vary, source_address_offset},
     median,
 };
 use crate::{
@@ -92,16 +92,16 @@ pub fn run(xlb: &Path, opts: &ScaleOptions) -> Result<ScaleResults> {
     )];
     let flows = flow_scale(opts)?;
     let load = load_times(&opts.load_sizes)?;
-    if let [small, .., large] = load.as_slice() {
-        if large.us_per_real > 3.0 * small.us_per_real {
-            notes.push(format!(
+    if let [small, .., large] = load.as_slice()
+        && large.us_per_real > 3.0 * small.us_per_real
+    {
+        notes.push(format!(
                 "service loading grows faster than the number of reals ({:.0} µs per real at {} reals, {:.0} at {}): ops looks for a free real id by reading REALS from slot 0 up, one map lookup per slot",
                 small.us_per_real,
                 small.services * small.reals_per_service,
                 large.us_per_real,
                 large.services * large.reals_per_service
-            ));
-        }
+        ));
     }
     let largest = largest_load(100);
     notes.push(format!(
@@ -129,8 +129,12 @@ fn flow_scale(opts: &ScaleOptions) -> Result<Vec<FlowScaleRow>> {
     let _pin = super::CpuPin::current()?;
     let syn = Frame::tcp(VIP, fixtures::WEB.port, 40000).bytes();
     let offset = source_address_offset(&syn).context("the fixture SYN has a source address")?;
-    let mut per_size: Vec<(Vec<(f64, f64, f64)>, Proof, u64)> =
-        vec![(Vec::new(), Proof::empty(), 0); opts.flow_counts.len()];
+    let mut rows: Vec<FlowScaleRow> = opts
+        .flow_counts
+        .iter()
+        .map(|&flows| FlowScaleRow { flows, ns_per_packet: 0.0, vs_drop: 0.0, flows_in_table: 0, proof: Proof::empty() })
+        .collect();
+    let mut times: Vec<Vec<RoundTimes>> = vec![Vec::new(); rows.len()];
     for _ in 0..opts.rounds {
         for (i, &flows) in opts.flow_counts.iter().enumerate() {
             h.flush_conns()?;
@@ -145,25 +149,17 @@ fn flow_scale(opts: &ScaleOptions) -> Result<Vec<FlowScaleRow>> {
             let restore = h.run(names::RESTORE_PROGRAM, &syn, established, opts.repeat)?.ns;
             let (run, mut proof) = h.measured(&syn, established, opts.repeat, counter::TX_DR, false)?;
             proof.output_matches = run.verdict == fixtures::XDP_TX;
-            let (samples, total, seen) = &mut per_size[i];
-            samples.push((run.ns, restore, drop));
-            total.add(&proof);
-            *seen = in_table;
+            times[i].push(RoundTimes { wrapper: run.ns, restore, drop, swap_tx: f64::NAN });
+            rows[i].proof.add(&proof);
+            rows[i].flows_in_table = in_table;
         }
     }
     h.flush_conns()?;
-    Ok(opts
-        .flow_counts
-        .iter()
-        .zip(per_size)
-        .map(|(&flows, (samples, proof, in_table))| FlowScaleRow {
-            flows,
-            ns_per_packet: median(&samples.iter().map(|(w, r, d)| w - r + d).collect::<Vec<_>>()),
-            vs_drop: median(&samples.iter().map(|(w, r, d)| (w - r + d) / d).collect::<Vec<_>>()),
-            flows_in_table: in_table,
-            proof,
-        })
-        .collect())
+    for (row, times) in rows.iter_mut().zip(&times) {
+        row.ns_per_packet = RoundTimes::median_of(times, |t| t.ns_per_packet());
+        row.vs_drop = RoundTimes::median_of(times, |t| t.ns_per_packet() / t.drop);
+    }
+    Ok(rows)
 }
 
 /// Time to add `services` services of `reals` reals each through ops, into a fresh
