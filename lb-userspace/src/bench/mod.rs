@@ -100,10 +100,25 @@ impl BenchOptions {
 /// Runs the chosen sections; `xlb` is the binary the namespaces' servers and balancer use.
 pub fn run(xlb: &Path, opts: &BenchOptions) -> Result<Results> {
     let machine = Machine::current();
-    let fastpath = opts.fastpath.map(fastpath::run).transpose()?;
-    let e2e = opts.e2e.map(|o| e2e::run(xlb, o)).transpose()?;
-    let scale = opts.scale.as_ref().map(|o| scale::run(xlb, o)).transpose()?;
-    Ok(Results { machine, quick: opts.quick, fastpath, e2e, scale, ipvs_vm: None })
+    let say = |what: &str| println!("xlb bench: {what}");
+    let mut results = Results { machine, quick: opts.quick, ..Default::default() };
+    if let Some(o) = opts.fastpath {
+        say("1. fast path, BPF_PROG_TEST_RUN per fixture case");
+        results.fastpath = Some(fastpath::run(o)?);
+    }
+    if let Some(o) = opts.e2e {
+        say("2. end to end, wrk through namespaces");
+        let e2e = e2e::run(xlb, o)?;
+        for note in &e2e.notes {
+            say(&format!("note: {note}"));
+        }
+        results.e2e = Some(e2e);
+    }
+    if let Some(o) = &opts.scale {
+        say("4. scale: live flows, service loading, xlb real add, map memory");
+        results.scale = Some(scale::run(xlb, o)?);
+    }
+    Ok(results)
 }
 
 /// Writes `<dir>/<date>.md`, its chart `<date>.svg` and the raw figures `<date>.json`;
