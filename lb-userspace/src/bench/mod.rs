@@ -84,7 +84,8 @@ impl BenchOptions {
     /// Every section, full length (`quick`: tiny counts, figures not meaningful).
     pub fn all(quick: bool) -> Self {
         let fastpath = fastpath::FastpathOptions { repeat: if quick { 2_000 } else { 200_000 }, rounds: if quick { 1 } else { 7 } };
-        let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 5 }, rounds: if quick { 1 } else { 5 }, connections: 8, ipvs: true };
+        // Short runs, many rounds: the interleaving follows the load of a shared machine closely.
+        let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 3 }, rounds: if quick { 1 } else { 7 }, connections: 8, ipvs: true };
         let (services, reals) = scale::largest_load(100);
         let scale = scale::ScaleOptions {
             repeat: fastpath.repeat,
