@@ -329,6 +329,51 @@ pub mod map_names {
         [SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS];
 }
 
+/// Benchmark support (`cargo xtask bench`). BPF_PROG_TEST_RUN repeats a program on one
+/// buffer without restoring it, so the bench wrapper program restores the original frame
+/// from this map before every iteration.
+pub mod bench {
+    /// Largest frame the wrapper can restore.
+    pub const FRAME_MAX: usize = 256;
+
+    /// Value of the bench frame map (one entry).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct BenchFrame {
+        /// Length of the original frame in `bytes`.
+        pub len: u32,
+        /// Offset of a 4-byte field (a client's source address) overwritten every
+        /// iteration with `vary_base + (iteration % vary_count)`, so iterations are
+        /// distinct flows; 0: the frame is restored as it is.
+        pub vary_offset: u32,
+        pub vary_base: u32,
+        /// Distinct values before the field repeats (0: never repeats).
+        pub vary_count: u32,
+        /// Iterations so far (the wrapper counts them to vary the field).
+        pub iterations: u32,
+        /// Iterations whose frame could not be restored.
+        pub restore_failures: u32,
+        pub bytes: [u8; FRAME_MAX],
+    }
+
+    impl Default for BenchFrame {
+        fn default() -> Self {
+            Self { len: 0, vary_offset: 0, vary_base: 0, vary_count: 0, iterations: 0, restore_failures: 0, bytes: [0; FRAME_MAX] }
+        }
+    }
+
+    /// The bench frame map's name in the eBPF object.
+    pub const FRAME_MAP: &str = "BENCH_FRAME";
+    /// A bare XDP_DROP program (the cheapest XDP program).
+    pub const DROP_PROGRAM: &str = "xlb_bench_drop";
+    /// A bare "swap MACs, XDP_TX" program (the cheapest forwarder).
+    pub const SWAP_TX_PROGRAM: &str = "xlb_bench_swap_tx";
+    /// Restores the frame only: the wrapper's own cost, subtracted from it.
+    pub const RESTORE_PROGRAM: &str = "xlb_bench_restore";
+    /// Restores the frame, then runs the balancer on it.
+    pub const BALANCE_PROGRAM: &str = "xlb_bench_balance";
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -342,6 +387,7 @@ mod pod {
     unsafe impl aya::Pod for PersistEntry {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for RealStats {}
+    unsafe impl aya::Pod for bench::BenchFrame {}
 }
 
 #[cfg(test)]
@@ -359,6 +405,7 @@ mod tests {
         assert_eq!(size_of::<ConnEntry>(), 24);
         assert_eq!(size_of::<ServiceInfo>(), 40);
         assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 4));
+        assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
     }
 
     #[test]

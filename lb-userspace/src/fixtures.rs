@@ -191,6 +191,12 @@ pub struct Case {
     pub counter: u32,
 }
 
+/// Every fixture table, in the order the bench replays them (later cases may rely on
+/// state earlier ones leave, as in one test run). New tables are added here.
+pub fn all_cases() -> Vec<Case> {
+    dr_cases()
+}
+
 /// The direct-routing fixture table, against [`install_services`].
 pub fn dr_cases() -> Vec<Case> {
     let syn = Frame::tcp(VIP, 80, 40000);

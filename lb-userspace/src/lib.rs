@@ -1,5 +1,6 @@
 //! xlb's controller library: everything the `xlb` binary does, usable by tests.
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;

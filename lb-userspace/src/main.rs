@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use lb_userspace::{
     api::{self, Paths, Reply, Request, SettingsChange},
-    daemon, demo, httpd, ipvsadm,
+    bench, daemon, demo, httpd, ipvsadm,
     listing::{self, Output},
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
@@ -155,6 +155,34 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The benchmarks behind `cargo xtask bench`.
+    #[command(hide = true)]
+    Bench {
+        /// Tiny counts (a smoke run; figures not meaningful).
+        #[arg(long)]
+        quick: bool,
+        /// Sections to run (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        sections: Vec<BenchSection>,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write <date>.md and its <date>.svg chart in this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Replace the benchmark table in this README (with --report).
+        #[arg(long, requires = "report")]
+        readme: Option<PathBuf>,
+        /// Section 3: the JSON a run inside the IPVS VM wrote.
+        #[arg(long, requires_all = ["vm_accel", "vm_accel_note"])]
+        vm_json: Option<PathBuf>,
+        /// How the VM ran: KVM or TCG.
+        #[arg(long)]
+        vm_accel: Option<String>,
+        /// Why it ran so.
+        #[arg(long)]
+        vm_accel_note: Option<String>,
+    },
     /// HTTP server naming itself (the demo's real servers).
     #[command(hide = true)]
     HttpServe {
@@ -241,6 +269,13 @@ impl SchedArgs {
             one_packet: self.ops,
         })
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchSection {
+    Fastpath,
+    E2e,
+    Scale,
 }
 
 #[derive(Subcommand)]
@@ -639,6 +674,29 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Man { dir: None } => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
         Cmd::Man { dir: Some(dir) } => {
             clap_mangen::generate_to(Cli::command(), &dir).with_context(|| format!("writing man pages to {}", dir.display()))
+        }
+        Cmd::Bench { quick, sections, json, report, readme, vm_json, vm_accel, vm_accel_note } => {
+            let xlb = std::env::current_exe().context("locating the xlb binary")?;
+            let mut opts = bench::BenchOptions::all(quick);
+            let wanted = |s: BenchSection| sections.is_empty() || sections.contains(&s);
+            opts.fastpath = opts.fastpath.filter(|_| wanted(BenchSection::Fastpath));
+            opts.e2e = opts.e2e.filter(|_| wanted(BenchSection::E2e));
+            opts.scale = opts.scale.filter(|_| wanted(BenchSection::Scale));
+            let mut results = bench::run(&xlb, &opts)?;
+            if let (Some(path), Some(accel), Some(accel_note)) = (vm_json, vm_accel, vm_accel_note) {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let vm: bench::Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+                let e2e = vm.e2e.with_context(|| format!("{} holds no end-to-end results", path.display()))?;
+                results.ipvs_vm = Some(bench::VmResults { accel, accel_note, kernel: vm.machine.kernel, e2e });
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(dir) = report {
+                let md = bench::write_report(&results, &dir, &bench::today(), readme.as_deref())?;
+                println!("xlb bench: wrote {}", md.display());
+            }
+            Ok(())
         }
         Cmd::HttpServe { name, listen } => httpd::serve(&name, listen),
         Cmd::EchoServe { name, listen } => httpd::serve_echo(&name, listen),

@@ -116,6 +116,10 @@ pub fn spawn_until_ready(what: &str, mut cmd: Command, timeout: Duration) -> Res
     }
 }
 
+/// What the XDP_PASS stub on the director's switch port is called among the children
+/// (it stays when the balancer is stopped and started again).
+const PASS_STUB: &str = "XDP pass stub on the switch port";
+
 pub struct DrCluster {
     pub id: String,
     pub xlb: PathBuf,
@@ -163,7 +167,7 @@ impl DrCluster {
     }
 
     /// Connects a host's eth0 to the bridge through a switch port named `port`.
-    fn plug(&self, host: &Netns, port: &str, addr: Ipv4Addr) -> Result<()> {
+    pub fn plug(&self, host: &Netns, port: &str, addr: Ipv4Addr) -> Result<()> {
         netns::veth(host, NIC, &self.switch, port)?;
         self.switch.ip(&["link", "set", port, "master", "br0"])?;
         self.switch.ip(&["link", "set", port, "up"])?;
@@ -286,12 +290,12 @@ impl DrCluster {
     }
 
     fn start_xlb(&mut self, how: &str, extra: &[&str]) -> Result<Vec<String>> {
-        let stub_running = self.children.iter().any(|c| c.what.starts_with("XDP pass stub"));
+        let stub_running = self.children.iter().any(|c| c.what == PASS_STUB);
         if self.mode != AttachMode::Skb && !stub_running {
             // Native XDP_TX on a veth is delivered only if the peer runs XDP too.
             let mut stub = self.switch.command(&self.xlb);
             stub.args(["xdp-pass-stub", "--iface", "p-dir"]);
-            let (guard, _) = spawn_until_ready("XDP pass stub on the switch port", stub, Duration::from_secs(20))?;
+            let (guard, _) = spawn_until_ready(PASS_STUB, stub, Duration::from_secs(20))?;
             self.children.push(guard);
         }
         let mut args = vec![how, "--iface", NIC, "--mode", self.mode.name()];

@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds, runs, demos and tests xlb, bootstrapping the eBPF toolchain
 //! (nightly, rust-src, bpf-linker) and the system packages first.
 
+mod bench;
 mod setup;
 
 use std::os::unix::process::ExitStatusExt;
@@ -20,8 +21,8 @@ use setup::{cmd, ensure_setup, is_root};
     long_about = "Build, run, demo and test xlb, the XDP layer-4 load balancer.\n\n\
         Every subcommand first checks the build prerequisites and installs what is missing: \
         the nightly toolchain with rust-src, bpf-linker 0.10.3 and (as root, via apt-get) \
-        the tools the tests and demo use: iproute2, util-linux, ethtool, curl, bpftool, \
-        nftables, wrk and systemd (for systemd-analyze)."
+        the tools the tests, demo and bench use: iproute2, util-linux, ethtool, curl, \
+        bpftool, nftables, wrk, systemd (for systemd-analyze), chromium, nginx-light and haproxy."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +59,17 @@ enum Task {
         /// With --iface: services and real servers to configure (TOML)
         #[arg(long, value_name = "FILE", requires = "iface")]
         config: Option<PathBuf>,
+    },
+    /// Build xlb, run its benchmarks and write bench/results/<date>.md, its chart and
+    /// README's table (needs root)
+    Bench {
+        /// Tiny counts, to check the bench works (results go to target/bench-quick)
+        #[arg(long)]
+        quick: bool,
+        /// Also compare with kernel IPVS inside a VM whose Debian kernel has it (builds
+        /// and caches the VM in /var/tmp/xlb-ipvs-vm; installs qemu and debootstrap)
+        #[arg(long)]
+        ipvs_vm: bool,
     },
     /// Run the test suite in release mode (needs root: it loads XDP programs and creates
     /// network namespaces)
@@ -126,6 +138,12 @@ fn main() -> Result<()> {
             iface: None,
             ..
         } => demo(requests, mode),
+        Task::Bench { quick, ipvs_vm } => {
+            require_root_for_xlb("bench")?;
+            let xlb = build()?;
+            let command = bench::bench(workspace_root(), &xlb, quick, ipvs_vm)?;
+            exit_like(wait_through_ctrl_c(command)?)
+        }
         Task::Test { args } => test(&args),
     }
 }

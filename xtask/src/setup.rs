@@ -29,6 +29,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     // Headless screenshots and DOM dumps of the daemon's status page.
     ("chromium", "chromium"),
+    // The bench's real servers and its userspace balancer to compare with.
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
 ];
 
 /// (file, Debian package providing it) for data files the tests read.
