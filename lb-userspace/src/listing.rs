@@ -44,8 +44,8 @@ pub fn fold_frontends(list: &[Service]) -> Vec<String> {
     out
 }
 
-fn real_address(s: &ServiceView, r: &crate::ops::RealView) -> String {
-    format!("{}:{}", r.address, s.port())
+fn real_address(r: &crate::ops::RealView) -> String {
+    format!("{}:{}", r.address, r.port)
 }
 
 /// `xlb list`: ipvsadm -L -n's layout.
@@ -65,8 +65,8 @@ pub fn table(services: &[ServiceView]) -> String {
             let _ = writeln!(
                 out,
                 "  -> {:<28} {:<7} {:<6} {:<10} {:<10}{unresolved}",
-                real_address(s, r),
-                "Route",
+                real_address(r),
+                r.forward.name(),
                 r.weight,
                 r.active_conns,
                 r.inactive_conns,
@@ -76,29 +76,31 @@ pub fn table(services: &[ServiceView]) -> String {
     out
 }
 
-/// `xlb list --stats`: ipvsadm -L -n --stats's layout. In DR the director sees only
-/// the inbound half, so the Out columns stay 0.
+/// `xlb list --stats`: ipvsadm -L -n --stats's layout. In DR and TUN the director sees
+/// only the inbound half, so their Out columns stay 0; NAT's count the replies.
 pub fn stats_table(services: &[ServiceView]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes");
     let _ = writeln!(out, "  -> RemoteAddress:Port");
     for s in services {
-        let (conns, pkts, bytes) = s.reals.iter().fold((0, 0, 0), |a, r| (a.0 + r.conns, a.1 + r.packets, a.2 + r.bytes));
+        let (conns, pkts, bytes, out_pkts, out_bytes) = s.reals.iter().fold((0, 0, 0, 0, 0), |a, r| {
+            (a.0 + r.conns, a.1 + r.packets, a.2 + r.bytes, a.3 + r.out_packets, a.4 + r.out_bytes)
+        });
         let name = match s.id {
             ServiceId::Addr(a) => format!("{:<4} {}:{}", a.proto.name(), a.vip, a.port),
             ServiceId::Fwmark(m) => format!("FWM  {m}"),
         };
-        let _ = writeln!(out, "{name:<33} {conns:>8} {pkts:>8} {:>8} {bytes:>8} {:>8}", 0, 0);
+        let _ = writeln!(out, "{name:<33} {conns:>8} {pkts:>8} {out_pkts:>8} {bytes:>8} {out_bytes:>8}");
         for r in &s.reals {
             let _ = writeln!(
                 out,
                 "  -> {:<29} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                real_address(s, r),
+                real_address(r),
                 r.conns,
                 r.packets,
-                0,
+                r.out_packets,
                 r.bytes,
-                0
+                r.out_bytes
             );
         }
     }
@@ -113,8 +115,8 @@ pub fn conns_table(conns: &[ConnView]) -> String {
         let expire = format!("{:02}:{:02}", c.expires_in / 60, c.expires_in % 60);
         let _ = writeln!(
             out,
-            "{:<3} {expire:<6} {:<11} {:<21} {:<21} {}",
-            c.proto, c.state, c.client, c.virtual_address, c.real
+            "{:<3} {expire:<6} {:<11} {:<21} {:<21} {}:{}",
+            c.proto, c.state, c.client, c.virtual_address, c.real, c.real_port
         );
     }
     out

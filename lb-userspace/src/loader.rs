@@ -2,19 +2,21 @@
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 
-/// The balancer program, the veth peer stub, and the connection expiry the
-/// controller's sweep runs through BPF_PROG_TEST_RUN.
+/// The balancer program, the veth peer stub, the connection expiry the controller's
+/// sweep runs through BPF_PROG_TEST_RUN, and a TUN real server's IPIP decapsulator.
 pub const BALANCE_PROGRAM: &str = "xlb_balance";
 pub const PASS_PROGRAM: &str = "xlb_pass";
 pub const EXPIRE_PROGRAM: &str = "xlb_expire";
+pub const DECAP_PROGRAM: &str = "xlb_decap";
 /// The XDP verdict values (linux/bpf.h).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-const PROGRAMS: [&str; 3] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM];
+pub const XDP_REDIRECT: u32 = 4;
+const PROGRAMS: [&str; 4] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM, DECAP_PROGRAM];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,25 +75,31 @@ pub fn xdp<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp> {
     Ok(prog.try_into()?)
 }
 
-/// Attaches `program` to `iface`. Returns the mode actually used ("native" or "skb"),
-/// so the caller can say which. The link lives as long as `ebpf`.
-pub fn attach(ebpf: &mut Ebpf, program: &str, iface: &str, mode: AttachMode) -> Result<AttachMode> {
+/// An attachment: the link (it lives as long as the object, unless taken) and the mode
+/// actually used, so the caller can say which.
+pub struct Attached {
+    pub link: XdpLinkId,
+    pub mode: AttachMode,
+}
+
+/// Attaches `program` to `iface`; Auto tries native mode, then SKB mode.
+pub fn attach(ebpf: &mut Ebpf, program: &str, iface: &str, mode: AttachMode) -> Result<Attached> {
     let prog = xdp(ebpf, program)?;
     match mode {
         AttachMode::Skb => {
-            prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in SKB mode"))?;
-            Ok(AttachMode::Skb)
+            let link = prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in SKB mode"))?;
+            Ok(Attached { link, mode: AttachMode::Skb })
         }
         AttachMode::Native => {
-            prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching to {iface} in native mode"))?;
-            Ok(AttachMode::Native)
+            let link = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching to {iface} in native mode"))?;
+            Ok(Attached { link, mode: AttachMode::Native })
         }
         AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => Ok(AttachMode::Native),
+            Ok(link) => Ok(Attached { link, mode: AttachMode::Native }),
             Err(native_err) => {
                 eprintln!("xlb: native XDP on {iface} refused ({native_err}); falling back to SKB mode");
-                prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in SKB mode"))?;
-                Ok(AttachMode::Skb)
+                let link = prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in SKB mode"))?;
+                Ok(Attached { link, mode: AttachMode::Skb })
             }
         },
     }

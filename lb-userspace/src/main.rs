@@ -223,7 +223,36 @@ enum FrontendCmd {
 }
 
 #[derive(Args)]
+#[group(id = "forward", multiple = false)]
+struct ForwardArgs {
+    /// Direct routing (LVS-DR, the default): the frame is re-addressed to the real's MAC.
+    #[arg(long, short = 'g')]
+    gatewaying: bool,
+    /// NAT (LVS-NAT): the destination becomes RIP:PORT; the real's replies, routed
+    /// through this director, get the VIP back.
+    #[arg(long, short = 'm')]
+    masquerading: bool,
+    /// IPIP tunnel (LVS-TUN): the packet goes to the real inside an IPv4 header.
+    #[arg(long, short = 'i')]
+    ipip: bool,
+}
+
+impl ForwardArgs {
+    fn method(&self) -> ops::ForwardMethod {
+        if self.masquerading {
+            ops::ForwardMethod::Masq
+        } else if self.ipip {
+            ops::ForwardMethod::Tunnel
+        } else {
+            ops::ForwardMethod::Route
+        }
+    }
+}
+
+#[derive(Args)]
 struct RealArgs {
+    #[command(flatten)]
+    forward: ForwardArgs,
     /// Weight 0..65535; 0 is quiescent (no new connections).
     #[arg(long, short = 'w', default_value_t = 1)]
     weight: u32,
@@ -237,17 +266,24 @@ struct RealArgs {
 
 impl RealArgs {
     fn options(&self) -> RealOptions {
-        RealOptions { weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold, ..Default::default() }
+        RealOptions {
+            forward: self.forward.method(),
+            weight: self.weight,
+            u_threshold: self.u_threshold,
+            l_threshold: self.l_threshold,
+        }
     }
 }
 
 #[derive(Subcommand)]
 enum RealCmd {
-    /// xlb real add tcp 10.0.0.100:80 10.0.0.11 [-w 3]
+    /// xlb real add tcp 10.0.0.100:80 10.0.0.11 [-w 3]   (NAT with port mapping: 10.0.0.11:8080 -m)
     Add {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        /// RIP, or RIP:PORT (a port other than the service's only with -m).
+        #[arg(value_name = "RIP[:PORT]")]
+        rip: ops::RealAddr,
         #[command(flatten)]
         opts: RealArgs,
     },
@@ -255,7 +291,8 @@ enum RealCmd {
     Edit {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        #[arg(value_name = "RIP[:PORT]")]
+        rip: ops::RealAddr,
         #[command(flatten)]
         opts: RealArgs,
     },
@@ -263,7 +300,8 @@ enum RealCmd {
     Del {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        #[arg(value_name = "RIP[:PORT]")]
+        rip: ops::RealAddr,
     },
 }
 

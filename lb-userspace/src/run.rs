@@ -2,7 +2,6 @@
 //! current, and detach cleanly on SIGINT/SIGTERM.
 use std::{
     io::Write,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -15,7 +14,7 @@ use crate::{
     config::Config,
     loader::{self, AttachMode},
     maps::{self, Maps, PinDirLock},
-    neigh, ops,
+    nexthop, ops,
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -37,7 +36,7 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// How long commands wait for a real server's MAC before adding it unresolved.
+/// How long commands wait for a real server's next hop before adding it unresolved.
 pub const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
@@ -73,7 +72,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     for iface in &opts.ifaces {
         let used = loader::attach(&mut ebpf, loader::BALANCE_PROGRAM, iface, opts.mode)?;
-        println!("xlb: attached to {iface} in {} mode", used.name());
+        println!("xlb: attached to {iface} in {} mode", used.mode.name());
     }
     println!("xlb: ready; maps pinned in {} (Ctrl-C to stop)", opts.pin_dir.display());
     std::io::stdout().flush()?;
@@ -83,8 +82,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
         if Instant::now() >= next_refresh {
             let _lock = PinDirLock::acquire(&opts.pin_dir)?;
-            if let Err(e) = refresh_neighbours(&mut maps) {
-                eprintln!("xlb: refreshing real servers' MACs: {e:#}");
+            if let Err(e) = refresh_next_hops(&mut maps) {
+                eprintln!("xlb: refreshing real servers' next hops: {e:#}");
             }
             if let Err(e) = ops::sweep(&mut maps, &mut |flow| loader::expire_flow(&mut ebpf, flow)) {
                 eprintln!("xlb: expiring idle connections: {e:#}");
@@ -107,36 +106,47 @@ pub fn apply_config(maps: &mut Maps, cfg: &Config) -> Result<()> {
         if let ops::ServiceId::Fwmark(mark) = svc.id {
             ops::add_frontends(maps, mark, &svc.frontends)?;
         }
-        for (rip, opts) in &svc.reals {
-            add_real_resolving(maps, svc.id, *rip, *opts)?;
+        for (real, opts) in &svc.reals {
+            add_real_resolving(maps, svc.id, *real, *opts)?;
         }
     }
     Ok(())
 }
 
-/// Adds a real server, taking its MAC from the kernel's neighbour table. An unresolved
-/// real is added anyway: its frames go to the kernel until `xlb run` resolves it.
-pub fn add_real_resolving(maps: &mut Maps, svc: ops::ServiceId, rip: Ipv4Addr, opts: ops::RealOptions) -> Result<u32> {
-    let target = neigh::resolve(rip, RESOLVE_WAIT)?;
-    if target.is_none() {
+/// Adds a real server, its next hop taken from the kernel's routes and neighbours. An
+/// unresolved real is added anyway: its frames go to the kernel until `xlb run`
+/// resolves it.
+pub fn add_real_resolving(maps: &mut Maps, svc: ops::ServiceId, real: ops::RealAddr, opts: ops::RealOptions) -> Result<u32> {
+    let hop = nexthop::resolve(real.ip, RESOLVE_WAIT)?;
+    if hop.egress.is_none() {
+        eprintln!("xlb: warning: no route to {}; it is added, and its traffic is passed to the kernel until there is one", real.ip);
+    } else if hop.mac.is_none() {
         eprintln!(
-            "xlb: warning: {rip} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known"
+            "xlb: warning: the next hop towards {} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known",
+            real.ip
         );
     }
-    ops::add_real(maps, svc, rip, opts, target.unwrap_or_default())
+    ops::add_real(maps, svc, real, opts, hop)
 }
 
-/// Re-reads every real's neighbour entry and updates MACs that changed or appeared.
-pub fn refresh_neighbours(maps: &mut Maps) -> Result<()> {
-    for svc in ops::snapshot(maps)? {
-        for real in svc.reals {
-            let current = neigh::lookup(real.address)?;
-            let known = real.mac.as_deref().and_then(neigh::parse_mac);
-            match current {
-                Some(t) if t.mac != known || t.ifindex != real.ifindex => ops::set_real_target(maps, real.id, t)?,
-                Some(_) => {}
-                None => neigh::solicit(real.address),
+/// Looks every real's next hop up again and updates those that changed; asks the kernel
+/// to resolve the ones still without a MAC.
+pub fn refresh_next_hops(maps: &mut Maps) -> Result<()> {
+    for (real_id, ip, known) in ops::next_hops(maps)? {
+        // One real the kernel cannot route to (say, an address of this host) must not
+        // keep the others from being refreshed.
+        let current = match nexthop::lookup(ip) {
+            Ok(hop) => hop,
+            Err(e) => {
+                eprintln!("xlb: real server {ip}: {e:#}");
+                continue;
             }
+        };
+        if current != known {
+            ops::set_real_target(maps, real_id, current)?;
+        }
+        if current.mac.is_none() {
+            nexthop::solicit(ip);
         }
     }
     Ok(())
