@@ -1,5 +1,6 @@
 //! xlb's controller library: everything the `xlb` binary does, usable by tests.
 pub mod config;
+pub mod decap;
 pub mod demo;
 pub mod ebpf;
 pub mod fixtures;
