@@ -46,6 +46,13 @@ pub const fn mh_hash(addr: u32, port: u16, round: u32) -> u32 {
     mix32(addr ^ mix32((port as u32) ^ round.wrapping_mul(0x9e37_79b9)))
 }
 
+/// A real server's Maglev key: its address and port (as IPVS's mh hashes both, so one
+/// address with two NAT ports is two distinct reals), address and port in host order.
+#[inline(always)]
+pub const fn real_key(addr: u32, port: u16) -> u32 {
+    mix32(addr ^ mix32(port as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +81,11 @@ mod tests {
         assert_ne!(mh_hash(1, 0, 0), mh_hash(1, 1, 0));
         assert_ne!(mh_hash(1, 0, 0), mh_hash(1, 0, 1));
         assert_eq!(mh_hash(7, 9, 0), mh_hash(7, 9, 0));
+    }
+
+    #[test]
+    fn real_keys_differ_by_port() {
+        assert_ne!(real_key(0x0a00_000b, 80), real_key(0x0a00_000b, 8080));
+        assert_ne!(real_key(0x0a00_000b, 80), real_key(0x0a00_000c, 80));
     }
 }

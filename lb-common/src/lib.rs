@@ -6,6 +6,7 @@
 //! order in memory), so the fast path can build keys from packet bytes with no swaps.
 #![no_std]
 
+pub mod csum;
 pub mod hash;
 pub mod tcp;
 
@@ -22,6 +23,8 @@ pub const MAX_REALS: u32 = 65_536;
 pub const MAX_CONNS: u32 = 262_144;
 /// Persistence templates (client network → real).
 pub const MAX_PERSIST: u32 = 65_536;
+/// VIPs one TUN real server decapsulates for.
+pub const MAX_DECAP_VIPS: u32 = 1024;
 /// u32 slots shared by every service's real list and scheduling table.
 pub const POOL_SLOTS: u32 = 1 << 22;
 /// Longest weighted round-robin sequence; weights are scaled down beyond it.
@@ -66,17 +69,31 @@ pub mod svc_flags {
     pub const SORRY_ACTIVE: u32 = 128;
 }
 
+/// How frames reach a real server ([`RealEntry::forward`], [`ConnEntry::forward`]):
+/// ipvsadm's -g, -m and -i.
+pub mod forward {
+    /// Direct routing: the frame is re-addressed to the real's MAC, IP and ports unchanged.
+    pub const DR: u8 = 0;
+    /// NAT (masquerading): destination rewritten to RIP:port, replies rewritten back.
+    pub const NAT: u8 = 1;
+    /// IPIP tunnel: the packet is encapsulated in an IPv4 header to the real.
+    pub const TUN: u8 = 2;
+}
+
 /// [`RealEntry::flags`].
 pub mod real_flags {
-    /// `mac` holds the real server's resolved MAC address.
+    /// The next hop's MAC is resolved: `mac` is valid (and so is the route).
     pub const MAC_VALID: u16 = 1;
     /// Removed from its service: no new flows; its flows continue or are dropped as
     /// `expire_nodest_conn` says, and the id is freed once it has no connections.
     pub const REMOVED: u16 = 2;
+    /// The route to the real server is known: `src_mac`, `ifindex`, `mtu` and `src_ip`
+    /// are valid.
+    pub const ROUTE_VALID: u16 = 4;
     /// Failed its health check: no new flows (established ones continue).
-    pub const HEALTH_DOWN: u16 = 4;
+    pub const HEALTH_DOWN: u16 = 8;
     /// The service's sorry server: scheduled only while SORRY_ACTIVE.
-    pub const SORRY: u16 = 8;
+    pub const SORRY: u16 = 16;
 }
 
 /// Frontend key: one VIP:port:protocol. Several may lead to one service.
@@ -123,17 +140,32 @@ pub struct ServiceInfo {
     pub table_len: u32,
 }
 
-/// One real server, keyed by its real id.
+/// One real server, keyed by its real id, with the next hop the controller resolved
+/// for it from the kernel's routes and neighbours.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RealEntry {
     /// Real server IPv4 address, wire order.
     pub ip: [u8; 4],
+    /// The real's port, wire order: the service's port for DR and TUN, the mapped port
+    /// for NAT (0: the port the client connected to, for a fwmark service).
+    pub port: [u8; 2],
+    /// [`forward`] method.
+    pub forward: u8,
+    pub _pad: u8,
     pub service_id: u32,
-    pub mac: [u8; 6],
     pub flags: u16,
-    /// Interface the real server is reached through.
+    /// Next hop's MAC: the real's own, or the router's when the real is routed.
+    pub mac: [u8; 6],
+    /// MAC of the director's interface towards the next hop.
+    pub src_mac: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// That interface.
     pub ifindex: u32,
+    /// MTU of the path to the real (TUN checks the encapsulated size against it).
+    pub mtu: u32,
+    /// The director's address towards the real: the IPIP outer source.
+    pub src_ip: [u8; 4],
     /// 0..=65535; 0 is quiescent: no new flows, established flows continue.
     pub weight: u32,
     /// Upper connection threshold (0: none): at or above it the real takes no new flows.
@@ -148,6 +180,9 @@ impl RealEntry {
     }
     pub const fn removed(&self) -> bool {
         self.flags & real_flags::REMOVED != 0
+    }
+    pub const fn route_valid(&self) -> bool {
+        self.flags & real_flags::ROUTE_VALID != 0
     }
     pub const fn health_down(&self) -> bool {
         self.flags & real_flags::HEALTH_DOWN != 0
@@ -198,8 +233,42 @@ pub struct ConnEntry {
     pub last_seen_ns: u64,
     /// [`tcp`] state, or [`tcp::UDP`].
     pub state: u8,
-    pub _pad: [u8; 3],
+    /// [`forward`] method the flow was scheduled with (a real's method may be edited).
+    pub forward: u8,
+    /// The real's port the flow goes to, wire order (NAT's translated port).
+    pub real_port: [u8; 2],
     pub service_id: u32,
+}
+
+impl ConnEntry {
+    /// The key of the real server's replies in the NAT reply table: the real's
+    /// address and port to the client's.
+    pub const fn reply_key(&self, flow: &FlowKey) -> FlowKey {
+        FlowKey {
+            src: self.real_ip,
+            dst: flow.src,
+            sport: self.real_port,
+            dport: flow.sport,
+            proto: flow.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of the NAT reply table (keyed by a real server's reply 5-tuple): the client's
+/// flow, and the way back to the client as its first packet came in — the director
+/// sends the translated replies out of that NIC to that MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReply {
+    /// The client's flow (the connection table's key).
+    pub flow: FlowKey,
+    /// The MAC the client's frames come from (the client's, or its router's).
+    pub client_mac: [u8; 6],
+    /// The director's MAC they were sent to.
+    pub local_mac: [u8; 6],
+    /// The NIC they arrived on.
+    pub ifindex: u32,
 }
 
 /// Key of the persistence table: a client network within a service.
@@ -250,10 +319,15 @@ impl Default for Settings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RealStats {
+    /// Client frames sent to this real.
     pub packets: u64,
     pub bytes: u64,
     /// New connections scheduled to this real.
     pub conns: u64,
+    /// Reply frames from this real translated back to clients (NAT only: in DR and TUN
+    /// replies bypass the director).
+    pub out_packets: u64,
+    pub out_bytes: u64,
 }
 
 impl RealStats {
@@ -261,6 +335,8 @@ impl RealStats {
         self.packets += other.packets;
         self.bytes += other.bytes;
         self.conns += other.conns;
+        self.out_packets += other.out_packets;
+        self.out_bytes += other.out_bytes;
     }
 }
 
@@ -278,11 +354,14 @@ pub mod counter {
     pub const PASS_BAD_HEADER: u32 = 4;
     /// IPv4 fragment: ports are not in every fragment, so the kernel handles it.
     pub const PASS_FRAGMENT: u32 = 5;
-    /// The chosen real's MAC address is not resolved yet.
+    /// The next hop's MAC is not resolved yet. DR passes the frame unchanged (the
+    /// controller resolves the real); NAT and TUN pass the translated or encapsulated
+    /// frame, which the kernel forwards, resolving the neighbour on the way.
     pub const PASS_NEIGH_UNRESOLVED: u32 = 6;
     /// The scheduler found no available real (none, all quiescent or overloaded).
     pub const DROP_NO_REAL: u32 = 7;
-    /// Forwarded to a real server by direct routing (XDP_TX).
+    /// Sent to a real server by direct routing (XDP_TX, or XDP_REDIRECT to another NIC:
+    /// likewise for every tx_ counter).
     pub const TX_DR: u32 = 8;
     /// The connection table is full: a new connection was dropped.
     pub const DROP_CONN_TABLE_FULL: u32 = 9;
@@ -292,7 +371,27 @@ pub mod counter {
     pub const DROP_NODEST: u32 = 11;
     /// The persistence table is full: the connection was scheduled without a template.
     pub const PERSIST_TABLE_FULL: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// A client frame translated to a NAT real server and sent.
+    pub const TX_NAT: u32 = 13;
+    /// A NAT real server's reply translated back (source VIP:port) and sent to the client.
+    pub const TX_NAT_REPLY: u32 = 14;
+    /// Encapsulated in IPIP and sent to a TUN real server.
+    pub const TX_TUN: u32 = 15;
+    /// Too big for the path to a TUN real once encapsulated, with DF set: answered with
+    /// ICMP fragmentation-needed (the MTU left after encapsulation) back to the client.
+    pub const TX_ICMP_FRAG_NEEDED: u32 = 16;
+    /// Too big for the path to a TUN real once encapsulated, DF clear: dropped (the fast
+    /// path does not fragment).
+    pub const DROP_TOO_BIG: u32 = 17;
+    /// No route to a TUN real yet: passed unchanged, while the controller looks for one.
+    pub const PASS_NO_ROUTE: u32 = 18;
+    /// A new NAT connection whose reply tuple (RIP:port to client:port) another live
+    /// connection holds (the same client port to two VIPs sharing a NAT real): dropped.
+    pub const DROP_NAT_CLASH: u32 = 19;
+    /// The kernel refused to resize the frame (to encapsulate it or turn it into an ICMP
+    /// error): passed as it is.
+    pub const PASS_ERROR: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -309,7 +408,26 @@ pub mod counter {
         "pass_no_conn",
         "drop_nodest",
         "persist_table_full",
+        "tx_nat",
+        "tx_nat_reply",
+        "tx_tun",
+        "tx_icmp_frag_needed",
+        "drop_too_big",
+        "pass_no_route",
+        "drop_nat_clash",
+        "pass_error",
     ];
+}
+
+/// Indexes of the IPIP decapsulator's per-CPU counters (a real server's `xlb_decap`).
+pub mod decap_counter {
+    /// IPIP for one of this real server's VIPs: decapsulated and passed to the kernel.
+    pub const DECAPSULATED: u32 = 0;
+    /// IPIP whose inner destination is no VIP set up here: passed untouched (the kernel
+    /// drops it, having no tunnel).
+    pub const PASS_NOT_FOR_VIP: u32 = 1;
+    pub const COUNT: u32 = 2;
+    pub const NAMES: [&str; COUNT as usize] = ["decapsulated", "pass_not_for_vip"];
 }
 
 /// Names of the maps in the eBPF object (and of their pins in bpffs).
@@ -325,8 +443,15 @@ pub mod map_names {
     pub const RR_CURSORS: &str = "RR_CURSORS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 11] =
-        [SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS];
+    pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    /// The director's maps (pinned by `xlb run`).
+    pub const ALL: [&str; 12] = [
+        SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
+        NAT_REPLIES,
+    ];
+    /// A TUN real server's decapsulator maps (pinned by `xlb realserver setup --mode tun`).
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
 }
 
 /// Benchmark support (`cargo xtask bench`). BPF_PROG_TEST_RUN repeats a program on one
@@ -383,6 +508,7 @@ mod pod {
     unsafe impl aya::Pod for RealLoad {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for NatReply {}
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for PersistEntry {}
     unsafe impl aya::Pod for Settings {}
@@ -401,8 +527,9 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<PersistKey>(), 8);
-        assert_eq!(size_of::<RealEntry>(), 32);
+        assert_eq!(size_of::<RealEntry>(), 52);
         assert_eq!(size_of::<ConnEntry>(), 24);
+        assert_eq!(size_of::<NatReply>(), 32);
         assert_eq!(size_of::<ServiceInfo>(), 40);
         assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 4));
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
@@ -420,6 +547,16 @@ mod tests {
         assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
         assert_eq!(counter::NAMES[counter::TX_DR as usize], "tx_dr");
         assert_eq!(counter::NAMES[counter::PERSIST_TABLE_FULL as usize], "persist_table_full");
+        assert_eq!(counter::NAMES[counter::DROP_NAT_CLASH as usize], "drop_nat_clash");
+        assert_eq!(decap_counter::NAMES.len(), decap_counter::COUNT as usize);
+    }
+
+    #[test]
+    fn reply_key_swaps_the_client_for_the_real() {
+        let flow = FlowKey { src: [1, 2, 3, 4], dst: [10, 0, 0, 100], sport: [0x9c, 0x40], dport: [0, 80], proto: PROTO_TCP, _pad: [0; 3] };
+        let c = ConnEntry { real_ip: [10, 0, 0, 11], real_port: [0x1f, 0x90], ..Default::default() };
+        let r = c.reply_key(&flow);
+        assert_eq!((r.src, r.sport, r.dst, r.dport, r.proto), ([10, 0, 0, 11], [0x1f, 0x90], [1, 2, 3, 4], [0x9c, 0x40], PROTO_TCP));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! IPVS's TCP connection states and transitions, as the director sees them.
+//! IPVS's TCP connection states and transitions, as the director sees them
+//! (net/netfilter/ipvs/ip_vs_proto_tcp.c).
 //!
-//! In DR and TUN the director sees only the client's packets, so the transitions are
-//! IPVS's "INPUT-ONLY" table (net/netfilter/ipvs/ip_vs_proto_tcp.c).
+//! In DR and TUN the director sees only the client's packets: IPVS's INPUT-ONLY table.
+//! In NAT it sees both directions: the client's packets go through the INPUT table and
+//! the real server's replies through the OUTPUT table.
 
 pub const NONE: u8 = 0;
 pub const ESTABLISHED: u8 = 1;
@@ -42,19 +44,49 @@ const S_CW: u8 = CLOSE_WAIT;
 const S_LA: u8 = LAST_ACK;
 const S_LI: u8 = LISTEN;
 
-/// Next state by [event][state]; events: syn, fin, ack, rst.
-const INPUT_ONLY: [[u8; STATE_COUNT]; 4] = [
-    /*        sNO   sES   sSS   sSR   sFW   sTW   sCL   sCW   sLA   sLI   sSA */
-    /*syn*/ [S_SR, S_ES, S_ES, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR],
-    /*fin*/ [S_CL, S_FW, S_SS, S_TW, S_FW, S_TW, S_CL, S_CW, S_LA, S_LI, S_TW],
-    /*ack*/ [S_CL, S_ES, S_SS, S_ES, S_FW, S_TW, S_CL, S_CW, S_CL, S_LI, S_ES],
-    /*rst*/ [S_CL, S_CL, S_CL, S_SR, S_CL, S_CL, S_CL, S_CL, S_LA, S_LI, S_CL],
+/// Which transition table a packet goes through ([`next_state`]'s `dir`).
+pub mod dir {
+    /// A client packet of a connection whose replies the director also sees (NAT).
+    pub const INPUT: u8 = 0;
+    /// A real server's reply (NAT).
+    pub const OUTPUT: u8 = 1;
+    /// A client packet of a connection whose replies bypass the director (DR, TUN).
+    pub const INPUT_ONLY: u8 = 2;
+}
+
+/// Next state by [direction][event][state]; events: syn, fin, ack, rst.
+const TABLES: [[[u8; STATE_COUNT]; 4]; 3] = [
+    // INPUT
+    [
+        /*        sNO   sES   sSS   sSR   sFW   sTW   sCL   sCW   sLA   sLI   sSA */
+        /*syn*/ [S_SR, S_ES, S_ES, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR],
+        /*fin*/ [S_CL, S_CW, S_SS, S_TW, S_TW, S_TW, S_CL, S_CW, S_LA, S_LI, S_TW],
+        /*ack*/ [S_CL, S_ES, S_SS, S_ES, S_FW, S_TW, S_CL, S_CW, S_CL, S_LI, S_ES],
+        /*rst*/ [S_CL, S_CL, S_CL, S_SR, S_CL, S_CL, S_CL, S_CL, S_LA, S_LI, S_SR],
+    ],
+    // OUTPUT
+    [
+        /*        sNO   sES   sSS   sSR   sFW   sTW   sCL   sCW   sLA   sLI   sSA */
+        /*syn*/ [S_SS, S_ES, S_SS, S_SR, S_SS, S_SS, S_SS, S_SS, S_SS, S_LI, S_SR],
+        /*fin*/ [S_TW, S_FW, S_SS, S_TW, S_FW, S_TW, S_CL, S_TW, S_LA, S_LI, S_TW],
+        /*ack*/ [S_ES, S_ES, S_SS, S_ES, S_FW, S_TW, S_CL, S_CW, S_LA, S_ES, S_ES],
+        /*rst*/ [S_CL, S_CL, S_SS, S_CL, S_CL, S_TW, S_CL, S_CL, S_CL, S_CL, S_CL],
+    ],
+    // INPUT-ONLY
+    [
+        /*        sNO   sES   sSS   sSR   sFW   sTW   sCL   sCW   sLA   sLI   sSA */
+        /*syn*/ [S_SR, S_ES, S_ES, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR],
+        /*fin*/ [S_CL, S_FW, S_SS, S_TW, S_FW, S_TW, S_CL, S_CW, S_LA, S_LI, S_TW],
+        /*ack*/ [S_CL, S_ES, S_SS, S_ES, S_FW, S_TW, S_CL, S_CW, S_CL, S_LI, S_ES],
+        /*rst*/ [S_CL, S_CL, S_CL, S_SR, S_CL, S_CL, S_CL, S_CL, S_LA, S_LI, S_CL],
+    ],
 ];
 
-/// The state after a client packet with TCP `flags`, from `state`. Event priority as
-/// IPVS: RST, then SYN, then FIN, then ACK; a packet with none keeps the state.
+/// The state after a packet with TCP `flags` going through table `dir`, from `state`.
+/// Event priority as IPVS: RST, then SYN, then FIN, then ACK; a packet with none keeps
+/// the state.
 #[inline(always)]
-pub fn next_state(state: u8, flags: u8) -> u8 {
+pub fn next_state(dir: u8, state: u8, flags: u8) -> u8 {
     let event = if flags & FLAG_RST != 0 {
         3
     } else if flags & FLAG_SYN != 0 {
@@ -66,11 +98,11 @@ pub fn next_state(state: u8, flags: u8) -> u8 {
     } else {
         return state;
     };
-    let s = state as usize;
-    if s >= STATE_COUNT {
+    let (d, s) = (dir as usize, state as usize);
+    if d >= TABLES.len() || s >= STATE_COUNT {
         return state;
     }
-    INPUT_ONLY[event][s]
+    TABLES[d][event][s]
 }
 
 /// Whether a connection in `state` counts as active (IPVS's ActiveConn) or inactive.
@@ -83,31 +115,83 @@ pub const fn is_active(state: u8) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_normal_connection_as_the_director_sees_it() {
+    const PSH: u8 = 0x08;
+
+    /// Runs `packets` (direction, flags) from NONE, returning every state reached.
+    fn walk(packets: &[(u8, u8)]) -> [u8; 8] {
+        let mut states = [NONE; 8];
         let mut s = NONE;
-        s = next_state(s, FLAG_SYN);
-        assert_eq!(s, SYN_RECV);
-        s = next_state(s, FLAG_ACK);
-        assert_eq!(s, ESTABLISHED);
-        s = next_state(s, FLAG_ACK | 0x08);
-        assert_eq!(s, ESTABLISHED);
-        s = next_state(s, FLAG_FIN | FLAG_ACK);
-        assert_eq!(s, FIN_WAIT);
-        s = next_state(s, FLAG_ACK);
-        assert_eq!(s, FIN_WAIT);
+        for (i, &(d, flags)) in packets.iter().enumerate() {
+            s = next_state(d, s, flags);
+            states[i] = s;
+        }
+        states
+    }
+
+    #[test]
+    fn a_dr_connection_as_the_director_sees_it() {
+        let c = dir::INPUT_ONLY;
+        let states = walk(&[(c, FLAG_SYN), (c, FLAG_ACK), (c, FLAG_ACK | PSH), (c, FLAG_FIN | FLAG_ACK), (c, FLAG_ACK)]);
+        assert_eq!(states[..5], [SYN_RECV, ESTABLISHED, ESTABLISHED, FIN_WAIT, FIN_WAIT]);
+    }
+
+    #[test]
+    fn a_nat_connection_closed_by_the_server() {
+        let (i, o) = (dir::INPUT, dir::OUTPUT);
+        let states = walk(&[
+            (i, FLAG_SYN),
+            (o, FLAG_SYN | FLAG_ACK),
+            (i, FLAG_ACK),
+            (o, FLAG_ACK | PSH),
+            (o, FLAG_FIN | FLAG_ACK),
+            (i, FLAG_ACK),
+            (i, FLAG_FIN | FLAG_ACK),
+            (o, FLAG_ACK),
+        ]);
+        assert_eq!(states, [SYN_RECV, SYN_RECV, ESTABLISHED, ESTABLISHED, FIN_WAIT, FIN_WAIT, TIME_WAIT, TIME_WAIT]);
+    }
+
+    #[test]
+    fn a_nat_connection_closed_by_the_client() {
+        let (i, o) = (dir::INPUT, dir::OUTPUT);
+        let states = walk(&[
+            (i, FLAG_SYN),
+            (o, FLAG_SYN | FLAG_ACK),
+            (i, FLAG_ACK),
+            (i, FLAG_FIN | FLAG_ACK),
+            (o, FLAG_FIN | FLAG_ACK),
+            (i, FLAG_ACK),
+        ]);
+        assert_eq!(states[..6], [SYN_RECV, SYN_RECV, ESTABLISHED, CLOSE_WAIT, TIME_WAIT, TIME_WAIT]);
+    }
+
+    #[test]
+    fn the_three_tables_differ_where_ipvs_does() {
+        // A client FIN on an established connection: INPUT-ONLY cannot know the server's side.
+        assert_eq!(next_state(dir::INPUT_ONLY, ESTABLISHED, FLAG_FIN), FIN_WAIT);
+        assert_eq!(next_state(dir::INPUT, ESTABLISHED, FLAG_FIN), CLOSE_WAIT);
+        assert_eq!(next_state(dir::OUTPUT, ESTABLISHED, FLAG_FIN), FIN_WAIT);
+        // A reply RST in SYN_RECV closes; a client RST there does not (IPVS's tables).
+        assert_eq!(next_state(dir::OUTPUT, SYN_RECV, FLAG_RST), CLOSE);
+        assert_eq!(next_state(dir::INPUT, SYN_RECV, FLAG_RST), SYN_RECV);
+        assert_eq!(next_state(dir::INPUT, SYNACK, FLAG_RST), SYN_RECV);
+        assert_eq!(next_state(dir::INPUT_ONLY, SYNACK, FLAG_RST), CLOSE);
+        assert_eq!(next_state(dir::OUTPUT, NONE, FLAG_SYN), SYN_SENT);
+        assert_eq!(next_state(dir::OUTPUT, LISTEN, FLAG_ACK), ESTABLISHED);
     }
 
     #[test]
     fn reset_closes_and_syn_restarts() {
-        assert_eq!(next_state(ESTABLISHED, FLAG_RST | FLAG_ACK), CLOSE);
-        assert_eq!(next_state(CLOSE, FLAG_SYN), SYN_RECV);
+        let c = dir::INPUT_ONLY;
+        assert_eq!(next_state(c, ESTABLISHED, FLAG_RST | FLAG_ACK), CLOSE);
+        assert_eq!(next_state(c, CLOSE, FLAG_SYN), SYN_RECV);
         // A RST during the handshake leaves SYN_RECV (IPVS's table).
-        assert_eq!(next_state(SYN_RECV, FLAG_RST), SYN_RECV);
+        assert_eq!(next_state(c, SYN_RECV, FLAG_RST), SYN_RECV);
         // A stray ACK with no known handshake closes (current kernels).
-        assert_eq!(next_state(NONE, FLAG_ACK), CLOSE);
-        assert_eq!(next_state(ESTABLISHED, 0), ESTABLISHED);
-        assert_eq!(next_state(UDP, FLAG_SYN), UDP);
+        assert_eq!(next_state(c, NONE, FLAG_ACK), CLOSE);
+        assert_eq!(next_state(c, ESTABLISHED, 0), ESTABLISHED);
+        assert_eq!(next_state(c, UDP, FLAG_SYN), UDP);
+        assert_eq!(next_state(3, ESTABLISHED, FLAG_FIN), ESTABLISHED, "an unknown direction changes nothing");
     }
 
     #[test]

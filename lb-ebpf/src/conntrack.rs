@@ -1,19 +1,31 @@
-//! The connection table: flow affinity, IPVS's TCP states and idle timeouts, and the
-//! live connection counts the least-connection schedulers read.
-use lb_common::{ConnEntry, FlowKey, PROTO_TCP, RealEntry, Settings, tcp};
+//! The connection table: flow affinity, IPVS's TCP states and idle timeouts, the live
+//! connection counts the least-connection schedulers read, and for NAT the reply table
+//! that leads a real server's replies back to their connection.
+use lb_common::{ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, tcp};
 
 use crate::{
-    maps::{CONNS, REALS},
+    maps::{CONNS, NAT_REPLIES, REALS},
     stats,
 };
 
+/// BPF_NOEXIST: insert only if the key is absent.
+const NOEXIST: u64 = 1;
+
 pub enum Lookup {
-    /// The flow is known: forward to this real.
-    Hit(u32, RealEntry),
+    /// The flow is known: forward it as its entry says, to this real.
+    Hit(ConnEntry, &'static RealEntry),
     /// No live entry: a new connection.
     Miss,
     /// The flow's real was removed and expire_nodest_conn is set.
     NoDest,
+}
+
+pub enum Created {
+    Ok,
+    /// The connection table is full.
+    Full,
+    /// NAT: another live connection holds this one's reply tuple.
+    Clash,
 }
 
 #[inline(always)]
@@ -28,7 +40,26 @@ pub fn timeout_ns(state: u8, settings: &Settings) -> u64 {
     secs as u64 * 1_000_000_000
 }
 
-/// Finds the flow, expiring it if idle too long, and advances its TCP state.
+/// The transition table of a client packet: in NAT the director also sees the replies.
+#[inline(always)]
+fn client_dir(c: &ConnEntry) -> u8 {
+    if c.forward == forward::NAT { tcp::dir::INPUT } else { tcp::dir::INPUT_ONLY }
+}
+
+/// Moves `conn` to the state after a packet with `tcp_flags` through table `dir`.
+#[inline(always)]
+fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u8, now: u64) {
+    if proto == PROTO_TCP {
+        let next = tcp::next_state(dir, c.state, tcp_flags);
+        if next != c.state {
+            stats::load_move(c.real_id, c.state, next);
+            unsafe { (*conn).state = next };
+        }
+    }
+    unsafe { (*conn).last_seen_ns = now };
+}
+
+/// Finds the client's flow, expiring it if idle too long, and advances its TCP state.
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, tcp_flags: u8, service_id: u32, settings: &Settings, now: u64) -> Lookup {
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
@@ -50,34 +81,62 @@ pub fn lookup(flow: &FlowKey, tcp_flags: u8, service_id: u32, settings: &Setting
         expire(flow, &c);
         return Lookup::NoDest;
     }
-    if flow.proto == PROTO_TCP {
-        let next = tcp::next_state(c.state, tcp_flags);
-        if next != c.state {
-            stats::load_move(c.real_id, c.state, next);
-            unsafe { (*conn).state = next };
-        }
-    }
-    unsafe { (*conn).last_seen_ns = now };
-    Lookup::Hit(c.real_id, *real)
+    advance(conn, &c, flow.proto, client_dir(&c), tcp_flags, now);
+    Lookup::Hit(c, real)
 }
 
-/// Records a new flow. `false` when the table is full.
+/// Finds the connection a NAT real server's reply (`reply`: its 5-tuple as sent)
+/// belongs to and advances its state through IPVS's OUTPUT table. Returns the reply
+/// entry (the client's flow, the way back) and the real's id.
 #[inline(always)]
-pub fn create(flow: &FlowKey, tcp_flags: u8, service_id: u32, real_id: u32, real: &RealEntry, now: u64) -> bool {
-    let state = if flow.proto == PROTO_TCP { tcp::next_state(tcp::NONE, tcp_flags) } else { tcp::UDP };
-    let entry = ConnEntry { real_id, real_ip: real.ip, last_seen_ns: now, state, _pad: [0; 3], service_id };
-    if CONNS.insert(flow, &entry, 0).is_err() {
-        return false;
+pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u64) -> Option<(&'static NatReply, u32)> {
+    let back = unsafe { NAT_REPLIES.get(reply)? };
+    let conn = CONNS.get_ptr_mut(&back.flow)?;
+    let c = unsafe { *conn };
+    if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) {
+        expire(&back.flow, &c);
+        return None;
     }
-    stats::load_add(real_id, state, 1);
-    true
+    advance(conn, &c, back.flow.proto, tcp::dir::OUTPUT, tcp_flags, now);
+    Some((back, c.real_id))
 }
 
-/// Removes an entry; whoever removes it (this CPU, another, or the controller's sweep
-/// through `xlb_expire`) takes its connection off the real's count, exactly once.
+/// Records a new flow to `real` (at `real_port`, wire order); for NAT also its reply
+/// entry `back` (the client's flow and the way back to the client).
+#[inline(always)]
+pub fn create(flow: &FlowKey, tcp_flags: u8, service_id: u32, real_id: u32, real: &RealEntry, real_port: [u8; 2], back: &NatReply, now: u64) -> Created {
+    let mut entry = ConnEntry {
+        real_id,
+        real_ip: real.ip,
+        last_seen_ns: now,
+        state: tcp::UDP,
+        forward: real.forward,
+        real_port,
+        service_id,
+    };
+    if flow.proto == PROTO_TCP {
+        entry.state = tcp::next_state(client_dir(&entry), tcp::NONE, tcp_flags);
+    }
+    if CONNS.insert(flow, &entry, 0).is_err() {
+        return Created::Full;
+    }
+    if entry.forward == forward::NAT && NAT_REPLIES.insert(&entry.reply_key(flow), back, NOEXIST).is_err() {
+        let _ = CONNS.remove(flow);
+        return Created::Clash;
+    }
+    stats::load_add(real_id, entry.state, 1);
+    Created::Ok
+}
+
+/// Removes an entry (and its NAT reply entry); whoever removes it (this CPU, another,
+/// or the controller's sweep through `xlb_expire`) takes its connection off the real's
+/// count, exactly once.
 #[inline(always)]
 pub fn expire(flow: &FlowKey, c: &ConnEntry) -> bool {
     if CONNS.remove(flow).is_ok() {
+        if c.forward == forward::NAT {
+            let _ = NAT_REPLIES.remove(&c.reply_key(flow));
+        }
         stats::load_add(c.real_id, c.state, u64::MAX);
         true
     } else {

@@ -1,6 +1,7 @@
 //! xlb's XDP fast path: Ethernet/IPv4/TCP/UDP → service lookup → connection table,
-//! persistence template or scheduler → forward to the real server. Anything not for a
-//! VIP is passed untouched.
+//! persistence template or scheduler → forward to the real server by DR, NAT or TUN; a
+//! NAT real's replies are translated back. Anything else is passed untouched. Also the
+//! real server's IPIP decapsulator (`xlb_decap`).
 #![no_std]
 #![no_main]
 // atomic_xadd: core's atomics have no read-modify-write on the BPF target.
@@ -9,6 +10,7 @@
 
 mod bench;
 mod conntrack;
+mod decap;
 mod fwd;
 mod maps;
 mod parse;
@@ -17,14 +19,19 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, Settings, counter, svc_flags, tcp};
-
-use crate::{
-    conntrack::Lookup,
-    maps::{CONNS, SERVICE_INFO, SERVICES, SETTINGS},
+use lb_common::{
+    FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags,
+    tcp,
 };
 
-/// The load balancer, attached to the director's NIC.
+use crate::{
+    conntrack::{Created, Lookup},
+    fwd::{nat, tun},
+    maps::{CONNS, REALS, SERVICE_INFO, SERVICES, SETTINGS},
+    parse::Ipv4Flow,
+};
+
+/// The load balancer, attached to the director's NICs.
 #[xdp]
 pub fn xlb_balance(ctx: XdpContext) -> u32 {
     balance(&ctx)
@@ -34,7 +41,10 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
 /// when it is forwarded. Wrappers (benchmarks) call this too.
 #[inline(always)]
 pub fn balance(ctx: &XdpContext) -> u32 {
-    try_balance(ctx).unwrap_or(xdp_action::XDP_PASS)
+    try_balance(ctx).unwrap_or_else(|()| {
+        stats::count(counter::PASS_ERROR);
+        xdp_action::XDP_PASS
+    })
 }
 
 /// XDP_PASS stub for the peer of a veth: native XDP_TX on a veth is only delivered
@@ -42,6 +52,12 @@ pub fn balance(ctx: &XdpContext) -> u32 {
 #[xdp]
 pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// A TUN real server's IPIP decapsulator (attached by `xlb realserver setup --mode tun`).
+#[xdp]
+pub fn xlb_decap(ctx: XdpContext) -> u32 {
+    decap::decapsulate(&ctx)
 }
 
 /// Expires one connection for the controller's sweep, run through BPF_PROG_TEST_RUN
@@ -70,78 +86,207 @@ fn try_balance(ctx: &XdpContext) -> Result<u32, ()> {
             return Ok(xdp_action::XDP_PASS);
         }
     };
+    // An array's only entry: always there.
+    let settings = SETTINGS.get(0).ok_or(())?;
+    let now = unsafe { bpf_ktime_get_ns() };
     let key = ServiceKey { vip: pkt.dst, port: pkt.dport, proto: pkt.proto, _pad: 0 };
     let Some(&service_id) = (unsafe { SERVICES.get(&key) }) else {
-        stats::count(counter::PASS_NOT_VIP);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(nat_reply(ctx, &pkt, settings, now));
     };
     let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };
-    let svc = *svc;
-    let default_settings = Settings::default();
-    let settings = SETTINGS.get(0).unwrap_or(&default_settings);
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    let persistent = svc.flags & svc_flags::PERSISTENT != 0;
+    let flow = pkt.key();
     let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.proto == PROTO_UDP;
-
     let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(&flow, pkt.tcp_flags, svc.id, settings, now) };
-    let (real_id, real, new_conn) = match lookup {
-        Lookup::Hit(real_id, real) => {
-            if persistent {
-                persist::touch(&svc, pkt.src, now);
+    match lookup {
+        Lookup::Hit(c, real) => {
+            if svc.flags & svc_flags::PERSISTENT != 0 {
+                persist::touch(svc, pkt.src, now);
             }
-            (real_id, real, false)
+            let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
+            Ok(to_real(ctx, &pkt, real, &target))
         }
         Lookup::NoDest => {
             stats::count(counter::DROP_NODEST);
-            return Ok(xdp_action::XDP_DROP);
+            Ok(xdp_action::XDP_DROP)
         }
         Lookup::Miss => {
-            // Only a SYN opens a TCP connection (unless sloppy_tcp); anything else goes
-            // to the kernel, which holds the VIP and answers with a reset.
-            let syn_only = pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
-            if pkt.proto == PROTO_TCP && !syn_only && settings.sloppy_tcp == 0 {
-                stats::count(counter::PASS_NO_CONN);
+            let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
+            let verdict = open_connection(svc, &pkt, settings, now, &mut target);
+            if verdict != SCHEDULED {
+                return Ok(verdict);
+            }
+            let real = unsafe { REALS.get(&target.real_id) }.ok_or(())?;
+            Ok(to_real(ctx, &pkt, real, &target))
+        }
+    }
+}
+
+/// Where a client's frame goes.
+struct Target {
+    real_id: u32,
+    /// The forwarding method and the real's port, as the connection recorded them.
+    method: u8,
+    real_port: [u8; 2],
+    new_conn: bool,
+}
+
+/// [`open_connection`]'s answer when it filled the target (not an XDP verdict).
+const SCHEDULED: u32 = u32::MAX;
+
+/// A new connection: its real from the persistence template or the scheduler, and its
+/// connection entry. Returns [`SCHEDULED`] with `target` filled, or the frame's
+/// verdict (counted) when it goes no further. A separate BPF function (not inlined), as
+/// are [`to_real`] and [`nat_reply`]: each gets its own stack frame, and no call chain
+/// exceeds BPF's 512 bytes.
+#[inline(never)]
+fn open_connection(svc: &ServiceInfo, pkt: &Ipv4Flow, settings: &Settings, now: u64, target: &mut Target) -> u32 {
+    let flow = &pkt.key();
+    // Only a SYN opens a TCP connection (unless sloppy_tcp); anything else goes to the
+    // kernel, which holds the VIP and answers with a reset.
+    let syn_only = pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
+    if pkt.proto == PROTO_TCP && !syn_only && settings.sloppy_tcp == 0 {
+        stats::count(counter::PASS_NO_CONN);
+        return xdp_action::XDP_PASS;
+    }
+    let persistent = svc.flags & svc_flags::PERSISTENT != 0;
+    let templated = if persistent { persist::lookup(svc, pkt.src, now) } else { None };
+    let chosen = match templated {
+        Some(found) => Some(found),
+        None => sched::schedule(svc, flow),
+    };
+    let Some((real_id, real)) = chosen.and_then(|id| Some((id, unsafe { REALS.get(&id) }?))) else {
+        stats::count(counter::DROP_NO_REAL);
+        return xdp_action::XDP_DROP;
+    };
+    // A fwmark service's real without a port keeps the port the client chose.
+    let real_port = if real.port == [0, 0] { pkt.dport } else { real.port };
+    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.proto == PROTO_UDP;
+    if !one_packet {
+        let back = NatReply { flow: *flow, client_mac: pkt.src_mac, local_mac: pkt.dst_mac, ifindex: pkt.ingress };
+        match conntrack::create(flow, pkt.tcp_flags, svc.id, real_id, real, real_port, &back, now) {
+            Created::Ok => {}
+            Created::Full => {
+                stats::count(counter::DROP_CONN_TABLE_FULL);
+                return xdp_action::XDP_DROP;
+            }
+            Created::Clash => {
+                stats::count(counter::DROP_NAT_CLASH);
+                return xdp_action::XDP_DROP;
+            }
+        }
+    }
+    if persistent && templated.is_none() {
+        persist::remember(svc, pkt.src, real_id, real.ip, now);
+    }
+    *target = Target { real_id, method: real.forward, real_port, new_conn: true };
+    SCHEDULED
+}
+
+/// Sends a client's frame to its real server by the connection's method. A separate
+/// BPF function (not inlined): its locals get their own stack frame.
+#[inline(never)]
+fn to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -> u32 {
+    match try_to_real(ctx, pkt, real, t) {
+        Ok(verdict) => verdict,
+        Err(()) => {
+            stats::count(counter::PASS_ERROR);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn try_to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -> Result<u32, ()> {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let sent = match t.method {
+        forward::NAT => {
+            nat::rewrite(ctx, pkt, nat::End::Destination, real.ip, t.real_port)?;
+            // Unresolved: the translated packet is routed by the kernel, which resolves.
+            if !real.mac_valid() {
+                stats::count(counter::PASS_NEIGH_UNRESOLVED);
                 return Ok(xdp_action::XDP_PASS);
             }
-            let templated = if persistent { persist::lookup(&svc, pkt.src, now) } else { None };
-            let chosen = match templated {
-                Some(found) => Some(found),
-                None => sched::schedule(&svc, &flow),
-            };
-            let Some((real_id, real)) = chosen else {
-                stats::count(counter::DROP_NO_REAL);
-                return Ok(xdp_action::XDP_DROP);
-            };
-            if !one_packet && !conntrack::create(&flow, pkt.tcp_flags, svc.id, real_id, &real, now) {
-                stats::count(counter::DROP_CONN_TABLE_FULL);
-                return Ok(xdp_action::XDP_DROP);
+            counter::TX_NAT
+        }
+        forward::TUN => {
+            if !real.route_valid() {
+                stats::count(counter::PASS_NO_ROUTE);
+                return Ok(xdp_action::XDP_PASS);
             }
-            if persistent && templated.is_none() {
-                persist::remember(&svc, pkt.src, real_id, &real, now);
+            if !tun::fits(pkt, real.mtu) {
+                return Ok(too_big(ctx, pkt, real.mtu));
             }
-            (real_id, real, true)
+            tun::encapsulate(ctx, pkt, real.src_ip, real.ip)?;
+            if !real.mac_valid() {
+                stats::count(counter::PASS_NEIGH_UNRESOLVED);
+                return Ok(xdp_action::XDP_PASS);
+            }
+            counter::TX_TUN
+        }
+        _ => {
+            // DR leaves the packet as it is: unresolved, the kernel (which holds the VIP)
+            // answers or drops it, while the controller resolves the real.
+            if !real.mac_valid() {
+                stats::count(counter::PASS_NEIGH_UNRESOLVED);
+                return Ok(xdp_action::XDP_PASS);
+            }
+            counter::TX_DR
         }
     };
-    if !real.mac_valid() {
-        // The kernel holds the VIP and will answer or drop; the controller resolves the MAC.
-        stats::count(counter::PASS_NEIGH_UNRESOLVED);
-        return Ok(xdp_action::XDP_PASS);
+    let verdict = fwd::send(ctx, &real.mac, &real.src_mac, real.ifindex)?;
+    stats::count_real(t.real_id, bytes, t.new_conn);
+    stats::count(sent);
+    Ok(verdict)
+}
+
+/// A packet too big for a TUN real's path (`mtu`) once encapsulated: ICMP
+/// fragmentation-needed back to the client when it set DF, else dropped.
+#[inline(never)]
+fn too_big(ctx: &XdpContext, pkt: &Ipv4Flow, mtu: u32) -> u32 {
+    if pkt.frag & lb_common::csum::IP_DF == 0 || !tun::quotable(pkt) {
+        stats::count(counter::DROP_TOO_BIG);
+        return xdp_action::XDP_DROP;
     }
-    fwd::dr::rewrite(ctx, &real.mac)?;
-    stats::count_real(real_id, (ctx.data_end() - ctx.data()) as u64, new_conn);
-    stats::count(counter::TX_DR);
-    Ok(xdp_action::XDP_TX)
+    // The MTU left for the client's packets once the tunnel's header is added.
+    let mtu = mtu.clamp(lb_common::csum::IPV4_HEADER_LEN as u32, u16::MAX as u32) as u16 - lb_common::csum::IPV4_HEADER_LEN as u16;
+    if tun::frag_needed(ctx, pkt, mtu).is_err() {
+        stats::count(counter::PASS_ERROR);
+        return xdp_action::XDP_PASS;
+    }
+    stats::count(counter::TX_ICMP_FRAG_NEEDED);
+    xdp_action::XDP_TX
+}
+
+/// A frame for no service: if it is a NAT real server's reply, its source becomes the
+/// VIP and virtual port again and it goes back the way the client's first packet came
+/// (that NIC, that MAC). Not inlined: its locals get their own stack frame.
+#[inline(never)]
+fn nat_reply(ctx: &XdpContext, pkt: &Ipv4Flow, settings: &Settings, now: u64) -> u32 {
+    match try_nat_reply(ctx, pkt, settings, now) {
+        Ok(verdict) => verdict,
+        Err(()) => {
+            stats::count(counter::PASS_ERROR);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn try_nat_reply(ctx: &XdpContext, pkt: &Ipv4Flow, settings: &Settings, now: u64) -> Result<u32, ()> {
+    let reply = pkt.key();
+    let Some((back, real_id)) = conntrack::lookup_reply(&reply, pkt.tcp_flags, settings, now) else {
+        stats::count(counter::PASS_NOT_VIP);
+        return Ok(xdp_action::XDP_PASS);
+    };
+    nat::rewrite(ctx, pkt, nat::End::Source, back.flow.dst, back.flow.dport)?;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = fwd::send(ctx, &back.client_mac, &back.local_mac, back.ifindex)?;
+    stats::count_real_out(real_id, bytes);
+    stats::count(counter::TX_NAT_REPLY);
+    Ok(verdict)
 }
 
 #[cfg(not(test))]

@@ -4,8 +4,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    ConnEntry, FlowKey, MAX_CONNS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES, POOL_SLOTS,
-    PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, counter,
+    ConnEntry, FlowKey, MAX_CONNS, MAX_DECAP_VIPS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES,
+    NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, counter,
+    decap_counter,
 };
 
 /// VIP:port:protocol → service id. Several frontends may share a service (a group).
@@ -33,6 +34,11 @@ pub static REAL_LOAD: Array<RealLoad> = Array::with_max_entries(MAX_REALS, 0);
 #[map]
 pub static CONNS: HashMap<FlowKey, ConnEntry> = HashMap::with_max_entries(MAX_CONNS, 0);
 
+/// NAT: a real server's reply 5-tuple (RIP:port → client) → the client's flow in CONNS
+/// and the way back to the client. Written and removed with the connection entry.
+#[map]
+pub static NAT_REPLIES: HashMap<FlowKey, NatReply> = HashMap::with_max_entries(MAX_CONNS, 0);
+
 /// Persistence templates: client network within a service → real.
 #[map]
 pub static PERSIST: HashMap<PersistKey, PersistEntry> = HashMap::with_max_entries(MAX_PERSIST, 0);
@@ -52,3 +58,11 @@ pub static REAL_STATS: PerCpuArray<RealStats> = PerCpuArray::with_max_entries(MA
 /// Verdict reason → frames (see `lb_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// A TUN real server's VIPs: IPIP whose inner destination is one of them is decapsulated.
+#[map]
+pub static DECAP_VIPS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
+
+/// The decapsulator's counters (see `lb_common::decap_counter`).
+#[map]
+pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_counter::COUNT, 0);

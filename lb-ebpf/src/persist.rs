@@ -1,6 +1,6 @@
 //! Persistence (`-p timeout -M netmask`): a client network keeps its real across
 //! connections and across every frontend of its service.
-use lb_common::{PersistEntry, PersistKey, RealEntry, ServiceInfo, counter};
+use lb_common::{PersistEntry, PersistKey, ServiceInfo, counter};
 
 use crate::{
     maps::{PERSIST, REALS},
@@ -19,10 +19,10 @@ fn key(svc: &ServiceInfo, client: [u8; 4]) -> PersistKey {
     }
 }
 
-/// The client's template real, if it is live and its real still serves (a quiescent,
-/// weight-0 real keeps its clients, as IPVS does by default).
+/// The client's template real's id, if it is live and its real still serves (a
+/// quiescent, weight-0 real keeps its clients, as IPVS does by default).
 #[inline(always)]
-pub fn lookup(svc: &ServiceInfo, client: [u8; 4], now: u64) -> Option<(u32, RealEntry)> {
+pub fn lookup(svc: &ServiceInfo, client: [u8; 4], now: u64) -> Option<u32> {
     let k = key(svc, client);
     let entry = unsafe { *PERSIST.get(&k)? };
     if now.saturating_sub(entry.last_seen_ns) > svc.persist_timeout as u64 * 1_000_000_000 {
@@ -35,14 +35,14 @@ pub fn lookup(svc: &ServiceInfo, client: [u8; 4], now: u64) -> Option<(u32, Real
         return None;
     }
     if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
-        remember(svc, client, entry.real_id, real, now);
+        remember(svc, client, entry.real_id, real.ip, now);
     }
-    Some((entry.real_id, *real))
+    Some(entry.real_id)
 }
 
 #[inline(always)]
-pub fn remember(svc: &ServiceInfo, client: [u8; 4], real_id: u32, real: &RealEntry, now: u64) {
-    let entry = PersistEntry { real_id, real_ip: real.ip, last_seen_ns: now };
+pub fn remember(svc: &ServiceInfo, client: [u8; 4], real_id: u32, real_ip: [u8; 4], now: u64) {
+    let entry = PersistEntry { real_id, real_ip, last_seen_ns: now };
     if PERSIST.insert(&key(svc, client), &entry, 0).is_err() {
         stats::count(counter::PERSIST_TABLE_FULL);
     }

@@ -6,9 +6,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
-use lb_common::{
-    FlowKey, MAX_REALS_PER_SERVICE, RealEntry, RealLoad, ServiceInfo, hash, sched, svc_flags,
-};
+use lb_common::{FlowKey, MAX_REALS_PER_SERVICE, RealEntry, RealLoad, ServiceInfo, hash, sched, svc_flags};
 
 use crate::maps::{POOL, REAL_LOAD, REALS, RR_CURSORS};
 
@@ -32,16 +30,18 @@ fn available(real: &RealEntry, load: &RealLoad) -> bool {
         && (real.u_threshold == 0 || load.active + load.inactive < real.u_threshold as u64)
 }
 
-/// The real at pool slot `slot`, with its load, if it can take a connection.
+/// The id of the real at pool slot `slot`, if it can take a connection.
 #[inline(always)]
-fn available_at(slot: u32) -> Option<(u32, RealEntry)> {
+fn available_at(slot: u32) -> Option<u32> {
     let real_id = *POOL.get(slot)?;
     let real = unsafe { REALS.get(&real_id) }?;
-    if available(real, &load(real_id)) { Some((real_id, *real)) } else { None }
+    if available(real, &load(real_id)) { Some(real_id) } else { None }
 }
 
+/// The id of the real a new connection goes to. Ids, not entries, are passed around:
+/// the BPF stack is too small for copies of real entries in every walk.
 #[inline(always)]
-pub fn schedule(svc: &ServiceInfo, flow: &FlowKey) -> Option<(u32, RealEntry)> {
+pub fn schedule(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     match svc.scheduler {
         sched::RR | sched::WRR => round_robin(svc),
         sched::SH => source_hash(svc, flow),
@@ -67,12 +67,13 @@ fn bpf_for<C>(n: u32, ctx: &mut C, step: extern "C" fn(u64, *mut c_void) -> i64)
 /// rr and wrr: walk the precomputed sequence (wrr's is the smooth weighted order, so
 /// the long-run ratios are exact and no real gets a burst). The cursor is per CPU.
 #[inline(always)]
-fn round_robin(svc: &ServiceInfo) -> Option<(u32, RealEntry)> {
+fn round_robin(svc: &ServiceInfo) -> Option<u32> {
     if svc.table_len == 0 {
         return None;
     }
     let cursor = RR_CURSORS.get_ptr_mut(svc.id)?;
-    let mut walk = TableWalk { svc: *svc, pos: unsafe { *cursor }, found: Found::default() };
+    let mut walk =
+        TableWalk { table_off: svc.table_off, table_len: svc.table_len, pos: unsafe { *cursor }, found: Found::default() };
     bpf_for(RR_MAX_PROBES, &mut walk, rr_step);
     unsafe { *cursor = walk.pos };
     walk.found.get()
@@ -84,40 +85,40 @@ fn round_robin(svc: &ServiceInfo) -> Option<(u32, RealEntry)> {
 struct Found {
     ok: bool,
     real_id: u32,
-    real: RealEntry,
 }
 
 impl Found {
     /// Records `candidate` if there is one. Returns bpf_loop's verdict: 1 (stop) when
     /// it did, else 0 — constants, which the verifier can bound.
     #[inline(always)]
-    fn take(&mut self, candidate: Option<(u32, RealEntry)>) -> i64 {
+    fn take(&mut self, candidate: Option<u32>) -> i64 {
         match candidate {
-            Some((real_id, real)) => {
-                *self = Found { ok: true, real_id, real };
+            Some(real_id) => {
+                *self = Found { ok: true, real_id };
                 1
             }
             None => 0,
         }
     }
     #[inline(always)]
-    fn get(&self) -> Option<(u32, RealEntry)> {
-        if self.ok { Some((self.real_id, self.real)) } else { None }
+    fn get(&self) -> Option<u32> {
+        if self.ok { Some(self.real_id) } else { None }
     }
 }
 
 struct TableWalk {
-    svc: ServiceInfo,
+    table_off: u32,
+    table_len: u32,
     pos: u32,
     found: Found,
 }
 
 extern "C" fn rr_step(_: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *(ctx as *mut TableWalk) };
-    if w.pos >= w.svc.table_len {
+    if w.pos >= w.table_len {
         w.pos = 0; // also when the table shrank since this CPU last scheduled
     }
-    let slot = w.svc.table_off + w.pos;
+    let slot = w.table_off + w.pos;
     w.pos += 1;
     w.found.take(available_at(slot))
 }
@@ -132,7 +133,7 @@ struct HashWalk {
 }
 
 #[inline(always)]
-fn source_hash(svc: &ServiceInfo, flow: &FlowKey) -> Option<(u32, RealEntry)> {
+fn source_hash(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     if svc.table_len != hash::SH_TABLE_SIZE {
         return None;
     }
@@ -159,7 +160,7 @@ extern "C" fn sh_fallback_step(offset: u64, ctx: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-fn maglev(svc: &ServiceInfo, flow: &FlowKey) -> Option<(u32, RealEntry)> {
+fn maglev(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     let len = svc.table_len;
     if len == 0 {
         return None;
@@ -186,7 +187,8 @@ extern "C" fn mh_fallback_step(round: u64, ctx: *mut c_void) -> i64 {
 }
 
 struct Scan {
-    svc: ServiceInfo,
+    reals_off: u32,
+    scheduler: u32,
     best: Found,
     /// best's overhead for lc/wlc/sed/nq (lower wins); its weight for all.
     best_cost: u64,
@@ -196,15 +198,16 @@ struct Scan {
 /// lc, wlc, sed, nq, fo and ovf: one pass over the service's reals, IPVS's comparisons
 /// (the first real wins ties).
 #[inline(always)]
-fn scan(svc: &ServiceInfo) -> Option<(u32, RealEntry)> {
-    let mut s = Scan { svc: *svc, best: Found::default(), best_cost: 0, best_weight: 0 };
+fn scan(svc: &ServiceInfo) -> Option<u32> {
+    let mut s =
+        Scan { reals_off: svc.reals_off, scheduler: svc.scheduler, best: Found::default(), best_cost: 0, best_weight: 0 };
     bpf_for(svc.reals_len.min(MAX_REALS_PER_SERVICE), &mut s, scan_step);
     s.best.get()
 }
 
 extern "C" fn scan_step(i: u64, ctx: *mut c_void) -> i64 {
     let s = unsafe { &mut *(ctx as *mut Scan) };
-    let Some(&real_id) = POOL.get(s.svc.reals_off + i as u32) else { return 1 };
+    let Some(&real_id) = POOL.get(s.reals_off + i as u32) else { return 1 };
     let Some(real) = (unsafe { REALS.get(&real_id) }) else { return 0 };
     let l = load(real_id);
     if !available(real, &l) {
@@ -212,17 +215,17 @@ extern "C" fn scan_step(i: u64, ctx: *mut c_void) -> i64 {
     }
     let weight = real.weight as u64;
     let first = !s.best.ok;
-    let (better, cost) = match s.svc.scheduler {
+    let (better, cost) = match s.scheduler {
         sched::LC => {
             let cost = l.overhead();
             (first || cost < s.best_cost, cost)
         }
         sched::WLC | sched::SED | sched::NQ => {
-            if s.svc.scheduler == sched::NQ && l.active == 0 {
+            if s.scheduler == sched::NQ && l.active == 0 {
                 // nq: an idle real is taken at once.
-                return s.best.take(Some((real_id, *real)));
+                return s.best.take(Some(real_id));
             }
-            let cost = if s.svc.scheduler == sched::WLC { l.overhead() } else { l.active + 1 };
+            let cost = if s.scheduler == sched::WLC { l.overhead() } else { l.active + 1 };
             // cost/weight < best_cost/best_weight, without division.
             (first || s.best_cost * weight > cost * s.best_weight, cost)
         }
@@ -231,7 +234,7 @@ extern "C" fn scan_step(i: u64, ctx: *mut c_void) -> i64 {
         _ => (false, 0),
     };
     if better {
-        let _ = s.best.take(Some((real_id, *real)));
+        let _ = s.best.take(Some(real_id));
         s.best_cost = cost;
         s.best_weight = weight;
     }

@@ -26,6 +26,17 @@ pub fn count_real(real_id: u32, bytes: u64, new_conn: bool) {
     }
 }
 
+/// A NAT reply translated back to the client.
+#[inline(always)]
+pub fn count_real_out(real_id: u32, bytes: u64) {
+    if let Some(s) = REAL_STATS.get_ptr_mut(real_id) {
+        unsafe {
+            (*s).out_packets += 1;
+            (*s).out_bytes += bytes;
+        }
+    }
+}
+
 /// Adds `delta` (wrapping: -1 is u64::MAX) to the real's active or inactive count,
 /// whichever `state` belongs to.
 #[inline(always)]

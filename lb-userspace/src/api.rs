@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     health::HealthConfig,
-    ops::{ConnView, RealOptions, Refusal, Service, ServiceId, ServiceOptions, ServiceView},
+    ops::{ConnView, RealAddr, RealOptions, Refusal, Service, ServiceId, ServiceOptions, ServiceView},
     reconcile::Changes,
 };
 
@@ -78,9 +78,9 @@ pub enum Request {
     DelService { service: ServiceId },
     AddFrontends { mark: u32, frontends: Vec<Service> },
     DelFrontends { mark: u32, frontends: Vec<Service> },
-    AddReal { service: ServiceId, address: Ipv4Addr, options: RealOptions },
-    EditReal { service: ServiceId, address: Ipv4Addr, options: RealOptions },
-    DelReal { service: ServiceId, address: Ipv4Addr },
+    AddReal { service: ServiceId, address: RealAddr, options: RealOptions },
+    EditReal { service: ServiceId, address: RealAddr, options: RealOptions },
+    DelReal { service: ServiceId, address: RealAddr },
     /// All of them or none (ipvsadm -R).
     Batch { requests: Vec<Request> },
     /// Remove every service (ipvsadm -C).

@@ -18,6 +18,11 @@
 //! netmask = "255.255.255.0"  # persistence granularity (default /32)
 //! reals = ["10.0.0.11", { address = "10.0.0.12", weight = 3 }]
 //!
+//! [[service]]                # NAT with port mapping: VIP:80 → RIP:8080
+//! vip = "10.0.0.100"
+//! port = 81
+//! reals = [{ address = "192.168.1.11:8080", forward = "nat" }]   # dr (default), nat, tun
+//!
 //! [[service]]                # a group: several VIP:ports, one set of reals
 //! fwmark = 1
 //! frontends = ["tcp:10.0.0.100:80", "tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8010"]
@@ -34,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::HealthConfig;
 use crate::ops::{
-    self, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
+    self, ForwardMethod, Persistence, Proto, RealAddr, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
 };
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -98,7 +103,10 @@ enum RealSection {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RealTable {
+    /// "RIP" or "RIP:PORT" (NAT only).
     address: String,
+    /// dr (default), nat or tun; ipvsadm's names route, masq, tunnel also do.
+    forward: Option<String>,
     #[serde(default = "one")]
     weight: u32,
     #[serde(default)]
@@ -118,7 +126,7 @@ pub struct ServiceConfig {
     pub options: ServiceOptions,
     /// Frontends of a firewall-mark service.
     pub frontends: Vec<Service>,
-    pub reals: Vec<(Ipv4Addr, RealOptions)>,
+    pub reals: Vec<(RealAddr, RealOptions)>,
     /// Takes new connections when fewer reals than the health quorum are healthy.
     pub sorry_server: Option<Ipv4Addr>,
     pub health: Option<HealthConfig>,
@@ -175,6 +183,7 @@ pub fn to_toml(cfg: &Config) -> String {
                         } else {
                             RealSection::Full(RealTable {
                                 address: rip.to_string(),
+                                forward: (ro.forward != ForwardMethod::Route).then(|| ro.forward.config_name().to_string()),
                                 weight: ro.weight,
                                 u_threshold: ro.u_threshold,
                                 l_threshold: ro.l_threshold,
@@ -276,19 +285,25 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
     let persistence = s.persistent.map(|timeout| Persistence { timeout, netmask: netmask.unwrap_or(Ipv4Addr::BROADCAST) });
     let options = ServiceOptions { scheduler, sched_flags, persistence, one_packet: s.one_packet };
     ops::check_options(id, &options)?;
-    let mut reals: Vec<(Ipv4Addr, RealOptions)> = Vec::new();
+    let mut reals: Vec<(RealAddr, RealOptions)> = Vec::new();
     for r in &s.reals {
-        let (rip, opts) = match r {
-            RealSection::Address(a) => (ip(a)?, RealOptions::default()),
+        let (real, opts) = match r {
+            RealSection::Address(a) => (a.parse::<RealAddr>()?, RealOptions::default()),
             RealSection::Full(t) => {
-                (ip(&t.address)?, RealOptions { weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold, ..Default::default() })
+                let forward = t.forward.as_deref().map(str::parse::<ForwardMethod>).transpose()?.unwrap_or_default();
+                let opts =
+                    RealOptions { forward, weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold };
+                (t.address.parse::<RealAddr>()?, opts)
             }
         };
-        ops::check_real_options(&opts).with_context(|| format!("real server {rip}"))?;
-        if reals.iter().any(|(r, _)| *r == rip) {
-            bail!("Destination already exists: {rip}");
+        ops::check_real(id, real, &opts).with_context(|| format!("real server {real}"))?;
+        ops::check_one_packet(id, options.one_packet, opts.forward)?;
+        // As the maps will list it, so that a reload compares like with like.
+        let real = real.canonical(id);
+        if reals.iter().any(|(r, _)| *r == real) {
+            bail!("Destination already exists: {real}");
         }
-        reals.push((rip, opts));
+        reals.push((real, opts));
     }
     let sorry_server = s.sorry_server.as_deref().map(ip).transpose().context("sorry_server")?;
     if let Some(h) = &s.health {
@@ -332,7 +347,7 @@ mod tests {
         assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 100), port: 80 }));
         assert_eq!(web.options.scheduler, Scheduler::Wrr);
         assert_eq!(web.options.persistence, Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 255, 255, 0) }));
-        assert_eq!(web.reals[1], (Ipv4Addr::new(10, 0, 0, 12), RealOptions { weight: 3, ..Default::default() }));
+        assert_eq!(web.reals[1], (Ipv4Addr::new(10, 0, 0, 12).into(), RealOptions { weight: 3, ..Default::default() }));
         let group = &cfg.services[1];
         assert_eq!(group.id, ServiceId::Fwmark(7));
         assert_eq!(group.frontends.len(), 4);
@@ -373,6 +388,30 @@ mod tests {
         assert_eq!(again, cfg);
         assert!(to_toml(&cfg).contains("udp:10.0.0.100:8000-8002"));
         assert_eq!(parse(&to_toml(&Config::default())).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reals_take_a_port_and_a_forwarding_method() {
+        let cfg = parse(
+            r#"
+            [[service]]
+            vip = "10.0.0.100"
+            port = 80
+            reals = [{ address = "10.0.0.12:8080", forward = "nat" }, { address = "10.0.0.13", forward = "tun" }, "10.0.0.14:80"]
+            "#,
+        )
+        .unwrap();
+        let reals = &cfg.services[0].reals;
+        assert_eq!(reals[0].0, RealAddr { ip: Ipv4Addr::new(10, 0, 0, 12), port: Some(8080) });
+        assert_eq!(reals[0].1.forward, ForwardMethod::Masq);
+        assert_eq!(reals[1].1.forward, ForwardMethod::Tunnel);
+        assert_eq!(reals[2].1.forward, ForwardMethod::Route);
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let svc = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n";
+        assert!(err(&format!("{svc}reals = [\"10.0.0.2:8080\"]\n")).contains("only NAT (-m) maps ports"));
+        assert!(err(&format!("{svc}reals = [{{ address = \"10.0.0.2\", forward = \"fancy\" }}]\n")).contains("unknown forwarding method"));
+        let ops = "[[service]]\nproto = \"udp\"\nvip = \"10.0.0.1\"\nport = 53\none_packet = true\n";
+        assert!(err(&format!("{ops}reals = [{{ address = \"10.0.0.2\", forward = \"nat\" }}]\n")).contains("one packet at a time"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::{
     health::{self, Checker, HealthConfig, OnFailure},
     loader::{self, AttachMode},
     maps::{self, Maps},
-    neigh, observe,
+    nexthop, observe,
     ops::{self, ServiceId},
     reconcile, run, web,
 };
@@ -69,7 +69,7 @@ impl Rates {
         let mut current = HashMap::new();
         for svc in ops::snapshot(maps)? {
             for r in svc.reals {
-                let s = RealStats { packets: r.packets, bytes: r.bytes, conns: r.conns };
+                let s = RealStats { packets: r.packets, bytes: r.bytes, conns: r.conns, ..Default::default() };
                 if let (Some(secs), Some(prev)) = (secs, self.last.get(&r.id)) {
                     let per_sec = |now: u64, before: u64| (now.saturating_sub(before) as f64 / secs).round() as u64;
                     self.per_real
@@ -245,7 +245,7 @@ impl Engine {
                     v.into_iter().find(|s| s.id == ev.service)?.reals.into_iter().find(|r| r.address == ev.real)
                 });
                 if let Some(r) = current.filter(|r| r.weight != w) {
-                    let opts = ops::RealOptions { weight: w, u_threshold: r.u_threshold, l_threshold: r.l_threshold, ..Default::default() };
+                    let opts = ops::RealOptions { forward: r.forward, weight: w, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
                     if ops::edit_real(&mut self.maps, ev.service, ev.real, opts).is_ok() {
                         tracing::info!("{} of {}: weight {w} (set by its check)", ev.real, ev.service);
                         weight_changed = true;
@@ -354,7 +354,7 @@ impl Engine {
             }
             Request::SetSorry { service, address } => {
                 let target = match address {
-                    Some(ip) => Some((ip, neigh::resolve(ip, run::RESOLVE_WAIT)?.unwrap_or_default())),
+                    Some(ip) => Some((ip, nexthop::resolve(ip, run::RESOLVE_WAIT)?)),
                     None => None,
                 };
                 ops::set_sorry_server(maps, service, target)?;
@@ -411,7 +411,7 @@ impl Engine {
     }
 
     fn periodic(&mut self) {
-        if let Err(e) = run::refresh_neighbours(&mut self.maps) {
+        if let Err(e) = run::refresh_next_hops(&mut self.maps) {
             tracing::warn!("refreshing real servers' MACs: {e:#}");
         }
         let Self { maps, ebpf, .. } = self;

@@ -14,7 +14,7 @@ use crate::{
     api::{self, DaemonError, Paths, Reply, Request, SettingsChange},
     listing::{self, Format},
     ops::{
-        self, ForwardMethod, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
+        self, ForwardMethod, Persistence, Proto, RealAddr, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
         ServiceView,
     },
 };
@@ -68,7 +68,7 @@ pub struct Invocation {
     pub command: Command,
     pub service: Option<ServiceId>,
     pub options: ServiceOptions,
-    pub real: Option<Ipv4Addr>,
+    pub real: Option<RealAddr>,
     pub real_options: RealOptions,
     pub numeric: bool,
     pub connections: bool,
@@ -387,10 +387,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 "netmask"
             }
             "real-server" => {
-                let Some((rip, _port)) = addr_port(v, Proto::Tcp) else {
+                let Some((ip, port)) = addr_port(v, Proto::Tcp) else {
                     return fail("illegal real server address[:port] specified");
                 };
-                inv.real = Some(rip);
+                inv.real = Some(RealAddr { ip, port });
                 "real-server"
             }
             "gatewaying" | "masquerading" | "ipip" => {
@@ -537,7 +537,7 @@ pub fn save(services: &[ServiceView]) -> String {
         }
         out.push('\n');
         for r in &s.reals {
-            out.push_str(&format!("-a {svc} -r {}:{} -g -w {}", r.address, s.port(), r.weight));
+            out.push_str(&format!("-a {svc} -r {}:{} {} -w {}", r.address, r.port, r.forward.switch(), r.weight));
             if r.u_threshold != 0 {
                 out.push_str(&format!(" -x {}", r.u_threshold));
             }
@@ -696,7 +696,7 @@ mod tests {
         assert_eq!(i.command, Command::AddService);
         assert_eq!(i.options.scheduler, Scheduler::Rr);
         let i = p("-a -t 172.30.0.200:80 -r 10.0.0.7:80 -m").unwrap();
-        assert_eq!((i.command, i.real, i.real_options.forward), (Command::AddServer, Some(Ipv4Addr::new(10, 0, 0, 7)), ForwardMethod::Masq));
+        assert_eq!((i.command, i.real, i.real_options.forward), (Command::AddServer, Some(RealAddr { ip: Ipv4Addr::new(10, 0, 0, 7), port: Some(80) }), ForwardMethod::Masq));
         let i = p("-a -t 10.0.0.200:80 -r 10.0.0.14:80 -g -w 3").unwrap();
         assert_eq!(i.real_options.weight, 3);
         assert_eq!(p("-Ln").unwrap().command, Command::List);

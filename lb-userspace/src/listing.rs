@@ -47,8 +47,8 @@ fn service_name(s: &ServiceView) -> String {
     name
 }
 
-fn real_name(s: &ServiceView, r: &RealView) -> String {
-    let mut name = format!("{}:{}", r.address, s.port());
+fn real_name(r: &RealView) -> String {
+    let mut name = format!("{}:{}", r.address, r.port);
     name.truncate(28);
     name
 }
@@ -61,8 +61,12 @@ fn totals(s: &ServiceView) -> RealView {
         weight: 0,
         u_threshold: 0,
         l_threshold: 0,
+        port: 0,
+        forward: crate::ops::ForwardMethod::Route,
         mac: None,
         ifindex: 0,
+        out_packets: 0,
+        out_bytes: 0,
         health_down: false,
         health: String::new(),
         health_reason: String::new(),
@@ -79,6 +83,8 @@ fn totals(s: &ServiceView) -> RealView {
     for r in &s.reals {
         t.packets += r.packets;
         t.bytes += r.bytes;
+        t.out_packets += r.out_packets;
+        t.out_bytes += r.out_bytes;
         t.conns += r.conns;
         t.cps += r.cps;
         t.in_pps += r.in_pps;
@@ -121,7 +127,7 @@ pub fn table(services: &[ServiceView], format: Format, exact: bool) -> String {
             // keepalived adds the sorry server to IPVS while it serves.
             if let (Some(sorry), true) = (s.sorry_server, s.sorry_active) {
                 let mut r = totals(&s);
-                (r.address, r.weight) = (sorry, 1);
+                (r.address, r.weight, r.port) = (sorry, 1, s.port());
                 (r.packets, r.bytes, r.conns, r.cps, r.in_pps, r.in_bps) = (0, 0, 0, 0, 0, 0);
                 s.reals.push(r);
             }
@@ -146,7 +152,7 @@ fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -
         let t = totals(s);
         let _ = match format {
             Format::Stats => {
-                writeln!(out, "{:<33}{}{}{}{}{}", service_name(s), n(t.conns), n(t.packets), n(0), n(t.bytes), n(0))
+                writeln!(out, "{:<33}{}{}{}{}{}", service_name(s), n(t.conns), n(t.packets), n(t.out_packets), n(t.bytes), n(t.out_bytes))
             }
             Format::Rate => {
                 writeln!(out, "{:<33}{}{}{}{}{}", service_name(s), n(t.cps), n(t.in_pps), n(0), n(t.in_bps), n(0))
@@ -161,10 +167,10 @@ fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -
             }
         }
         for r in &s.reals {
-            let name = real_name(s, r);
+            let name = real_name(r);
             let _ = match format {
                 Format::Stats => {
-                    writeln!(out, "  -> {name:<28}{}{}{}{}{}", n(r.conns), n(r.packets), n(0), n(r.bytes), n(0))
+                    writeln!(out, "  -> {name:<28}{}{}{}{}{}", n(r.conns), n(r.packets), n(r.out_packets), n(r.bytes), n(r.out_bytes))
                 }
                 Format::Rate => writeln!(out, "  -> {name:<28} {:>8} {:>8} {:>8}{}{}", r.cps, r.in_pps, 0, n(r.in_bps), n(0)),
                 Format::Thresholds => writeln!(
@@ -175,12 +181,12 @@ fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -
                 Format::Plain if health => writeln!(
                     out,
                     "  -> {name:<28} {:<7} {:<6} {:<10} {:<10} {}",
-                    "Route", r.weight, r.active_conns, r.inactive_conns, r.health
+                    r.forward.name(), r.weight, r.active_conns, r.inactive_conns, r.health
                 ),
                 Format::Plain => writeln!(
                     out,
                     "  -> {name:<28} {:<7} {:<6} {:<10} {:<10}",
-                    "Route", r.weight, r.active_conns, r.inactive_conns
+                    r.forward.name(), r.weight, r.active_conns, r.inactive_conns
                 ),
             };
         }
@@ -236,14 +242,15 @@ pub fn conns_table(conns: &[ConnView]) -> String {
     for c in conns {
         let _ = writeln!(
             out,
-            "{:<3} {:02}:{:02}  {:<11} {:<18} {:<18} {}",
+            "{:<3} {:02}:{:02}  {:<11} {:<18} {:<18} {}:{}",
             c.proto,
             c.expires_in / 60,
             c.expires_in % 60,
             c.state,
             c.client,
             c.virtual_address,
-            c.real
+            c.real,
+            c.real_port
         );
     }
     out

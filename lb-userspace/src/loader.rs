@@ -4,20 +4,22 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, links::FdLink, links::PinnedLink, xdp::XdpLink},
+    programs::{Xdp, XdpMode, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId},
 };
 use lb_common::map_names;
 
-/// The balancer program, the veth peer stub, and the connection expiry the
-/// controller's sweep runs through BPF_PROG_TEST_RUN.
+/// The balancer program, the veth peer stub, the connection expiry the controller's
+/// sweep runs through BPF_PROG_TEST_RUN, and a TUN real server's IPIP decapsulator.
 pub const BALANCE_PROGRAM: &str = "xlb_balance";
 pub const PASS_PROGRAM: &str = "xlb_pass";
 pub const EXPIRE_PROGRAM: &str = "xlb_expire";
+pub const DECAP_PROGRAM: &str = "xlb_decap";
 /// The XDP verdict values (linux/bpf.h).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-const PROGRAMS: [&str; 3] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM];
+pub const XDP_REDIRECT: u32 = 4;
+const PROGRAMS: [&str; 4] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM, DECAP_PROGRAM];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,22 +92,19 @@ pub fn xdp<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp> {
     Ok(prog.try_into()?)
 }
 
-/// Attaches `program` to `iface`. Returns the mode actually used ("native" or "skb"),
-/// so the caller can say which. The link lives as long as `ebpf`.
-pub fn attach(ebpf: &mut Ebpf, program: &str, iface: &str, mode: AttachMode) -> Result<AttachMode> {
-    attach_link(ebpf, program, iface, mode).map(|(used, _)| used)
+/// An attachment: the link (it lives as long as the object, unless taken) and the mode
+/// actually used, so the caller can say which.
+pub struct Attached {
+    pub link: XdpLinkId,
+    pub mode: AttachMode,
 }
 
-fn attach_link(
-    ebpf: &mut Ebpf,
-    program: &str,
-    iface: &str,
-    mode: AttachMode,
-) -> Result<(AttachMode, aya::programs::xdp::XdpLinkId)> {
+/// Attaches `program` to `iface`; Auto tries native mode, then SKB mode.
+pub fn attach(ebpf: &mut Ebpf, program: &str, iface: &str, mode: AttachMode) -> Result<Attached> {
     let prog = xdp(ebpf, program)?;
     let in_mode = |prog: &mut Xdp, m: AttachMode| {
         let flags = if m == AttachMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
-        prog.attach(iface, flags).with_context(|| format!("attaching to {iface} in {} mode", m.name())).map(|id| (m, id))
+        prog.attach(iface, flags).with_context(|| format!("attaching to {iface} in {} mode", m.name())).map(|link| Attached { link, mode: m })
     };
     match mode {
         AttachMode::Auto => match in_mode(prog, AttachMode::Native) {
@@ -122,8 +121,8 @@ fn attach_link(
 /// Attaches the balancer to `iface` and pins the link at `pin`, so the program stays
 /// attached when this process exits (until the pin is removed).
 pub fn attach_pinned(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, pin: &Path) -> Result<AttachMode> {
-    let (used, id) = attach_link(ebpf, BALANCE_PROGRAM, iface, mode)?;
-    let link = xdp(ebpf, BALANCE_PROGRAM)?.take_link(id)?;
+    let Attached { link, mode: used } = attach(ebpf, BALANCE_PROGRAM, iface, mode)?;
+    let link = xdp(ebpf, BALANCE_PROGRAM)?.take_link(link)?;
     let fd: FdLink = link.try_into().context("XDP link without a kernel link object (kernel too old to pin it)")?;
     fd.pin(pin).with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
     Ok(used)

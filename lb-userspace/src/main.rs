@@ -11,7 +11,7 @@ use lb_userspace::{
     loader::{self, AttachMode},
     maps::DEFAULT_PIN_DIR,
     health::{self, HealthConfig},
-    ops::{self, ForwardMethod, Persistence, RealOptions, ServiceId, ServiceOptions},
+    ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
     realserver, run, top, web,
 };
 use serde::Serialize;
@@ -447,7 +447,36 @@ enum FrontendCmd {
 }
 
 #[derive(Args)]
+#[group(id = "forward", multiple = false)]
+struct ForwardArgs {
+    /// Direct routing (LVS-DR, the default): the frame is re-addressed to the real's MAC.
+    #[arg(long, short = 'g')]
+    gatewaying: bool,
+    /// NAT (LVS-NAT): the destination becomes RIP:PORT; the real's replies, routed
+    /// through this director, get the VIP back.
+    #[arg(long, short = 'm')]
+    masquerading: bool,
+    /// IPIP tunnel (LVS-TUN): the packet goes to the real inside an IPv4 header.
+    #[arg(long, short = 'i')]
+    ipip: bool,
+}
+
+impl ForwardArgs {
+    fn method(&self) -> ops::ForwardMethod {
+        if self.masquerading {
+            ops::ForwardMethod::Masq
+        } else if self.ipip {
+            ops::ForwardMethod::Tunnel
+        } else {
+            ops::ForwardMethod::Route
+        }
+    }
+}
+
+#[derive(Args)]
 struct RealArgs {
+    #[command(flatten)]
+    forward: ForwardArgs,
     /// Weight 0..65535; 0 is quiescent (no new connections).
     #[arg(long, short = 'w', default_value_t = 1)]
     weight: u32,
@@ -457,37 +486,28 @@ struct RealArgs {
     /// Lower connection threshold.
     #[arg(long, short = 'y', default_value_t = 0)]
     l_threshold: u32,
-    /// Direct routing (the default).
-    #[arg(long = "gatewaying", short = 'g', conflicts_with_all = ["masquerading", "ipip"])]
-    gatewaying: bool,
-    /// NAT.
-    #[arg(long, short = 'm', conflicts_with = "ipip")]
-    masquerading: bool,
-    /// IPIP tunnel.
-    #[arg(long, short = 'i')]
-    ipip: bool,
 }
 
 impl RealArgs {
     fn options(&self) -> RealOptions {
-        let forward = if self.masquerading {
-            ForwardMethod::Masq
-        } else if self.ipip {
-            ForwardMethod::Tunnel
-        } else {
-            ForwardMethod::Route
-        };
-        RealOptions { forward, weight: self.weight, u_threshold: self.u_threshold, l_threshold: self.l_threshold }
+        RealOptions {
+            forward: self.forward.method(),
+            weight: self.weight,
+            u_threshold: self.u_threshold,
+            l_threshold: self.l_threshold,
+        }
     }
 }
 
 #[derive(Subcommand)]
 enum RealCmd {
-    /// xlb real add tcp 10.0.0.100:80 10.0.0.11 [-w 3]
+    /// xlb real add tcp 10.0.0.100:80 10.0.0.11 [-w 3]   (NAT with port mapping: 10.0.0.11:8080 -m)
     Add {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        /// RIP, or RIP:PORT (a port other than the service's only with -m).
+        #[arg(value_name = "RIP[:PORT]")]
+        rip: ops::RealAddr,
         #[command(flatten)]
         opts: RealArgs,
     },
@@ -495,7 +515,8 @@ enum RealCmd {
     Edit {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        #[arg(value_name = "RIP[:PORT]")]
+        rip: ops::RealAddr,
         #[command(flatten)]
         opts: RealArgs,
     },
@@ -503,13 +524,14 @@ enum RealCmd {
     Del {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        #[arg(value_name = "RIP[:PORT]")]
+        rip: ops::RealAddr,
     },
     /// Weight 0, wait until the real's active connections end (or the timeout), remove it.
     Drain {
         #[command(flatten)]
         service: ServiceArg,
-        rip: std::net::Ipv4Addr,
+        rip: ops::RealAddr,
         /// Seconds to wait for active connections to end.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -717,20 +739,20 @@ fn dispatch(cli: Cli) -> Result<()> {
 
 /// `xlb real drain`: weight 0 (no new connections), wait for the active connections to
 /// end or the timeout, then remove the real; progress once a second.
-fn drain(paths: &Paths, service: ServiceId, rip: std::net::Ipv4Addr, timeout: u64, output: Output) -> Result<()> {
+fn drain(paths: &Paths, service: ServiceId, rip: ops::RealAddr, timeout: u64, output: Output) -> Result<()> {
     let call = |req: Request| api::call(&paths.socket, &req);
     let find = || -> Result<ops::RealView> {
         match call(Request::List)? {
             Reply::Services(list) => list
                 .into_iter()
                 .find(|s| s.id == service)
-                .and_then(|s| s.reals.into_iter().find(|r| r.address == rip))
+                .and_then(|s| s.reals.into_iter().find(|r| r.address == rip.ip && rip.port.is_none_or(|p| p == r.port)))
                 .with_context(|| format!("No such destination: {rip} in {service}")),
             other => anyhow::bail!("unexpected reply {other:?}"),
         }
     };
     let r = find()?;
-    let opts = RealOptions { weight: 0, u_threshold: r.u_threshold, l_threshold: r.l_threshold, ..Default::default() };
+    let opts = RealOptions { forward: r.forward, weight: 0, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
     call(Request::EditReal { service, address: rip, options: opts })?;
     let start = std::time::Instant::now();
     let drained = loop {

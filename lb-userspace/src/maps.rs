@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    ConnEntry, FlowKey, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings,
+    ConnEntry, FlowKey, NatReply, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings,
     map_names,
 };
 
@@ -27,6 +27,8 @@ pub struct Maps {
     pub rr_cursors: PerCpuArray<MapData, u32>,
     pub real_stats: PerCpuArray<MapData, RealStats>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// NAT reply 5-tuple → the client's flow and the way back (written by the fast path only).
+    pub nat_replies: HashMap<MapData, FlowKey, NatReply>,
 }
 
 impl Maps {
@@ -65,6 +67,7 @@ impl Maps {
             rr_cursors: get(map_names::RR_CURSORS)?.try_into()?,
             real_stats: get(map_names::REAL_STATS)?.try_into()?,
             counters: get(map_names::COUNTERS)?.try_into()?,
+            nat_replies: get(map_names::NAT_REPLIES)?.try_into()?,
         })
     }
 }

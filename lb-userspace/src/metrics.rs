@@ -49,8 +49,8 @@ fn gauge_value(v: u64) -> i64 {
 /// (direction, packets, bytes) from the inbound counts. Under direct routing the
 /// replies go from the real server straight to the client, so, as IPVS does for DR,
 /// the director counts nothing outbound.
-fn by_direction(packets: u64, bytes: u64) -> [(&'static str, u64, u64); 2] {
-    [("in", packets, bytes), ("out", 0, 0)]
+fn by_direction(packets: u64, bytes: u64, out_packets: u64, out_bytes: u64) -> [(&'static str, u64, u64); 2] {
+    [("in", packets, bytes), ("out", out_packets, out_bytes)]
 }
 
 /// The whole exposition of `snapshot`, ending with `# EOF`.
@@ -94,7 +94,7 @@ pub fn exposition(snapshot: &Snapshot) -> String {
             real_active.get_or_create(&labels).set(gauge_value(real.active_conns));
             real_inactive.get_or_create(&labels).set(gauge_value(real.inactive_conns));
             real_weight.get_or_create(&labels).set(real.weight.into());
-            for (direction, packets, bytes) in by_direction(real.packets, real.bytes) {
+            for (direction, packets, bytes) in by_direction(real.packets, real.bytes, real.out_packets, real.out_bytes) {
                 let labels = svc(&[("real", &address), ("direction", direction)]);
                 real_packets.get_or_create(&labels).inc_by(packets);
                 real_bytes.get_or_create(&labels).inc_by(bytes);
@@ -109,7 +109,7 @@ pub fn exposition(snapshot: &Snapshot) -> String {
         svc_conns.get_or_create(&svc(&[])).inc_by(sum(|r| r.conns));
         svc_active.get_or_create(&svc(&[])).set(gauge_value(sum(|r| r.active_conns)));
         svc_inactive.get_or_create(&svc(&[])).set(gauge_value(sum(|r| r.inactive_conns)));
-        for (direction, packets, bytes) in by_direction(sum(|r| r.packets), sum(|r| r.bytes)) {
+        for (direction, packets, bytes) in by_direction(sum(|r| r.packets), sum(|r| r.bytes), sum(|r| r.out_packets), sum(|r| r.out_bytes)) {
             svc_packets.get_or_create(&svc(&[("direction", direction)])).inc_by(packets);
             svc_bytes.get_or_create(&svc(&[("direction", direction)])).inc_by(bytes);
         }

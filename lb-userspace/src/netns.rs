@@ -74,6 +74,37 @@ impl Netns {
     }
 }
 
+/// The calling thread inside a namespace until dropped (then back where it was).
+pub struct Entered {
+    previous: std::fs::File,
+}
+
+impl Netns {
+    /// Moves the calling thread (only it) into the namespace: sockets it opens, netlink
+    /// requests, route lookups and BPF_PROG_TEST_RUN's helpers then see this namespace.
+    pub fn enter(&self) -> Result<Entered> {
+        let previous = std::fs::File::open("/proc/thread-self/ns/net").context("opening this thread's namespace")?;
+        let target = std::fs::File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        setns(&target).with_context(|| format!("entering namespace {}", self.name))?;
+        Ok(Entered { previous })
+    }
+}
+
+fn setns(ns: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // Failing to go back would leave this thread in a namespace about to be deleted.
+        setns(&self.previous).expect("returning to the previous network namespace");
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();

@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use lb_common::{
     ConnEntry, FlowKey, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, POOL_SLOTS, PROTO_TCP, PROTO_UDP,
-    RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, counter, real_flags,
-    sched, svc_flags, tcp,
+    RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, counter, forward, hash,
+    real_flags, sched, svc_flags, tcp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -291,6 +291,98 @@ impl ForwardMethod {
             ForwardMethod::Tunnel => "Tunnel",
         }
     }
+    /// The fast path's code (lb_common::forward).
+    pub const fn code(self) -> u8 {
+        match self {
+            ForwardMethod::Route => forward::DR,
+            ForwardMethod::Masq => forward::NAT,
+            ForwardMethod::Tunnel => forward::TUN,
+        }
+    }
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            forward::NAT => ForwardMethod::Masq,
+            forward::TUN => ForwardMethod::Tunnel,
+            _ => ForwardMethod::Route,
+        }
+    }
+    /// The config file's name (`forward = "nat"`).
+    pub const fn config_name(self) -> &'static str {
+        match self {
+            ForwardMethod::Route => "dr",
+            ForwardMethod::Masq => "nat",
+            ForwardMethod::Tunnel => "tun",
+        }
+    }
+    /// ipvsadm's switch (-g, -m, -i), as -S writes it.
+    pub const fn switch(self) -> &'static str {
+        match self {
+            ForwardMethod::Route => "-g",
+            ForwardMethod::Masq => "-m",
+            ForwardMethod::Tunnel => "-i",
+        }
+    }
+}
+
+impl std::str::FromStr for ForwardMethod {
+    type Err = anyhow::Error;
+    /// ipvsadm's and LVS's names: route/dr/gatewaying, masq/nat/masquerading, tunnel/tun/ipip.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "route" | "dr" | "gatewaying" => Ok(ForwardMethod::Route),
+            "masq" | "nat" | "masquerading" => Ok(ForwardMethod::Masq),
+            "tunnel" | "tun" | "ipip" => Ok(ForwardMethod::Tunnel),
+            _ => bail!("unknown forwarding method `{s}` (dr, nat or tun)"),
+        }
+    }
+}
+
+/// A real server as ipvsadm's `-r` names it: an address, and a port that only NAT may
+/// choose (None: the service's port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RealAddr {
+    pub ip: Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+impl RealAddr {
+    /// The same real as configs name it: the port only where it differs from the
+    /// service's (a NAT port mapping), so a config and the maps compare equal.
+    pub fn canonical(self, id: ServiceId) -> Self {
+        let service_port = match id {
+            ServiceId::Addr(a) => a.port,
+            ServiceId::Fwmark(_) => 0,
+        };
+        Self { ip: self.ip, port: self.port.filter(|p| *p != service_port && *p != 0) }
+    }
+}
+
+impl From<Ipv4Addr> for RealAddr {
+    fn from(ip: Ipv4Addr) -> Self {
+        Self { ip, port: None }
+    }
+}
+
+impl std::str::FromStr for RealAddr {
+    type Err = anyhow::Error;
+    /// "RIP" or "RIP:PORT".
+    fn from_str(s: &str) -> Result<Self> {
+        let (ip, port) = match s.rsplit_once(':') {
+            Some((ip, port)) => (ip, Some(parse_port(port)?)),
+            None => (s, None),
+        };
+        let Ok(ip) = ip.parse::<Ipv4Addr>() else { bail!("`{ip}` is not an IPv4 address") };
+        Ok(Self { ip, port })
+    }
+}
+
+impl std::fmt::Display for RealAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.ip),
+            None => self.ip.fmt(f),
+        }
+    }
 }
 
 /// A real server's options (ipvsadm -a/-e's -g/-m/-i, -w, -x, -y).
@@ -310,11 +402,51 @@ impl Default for RealOptions {
 
 pub const MAX_WEIGHT: u32 = 65_535;
 
-/// Where frames for a real server go: its MAC (None while unresolved) and interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct L2Target {
-    pub mac: Option<[u8; 6]>,
+/// The director's side of the route to a real server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Egress {
+    /// The interface frames leave by, and its MAC.
     pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// The path MTU (TUN's encapsulated frames must fit it).
+    pub mtu: u32,
+    /// The director's address on that route (TUN's outer source address).
+    pub src: Ipv4Addr,
+}
+
+/// Where frames for a real server go, as the kernel resolves it (see `nexthop`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// None while there is no route to the real.
+    pub egress: Option<Egress>,
+    /// The next hop's MAC (the real's own, or a router's); None while unresolved.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NextHop {
+    /// Writes the next hop into a real's entry (a MAC without a route means nothing).
+    fn apply(&self, real: &mut RealEntry) {
+        real.flags &= !(real_flags::MAC_VALID | real_flags::ROUTE_VALID);
+        (real.mac, real.src_mac, real.ifindex, real.mtu, real.src_ip) = ([0; 6], [0; 6], 0, 0, [0; 4]);
+        if let Some(e) = self.egress {
+            real.flags |= real_flags::ROUTE_VALID;
+            (real.src_mac, real.ifindex, real.mtu, real.src_ip) = (e.mac, e.ifindex, e.mtu, e.src.octets());
+            if let Some(mac) = self.mac {
+                real.flags |= real_flags::MAC_VALID;
+                real.mac = mac;
+            }
+        }
+    }
+
+    fn of(real: &RealEntry) -> Self {
+        let egress = real.route_valid().then(|| Egress {
+            ifindex: real.ifindex,
+            mac: real.src_mac,
+            mtu: real.mtu,
+            src: Ipv4Addr::from(real.src_ip),
+        });
+        Self { egress, mac: real.mac_valid().then_some(real.mac) }
+    }
 }
 
 /// A refused operation, in libipvs's words (what ipvsadm prints) plus the details.
@@ -460,6 +592,9 @@ pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Resu
 pub fn edit_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Result<()> {
     check_options(id, &opts)?;
     let info = find_service(maps, id)?;
+    if opts.one_packet && reals(maps)?.iter().any(|(_, r)| r.service_id == info.id && !r.removed() && r.forward == forward::NAT) {
+        bail!("{id} has NAT (-m) reals, whose replies need connection entries: no one-packet scheduling (-o)");
+    }
     maps.service_info.insert(info.id, info_with(info, &opts), 0)?;
     rebuild(maps, info.id)
 }
@@ -510,9 +645,6 @@ pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<
 }
 
 pub fn check_real_options(opts: &RealOptions) -> Result<()> {
-    if opts.forward != ForwardMethod::Route {
-        bail!("forwarding method {} is not supported yet (only direct routing, -g)", opts.forward.name());
-    }
     if opts.weight > MAX_WEIGHT {
         bail!("weight {} is out of range (0-{MAX_WEIGHT})", opts.weight);
     }
@@ -522,30 +654,63 @@ pub fn check_real_options(opts: &RealOptions) -> Result<()> {
     Ok(())
 }
 
+/// Checks a real for service `id` and returns its port (None: the service's own; a
+/// fwmark service's is 0, "the port the client connected to"). Only NAT maps ports: DR
+/// and TUN leave the packet's port as the client sent it.
+pub fn check_real(id: ServiceId, real: RealAddr, opts: &RealOptions) -> Result<u16> {
+    check_real_options(opts)?;
+    let forward = opts.forward;
+    let service_port = match id {
+        ServiceId::Addr(s) => s.port,
+        ServiceId::Fwmark(_) => 0,
+    };
+    match real.port {
+        None => Ok(service_port),
+        Some(p) if p == service_port || forward == ForwardMethod::Masq => Ok(p),
+        Some(p) => bail!(
+            "{real} in {id}: only NAT (-m) maps ports; {} keeps the port the client connected to{}",
+            forward.name(),
+            if service_port == 0 { String::new() } else { format!(" ({service_port}), not {p}") }
+        ),
+    }
+}
+
+/// One-packet scheduling keeps no connection entry, which a NAT real's replies need.
+pub fn check_one_packet(id: ServiceId, one_packet: bool, forward: ForwardMethod) -> Result<()> {
+    if one_packet && forward == ForwardMethod::Masq {
+        bail!("{id} schedules one packet at a time (-o): NAT (-m) reals need connection entries for their replies");
+    }
+    Ok(())
+}
+
 /// ipvsadm -a. A real removed earlier but still draining is brought back with its flows.
-pub fn add_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions, target: L2Target) -> Result<u32> {
-    check_real_options(&opts)?;
+pub fn add_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts: RealOptions, hop: NextHop) -> Result<u32> {
+    let real = real.into();
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
+    let port = check_real(id, real, &opts)?;
+    check_one_packet(id, info.flags & svc_flags::ONE_PACKET != 0, opts.forward)?;
     let all = reals(maps)?;
+    let key = (real.ip.octets(), port.to_be_bytes());
     let mine: Vec<&(u32, RealEntry)> =
-        all.iter().filter(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.sorry()).collect();
+        all.iter().filter(|(_, r)| r.service_id == info.id && (r.ip, r.port) == key && !r.sorry()).collect();
     if mine.iter().any(|(_, r)| !r.removed()) {
-        return Err(refuse(ipvs_msg::DEST_EXISTS, format!("{rip} in {id}")));
+        return Err(refuse(ipvs_msg::DEST_EXISTS, format!("{}:{port} in {id}", real.ip)));
     }
     let live = all.iter().filter(|(_, r)| r.service_id == info.id && !r.removed() && !r.sorry()).count() as u32;
     if live >= MAX_REALS_PER_SERVICE {
         return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers in {id} (at most {MAX_REALS_PER_SERVICE})")));
     }
-    let entry = RealEntry {
-        ip: rip.octets(),
+    let mut entry = RealEntry {
+        ip: key.0,
+        port: key.1,
+        forward: opts.forward.code(),
         service_id: info.id,
-        mac: target.mac.unwrap_or_default(),
-        flags: if target.mac.is_some() { real_flags::MAC_VALID } else { 0 },
-        ifindex: target.ifindex,
         weight: opts.weight,
         u_threshold: opts.u_threshold,
         l_threshold: opts.l_threshold,
+        ..Default::default()
     };
+    hop.apply(&mut entry);
     let real_id = match mine.first() {
         Some((revived, _)) => *revived,
         None => new_real_id(maps, &all)?,
@@ -570,43 +735,62 @@ fn new_real_id(maps: &mut Maps, all: &[(u32, RealEntry)]) -> Result<u32> {
     Ok(free)
 }
 
-fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, rip: Ipv4Addr) -> Result<(u32, RealEntry)> {
-    reals(maps)?
+/// The live real `real` names in the service; without a port, the one real at that
+/// address (a NAT real mapped to another port is found without repeating it).
+fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, real: RealAddr) -> Result<(u32, RealEntry)> {
+    let ip = real.ip.octets();
+    let candidates: Vec<(u32, RealEntry)> = reals(maps)?
         .into_iter()
-        .find(|(_, r)| r.service_id == info.id && r.ip == rip.octets() && !r.removed() && !r.sorry())
-        .ok_or_else(|| refuse(ipvs_msg::NO_DEST, format!("{rip} in {id}")))
+        .filter(|(_, r)| r.service_id == info.id && r.ip == ip && !r.removed() && !r.sorry())
+        .collect();
+    let found: Vec<&(u32, RealEntry)> = match real.port {
+        Some(p) => candidates.iter().filter(|(_, r)| r.port == p.to_be_bytes()).collect(),
+        None => candidates.iter().collect(),
+    };
+    match found[..] {
+        [one] => Ok(*one),
+        [] => Err(refuse(ipvs_msg::NO_DEST, format!("{real} in {id}"))),
+        _ => bail!("{} has several ports in {id}: name one as {}:PORT", real.ip, real.ip),
+    }
 }
 
 /// ipvsadm -e.
-pub fn edit_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, opts: RealOptions) -> Result<()> {
-    check_real_options(&opts)?;
+pub fn edit_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts: RealOptions) -> Result<()> {
+    let real = real.into();
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
-    let (real_id, mut real) = find_real(maps, &info, id, rip)?;
-    real.weight = opts.weight;
-    real.u_threshold = opts.u_threshold;
-    real.l_threshold = opts.l_threshold;
-    maps.reals.insert(real_id, real, 0)?;
+    check_one_packet(id, info.flags & svc_flags::ONE_PACKET != 0, opts.forward)?;
+    let (real_id, mut entry) = find_real(maps, &info, id, real)?;
+    check_real(id, RealAddr { ip: real.ip, port: Some(u16::from_be_bytes(entry.port)) }, &opts)?;
+    entry.forward = opts.forward.code();
+    entry.weight = opts.weight;
+    entry.u_threshold = opts.u_threshold;
+    entry.l_threshold = opts.l_threshold;
+    maps.reals.insert(real_id, entry, 0)?;
     rebuild(maps, info.id)
 }
 
 /// ipvsadm -d: no new flows; established ones continue or are dropped as
 /// expire_nodest_conn says.
-pub fn remove_real(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr) -> Result<()> {
+pub fn remove_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>) -> Result<()> {
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
-    let (real_id, mut real) = find_real(maps, &info, id, rip)?;
-    real.flags |= real_flags::REMOVED;
-    maps.reals.insert(real_id, real, 0)?;
+    let (real_id, mut entry) = find_real(maps, &info, id, real.into())?;
+    entry.flags |= real_flags::REMOVED;
+    maps.reals.insert(real_id, entry, 0)?;
     rebuild(maps, info.id)
 }
 
-/// Updates a real's MAC and interface (after the neighbour entry changed).
-pub fn set_real_target(maps: &mut Maps, real_id: u32, target: L2Target) -> Result<()> {
+/// Updates a real's next hop (after the route or neighbour entry changed).
+pub fn set_real_target(maps: &mut Maps, real_id: u32, hop: NextHop) -> Result<()> {
     let mut real = maps.reals.get(&real_id, 0).with_context(|| format!("real id {real_id} is not in use"))?;
-    real.mac = target.mac.unwrap_or_default();
-    real.ifindex = target.ifindex;
-    real.flags = (real.flags & !real_flags::MAC_VALID) | if target.mac.is_some() { real_flags::MAC_VALID } else { 0 };
+    hop.apply(&mut real);
     maps.reals.insert(real_id, real, 0)?;
     Ok(())
+}
+
+/// Every real in the maps (draining ones too: their flows still go somewhere) with its
+/// address and current next hop, for the controller's refresh.
+pub fn next_hops(maps: &Maps) -> Result<Vec<(u32, Ipv4Addr, NextHop)>> {
+    Ok(reals(maps)?.into_iter().map(|(id, r)| (id, Ipv4Addr::from(r.ip), NextHop::of(&r))).collect())
 }
 
 /// Rebuilds a service's real list and scheduling table in fresh pool slots, then
@@ -630,7 +814,8 @@ fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
         Some(Scheduler::Sh) => tables::sh_buckets(&weights),
         Some(Scheduler::Dh) => tables::dh_buckets(weights.len()),
         Some(Scheduler::Mh) => {
-            let keys: Vec<u32> = live.iter().map(|(_, r)| u32::from_be_bytes(r.ip)).collect();
+            let keys: Vec<u32> =
+                live.iter().map(|(_, r)| hash::real_key(u32::from_be_bytes(r.ip), u16::from_be_bytes(r.port))).collect();
             tables::maglev_table(&keys, &weights)
         }
         _ => Vec::new(), // scanning schedulers use the real list only
@@ -663,7 +848,7 @@ fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
 /// Marks a real up or down by its health check and reschedules around it.
 pub fn set_real_health(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, up: bool) -> Result<()> {
     let info = find_service(maps, id)?;
-    let (real_id, mut real) = find_real(maps, &info, id, rip)?;
+    let (real_id, mut real) = find_real(maps, &info, id, rip.into())?;
     let flags = if up { real.flags & !real_flags::HEALTH_DOWN } else { real.flags | real_flags::HEALTH_DOWN };
     if flags != real.flags {
         real.flags = flags;
@@ -696,7 +881,7 @@ pub fn set_sorry_active(maps: &mut Maps, id: ServiceId, active: bool) -> Result<
 }
 
 /// Sets or clears a service's sorry server (keepalived's sorry_server).
-pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr, L2Target)>) -> Result<()> {
+pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr, NextHop)>) -> Result<()> {
     let info = find_service(maps, id)?;
     let current = reals(maps)?.into_iter().find(|(_, r)| r.service_id == info.id && r.sorry() && !r.removed());
     if current.as_ref().map(|(_, r)| Ipv4Addr::from(r.ip)) == sorry.map(|(ip, _)| ip) {
@@ -709,16 +894,20 @@ pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr,
     if let Some((ip, target)) = sorry {
         let all = reals(maps)?;
         let free = new_real_id(maps, &all)?;
-        let entry = RealEntry {
-            ip: ip.octets(),
-            service_id: info.id,
-            mac: target.mac.unwrap_or_default(),
-            flags: real_flags::SORRY | if target.mac.is_some() { real_flags::MAC_VALID } else { 0 },
-            ifindex: target.ifindex,
-            weight: 1,
-            u_threshold: 0,
-            l_threshold: 0,
+        // The sorry server listens on the service's port (DR).
+        let port = match id {
+            ServiceId::Addr(a) => a.port,
+            ServiceId::Fwmark(_) => 0,
         };
+        let mut entry = RealEntry {
+            ip: ip.octets(),
+            port: port.to_be_bytes(),
+            service_id: info.id,
+            flags: real_flags::SORRY,
+            weight: 1,
+            ..Default::default()
+        };
+        target.apply(&mut entry);
         maps.reals.insert(free, entry, 0)?;
     }
     rebuild(maps, info.id)
@@ -738,11 +927,15 @@ pub fn set_settings(maps: &mut Maps, s: Settings) -> Result<()> {
 pub struct RealView {
     pub id: u32,
     pub address: Ipv4Addr,
+    /// The port frames reach it on (0 in a fwmark service: the client's).
+    pub port: u16,
+    pub forward: ForwardMethod,
     pub weight: u32,
     pub u_threshold: u32,
     pub l_threshold: u32,
-    /// "aa:bb:cc:dd:ee:ff", or None while the neighbour is unresolved.
+    /// The next hop's MAC "aa:bb:cc:dd:ee:ff", or None while unresolved.
     pub mac: Option<String>,
+    /// The interface towards it (0: no route).
     pub ifindex: u32,
     pub active_conns: u64,
     pub inactive_conns: u64,
@@ -760,6 +953,9 @@ pub struct RealView {
     pub health_reason: String,
     #[serde(default)]
     pub health_changes: u64,
+    /// NAT replies translated back to clients.
+    pub out_packets: u64,
+    pub out_bytes: u64,
     /// Rates over the daemon's last sampling interval (0 outside the daemon).
     #[serde(default)]
     pub cps: u64,
@@ -846,6 +1042,8 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
             reals.push(RealView {
                 id: *real_id,
                 address: Ipv4Addr::from(r.ip),
+                port: u16::from_be_bytes(r.port),
+                forward: ForwardMethod::from_code(r.forward),
                 weight: r.weight,
                 u_threshold: r.u_threshold,
                 l_threshold: r.l_threshold,
@@ -860,12 +1058,14 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
                 health: if r.health_down() { "down" } else { "-" }.to_string(),
                 health_reason: String::new(),
                 health_changes: 0,
+                out_packets: stats.out_packets,
+                out_bytes: stats.out_bytes,
                 cps: 0,
                 in_pps: 0,
                 in_bps: 0,
             });
         }
-        reals.sort_by_key(|r| r.address);
+        reals.sort_by_key(|r| (r.address, r.port));
         out.push(ServiceView {
             id,
             frontends: fronts,
@@ -901,6 +1101,8 @@ pub struct ConnView {
     pub client: String,
     pub virtual_address: String,
     pub real: Ipv4Addr,
+    pub real_port: u16,
+    pub forward: ForwardMethod,
     pub state: String,
     /// Seconds until the entry expires if idle.
     pub expires_in: u64,
@@ -930,6 +1132,8 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
             client: format!("{}:{}", Ipv4Addr::from(k.src), u16::from_be_bytes(k.sport)),
             virtual_address: format!("{}:{}", Ipv4Addr::from(k.dst), u16::from_be_bytes(k.dport)),
             real: Ipv4Addr::from(c.real_ip),
+            real_port: u16::from_be_bytes(c.real_port),
+            forward: ForwardMethod::from_code(c.forward),
             state: tcp::STATE_NAMES.get(c.state as usize).copied().unwrap_or("?").to_string(),
             expires_in: left,
         });

@@ -11,6 +11,10 @@
 //!
 //! Setup records the sysctl values it found and the addresses it added in a state file
 //! under /run/xlb, one per network namespace, so that teardown puts back exactly that.
+//!
+//! TUN mode (`--mode tun --iface NIC`) also attaches xlb's IPIP decapsulator to the NICs
+//! the director's tunnelled packets arrive on (see `decap`): the kernel needs no ipip
+//! module. Teardown of the last VIP detaches it.
 use std::{
     collections::BTreeMap,
     fmt, fs,
@@ -29,13 +33,10 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::netns;
+use crate::{decap, netns};
 
 /// Where setup keeps what teardown must restore (emptied at boot, like what it records).
 pub const STATE_DIR: &str = "/run/xlb";
-
-/// What TUN mode still lacks; said by setup and reported by status.
-pub const IPIP_DECAPSULATOR_MISSING: &str = "the IPIP decapsulator is not available yet";
 
 #[derive(clap::Subcommand)]
 pub enum RealserverCmd {
@@ -65,6 +66,10 @@ pub struct Target {
     /// How the director forwards to this real server.
     #[arg(long, value_enum, default_value = "dr")]
     pub mode: Mode,
+    /// TUN: a NIC the director's IPIP packets arrive on, to attach the decapsulator to
+    /// (repeat, or separate with commas; setup adds to those already attached).
+    #[arg(long = "iface", value_name = "IFACE", value_delimiter = ',', env = "XLB_DECAP_IFACE")]
+    pub ifaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -72,7 +77,7 @@ pub struct Target {
 pub enum Mode {
     /// Direct routing: the director rewrites the MAC address.
     Dr,
-    /// IP-in-IP tunnel: the director encapsulates (decapsulator not available yet).
+    /// IP-in-IP tunnel: the director encapsulates; xlb's XDP decapsulator unwraps.
     Tun,
 }
 
@@ -88,7 +93,7 @@ impl fmt::Display for Mode {
 /// Runs one `xlb realserver` subcommand; `output` is the global --output.
 pub fn command(cmd: RealserverCmd, output: Output) -> Result<()> {
     match cmd {
-        RealserverCmd::Setup { target } => setup(&target.vips, target.mode),
+        RealserverCmd::Setup { target } => setup(&target.vips, target.mode, &target.ifaces),
         RealserverCmd::Teardown { vips } => teardown(&vips),
         RealserverCmd::Status { target } => {
             let status = status(&target.vips, target.mode)?;
@@ -251,6 +256,9 @@ struct State {
     /// Sysctl key → its value before the first setup.
     previous_sysctls: BTreeMap<String, String>,
     vips: Vec<VipRecord>,
+    /// NICs the IPIP decapsulator is attached to (TUN mode).
+    #[serde(default)]
+    decap_ifaces: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -299,7 +307,7 @@ impl StateFile {
 /// namespace on the host (nsenter --net keeps the mounts). The netns cookie is never
 /// reused while the machine is up, unlike the namespace's inode number; kernels before
 /// 5.14 have no cookie, and there the inode is the best name available.
-fn netns_key() -> Result<String> {
+pub(crate) fn netns_key() -> Result<String> {
     if let Some(cookie) = netns_cookie() {
         return Ok(format!("netns-{cookie}"));
     }
@@ -332,8 +340,14 @@ fn comma_list(vips: &[Ipv4Addr]) -> String {
     vips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(", ")
 }
 
-pub fn setup(vips: &[Ipv4Addr], mode: Mode) -> Result<()> {
+pub fn setup(vips: &[Ipv4Addr], mode: Mode, ifaces: &[String]) -> Result<()> {
     let vips = checked_vips(vips)?;
+    if mode == Mode::Dr && !ifaces.is_empty() {
+        bail!("--iface names the NICs of TUN mode's decapsulator: DR needs none");
+    }
+    for iface in ifaces {
+        crate::rtnl::ifindex(iface).with_context(|| format!("--iface {iface}"))?;
+    }
     let addresses = Addresses::read()?;
     for &vip in &vips {
         let misplaced = addresses.misplaced(vip);
@@ -363,6 +377,16 @@ pub fn setup(vips: &[Ipv4Addr], mode: Mode) -> Result<()> {
             to_add.push(vip);
         }
     }
+    if mode == Mode::Tun {
+        for iface in ifaces {
+            if !state.decap_ifaces.contains(iface) {
+                state.decap_ifaces.push(iface.clone());
+            }
+        }
+        if state.decap_ifaces.is_empty() {
+            bail!("TUN mode needs --iface: the NIC(s) the director's IPIP packets arrive on");
+        }
+    }
     let mut to_change = Vec::new();
     for sysctl in &ARP_SYSCTLS {
         let current = sysctl.read()?;
@@ -388,24 +412,63 @@ pub fn setup(vips: &[Ipv4Addr], mode: Mode) -> Result<()> {
         info!("{}: {old} -> {}", sysctl.key(), sysctl.value);
     }
     if mode == Mode::Tun {
-        setup_ipip_decapsulator(&vips);
+        setup_ipip_decapsulator(&state)?;
+        println!(
+            "real server set up for TUN: {} on lo, ARP for them suppressed, IPIP decapsulated on {}",
+            comma_list(&vips),
+            state.decap_ifaces.join(", ")
+        );
+    } else {
+        println!("real server set up for {mode}: {} on lo, ARP for them suppressed", comma_list(&vips));
     }
-    println!("real server set up for {mode}: {} on lo, ARP for them suppressed", comma_list(&vips));
     Ok(())
 }
 
-/// TUN mode's hook: make this real server decapsulate the director's IPIP packets for
-/// `vips`. xlb has no decapsulator yet (tunnel mode is a later issue), so it says so.
-fn setup_ipip_decapsulator(_vips: &[Ipv4Addr]) {
-    warn!(
-        "TUN mode: {IPIP_DECAPSULATOR_MISSING}; the VIPs are on lo with ARP suppressed, but \
-         IPIP-encapsulated packets from the director are not received yet"
-    );
+/// TUN mode's hook: this real server decapsulates the director's IPIP packets for
+/// every VIP set up here, on the recorded NICs.
+fn setup_ipip_decapsulator(state: &State) -> Result<()> {
+    let vips: Vec<Ipv4Addr> = state.vips.iter().map(|r| r.vip).collect();
+    let ifaces = state.decap_ifaces.iter().cloned().collect();
+    decap::ensure(&decap::pin_dir(&netns_key()?), &vips, &ifaces)
 }
 
-/// TUN mode's status hook: whether IPIP packets for the VIPs are decapsulated.
-fn check_ipip_decapsulator() -> Check {
-    Check { check: "IPIP decapsulator for TUN mode".into(), ok: false, found: IPIP_DECAPSULATOR_MISSING.into() }
+/// TUN mode's status: the decapsulator attached to NICs, and serving each VIP.
+fn check_ipip_decapsulator(vips: &[Ipv4Addr]) -> Result<Vec<Check>> {
+    let dir = decap::pin_dir(&netns_key()?);
+    let ifaces = decap::attached(&dir)?;
+    if ifaces.is_empty() {
+        return Ok(vec![Check { check: "IPIP decapsulator attached".into(), ok: false, found: "not attached".into() }]);
+    }
+    let mut checks = Vec::new();
+    for iface in &ifaces {
+        let program = xdp_program_on(iface);
+        checks.push(Check {
+            check: format!("IPIP decapsulator on {iface}"),
+            ok: program == crate::loader::DECAP_PROGRAM,
+            found: program,
+        });
+    }
+    let served = decap::vips(&dir)?;
+    for vip in vips {
+        let ok = served.contains(vip);
+        checks.push(Check {
+            check: format!("{vip} decapsulated"),
+            ok,
+            found: if ok { "yes" } else { "no" }.into(),
+        });
+    }
+    Ok(checks)
+}
+
+/// The name of the XDP program on `iface` (from `ip -d -j link show`), or what is there instead.
+fn xdp_program_on(iface: &str) -> String {
+    let out = Command::new("ip").args(["-d", "-j", "link", "show", "dev", iface]).stdin(Stdio::null()).output();
+    let Ok(out) = out else { return "`ip link show` did not run".into() };
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    match links[0]["xdp"]["prog"]["name"].as_str() {
+        Some(name) => name.to_string(),
+        None => "no XDP program".into(),
+    }
 }
 
 /// Undoes setup for `vips` (all recorded VIPs if empty).
@@ -432,9 +495,17 @@ pub fn teardown(vips: &[Ipv4Addr]) -> Result<()> {
         state_file.save(&state)?;
     }
     if !state.vips.is_empty() {
+        if !state.decap_ifaces.is_empty() {
+            setup_ipip_decapsulator(&state)?;
+        }
         let left: Vec<Ipv4Addr> = state.vips.iter().map(|r| r.vip).collect();
         println!("ARP suppression kept: {} still set up", comma_list(&left));
         return Ok(());
+    }
+    if !state.decap_ifaces.is_empty() {
+        decap::remove(&decap::pin_dir(&netns_key()?))?;
+        state.decap_ifaces.clear();
+        state_file.save(&state)?;
     }
     // lo stays up: it was either up before or is needed by everything else anyway.
     for sysctl in &ARP_SYSCTLS {
@@ -454,6 +525,9 @@ pub struct Status {
     pub vips: Vec<Ipv4Addr>,
     pub complete: bool,
     pub checks: Vec<Check>,
+    /// TUN: the decapsulator's counters (decapsulated, pass_not_for_vip), when attached.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub decap_counters: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -473,6 +547,9 @@ impl Status {
             } else {
                 text += &format!("FAIL  {}: found {}\n", c.check, c.found);
             }
+        }
+        for (name, value) in &self.decap_counters {
+            text += &format!("decapsulator {name} {value}\n");
         }
         text
     }
@@ -507,11 +584,16 @@ pub fn status(vips: &[Ipv4Addr], mode: Mode) -> Result<Status> {
         let value = sysctl.read()?;
         checks.push(Check { check: format!("{} = {}", sysctl.key(), sysctl.value), ok: value == sysctl.value, found: value });
     }
+    let mut decap_counters = BTreeMap::new();
     if mode == Mode::Tun {
-        checks.push(check_ipip_decapsulator());
+        checks.extend(check_ipip_decapsulator(&vips)?);
+        let dir = decap::pin_dir(&netns_key()?);
+        if !decap::attached(&dir)?.is_empty() {
+            decap_counters = decap::counters(&dir)?.into_iter().collect();
+        }
     }
     let complete = checks.iter().all(|c| c.ok);
-    Ok(Status { mode, vips, complete, checks })
+    Ok(Status { mode, vips, complete, checks, decap_counters })
 }
 
 #[cfg(test)]

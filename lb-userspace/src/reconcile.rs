@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Config, ServiceConfig},
     maps::Maps,
-    neigh,
-    ops::{self, L2Target, RealOptions, Persistence, ServiceId, ServiceOptions},
+    nexthop,
+    ops::{self, NextHop, Persistence, RealAddr, RealOptions, ServiceId, ServiceOptions},
 };
 
 /// The maps' current state, in config form.
@@ -30,8 +30,8 @@ pub fn current(maps: &Maps) -> Result<Config> {
                 .reals
                 .iter()
                 .map(|r| {
-                    let opts = RealOptions { weight: r.weight, u_threshold: r.u_threshold, l_threshold: r.l_threshold, ..Default::default() };
-                    (r.address, opts)
+                    let opts = RealOptions { forward: r.forward, weight: r.weight, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
+                    (RealAddr { ip: r.address, port: Some(r.port) }.canonical(v.id), opts)
                 })
                 .collect(),
             sorry_server: v.sorry_server,
@@ -138,7 +138,7 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
             }
         }
     }
-    let targets = resolve_all(to_resolve.iter().map(|(_, rip, _)| *rip));
+    let targets = resolve_all(to_resolve.iter().map(|(_, real, _): &(ServiceId, RealAddr, RealOptions)| real.ip));
     for ((id, rip, opts), target) in to_resolve.iter().zip(targets) {
         ops::add_real(maps, *id, *rip, *opts, target)?;
         ch.reals_added += 1;
@@ -153,8 +153,8 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
     Ok(ch)
 }
 
-/// Neighbour entries for many reals at once: one solicitation round, one short wait.
-fn resolve_all(ips: impl Iterator<Item = Ipv4Addr>) -> Vec<L2Target> {
+/// Next hops for many reals at once: one solicitation round, one short wait.
+fn resolve_all(ips: impl Iterator<Item = Ipv4Addr>) -> Vec<NextHop> {
     let ips: Vec<Ipv4Addr> = ips.collect();
-    neigh::resolve_many(&ips, crate::run::RESOLVE_WAIT).into_iter().map(Option::unwrap_or_default).collect()
+    nexthop::resolve_many(&ips, crate::run::RESOLVE_WAIT)
 }

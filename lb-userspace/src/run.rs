@@ -1,14 +1,13 @@
 //! What long-running xlb processes share: stop signals, and real servers' MACs taken
 //! from (and kept in step with) the kernel's neighbour table.
 use std::{
-    net::Ipv4Addr,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::Result;
 
-use crate::{maps::Maps, neigh, ops};
+use crate::{maps::Maps, nexthop, ops};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -29,32 +28,43 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// How long commands wait for a real server's MAC before adding it unresolved.
+/// How long commands wait for a real server's next hop before adding it unresolved.
 pub const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
-/// Adds a real server, taking its MAC from the kernel's neighbour table. An unresolved
-/// real is added anyway: its frames go to the kernel until `xlb run` resolves it.
-pub fn add_real_resolving(maps: &mut Maps, svc: ops::ServiceId, rip: Ipv4Addr, opts: ops::RealOptions) -> Result<u32> {
-    let target = neigh::resolve(rip, RESOLVE_WAIT)?;
-    if target.is_none() {
-        tracing::warn!("{rip} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known");
+/// Adds a real server, its next hop taken from the kernel's routes and neighbours. An
+/// unresolved real is added anyway: its frames go to the kernel until `xlb run`
+/// resolves it.
+pub fn add_real_resolving(maps: &mut Maps, svc: ops::ServiceId, real: ops::RealAddr, opts: ops::RealOptions) -> Result<u32> {
+    let hop = nexthop::resolve(real.ip, RESOLVE_WAIT)?;
+    if hop.egress.is_none() {
+        tracing::warn!("no route to {}; it is added, and its traffic is passed to the kernel until there is one", real.ip);
+    } else if hop.mac.is_none() {
+        tracing::warn!(
+            "the next hop towards {} did not answer ARP yet; it is added, and its traffic is passed to the kernel until its MAC is known",
+            real.ip
+        );
     }
-    ops::add_real(maps, svc, rip, opts, target.unwrap_or_default())
+    ops::add_real(maps, svc, real, opts, hop)
 }
 
-/// Re-reads every real's neighbour entry and updates MACs that changed or appeared.
-pub fn refresh_neighbours(maps: &mut Maps) -> Result<()> {
-    for svc in ops::snapshot(maps)? {
-        for real in svc.reals {
-            let current = neigh::lookup(real.address)?;
-            let known = real.mac.as_deref().and_then(neigh::parse_mac);
-            match current {
-                Some(t) if t.mac != known || t.ifindex != real.ifindex => ops::set_real_target(maps, real.id, t)?,
-                Some(_) => {}
-                None => {
-                    neigh::solicit(real.address);
-                }
+/// Looks every real's next hop up again and updates those that changed; asks the kernel
+/// to resolve the ones still without a MAC.
+pub fn refresh_next_hops(maps: &mut Maps) -> Result<()> {
+    for (real_id, ip, known) in ops::next_hops(maps)? {
+        // One real the kernel cannot route to (say, an address of this host) must not
+        // keep the others from being refreshed.
+        let current = match nexthop::lookup(ip) {
+            Ok(hop) => hop,
+            Err(e) => {
+                tracing::warn!("real server {ip}: {e:#}");
+                continue;
             }
+        };
+        if current != known {
+            ops::set_real_target(maps, real_id, current)?;
+        }
+        if current.mac.is_none() {
+            nexthop::solicit(ip);
         }
     }
     Ok(())

@@ -1,7 +1,13 @@
-//! An LVS-DR cluster in network namespaces, as in the seeds' notes: a client, a director
-//! holding the VIP, and real servers with the VIP on lo and ARP suppressed
-//! (arp_ignore=1, arp_announce=2, by `xlb realserver setup`), all on one switch (a bridge in its own namespace).
-//! Used by `xlb demo` and the end-to-end tests. Everything is removed on drop.
+//! LVS clusters in network namespaces, as in the seeds' notes, each host a namespace and
+//! each LAN a bridge in a switch namespace. Used by `xlb demo` and the end-to-end tests.
+//! Everything is removed on drop.
+//!
+//! - [`DrCluster`]: LVS-DR (or LVS-TUN) on one LAN: a client, a director holding the VIP,
+//!   real servers with the VIP on lo and ARP suppressed (arp_ignore=1, arp_announce=2, by
+//!   `xlb realserver setup`; for TUN also xlb's IPIP decapsulator on their NIC).
+//! - [`NatCluster`]: LVS-NAT: the director is the real servers' gateway, with the VIP on
+//!   its public NIC and the DIP on its private one (the seeds' two-NIC director), or both
+//!   on one NIC (one arm).
 use std::{
     io::{BufRead, BufReader},
     net::Ipv4Addr,
@@ -16,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     loader::AttachMode,
     netns::{self, Netns},
+    ops::ForwardMethod,
 };
 
 pub const SUBNET_PREFIX: &str = "10.99.0";
@@ -29,6 +36,22 @@ pub const ECHO_PORT: u16 = 7000;
 
 pub fn rip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, 11 + i as u8)
+}
+
+/// LVS-NAT addresses: the public side (clients, VIP) and the private one (DIP, reals).
+pub const NAT_VIP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
+pub const NAT_CIP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
+/// The director's own public address.
+pub const NAT_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+/// The director's private address: the real servers' default gateway.
+pub const NAT_DIP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
+/// The port NAT real servers listen on (the service is VIP:80: port mapping).
+pub const NAT_REAL_PORT: u16 = 8080;
+/// The director's private NIC in the two-NIC layout.
+pub const PRIVATE_NIC: &str = "eth1";
+
+pub fn nat_rip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 98, 0, 11 + i as u8)
 }
 
 pub struct RealServer {
@@ -116,17 +139,146 @@ pub fn spawn_until_ready(what: &str, mut cmd: Command, timeout: Duration) -> Res
     }
 }
 
-/// What the XDP_PASS stub on the director's switch port is called among the children
-/// (it stays when the balancer is stopped and started again).
-const PASS_STUB: &str = "XDP pass stub on the switch port";
+/// Plugs `host`'s NIC `nic` into bridge `bridge` of `switch` through port `port`, with
+/// address `cidr`.
+fn plug(switch: &Netns, bridge: &str, host: &Netns, nic: &str, port: &str, cidr: &str) -> Result<()> {
+    netns::veth(host, nic, switch, port)?;
+    switch.ip(&["link", "set", port, "master", bridge])?;
+    switch.ip(&["link", "set", port, "up"])?;
+    host.ip(&["addr", "add", cidr, "dev", nic])?;
+    host.ip(&["link", "set", nic, "up"])?;
+    Ok(())
+}
 
+fn bridge(switch: &Netns, name: &str) -> Result<()> {
+    switch.ip(&["link", "add", name, "type", "bridge"])?;
+    switch.ip(&["link", "set", name, "up"]).map(drop)
+}
+
+/// The host sends frames with complete checksums. On veths a sender leaves TCP/UDP
+/// checksums to "offload", which never happens once XDP sends the frame on (XDP_TX or a
+/// redirect) or rewrites it; a real NIC fills them in before the wire.
+fn checksums_in_software(host: &Netns) -> Result<()> {
+    host.exec("ethtool", &["-K", NIC, "tx", "off"]).map(drop)
+}
+
+/// Starts real server `rs`'s HTTP server on `port` (it names itself).
+fn start_http(xlb: &Path, rs: &RealServer, port: u16) -> Result<ChildGuard> {
+    let mut cmd = rs.ns.command(xlb);
+    cmd.args(["http-serve", "--name", &rs.name, "--listen", &format!("0.0.0.0:{port}")]);
+    spawn_until_ready(&format!("HTTP server on {}", rs.name), cmd, Duration::from_secs(10)).map(|(g, _)| g)
+}
+
+/// Starts, on every real server, an HTTP server on `port` and a line echo server on
+/// ECHO_PORT (long-lived connections), both naming the server.
+fn start_http_servers(xlb: &Path, reals: &[RealServer], port: u16, children: &mut Vec<ChildGuard>) -> Result<()> {
+    for rs in reals {
+        children.push(start_http(xlb, rs, port)?);
+        let mut cmd = rs.ns.command(xlb);
+        cmd.args(["echo-serve", "--name", &rs.name, "--listen", &format!("0.0.0.0:{ECHO_PORT}")]);
+        let (guard, _) = spawn_until_ready(&format!("echo server on {}", rs.name), cmd, Duration::from_secs(10))?;
+        children.push(guard);
+    }
+    Ok(())
+}
+
+/// The parts every cluster has: the `xlb` binary, the director's pins, the processes.
+struct Director {
+    xlb: PathBuf,
+    pin_dir: PathBuf,
+    mode: AttachMode,
+    /// Processes (xlb run, HTTP servers, XDP stubs); stopped before the namespaces go.
+    children: Vec<ChildGuard>,
+}
+
+impl Director {
+    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
+        let mut cmd = ns.command(&self.xlb);
+        cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
+        cmd
+    }
+
+    /// `xlb run` (or `how`: `daemon`) on `nics` of `director`, with XDP stubs on the
+    /// switch ports facing them (native XDP_TX or a redirect into a veth is delivered only
+    /// if its peer runs XDP too); the stubs stay when the balancer stops and starts again.
+    fn start(&mut self, how: &str, director: &Netns, switch: &Netns, nics: &[&str], ports: &[&str], extra: &[&str]) -> Result<Vec<String>> {
+        let stubs_running = self.children.iter().any(|c| c.what.starts_with("XDP pass stub"));
+        if self.mode != AttachMode::Skb && !stubs_running {
+            for port in ports {
+                let mut stub = switch.command(&self.xlb);
+                stub.args(["xdp-pass-stub", "--iface", port]);
+                let (guard, _) = spawn_until_ready(&format!("XDP pass stub on switch port {port}"), stub, Duration::from_secs(20))?;
+                self.children.push(guard);
+            }
+        }
+        let mut args = vec![how];
+        for nic in nics {
+            args.extend(["--iface", nic]);
+        }
+        args.extend(["--mode", self.mode.name()]);
+        args.extend_from_slice(extra);
+        let cmd = self.command(director, &args);
+        let (guard, lines) = spawn_until_ready("xlb run on the director", cmd, Duration::from_secs(30))?;
+        self.children.push(guard);
+        Ok(lines)
+    }
+
+    fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let pos = self.children.iter().position(|c| c.what.starts_with("xlb run")).context("xlb run is not running")?;
+        self.children.remove(pos).interrupt()
+    }
+
+    /// SIGKILL to `xlb run`/`xlb daemon`: no cleanup of any kind.
+    fn kill(&mut self) -> Result<()> {
+        let pos = self.children.iter().position(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
+        self.children.remove(pos).kill_hard()
+    }
+
+    fn signal(&self, signal: i32) -> Result<()> {
+        let child = self.children.iter().find(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
+        unsafe { libc::kill(child.pid() as i32, signal) };
+        Ok(())
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        // xlb first (`run` detaches and unpins), then the rest; a `daemon` leaves its
+        // pins, so they go here, with its socket and saved state.
+        while let Some(child) = self.children.pop() {
+            drop(child);
+        }
+        crate::daemon::detach_and_unpin(&self.pin_dir);
+        let paths = crate::api::Paths::for_pin_dir(&self.pin_dir);
+        let _ = std::fs::remove_file(paths.state);
+        let _ = std::fs::remove_file(paths.socket);
+    }
+}
+
+/// `curl ARGS… URL` from `client` on CPU 0, so that round robin's per-CPU cursor sees
+/// every new connection. Returns the body.
+fn curl(client: &Netns, url: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["-c", "0", "curl", "--silent", "--show-error", "--fail", "--max-time", "10"];
+    all.extend_from_slice(args);
+    all.push(url);
+    client.exec("taskset", &all)
+}
+
+/// `curl --data-binary @FILE URL/upload`: the real's answer (its name, the length and hash it received).
+fn upload(client: &Netns, url: &str, file: &Path) -> Result<String> {
+    let data = format!("@{}", file.display());
+    curl(client, &format!("{url}/upload"), &["--data-binary", &data, "-H", "Content-Type: application/octet-stream"])
+}
+
+/// An LVS-DR cluster, or LVS-TUN on the same single LAN ([`DrCluster::build_tun`]).
 pub struct DrCluster {
     pub id: String,
     pub xlb: PathBuf,
     pub pin_dir: PathBuf,
     pub mode: AttachMode,
-    /// Processes (xlb run, HTTP servers, XDP stub); stopped before the namespaces go.
-    children: Vec<ChildGuard>,
+    /// Route (DR) or Tunnel (TUN).
+    pub method: ForwardMethod,
+    director_processes: Director,
     pub client: Netns,
     pub director: Netns,
     pub reals: Vec<RealServer>,
@@ -137,12 +289,21 @@ impl DrCluster {
     /// Builds the namespaces and links and starts an HTTP server on each real server.
     /// `xlb` is the binary used for the servers and, later, the balancer.
     pub fn build(xlb: &Path, real_count: usize, mode: AttachMode) -> Result<Self> {
+        Self::build_with(xlb, real_count, mode, ForwardMethod::Route)
+    }
+
+    /// LVS-TUN: as DR, and each real server decapsulates IPIP with xlb's XDP decapsulator
+    /// (this kernel has no ipip module).
+    pub fn build_tun(xlb: &Path, real_count: usize, mode: AttachMode) -> Result<Self> {
+        Self::build_with(xlb, real_count, mode, ForwardMethod::Tunnel)
+    }
+
+    fn build_with(xlb: &Path, real_count: usize, mode: AttachMode, method: ForwardMethod) -> Result<Self> {
         netns::require_root("the namespace cluster")?;
         let id = netns::run_id();
         let ns = |role: &str| Netns::create(&format!("xlb-{id}-{role}"));
         let switch = ns("sw")?;
-        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
-        switch.ip(&["link", "set", "br0", "up"])?;
+        bridge(&switch, "br0")?;
         let client = ns("client")?;
         let director = ns("dir")?;
         let mut reals = Vec::new();
@@ -150,76 +311,92 @@ impl DrCluster {
             let name = format!("rs{}", i + 1);
             reals.push(RealServer { ns: ns(&name)?, ip: rip(i), name });
         }
-        let mut cluster = Self {
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xlb-{id}")),
-            id,
-            xlb: xlb.to_owned(),
-            mode,
-            children: Vec::new(),
-            client,
-            director,
-            reals,
-            switch,
-        };
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
+        let director_processes = Director { xlb: xlb.to_owned(), pin_dir: pin_dir.clone(), mode, children: Vec::new() };
+        let mut cluster =
+            Self { pin_dir, id, xlb: xlb.to_owned(), mode, method, director_processes, client, director, reals, switch };
         cluster.wire()?;
-        cluster.start_http_servers()?;
+        start_http_servers(xlb, &cluster.reals, 80, &mut cluster.director_processes.children)?;
         Ok(cluster)
     }
 
-    /// Connects a host's eth0 to the bridge through a switch port named `port`.
-    pub fn plug(&self, host: &Netns, port: &str, addr: Ipv4Addr) -> Result<()> {
-        netns::veth(host, NIC, &self.switch, port)?;
-        self.switch.ip(&["link", "set", port, "master", "br0"])?;
-        self.switch.ip(&["link", "set", port, "up"])?;
-        host.ip(&["addr", "add", &format!("{addr}/24"), "dev", NIC])?;
-        host.ip(&["link", "set", NIC, "up"])?;
-        Ok(())
-    }
-
     fn wire(&mut self) -> Result<()> {
-        self.plug(&self.client, "p-client", CIP)?;
-        // XDP_TX leaves frames whose checksums the sender left to offload unfilled: the
-        // client computes them in software.
-        self.client.exec("ethtool", &["-K", NIC, "tx", "off"])?;
-        self.plug(&self.director, "p-dir", DIP)?;
+        plug(&self.switch, "br0", &self.client, NIC, "p-client", &format!("{CIP}/24"))?;
+        checksums_in_software(&self.client)?;
+        plug(&self.switch, "br0", &self.director, NIC, "p-dir", &format!("{DIP}/24"))?;
         // The director holds the VIP and answers ARP for it (ifconfig ens33:0 VIP/32 in the seeds).
         self.director.ip(&["addr", "add", &format!("{VIP}/32"), "dev", NIC])?;
         for rs in &self.reals {
-            self.plug(&rs.ns, &format!("p-{}", rs.name), rs.ip)?;
-            // The seeds' real-server script: VIP on lo, and never answer or announce it by ARP.
-            netns::run(rs.ns.command(&self.xlb).args(["realserver", "setup", "--vip", &VIP.to_string()]))?;
+            plug(&self.switch, "br0", &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;
+            // The seeds' real-server script: VIP on lo, and never answer or announce it by
+            // ARP; for TUN also the decapsulator on the NIC the tunnelled packets arrive on.
+            let mut setup = rs.ns.command(&self.xlb);
+            setup.args(["realserver", "setup", "--vip", &VIP.to_string()]);
+            if self.method == ForwardMethod::Tunnel {
+                setup.args(["--mode", "tun", "--iface", NIC]);
+            }
+            netns::run(&mut setup)?;
         }
         Ok(())
     }
 
-    /// On every real server: HTTP on :80 and a line echo on ECHO_PORT (long-lived
-    /// connections), both naming the server.
-    fn start_http_servers(&mut self) -> Result<()> {
-        for rs in &self.reals {
-            for (kind, port) in [("http-serve", 80), ("echo-serve", ECHO_PORT)] {
-                let mut cmd = rs.ns.command(&self.xlb);
-                cmd.args([kind, "--name", &rs.name, "--listen", &format!("0.0.0.0:{port}")]);
-                let (guard, _) = spawn_until_ready(&format!("{kind} on {}", rs.name), cmd, Duration::from_secs(10))?;
-                self.children.push(guard);
-            }
-        }
-        Ok(())
+    /// The director's `xlb` command line for `args` (what a user would type there).
+    pub fn xlb_command(&self, args: &[&str]) -> Command {
+        self.director_processes.command(&self.director, args)
+    }
+
+    /// Runs an `xlb` command on the director and returns its stdout.
+    pub fn xlb(&self, args: &[&str]) -> Result<String> {
+        netns::run(&mut self.xlb_command(args))
+    }
+
+    /// Starts `xlb run` on the director's NIC; returns the lines it printed (attach mode).
+    pub fn start_balancer(&mut self) -> Result<Vec<String>> {
+        self.start_balancer_with(&[])
+    }
+
+    /// `xlb run` with extra arguments (for example `--config FILE`).
+    pub fn start_balancer_with(&mut self, extra: &[&str]) -> Result<Vec<String>> {
+        self.director_processes.start("run", &self.director, &self.switch, &[NIC], &["p-dir"], extra)
+    }
+
+    /// `xlb daemon`: like `run`, but a stop signal leaves the fast path running.
+    pub fn start_daemon(&mut self, extra: &[&str]) -> Result<Vec<String>> {
+        self.director_processes.start("daemon", &self.director, &self.switch, &[NIC], &["p-dir"], extra)
+    }
+
+    /// Stops `xlb run` with SIGINT (as Ctrl-C would) and returns its exit status.
+    pub fn stop_balancer(&mut self) -> Result<std::process::ExitStatus> {
+        self.director_processes.stop()
+    }
+
+    /// Kills `xlb run`/`xlb daemon` with SIGKILL (no cleanup of any kind).
+    pub fn kill_balancer(&mut self) -> Result<()> {
+        self.director_processes.kill()
+    }
+
+    /// Sends `signal` to the running `xlb run`/`xlb daemon`.
+    pub fn signal_balancer(&self, signal: i32) -> Result<()> {
+        self.director_processes.signal(signal)
+    }
+
+    /// Connects another host's eth0 to the cluster's switch through port `port`.
+    pub fn plug(&self, host: &Netns, port: &str, addr: Ipv4Addr) -> Result<()> {
+        plug(&self.switch, "br0", host, NIC, port, &format!("{addr}/24"))
     }
 
     /// Stops real server `index`'s HTTP server (as if the service died).
     pub fn stop_http(&mut self, index: usize) -> Result<()> {
-        let what = format!("http-serve on {}", self.reals[index].name);
-        let pos = self.children.iter().position(|c| c.what == what).with_context(|| format!("{what} is not running"))?;
-        self.children.remove(pos).kill_hard()
+        let what = format!("HTTP server on {}", self.reals[index].name);
+        let children = &mut self.director_processes.children;
+        let pos = children.iter().position(|c| c.what == what).with_context(|| format!("{what} is not running"))?;
+        children.remove(pos).kill_hard()
     }
 
     /// Starts real server `index`'s HTTP server again.
     pub fn start_http(&mut self, index: usize) -> Result<()> {
-        let rs = &self.reals[index];
-        let mut cmd = rs.ns.command(&self.xlb);
-        cmd.args(["http-serve", "--name", &rs.name, "--listen", "0.0.0.0:80"]);
-        let (guard, _) = spawn_until_ready(&format!("http-serve on {}", rs.name), cmd, Duration::from_secs(10))?;
-        self.children.push(guard);
+        let guard = start_http(&self.xlb, &self.reals[index], 80)?;
+        self.director_processes.children.push(guard);
         Ok(())
     }
 
@@ -248,108 +425,175 @@ impl DrCluster {
         })
     }
 
-    /// The director's `xlb` command line for `args` (what a user would type there).
-    pub fn xlb_command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.director.command(&self.xlb);
-        cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
-        cmd
-    }
-
-    /// Runs an `xlb` command on the director and returns its stdout.
-    pub fn xlb(&self, args: &[&str]) -> Result<String> {
-        netns::run(&mut self.xlb_command(args))
-    }
-
-    /// Starts `xlb run` on the director's NIC; returns the lines it printed (attach mode).
-    pub fn start_balancer(&mut self) -> Result<Vec<String>> {
-        self.start_balancer_with(&[])
-    }
-
-    /// `xlb run` with extra arguments (for example `--config FILE`).
-    pub fn start_balancer_with(&mut self, extra: &[&str]) -> Result<Vec<String>> {
-        self.start_xlb("run", extra)
-    }
-
-    /// `xlb daemon`: like `run`, but a stop signal leaves the fast path running.
-    pub fn start_daemon(&mut self, extra: &[&str]) -> Result<Vec<String>> {
-        self.start_xlb("daemon", extra)
-    }
-
-    /// Kills `xlb run`/`xlb daemon` with SIGKILL (no cleanup of any kind).
-    pub fn kill_balancer(&mut self) -> Result<()> {
-        let pos = self.children.iter().position(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
-        let mut child = self.children.remove(pos);
-        child.kill_hard()
-    }
-
-    /// Sends `signal` to the running `xlb run`/`xlb daemon`.
-    pub fn signal_balancer(&self, signal: i32) -> Result<()> {
-        let child = self.children.iter().find(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
-        unsafe { libc::kill(child.pid() as i32, signal) };
-        Ok(())
-    }
-
-    fn start_xlb(&mut self, how: &str, extra: &[&str]) -> Result<Vec<String>> {
-        let stub_running = self.children.iter().any(|c| c.what == PASS_STUB);
-        if self.mode != AttachMode::Skb && !stub_running {
-            // Native XDP_TX on a veth is delivered only if the peer runs XDP too.
-            let mut stub = self.switch.command(&self.xlb);
-            stub.args(["xdp-pass-stub", "--iface", "p-dir"]);
-            let (guard, _) = spawn_until_ready(PASS_STUB, stub, Duration::from_secs(20))?;
-            self.children.push(guard);
-        }
-        let mut args = vec![how, "--iface", NIC, "--mode", self.mode.name()];
-        args.extend_from_slice(extra);
-        let cmd = self.xlb_command(&args);
-        let (guard, lines) = spawn_until_ready("xlb run on the director", cmd, Duration::from_secs(30))?;
-        self.children.push(guard);
-        Ok(lines)
-    }
-
-    /// Stops `xlb run` with SIGINT (as Ctrl-C would) and returns its exit status.
-    pub fn stop_balancer(&mut self) -> Result<std::process::ExitStatus> {
-        let pos = self
-            .children
-            .iter()
-            .position(|c| c.what.starts_with("xlb run"))
-            .context("xlb run is not running")?;
-        self.children.remove(pos).interrupt()
-    }
-
-    /// Adds the DR round-robin service VIP:80 with every real server.
+    /// Adds the round-robin service VIP:80 with every real server, by the cluster's method.
     pub fn configure_service(&self) -> Result<()> {
         let service = format!("{VIP}:80");
         self.xlb(&["service", "add", "tcp", &service, "--scheduler", "rr"])?;
+        let flag = if self.method == ForwardMethod::Tunnel { "-i" } else { "-g" };
         for rs in &self.reals {
-            self.xlb(&["real", "add", "tcp", &service, &rs.ip.to_string()])?;
+            self.xlb(&["real", "add", "tcp", &service, &rs.ip.to_string(), flag])?;
         }
         Ok(())
     }
 
-    /// `curl http://VIP/path` from the client, on CPU 0 so that round robin's per-CPU
-    /// cursor sees every new connection. Returns the body.
+    /// `curl http://VIP/path` from the client. Returns the body.
     pub fn curl(&self, path: &str) -> Result<String> {
-        self.client.exec(
-            "taskset",
-            &["-c", "0", "curl", "--silent", "--show-error", "--fail", "--max-time", "5", &format!("http://{VIP}{path}")],
-        )
+        curl(&self.client, &format!("http://{VIP}{path}"), &[])
+    }
+
+    /// Uploads `file` to a real server through the VIP; returns its answer.
+    pub fn upload(&self, file: &Path) -> Result<String> {
+        upload(&self.client, &format!("http://{VIP}"), file)
     }
 }
 
 impl Drop for DrCluster {
     fn drop(&mut self) {
-        // Stop xlb run first (it detaches and unpins), then the rest; the namespaces
-        // (and their veths) go when the Netns fields drop.
-        while let Some(child) = self.children.pop() {
-            drop(child);
-        }
-        // Setup's state file lives in the host's /run/xlb, which outlives the namespaces.
+        // Setup's state file lives in the host's /run/xlb, which outlives the namespaces,
+        // and the decapsulator's pins in the host's bpffs.
         for rs in &self.reals {
             let _ = netns::run(rs.ns.command(&self.xlb).args(["realserver", "teardown"]));
         }
-        crate::daemon::detach_and_unpin(&self.pin_dir);
-        let paths = crate::api::Paths::for_pin_dir(&self.pin_dir);
-        let _ = std::fs::remove_file(paths.state);
-        let _ = std::fs::remove_file(paths.socket);
+    }
+}
+
+/// The director's NICs in an LVS-NAT cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatLayout {
+    /// The seeds' director: VIP on the public NIC (eth0, with the clients), DIP on the
+    /// private NIC (eth1, with the real servers). Frames cross between NICs (redirect).
+    TwoNics,
+    /// One NIC on one LAN holding both the public and the private addresses; frames
+    /// leave by the NIC they came in on (XDP_TX).
+    OneArm,
+}
+
+/// An LVS-NAT cluster: the real servers' default gateway is the director's DIP, the
+/// director forwards (ip_forward=1), and they serve HTTP on [`NAT_REAL_PORT`] while the
+/// service is VIP:80.
+pub struct NatCluster {
+    pub id: String,
+    pub layout: NatLayout,
+    director_processes: Director,
+    pub client: Netns,
+    pub director: Netns,
+    pub reals: Vec<RealServer>,
+    pub switch: Netns,
+}
+
+impl NatCluster {
+    pub fn build(xlb: &Path, real_count: usize, mode: AttachMode, layout: NatLayout) -> Result<Self> {
+        netns::require_root("the namespace cluster")?;
+        let id = netns::run_id();
+        let ns = |role: &str| Netns::create(&format!("xlb-{id}-{role}"));
+        let switch = ns("sw")?;
+        let client = ns("client")?;
+        let director = ns("dir")?;
+        let mut reals = Vec::new();
+        for i in 0..real_count {
+            let name = format!("rs{}", i + 1);
+            reals.push(RealServer { ns: ns(&name)?, ip: nat_rip(i), name });
+        }
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
+        let director_processes = Director { xlb: xlb.to_owned(), pin_dir, mode, children: Vec::new() };
+        let mut cluster = Self { id, layout, director_processes, client, director, reals, switch };
+        cluster.wire()?;
+        start_http_servers(xlb, &cluster.reals, NAT_REAL_PORT, &mut cluster.director_processes.children)?;
+        Ok(cluster)
+    }
+
+    /// The bridges the public and the private sides are plugged into (one in one arm).
+    fn bridges(&self) -> (&'static str, &'static str) {
+        match self.layout {
+            NatLayout::TwoNics => ("br-pub", "br-priv"),
+            NatLayout::OneArm => ("br0", "br0"),
+        }
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        let (public, private) = self.bridges();
+        bridge(&self.switch, public)?;
+        if private != public {
+            bridge(&self.switch, private)?;
+        }
+        plug(&self.switch, public, &self.client, NIC, "p-client", &format!("{NAT_CIP}/24"))?;
+        checksums_in_software(&self.client)?;
+        // The seeds: the clients' gateway is the director too (the "firewall" in front).
+        self.client.ip(&["route", "add", "default", "via", &NAT_PUBLIC_IP.to_string()])?;
+        plug(&self.switch, public, &self.director, NIC, "p-dir", &format!("{NAT_PUBLIC_IP}/24"))?;
+        self.director.ip(&["addr", "add", &format!("{NAT_VIP}/32"), "dev", NIC])?;
+        let private_nic = match self.layout {
+            NatLayout::TwoNics => {
+                plug(&self.switch, private, &self.director, PRIVATE_NIC, "p-dir-priv", &format!("{NAT_DIP}/24"))?;
+                PRIVATE_NIC
+            }
+            NatLayout::OneArm => {
+                self.director.ip(&["addr", "add", &format!("{NAT_DIP}/24"), "dev", NIC])?;
+                NIC
+            }
+        };
+        // The seeds: `sysctl -w net.ipv4.ip_forward=1`, or the replies never leave.
+        self.director.sysctl("net.ipv4.ip_forward", "1")?;
+        // One arm: what the kernel forwards back out of the same NIC is no reason to
+        // tell hosts to go round the director.
+        self.director.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        self.director.sysctl(&format!("net.ipv4.conf.{private_nic}.send_redirects"), "0")?;
+        for rs in &self.reals {
+            plug(&self.switch, private, &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;
+            checksums_in_software(&rs.ns)?;
+            // `ip route add default dev eth0 via DIP`: the replies go through the director.
+            rs.ns.ip(&["route", "add", "default", "via", &NAT_DIP.to_string()])?;
+        }
+        Ok(())
+    }
+
+    pub fn xlb_command(&self, args: &[&str]) -> Command {
+        self.director_processes.command(&self.director, args)
+    }
+
+    pub fn xlb(&self, args: &[&str]) -> Result<String> {
+        netns::run(&mut self.xlb_command(args))
+    }
+
+    /// Where `xlb run` pins its maps.
+    pub fn pin_dir(&self) -> &Path {
+        &self.director_processes.pin_dir
+    }
+
+    /// `xlb run` on the director's NIC(s).
+    pub fn start_balancer(&mut self) -> Result<Vec<String>> {
+        let (nics, ports): (&[&str], &[&str]) = match self.layout {
+            NatLayout::TwoNics => (&[NIC, PRIVATE_NIC], &["p-dir", "p-dir-priv"]),
+            NatLayout::OneArm => (&[NIC], &["p-dir"]),
+        };
+        self.director_processes.start("run", &self.director, &self.switch, nics, ports, &[])
+    }
+
+    pub fn stop_balancer(&mut self) -> Result<std::process::ExitStatus> {
+        self.director_processes.stop()
+    }
+
+    /// ipvsadm -A -t VIP:80 -s rr; ipvsadm -a -t VIP:80 -r RIP:8080 -m for each real.
+    pub fn configure_service(&self) -> Result<()> {
+        let service = format!("{NAT_VIP}:80");
+        self.xlb(&["service", "add", "tcp", &service, "--scheduler", "rr"])?;
+        for rs in &self.reals {
+            self.xlb(&["real", "add", "tcp", &service, &format!("{}:{NAT_REAL_PORT}", rs.ip), "-m"])?;
+        }
+        Ok(())
+    }
+
+    /// `curl http://VIP/path` from the client.
+    pub fn curl(&self, path: &str) -> Result<String> {
+        curl(&self.client, &format!("http://{NAT_VIP}{path}"), &[])
+    }
+
+    /// `curl URL` from the client, to anything.
+    pub fn curl_url(&self, url: &str) -> Result<String> {
+        curl(&self.client, url, &[])
+    }
+
+    pub fn upload(&self, file: &Path) -> Result<String> {
+        upload(&self.client, &format!("http://{NAT_VIP}"), file)
     }
 }

@@ -201,10 +201,12 @@ fn ipvsadm_errors_are_exact_and_change_nothing() {
 fn the_seeds_ipvsadm_commands_run_unchanged() {
     let mut c = cluster(2);
     c.start_balancer().unwrap();
-    // Every DR command of the users' notes, verbatim (addresses outside this test's
-    // network are accepted and wait, unresolved, for their ARP answer).
+    // Every ipvsadm command of the users' notes, verbatim (addresses outside this test's
+    // network are accepted, their next hop unresolved until there is a route).
     for line in [
         "-A -t 172.30.0.200:80 -s rr",
+        "-a -t 172.30.0.200:80 -r 10.0.0.7:80 -m",
+        "-a -t 172.30.0.200:80 -r 10.0.0.14:80 -m",
         "-Ln",
         "-A -t 10.0.0.200:80 -s wrr",
         "-a -t 10.0.0.200:80 -r 10.0.0.7:80 -g",

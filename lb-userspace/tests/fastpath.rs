@@ -5,8 +5,8 @@ mod common;
 use common::{Instance, pin_to_cpu0};
 use lb_common::counter;
 use lb_userspace::{
-    fixtures::{self, Expected, Frame, POOL, RS1_MAC, RS2_MAC, VIP, XDP_PASS, XDP_TX},
-    ops::{self, L2Target, RealOptions, ServiceId},
+    fixtures::{self, Frame, POOL, RS1_MAC, RS2_MAC, VIP, XDP_PASS, XDP_TX},
+    ops::{self, NextHop, RealOptions, ServiceId},
 };
 
 fn instance() -> Instance {
@@ -22,21 +22,7 @@ fn pool_macs(inst: &mut Instance, sports: impl Iterator<Item = u16>) -> Vec<[u8;
 
 #[test]
 fn fixture_table() {
-    let mut inst = instance();
-    for case in fixtures::dr_cases() {
-        let before = inst.counters();
-        let (verdict, out) = inst.run(&case.input);
-        assert_eq!(verdict, case.verdict, "{}: verdict", case.name);
-        match &case.output {
-            Expected::Unchanged => assert_eq!(out, case.input, "{}: frame must pass untouched", case.name),
-            Expected::Frame(want) => assert_eq!(&out, want, "{}: output bytes", case.name),
-        }
-        let after = inst.counters();
-        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-            let want = if i as u32 == case.counter { b + 1 } else { *b };
-            assert_eq!(*a, want, "{}: counter {}", case.name, counter::NAMES[i]);
-        }
-    }
+    instance().check_cases(&fixtures::dr_cases());
 }
 
 #[test]
@@ -110,7 +96,7 @@ fn unresolved_real_passes_to_the_kernel() {
     let mut inst = instance();
     let svc = ServiceId::Addr(ops::Service { port: 9000, ..POOL });
     ops::add_service(&mut inst.maps, svc, fixtures::rr()).unwrap();
-    let unresolved = L2Target { mac: None, ifindex: 1 };
+    let unresolved = NextHop { mac: None, ..fixtures::RS1 };
     let real_id = ops::add_real(&mut inst.maps, svc, fixtures::RS1_IP, RealOptions::default(), unresolved).unwrap();
     let frame = Frame::tcp(VIP, 9000, 45000).bytes();
     let (verdict, out) = inst.run(&frame);

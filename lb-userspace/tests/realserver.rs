@@ -125,27 +125,48 @@ fn setup_is_idempotent_and_teardown_restores_what_it_changed() {
 }
 
 #[test]
-fn tun_mode_sets_up_lo_and_says_the_decapsulator_is_missing() {
+fn tun_mode_attaches_the_decapsulator_and_teardown_detaches_it() {
     let rs = RealServerNs::new();
+    rs.0.ip(&["link", "add", "nic0", "type", "veth", "peer", "name", "nic1"]).unwrap();
+    rs.0.ip(&["link", "set", "nic0", "up"]).unwrap();
+    let xdp_on_nic0 = || rs.0.ip(&["-d", "link", "show", "nic0"]).unwrap();
+    let defaults = rs.arp_sysctls();
+
     let out = rs.xlb(&["realserver", "setup", "--vip", "10.77.1.1", "--mode", "tun"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("TUN mode: the IPIP decapsulator is not available yet; the VIPs are on lo with ARP suppressed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "xlb: TUN mode needs --iface: the NIC(s) the director's IPIP packets arrive on\n");
+    assert_eq!(rs.arp_sysctls(), defaults, "a refused setup changes nothing");
+
+    let said = rs.xlb_ok(&["realserver", "setup", "--vip", "10.77.1.1", "--mode", "tun", "--iface", "nic0"]);
+    assert_eq!(said, "real server set up for TUN: 10.77.1.1 on lo, ARP for them suppressed, IPIP decapsulated on nic0\n");
     assert_eq!(rs.arp_sysctls(), SET_UP);
     assert!(rs.lo().contains("inet 10.77.1.1/32"), "{}", rs.lo());
+    assert!(xdp_on_nic0().contains("name xlb_decap"), "{}", xdp_on_nic0());
 
-    rs.xlb_ok(&["realserver", "status", "--vip", "10.77.1.1", "--mode", "dr"]);
-    let out = rs.xlb(&["realserver", "status", "--vip", "10.77.1.1", "--mode", "tun", "--output", "json"]);
-    assert_eq!(out.status.code(), Some(1));
+    // A second VIP: the same program, attached once, now serves both.
+    rs.xlb_ok(&["realserver", "setup", "--vip", "10.77.1.2", "--mode", "tun"]);
+    let out = rs.xlb(&["realserver", "status", "--vip", "10.77.1.1,10.77.1.2", "--mode", "tun", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let status = json(&out);
-    let failed: Vec<_> = status["checks"].as_array().unwrap().iter().filter(|c| c["ok"] == false).collect();
-    assert_eq!(failed.len(), 1, "{status}");
-    assert_eq!(failed[0]["check"], "IPIP decapsulator for TUN mode");
-    assert_eq!(failed[0]["found"], "the IPIP decapsulator is not available yet");
-    assert_eq!(stderr(&out), "xlb: this real server is not set up for TUN: 1 of 9 checks failed\n");
+    let check = |name: &str| status["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).cloned().unwrap();
+    assert_eq!(check("IPIP decapsulator on nic0")["found"], "xlb_decap", "{status}");
+    assert_eq!(check("10.77.1.2 decapsulated")["ok"], true, "{status}");
+    assert_eq!(status["decap_counters"]["decapsulated"], 0, "{status}");
+
+    // One VIP torn down: the decapsulator stays, for the other only.
+    rs.xlb_ok(&["realserver", "teardown", "--vip", "10.77.1.1"]);
+    let out = rs.xlb(&["realserver", "status", "--vip", "10.77.1.1", "--mode", "tun"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("FAIL  10.77.1.1 decapsulated: found no\n"), "{text}");
+    assert!(text.contains("ok    IPIP decapsulator on nic0\n"), "{text}");
+    rs.xlb_ok(&["realserver", "status", "--vip", "10.77.1.2", "--mode", "tun"]);
+
+    // The last one: detached, ARP restored.
+    rs.xlb_ok(&["realserver", "teardown"]);
+    assert!(!xdp_on_nic0().contains("xdp"), "{}", xdp_on_nic0());
+    assert_eq!(rs.arp_sysctls(), defaults);
+    let out = rs.xlb(&["realserver", "status", "--vip", "10.77.1.2", "--mode", "tun"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  IPIP decapsulator attached: found not attached\n"));
 }
 
 #[test]
@@ -163,6 +184,10 @@ fn bad_input_gives_exact_errors_and_changes_nothing() {
     assert!(err.starts_with("error: invalid value 'nat' for '--mode <MODE>'\n  [possible values: dr, tun]\n"), "{err}");
     let err = fails(&["realserver", "status"], 2);
     assert!(err.starts_with("error: the following required arguments were not provided:\n  --vip <VIP>\n"), "{err}");
+    let err = fails(&["realserver", "setup", "--vip", "10.0.0.1", "--iface", "eth0"], 1);
+    assert_eq!(err, "xlb: --iface names the NICs of TUN mode's decapsulator: DR needs none\n");
+    let err = fails(&["realserver", "setup", "--vip", "10.0.0.1", "--mode", "tun", "--iface", "nosuch0"], 1);
+    assert_eq!(err, "xlb: --iface nosuch0: no interface named nosuch0\n");
     let err = fails(&["realserver", "setup", "--vip", "127.0.0.5"], 1);
     assert_eq!(err, "xlb: 127.0.0.5 cannot be a VIP: it is a loopback address (127.0.0.0/8)\n");
 

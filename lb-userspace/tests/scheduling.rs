@@ -10,12 +10,12 @@ use common::{Instance, client, pin_to_cpu0, syn_from};
 use lb_common::{counter, tcp};
 use lb_userspace::{
     fixtures::{Frame, RS1, RS1_IP, RS1_MAC, RS2, RS2_IP, RS2_MAC, VIP, XDP_DROP, XDP_PASS, XDP_TX},
-    ops::{self, L2Target, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions},
+    ops::{self, NextHop, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions},
 };
 
 const RS3_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
 const RS3_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x13];
-const RS3: L2Target = L2Target { mac: Some(RS3_MAC), ifindex: 1 };
+const RS3: NextHop = NextHop { mac: Some(RS3_MAC), ..RS1 };
 
 fn web(port: u16) -> ServiceId {
     ServiceId::Addr(Service { proto: Proto::Tcp, vip: VIP, port })
@@ -126,8 +126,8 @@ fn maglev_moves_about_one_nth_when_a_real_leaves() {
     let id = web(80);
     let mut inst = Instance::empty();
     ops::add_service(&mut inst.maps, id, sched(Scheduler::Mh)).unwrap();
-    let reals: Vec<(Ipv4Addr, L2Target)> = (0..5u8)
-        .map(|i| (Ipv4Addr::new(10, 0, 1, 10 + i), L2Target { mac: Some([2, 0x6d, 0, 0, 0, i]), ifindex: 1 }))
+    let reals: Vec<(Ipv4Addr, NextHop)> = (0..5u8)
+        .map(|i| (Ipv4Addr::new(10, 0, 1, 10 + i), NextHop { mac: Some([2, 0x6d, 0, 0, 0, i]), ..RS1 }))
         .collect();
     for (ip, t) in &reals {
         ops::add_real(&mut inst.maps, id, *ip, RealOptions::default(), *t).unwrap();

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::median;
 use crate::{
-    fixtures::{self, Case, Expected, Frame, RS1_IP, RS1_MAC, RS2_IP, RS2_MAC, VIP, XDP_DROP, XDP_PASS},
+    fixtures::{self, Case, Expected, Frame, RS1_IP, RS2_IP, VIP, XDP_DROP, XDP_PASS},
     loader,
     maps::Maps,
-    ops::{self, L2Target, Proto, Scheduler, Service},
+    ops::{self, Proto, Scheduler, Service},
 };
 
 /// Schedulers the bench asks for, by their ipvsadm names; the ones `ops` does not know
@@ -247,8 +247,8 @@ impl Harness {
             let id = ops::ServiceId::Addr(svc);
             ops::add_service(&mut maps, id, ops::ServiceOptions { scheduler, ..Default::default() })?;
             let one = ops::RealOptions::default();
-            ops::add_real(&mut maps, id, RS1_IP, one, L2Target { mac: Some(RS1_MAC), ifindex: 1 })?;
-            ops::add_real(&mut maps, id, RS2_IP, one, L2Target { mac: Some(RS2_MAC), ifindex: 1 })?;
+            ops::add_real(&mut maps, id, RS1_IP, one, fixtures::RS1)?;
+            ops::add_real(&mut maps, id, RS2_IP, one, fixtures::RS2)?;
             scheduler_services.push((name, svc));
         }
         let mut harness = Self { ebpf, maps, frame, scheduler_services };

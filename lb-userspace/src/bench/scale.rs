@@ -26,7 +26,7 @@ use crate::{
     fixtures::{self, Frame, VIP},
     loader,
     maps::Maps,
-    ops::{self, L2Target, Proto, Scheduler, Service},
+    ops::{self, Proto, Scheduler, Service},
     testbed::{self, DrCluster},
 };
 
@@ -184,7 +184,7 @@ fn load_times(sizes: &[(u32, u32)]) -> Result<Vec<LoadRow>> {
     for &(services, reals) in sizes {
         let mut ebpf = loader::load()?;
         let mut maps = Maps::take(&mut ebpf, None)?;
-        let target = L2Target { mac: Some(fixtures::RS1_MAC), ifindex: 1 };
+        let target = fixtures::RS1;
         let start = Instant::now();
         for s in 0..services {
             let svc = Service { proto: Proto::Tcp, vip: std::net::Ipv4Addr::from(0x0a64_0000 + s), port: 80 };

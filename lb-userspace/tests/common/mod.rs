@@ -8,12 +8,18 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
 };
+use lb_common::counter;
 use lb_userspace::{
-    fixtures::{Frame, XDP_TX},
+    fixtures::{Case, Expected, Frame, XDP_TX},
     loader,
     maps::Maps,
     ops,
 };
+
+/// Bytes as hex, 16 to a line: a differing output shows where it differs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.chunks(16).map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+}
 
 pub struct Instance {
     pub ebpf: Ebpf,
@@ -39,12 +45,45 @@ impl Instance {
 
     /// One run of the balancer on `frame`: (verdict, output frame).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = loader::xdp(&mut self.ebpf, loader::BALANCE_PROGRAM).unwrap();
+        self.run_on(0, frame)
+    }
+
+    /// One run of `frame` arriving on interface `ingress` (0: none given, the
+    /// namespace's lo), which must exist in the calling thread's namespace.
+    pub fn run_on(&mut self, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(loader::BALANCE_PROGRAM, ingress, frame)
+    }
+
+    /// One run of the object's XDP program `program`.
+    pub fn run_program(&mut self, program: &str, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = loader::xdp(&mut self.ebpf, program).unwrap();
         let mut out = vec![0u8; frame.len() + 512];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() };
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let ctx_in = (ingress != 0).then_some(&md[..]);
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in, repeat: 1, ..Default::default() };
         let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)
+    }
+
+    /// Runs a fixture table in order, checking each case's verdict, exact output and
+    /// that exactly its counter (and no other) went up by one.
+    pub fn check_cases(&mut self, cases: &[Case]) {
+        for case in cases {
+            let before = self.counters();
+            let (verdict, out) = self.run_on(case.ingress, &case.input);
+            assert_eq!(verdict, case.verdict, "{}: verdict", case.name);
+            match &case.output {
+                Expected::Unchanged => assert_eq!(out, case.input, "{}: frame must pass untouched", case.name),
+                Expected::Frame(want) => assert_eq!(hex(&out), hex(want), "{}: output bytes", case.name),
+            }
+            let after = self.counters();
+            for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                let want = if i as u32 == case.counter { b + 1 } else { *b };
+                assert_eq!(*a, want, "{}: counter {}", case.name, counter::NAMES[i]);
+            }
+        }
     }
 
     /// Sends `frame`, which must be forwarded; returns the destination MAC.

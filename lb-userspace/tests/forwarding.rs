@@ -1,0 +1,232 @@
+//! NAT, TUN and forwarding between NICs through the real XDP object
+//! (BPF_PROG_TEST_RUN), inside a namespace standing for a two-NIC director (frames arrive
+//! on its NICs): the fixture tables' exact output bytes and counters, checksums
+//! recomputed from scratch, connection states seen from both sides, the reply table's
+//! life, the decapsulator, and next hops from the kernel.
+mod common;
+
+use common::Instance;
+use lb_common::{counter, decap_counter, map_names, tcp};
+use lb_userspace::{
+    fixtures::{
+        self, CLIENT_IP, DIP, DIRECTOR_PRIVATE_MAC, DirectorNet, Frame, NAT_WEB, PRIVATE_IFINDEX, PUBLIC_IFINDEX, RS1_IP, RS1_MAC,
+        VIP, XDP_PASS, XDP_REDIRECT, ethernet, internet_checksum,
+    },
+    loader, nexthop,
+    ops::{self, ForwardMethod, NextHop, RealOptions, ServiceId},
+};
+
+/// A fresh instance with the NAT and TUN services, run from inside `net`.
+fn instance() -> Instance {
+    let mut inst = Instance::empty();
+    fixtures::install_services(&mut inst.maps).expect("install the DR services");
+    fixtures::install_nat_tun_services(&mut inst.maps).expect("install the NAT and TUN services");
+    inst
+}
+
+fn director_net() -> DirectorNet {
+    common::require_root();
+    DirectorNet::create().expect("create the fixture namespace")
+}
+
+#[test]
+fn nat_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    instance().check_cases(&fixtures::nat_cases());
+}
+
+#[test]
+fn tun_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    instance().check_cases(&fixtures::tun_cases());
+}
+
+/// Every checksum of an IPv4 TCP/UDP frame (after `l3` bytes of link header) verifies.
+fn assert_checksums_valid(frame: &[u8], what: &str) {
+    let ip = &frame[14..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    assert_eq!(internet_checksum(&ip[..ihl]), 0, "{what}: IPv4 header checksum");
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let l4 = &ip[ihl..total];
+    let mut pseudo = ip[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    assert_eq!(internet_checksum(&pseudo), 0, "{what}: transport checksum");
+}
+
+#[test]
+fn nat_rewrites_keep_every_checksum_valid() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    // Many clients, ports and payloads: the incremental updates must always agree with
+    // a checksum computed from scratch.
+    let mut seed = 0x2545_f491u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for i in 0..300u32 {
+        let client = std::net::Ipv4Addr::from(0xac1e_0000 | (next() & 0xffff));
+        let sport = 1024 + (next() % 60000) as u16;
+        let payload: Vec<u8> = (0..(next() % 300)).map(|_| next() as u8).collect();
+        let udp = i % 3 == 0;
+        let syn = if udp {
+            Frame { src: client, payload: payload.clone(), ..Frame::udp(VIP, fixtures::NAT_DNS.port, sport) }
+        } else {
+            Frame { src: client, payload: payload.clone(), ..Frame::tcp(VIP, NAT_WEB.port, sport) }
+        };
+        let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &syn.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "flow {i}");
+        assert_checksums_valid(&out, &format!("flow {i} to the real"));
+        // The real's reply to that client.
+        let (rs, rport) = if udp { (fixtures::RS2_IP, 5353) } else { (RS1_IP, 8080) };
+        let reply = Frame { tcp_flags: 0x12, ..syn.reply_from(rs, rport, RS1_MAC, DIRECTOR_PRIVATE_MAC) };
+        let (verdict, out) = inst.run_on(PRIVATE_IFINDEX, &reply.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "flow {i}: reply");
+        assert_eq!(out[26..30], VIP.octets(), "flow {i}: reply source is the VIP");
+        assert_checksums_valid(&out, &format!("flow {i} back to the client"));
+    }
+}
+
+/// The connection table's entry for a client port of NAT_WEB.
+fn state(inst: &Instance, sport: u16) -> String {
+    let conns = ops::connections(&inst.maps).unwrap();
+    let c = conns.iter().find(|c| c.client == format!("{CLIENT_IP}:{sport}")).expect("connection listed");
+    assert_eq!((c.real, c.real_port, c.forward), (RS1_IP, 8080, ForwardMethod::Masq));
+    c.state.clone()
+}
+
+#[test]
+fn nat_connections_track_both_directions_and_count_both_ways() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    let client = |flags| Frame { tcp_flags: flags, ..Frame::tcp(VIP, NAT_WEB.port, 43000) };
+    let real = |flags| Frame { tcp_flags: flags, ..client(0).reply_from(RS1_IP, 8080, RS1_MAC, DIRECTOR_PRIVATE_MAC) };
+    let from_client = |inst: &mut Instance, flags| inst.run_on(PUBLIC_IFINDEX, &client(flags).bytes()).0;
+    let from_real = |inst: &mut Instance, flags| inst.run_on(PRIVATE_IFINDEX, &real(flags).bytes()).0;
+    let (syn, ack, fin, psh) = (tcp::FLAG_SYN, tcp::FLAG_ACK, tcp::FLAG_FIN, 0x08);
+    assert_eq!(from_client(&mut inst, syn), XDP_REDIRECT);
+    assert_eq!(state(&inst, 43000), "SYN_RECV");
+    assert_eq!(from_real(&mut inst, syn | ack), XDP_REDIRECT);
+    assert_eq!(state(&inst, 43000), "SYN_RECV");
+    assert_eq!(from_client(&mut inst, ack), XDP_REDIRECT);
+    assert_eq!(state(&inst, 43000), "ESTABLISHED");
+    assert_eq!(inst.load(ServiceId::Addr(NAT_WEB), RS1_IP), (1, 0));
+    assert_eq!(from_real(&mut inst, ack | psh), XDP_REDIRECT);
+    // The server closes first (HTTP with Connection: close): IPVS's OUTPUT then INPUT tables.
+    assert_eq!(from_real(&mut inst, fin | ack), XDP_REDIRECT);
+    assert_eq!(state(&inst, 43000), "FIN_WAIT");
+    assert_eq!(from_client(&mut inst, fin | ack), XDP_REDIRECT);
+    assert_eq!(state(&inst, 43000), "TIME_WAIT");
+    assert_eq!(from_real(&mut inst, ack), XDP_REDIRECT);
+    assert_eq!(inst.load(ServiceId::Addr(NAT_WEB), RS1_IP), (0, 1));
+    let view = inst.service(ServiceId::Addr(NAT_WEB));
+    let r = &view.reals[0];
+    assert_eq!((r.port, r.forward, r.conns, r.packets, r.out_packets), (8080, ForwardMethod::Masq, 1, 3, 4));
+    assert_eq!(inst.counter(counter::TX_NAT), 3);
+    assert_eq!(inst.counter(counter::TX_NAT_REPLY), 4);
+}
+
+#[test]
+fn an_expired_nat_connection_takes_its_reply_entry_along() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    let syn = Frame::tcp(VIP, NAT_WEB.port, 44000);
+    let reply = Frame { tcp_flags: 0x12, ..syn.reply_from(RS1_IP, 8080, RS1_MAC, DIRECTOR_PRIVATE_MAC) };
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn.bytes()).0, XDP_REDIRECT);
+    assert_eq!(inst.maps.nat_replies.iter().count(), 1);
+    inst.age_connections(3600);
+    assert_eq!(inst.sweep().conns_expired, 1);
+    assert_eq!(inst.maps.nat_replies.iter().count(), 0, "the reply entry goes with its connection");
+    let (verdict, out) = inst.run_on(PRIVATE_IFINDEX, &reply.bytes());
+    assert_eq!((verdict, out), (XDP_PASS, reply.bytes()), "a reply with no connection is not translated");
+    assert_eq!(inst.counter(counter::PASS_NOT_VIP), 1);
+    // Idle past its timeout, the fast path expires it on the next reply, too.
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn.bytes()).0, XDP_REDIRECT);
+    inst.age_connections(3600);
+    assert_eq!(inst.run_on(PRIVATE_IFINDEX, &reply.bytes()).0, XDP_PASS);
+    assert_eq!(inst.maps.nat_replies.iter().count(), 0);
+    assert_eq!(inst.maps.conns.iter().count(), 0);
+    assert_eq!(inst.load(ServiceId::Addr(NAT_WEB), RS1_IP), (0, 0));
+}
+
+#[test]
+fn nat_real_ports_are_checked_and_name_reals() {
+    let mut inst = Instance::empty();
+    let web = ServiceId::Addr(NAT_WEB);
+    ops::add_service(&mut inst.maps, web, fixtures::rr()).unwrap();
+    let nat = RealOptions { forward: ForwardMethod::Masq, ..Default::default() };
+    let at = |port| ops::RealAddr { ip: RS1_IP, port: Some(port) };
+    ops::add_real(&mut inst.maps, web, at(8080), nat, fixtures::RS1).unwrap();
+    ops::add_real(&mut inst.maps, web, at(8081), nat, fixtures::RS1).unwrap();
+    let err = |r: anyhow::Result<()>| format!("{:#}", r.unwrap_err());
+    assert!(err(ops::add_real(&mut inst.maps, web, at(8080), nat, fixtures::RS1).map(drop)).contains("Destination already exists"));
+    let dr = RealOptions::default();
+    assert!(err(ops::add_real(&mut inst.maps, web, at(8082), dr, fixtures::RS1).map(drop)).contains("only NAT (-m) maps ports"));
+    assert!(err(ops::remove_real(&mut inst.maps, web, RS1_IP)).contains("several ports"));
+    assert!(err(ops::edit_real(&mut inst.maps, web, at(8080), dr)).contains("only NAT (-m) maps ports"));
+    ops::remove_real(&mut inst.maps, web, at(8081)).unwrap();
+    // One port left: the address alone names it.
+    ops::edit_real(&mut inst.maps, web, RS1_IP, RealOptions { weight: 5, ..nat }).unwrap();
+    let reals = inst.service(web).reals;
+    assert_eq!(reals.iter().map(|r| (r.port, r.weight)).collect::<Vec<_>>(), vec![(8080, 5)]);
+    let dns = ServiceId::Addr(fixtures::DNS);
+    ops::add_service(&mut inst.maps, dns, ops::ServiceOptions { one_packet: true, ..fixtures::rr() }).unwrap();
+    assert!(err(ops::add_real(&mut inst.maps, dns, RS1_IP, nat, fixtures::RS1).map(drop)).contains("one packet at a time"));
+}
+
+#[test]
+fn decapsulator_unwraps_ipip_for_its_vips_only() {
+    let mut inst = Instance::empty();
+    let mut vips: aya::maps::HashMap<_, [u8; 4], u8> =
+        aya::maps::HashMap::try_from(inst.ebpf.map_mut(map_names::DECAP_VIPS).unwrap()).unwrap();
+    vips.insert(VIP.octets(), 1, 0).unwrap();
+    let mut decap = |frame: &[u8]| inst.run_program(loader::DECAP_PROGRAM, 0, frame);
+
+    let inner = Frame { payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(), ..Frame::tcp(VIP, 80, 40000) };
+    let tunnelled = inner.tunnelled(DIP, RS1_IP, RS1_MAC, DIRECTOR_PRIVATE_MAC);
+    let (verdict, out) = decap(&tunnelled);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, ethernet(RS1_MAC, DIRECTOR_PRIVATE_MAC, 0x0800, &inner.packet()), "the inner packet, as if it came plain");
+
+    let elsewhere = Frame::tcp(std::net::Ipv4Addr::new(10, 0, 0, 200), 80, 40001).tunnelled(DIP, RS1_IP, RS1_MAC, DIRECTOR_PRIVATE_MAC);
+    let plain = inner.routed_to(RS1_MAC).bytes();
+    let outer_only = tunnelled[..34].to_vec();
+    for (what, frame) in [("IPIP for another VIP", &elsewhere), ("a plain frame", &plain), ("IPIP cut after the outer header", &outer_only)] {
+        let (verdict, out) = decap(frame);
+        assert_eq!((verdict, &out), (XDP_PASS, frame), "{what} passes untouched");
+    }
+    let stats: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(inst.ebpf.map(map_names::DECAP_STATS).unwrap()).unwrap();
+    let count = |i: u32| stats.get(&i, 0).unwrap().iter().sum::<u64>();
+    assert_eq!((count(decap_counter::DECAPSULATED), count(decap_counter::PASS_NOT_FOR_VIP)), (1, 1));
+}
+
+#[test]
+fn next_hops_come_from_the_kernels_routes_and_neighbours() {
+    let net = director_net();
+    let gateway_mac = [0x02, 0x6a, 0, 0, 0, 1];
+    net.ns.ip(&["neigh", "add", "10.0.0.1", "lladdr", "02:6a:00:00:00:01", "dev", "priv0", "nud", "permanent"]).unwrap();
+    net.ns.ip(&["neigh", "add", "10.0.0.11", "lladdr", "02:5e:00:00:00:11", "dev", "priv0", "nud", "permanent"]).unwrap();
+    net.ns.ip(&["route", "add", "10.1.0.0/24", "via", "10.0.0.1", "mtu", "1400"]).unwrap();
+    let _inside = net.enter().unwrap();
+    let private = |mtu| Some(ops::Egress { ifindex: PRIVATE_IFINDEX, mac: DIRECTOR_PRIVATE_MAC, mtu, src: DIP });
+    // On the link: the real's own MAC, the interface's MTU.
+    assert_eq!(nexthop::lookup(RS1_IP).unwrap(), NextHop { egress: private(1500), mac: Some(RS1_MAC) });
+    // Routed (TUN across networks): the router's MAC, the route's MTU.
+    let routed = std::net::Ipv4Addr::new(10, 1, 0, 5);
+    assert_eq!(nexthop::lookup(routed).unwrap(), NextHop { egress: private(1400), mac: Some(gateway_mac) });
+    // Routed but not resolved yet, and not routed at all.
+    assert_eq!(nexthop::lookup(fixtures::RS2_IP).unwrap(), NextHop { egress: private(1500), mac: None });
+    assert_eq!(nexthop::lookup(fixtures::UNROUTABLE_CLIENT_IP).unwrap(), NextHop::default());
+    let err = nexthop::lookup(DIP).unwrap_err().to_string();
+    assert!(err.contains("is an address of this host"), "{err}");
+}
