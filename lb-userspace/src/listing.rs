@@ -5,7 +5,7 @@ use crate::ops::{ConnView, Service, ServiceId, ServiceView};
 
 fn service_line(s: &ServiceView) -> String {
     let mut line = match s.id {
-        ServiceId::Addr(a) => format!("{:<4} {}:{} {}", a.proto.name(), a.vip, a.port, s.scheduler),
+        ServiceId::Addr(a) => format!("{:<4} {} {}", a.proto.name(), a.endpoint(), s.scheduler),
         ServiceId::Fwmark(m) => format!("FWM  {m} {}", s.scheduler),
     };
     if !s.sched_flags.is_empty() {
@@ -13,7 +13,7 @@ fn service_line(s: &ServiceView) -> String {
     }
     if let Some(p) = s.persistence {
         let _ = write!(line, " persistent {}", p.timeout);
-        if p.netmask != std::net::Ipv4Addr::BROADCAST {
+        if p.netmask != crate::ops::ONE_CLIENT {
             let _ = write!(line, " mask {}", p.netmask);
         }
     }
@@ -38,14 +38,15 @@ pub fn fold_frontends(list: &[Service]) -> Vec<String> {
             j += 1;
         }
         let ports = if j > i { format!("{}-{}", first.port, list[j].port) } else { first.port.to_string() };
-        out.push(format!("{} {}:{ports}", first.proto.name(), first.vip));
+        let vip = if first.vip.is_ipv4() { first.vip.to_string() } else { format!("[{}]", first.vip) };
+        out.push(format!("{} {vip}:{ports}", first.proto.name()));
         i = j + 1;
     }
     out
 }
 
 fn real_address(r: &crate::ops::RealView) -> String {
-    format!("{}:{}", r.address, r.port)
+    std::net::SocketAddr::new(r.address, r.port).to_string()
 }
 
 /// `xlb list`: ipvsadm -L -n's layout.
@@ -87,7 +88,7 @@ pub fn stats_table(services: &[ServiceView]) -> String {
             (a.0 + r.conns, a.1 + r.packets, a.2 + r.bytes, a.3 + r.out_packets, a.4 + r.out_bytes)
         });
         let name = match s.id {
-            ServiceId::Addr(a) => format!("{:<4} {}:{}", a.proto.name(), a.vip, a.port),
+            ServiceId::Addr(a) => format!("{:<4} {}", a.proto.name(), a.endpoint()),
             ServiceId::Fwmark(m) => format!("FWM  {m}"),
         };
         let _ = writeln!(out, "{name:<33} {conns:>8} {pkts:>8} {out_pkts:>8} {bytes:>8} {out_bytes:>8}");
@@ -115,8 +116,12 @@ pub fn conns_table(conns: &[ConnView]) -> String {
         let expire = format!("{:02}:{:02}", c.expires_in / 60, c.expires_in % 60);
         let _ = writeln!(
             out,
-            "{:<3} {expire:<6} {:<11} {:<21} {:<21} {}:{}",
-            c.proto, c.state, c.client, c.virtual_address, c.real, c.real_port
+            "{:<3} {expire:<6} {:<11} {:<21} {:<21} {}",
+            c.proto,
+            c.state,
+            c.client,
+            c.virtual_address,
+            std::net::SocketAddr::new(c.real, c.real_port)
         );
     }
     out
@@ -129,9 +134,12 @@ mod tests {
 
     #[test]
     fn frontends_fold_into_ranges() {
-        let vip = std::net::Ipv4Addr::new(10, 0, 0, 1);
+        let vip = "10.0.0.1".parse().unwrap();
         let f = |proto, port| Service { proto, vip, port };
         let list = [f(Proto::Tcp, 80), f(Proto::Tcp, 443), f(Proto::Tcp, 444), f(Proto::Tcp, 445), f(Proto::Udp, 446)];
         assert_eq!(fold_frontends(&list), vec!["TCP 10.0.0.1:80", "TCP 10.0.0.1:443-445", "UDP 10.0.0.1:446"]);
+        let vip6 = "2001:db8::1".parse().unwrap();
+        let list6 = [Service { proto: Proto::Tcp, vip: vip6, port: 80 }, Service { proto: Proto::Tcp, vip: vip6, port: 81 }];
+        assert_eq!(fold_frontends(&list6), vec!["TCP [2001:db8::1]:80-81"]);
     }
 }

@@ -80,6 +80,10 @@ enum Cmd {
         /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
         #[arg(long, value_parser = parse_switch)]
         sloppy_tcp: Option<bool>,
+        /// Answer ICMP echo (ping) to the VIPs in the fast path (off: the kernel answers
+        /// if it holds the VIP).
+        #[arg(long, value_parser = parse_switch)]
+        icmp_echo: Option<bool>,
     },
     /// Show the timeouts (ipvsadm -L --timeout).
     Timeout,
@@ -159,9 +163,10 @@ struct SchedArgs {
     /// Persistent service, optionally with the timeout in seconds (default 300).
     #[arg(long, short = 'p', num_args = 0..=1, default_missing_value = "300", value_name = "TIMEOUT")]
     persistent: Option<u32>,
-    /// Persistence granularity: clients in one network share a real.
-    #[arg(long, short = 'M', requires = "persistent")]
-    netmask: Option<std::net::Ipv4Addr>,
+    /// Persistence granularity: clients in one network share a real (an IPv4 netmask;
+    /// for IPv6 a prefix length or an IPv6 netmask).
+    #[arg(long, short = 'M', requires = "persistent", value_parser = ops::parse_netmask)]
+    netmask: Option<std::net::IpAddr>,
     /// One-packet scheduling (UDP).
     #[arg(long, short = 'o')]
     ops: bool,
@@ -174,7 +179,7 @@ impl SchedArgs {
             sched_flags: ops::parse_sched_flags(&self.sched_flags)?,
             persistence: self.persistent.map(|timeout| Persistence {
                 timeout,
-                netmask: self.netmask.unwrap_or(std::net::Ipv4Addr::BROADCAST),
+                netmask: self.netmask.unwrap_or(ops::ONE_CLIENT),
             }),
             one_packet: self.ops,
         })
@@ -408,7 +413,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
-        Cmd::Set { tcp: tcp_timeout, tcpfin, udp, expire_nodest_conn, sloppy_tcp } => {
+        Cmd::Set { tcp: tcp_timeout, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
             let (mut maps, _lock) = run::open(&pin_dir)?;
             let mut s = ops::settings(&maps)?;
             // ipvsadm --set: 0 leaves a value unchanged.
@@ -426,6 +431,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             if let Some(on) = sloppy_tcp {
                 s.sloppy_tcp = on as u32;
+            }
+            if let Some(on) = icmp_echo {
+                s.icmp_echo = on as u32;
             }
             ops::set_settings(&mut maps, s)
         }
