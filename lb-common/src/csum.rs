@@ -33,18 +33,20 @@ pub fn checksum(bytes: &[u8]) -> u16 {
     !fold(sum_words(bytes))
 }
 
-/// RFC 1624 eqn. 3: the checksum after one 16-bit word of the covered data changes
-/// from `old` to `new`: HC' = ~(~HC + ~m + m').
+/// The one's-complement difference a 16-bit word's change from `old` to `new` makes to
+/// a sum (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), this is ~m + m'). Differences add
+/// up; [`apply`] puts their total into a checksum, so one pass over a changed field
+/// serves every checksum covering it.
 #[inline(always)]
-pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
-    !fold((!check) as u32 + (!old) as u32 + new as u32)
+pub const fn diff16(old: u16, new: u16) -> u32 {
+    (!old) as u32 + new as u32
 }
 
-/// As [`update16`] for a 4-byte field (an IPv4 address) given in wire order.
+/// A checksum after changes whose differences ([`diff16`]) total `diff` (at most a few
+/// thousand words' worth: the total stays far below u32::MAX).
 #[inline(always)]
-pub const fn update32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let c = update16(check, u16::from_be_bytes([old[0], old[1]]), u16::from_be_bytes([new[0], new[1]]));
-    update16(c, u16::from_be_bytes([old[2], old[3]]), u16::from_be_bytes([new[2], new[3]]))
+pub const fn apply(check: u16, diff: u32) -> u16 {
+    !fold(fold((!check) as u32 + diff) as u32)
 }
 
 /// A UDP checksum after an update: 0 means "no checksum" on the wire, so a computed 0
@@ -74,18 +76,57 @@ pub struct Ipv4Fields {
     pub dst: [u8; 4],
 }
 
-/// An IPv4 header without options, with its checksum.
+/// Writes an IPv4 header without options, with its checksum, into `h`. The builders
+/// write in place (into the frame, in the fast path): a header built on the BPF stack
+/// and copied costs stack room the call chain has not.
 #[inline(always)]
-pub fn ipv4_header(f: &Ipv4Fields) -> [u8; IPV4_HEADER_LEN] {
-    let (len, id, frag, src, dst) = (f.total_len.to_be_bytes(), f.id.to_be_bytes(), f.frag.to_be_bytes(), f.src, f.dst);
-    let mut h = [
-        0x45, f.tos, len[0], len[1], id[0], id[1], frag[0], frag[1], DEFAULT_TTL, f.proto, 0, 0, src[0], src[1], src[2],
-        src[3], dst[0], dst[1], dst[2], dst[3],
-    ];
-    let c = checksum(&h).to_be_bytes();
+pub fn ipv4_header(h: &mut [u8; IPV4_HEADER_LEN], f: &Ipv4Fields) {
+    let (len, id, frag) = (f.total_len.to_be_bytes(), f.id.to_be_bytes(), f.frag.to_be_bytes());
+    h[0] = 0x45;
+    h[1] = f.tos;
+    h[2] = len[0];
+    h[3] = len[1];
+    h[4] = id[0];
+    h[5] = id[1];
+    h[6] = frag[0];
+    h[7] = frag[1];
+    h[8] = DEFAULT_TTL;
+    h[9] = f.proto;
+    h[10] = 0;
+    h[11] = 0;
+    let mut i = 0;
+    while i < 4 {
+        h[12 + i] = f.src[i];
+        h[16 + i] = f.dst[i];
+        i += 1;
+    }
+    let c = checksum(h).to_be_bytes();
     h[10] = c[0];
     h[11] = c[1];
-    h
+}
+
+pub const IPV6_HEADER_LEN: usize = 40;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Writes an IPv6 header (flow label 0, hop limit [`DEFAULT_TTL`]) into `h`.
+#[inline(always)]
+pub fn ipv6_header(h: &mut [u8; IPV6_HEADER_LEN], traffic_class: u8, payload_len: u16, next_header: u8, src: &[u8; 16], dst: &[u8; 16]) {
+    let len = payload_len.to_be_bytes();
+    h[0] = 0x60 | (traffic_class >> 4);
+    h[1] = traffic_class << 4;
+    h[2] = 0;
+    h[3] = 0;
+    h[4] = len[0];
+    h[5] = len[1];
+    h[6] = next_header;
+    h[7] = DEFAULT_TTL;
+    let mut i = 0;
+    while i < 16 {
+        h[8 + i] = src[i];
+        h[24 + i] = dst[i];
+        i += 1;
+    }
 }
 
 pub const ICMP_HEADER_LEN: usize = 8;
@@ -94,16 +135,30 @@ pub const ICMP_HEADER_LEN: usize = 8;
 /// host needs to find the socket), and a multiple of 4.
 pub const ICMP_QUOTE_LEN: usize = 128;
 
-/// ICMP destination unreachable / fragmentation needed (type 3 code 4) with the next-hop
-/// MTU, checksummed over itself and a quote whose [`sum_words`] is `quote_sum`.
+/// Writes ICMP destination unreachable / fragmentation needed (type 3 code 4) with the
+/// next-hop MTU into `h`, checksummed over itself and a quote whose [`sum_words`] is
+/// `quote_sum`.
 #[inline(always)]
-pub fn icmp_frag_needed(mtu: u16, quote_sum: u32) -> [u8; ICMP_HEADER_LEN] {
+pub fn icmp_frag_needed(h: &mut [u8; ICMP_HEADER_LEN], mtu: u16, quote_sum: u32) {
     let m = mtu.to_be_bytes();
-    let mut h = [3, 4, 0, 0, 0, 0, m[0], m[1]];
-    let c = (!fold(sum_words(&h) + fold(quote_sum) as u32)).to_be_bytes();
+    *h = [3, 4, 0, 0, 0, 0, m[0], m[1]];
+    let c = (!fold(sum_words(h) + fold(quote_sum) as u32)).to_be_bytes();
     h[2] = c[0];
     h[3] = c[1];
-    h
+}
+
+/// Writes ICMPv6 packet-too-big (type 2) with `mtu` into `h`, checksummed over the
+/// pseudo-header (`src` → `dst`, the message's length) and a quote of
+/// [`ICMP_QUOTE_LEN`] bytes whose [`sum_words`] is `quote_sum`.
+#[inline(always)]
+pub fn icmp6_packet_too_big(h: &mut [u8; ICMP_HEADER_LEN], mtu: u32, src: &[u8; 16], dst: &[u8; 16], quote_sum: u32) {
+    let m = mtu.to_be_bytes();
+    *h = [2, 0, 0, 0, m[0], m[1], m[2], m[3]];
+    let len = (ICMP_HEADER_LEN + ICMP_QUOTE_LEN) as u32;
+    let pseudo = sum_words(src) + sum_words(dst) + (len >> 16) + (len & 0xffff) + PROTO_ICMPV6 as u32;
+    let c = (!fold(fold(pseudo) as u32 + sum_words(h) + fold(quote_sum) as u32)).to_be_bytes();
+    h[2] = c[0];
+    h[3] = c[1];
 }
 
 #[cfg(test)]
@@ -139,7 +194,9 @@ mod tests {
                 *b = (state >> 16) as u8;
             }
             let old: [u8; 4] = h[16..20].try_into().unwrap();
-            let updated = update32(u16::from_be_bytes([h[10], h[11]]), old, new);
+            let diff = diff16(u16::from_be_bytes([old[0], old[1]]), u16::from_be_bytes([new[0], new[1]]))
+                + diff16(u16::from_be_bytes([old[2], old[3]]), u16::from_be_bytes([new[2], new[3]]));
+            let updated = apply(u16::from_be_bytes([h[10], h[11]]), diff);
             h[16..20].copy_from_slice(&new);
             h[10] = 0;
             h[11] = 0;
@@ -149,15 +206,17 @@ mod tests {
 
     #[test]
     fn update_handles_the_ones_complement_corner() {
-        // RFC 1624's example: a field going from 0x5555 to 0x3285 with checksum 0xdd2f.
-        assert_eq!(update16(0xdd2f, 0x5555, 0x3285), 0x0000);
+        // RFC 1624's example: a field going from 0x5555 to 0x3285 with checksum 0xdd2f
+        // gives 0x0000 by eqn. 3 (eqn. 2 gave the wrong 0xffff).
+        assert_eq!(apply(0xdd2f, diff16(0x5555, 0x3285)), 0x0000);
         assert_eq!(udp_nonzero(0), 0xffff);
         assert_eq!(udp_nonzero(7), 7);
     }
 
     #[test]
     fn built_ipv4_header_is_valid() {
-        let h = ipv4_header(&Ipv4Fields {
+        let mut h = [0xaa; IPV4_HEADER_LEN];
+        ipv4_header(&mut h, &Ipv4Fields {
             tos: 0x10,
             total_len: 1500,
             id: 0xbeef,
@@ -177,12 +236,49 @@ mod tests {
     }
 
     #[test]
+    fn differences_add_up_to_what_updates_give() {
+        let old = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+        let new = [0xfd, 0, 0, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0xde, 0xad, 0, 0x11];
+        let mut diff = 0;
+        for i in (0..16).step_by(2) {
+            diff += diff16(u16::from_be_bytes([old[i], old[i + 1]]), u16::from_be_bytes([new[i], new[i + 1]]));
+        }
+        diff += diff16(80, 8080);
+        let data = |a: &[u8; 16], port: u16| [&a[..], &port.to_be_bytes()[..], &[0xab, 0xcd]].concat();
+        assert_eq!(apply(checksum(&data(&old, 80)), diff), checksum(&data(&new, 8080)));
+    }
+
+    #[test]
+    fn ipv6_header_and_packet_too_big() {
+        let (src, dst) = ([0xfd; 16], [0x20; 16]);
+        let mut h = [0xaa; IPV6_HEADER_LEN];
+        ipv6_header(&mut h, 0xb8, 1240, PROTO_IPV6, &src, &dst);
+        assert_eq!(h[..8], [0x6b, 0x80, 0, 0, 0x04, 0xd8, PROTO_IPV6, DEFAULT_TTL]);
+        assert_eq!((&h[8..24], &h[24..40]), (&src[..], &dst[..]));
+        let mut message = [0u8; ICMP_HEADER_LEN + ICMP_QUOTE_LEN];
+        for (i, b) in message[ICMP_HEADER_LEN..].iter_mut().enumerate() {
+            *b = (i * 13 + 1) as u8;
+        }
+        let mut icmp = [0xaa; ICMP_HEADER_LEN];
+        icmp6_packet_too_big(&mut icmp, 1460, &src, &dst, sum_words(&message[ICMP_HEADER_LEN..]));
+        message[..ICMP_HEADER_LEN].copy_from_slice(&icmp);
+        assert_eq!(icmp[..2], [2, 0]);
+        assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1460);
+        let mut pseudo = [&src[..], &dst[..]].concat();
+        pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
+        pseudo.extend_from_slice(&message);
+        assert_eq!(checksum(&pseudo), 0);
+    }
+
+    #[test]
     fn icmp_checksum_covers_header_and_quote() {
         let mut message = [0u8; ICMP_HEADER_LEN + ICMP_QUOTE_LEN];
         for (i, b) in message[ICMP_HEADER_LEN..].iter_mut().enumerate() {
             *b = (i * 7 + 3) as u8;
         }
-        let h = icmp_frag_needed(1480, sum_words(&message[ICMP_HEADER_LEN..]));
+        let mut h = [0xaa; ICMP_HEADER_LEN];
+        icmp_frag_needed(&mut h, 1480, sum_words(&message[ICMP_HEADER_LEN..]));
         assert_eq!(h[..2], [3, 4]);
         assert_eq!(u16::from_be_bytes([h[6], h[7]]), 1480);
         message[..ICMP_HEADER_LEN].copy_from_slice(&h);

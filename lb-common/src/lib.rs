@@ -4,8 +4,11 @@
 //!
 //! Addresses and ports are stored exactly as they appear on the wire (network byte
 //! order in memory), so the fast path can build keys from packet bytes with no swaps.
+//! Every address is 16 bytes: an IPv6 address, or an IPv4 address as IPv4-mapped IPv6
+//! (`::ffff:a.b.c.d`, see [`addr`]), so one key type serves both families.
 #![no_std]
 
+pub mod addr;
 pub mod csum;
 pub mod hash;
 pub mod tcp;
@@ -100,8 +103,8 @@ pub mod real_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    /// Virtual IPv4 address, wire order.
-    pub vip: [u8; 4],
+    /// Virtual address (16 bytes, see [`addr`]).
+    pub vip: [u8; 16],
     /// Virtual port, wire order (big endian).
     pub port: [u8; 2],
     pub proto: u8,
@@ -109,7 +112,7 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
-    pub const fn new(vip: [u8; 4], port: u16, proto: u8) -> Self {
+    pub const fn new(vip: [u8; 16], port: u16, proto: u8) -> Self {
         Self { vip, port: port.to_be_bytes(), proto, _pad: 0 }
     }
     pub const fn port(&self) -> u16 {
@@ -128,8 +131,9 @@ pub struct ServiceInfo {
     pub flags: u32,
     /// Persistence timeout in seconds (with [`svc_flags::PERSISTENT`]).
     pub persist_timeout: u32,
-    /// Persistence netmask, wire order.
-    pub persist_mask: [u8; 4],
+    /// Persistence netmask over the 16-byte client address (an IPv4 mask keeps the
+    /// IPv4-mapped prefix: its first 12 bytes are 0xff).
+    pub persist_mask: [u8; 16],
     /// Firewall mark of a group service (0: a plain VIP:port service).
     pub fwmark: u32,
     /// Pool slots listing every real id of the service (schedulers that scan).
@@ -145,8 +149,8 @@ pub struct ServiceInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RealEntry {
-    /// Real server IPv4 address, wire order.
-    pub ip: [u8; 4],
+    /// Real server address (16 bytes, see [`addr`]).
+    pub ip: [u8; 16],
     /// The real's port, wire order: the service's port for DR and TUN, the mapped port
     /// for NAT (0: the port the client connected to, for a fwmark service).
     pub port: [u8; 2],
@@ -164,8 +168,8 @@ pub struct RealEntry {
     pub ifindex: u32,
     /// MTU of the path to the real (TUN checks the encapsulated size against it).
     pub mtu: u32,
-    /// The director's address towards the real: the IPIP outer source.
-    pub src_ip: [u8; 4],
+    /// The director's address towards the real: the tunnel's outer source.
+    pub src_ip: [u8; 16],
     /// 0..=65535; 0 is quiescent: no new flows, established flows continue.
     pub weight: u32,
     /// Upper connection threshold (0: none): at or above it the real takes no new flows.
@@ -213,8 +217,8 @@ impl RealLoad {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
@@ -225,12 +229,12 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet.
+    pub last_seen_ns: u64,
     pub real_id: u32,
     /// The real's address when the flow was scheduled; a real id since reused by another
     /// server no longer matches, so the flow is never sent to the wrong machine.
-    pub real_ip: [u8; 4],
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet.
-    pub last_seen_ns: u64,
+    pub real_ip: [u8; 16],
     /// [`tcp`] state, or [`tcp::UDP`].
     pub state: u8,
     /// [`forward`] method the flow was scheduled with (a real's method may be edited).
@@ -238,6 +242,7 @@ pub struct ConnEntry {
     /// The real's port the flow goes to, wire order (NAT's translated port).
     pub real_port: [u8; 2],
     pub service_id: u32,
+    pub _pad: u32,
 }
 
 impl ConnEntry {
@@ -269,6 +274,11 @@ pub struct NatReply {
     pub local_mac: [u8; 6],
     /// The NIC they arrived on.
     pub ifindex: u32,
+    /// Their 802.1Q/802.1ad tags, outermost first, as on the wire (TPID, TCI), and
+    /// how many (0 to 2): the replies are tagged the same.
+    pub vlan: [u8; 8],
+    pub vlan_count: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Key of the persistence table: a client network within a service.
@@ -276,16 +286,17 @@ pub struct NatReply {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PersistKey {
     pub service_id: u32,
-    /// Client address masked with the service's persistence netmask, wire order.
-    pub client: [u8; 4],
+    /// Client address masked with the service's persistence netmask.
+    pub client: [u8; 16],
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PersistEntry {
-    pub real_id: u32,
-    pub real_ip: [u8; 4],
     pub last_seen_ns: u64,
+    pub real_id: u32,
+    pub real_ip: [u8; 16],
+    pub _pad: u32,
 }
 
 /// Global settings (one entry): timeouts as `ipvsadm --set` and IPVS's sysctls.
@@ -300,7 +311,9 @@ pub struct Settings {
     pub expire_nodest_conn: u32,
     /// IPVS's sloppy_tcp: 1 lets a TCP packet other than SYN start a connection.
     pub sloppy_tcp: u32,
-    pub _pad: u32,
+    /// 1: the fast path answers ICMP echo (ping) to a VIP itself; 0: passes it to the
+    /// kernel (which answers if it holds the VIP).
+    pub icmp_echo: u32,
 }
 
 impl Default for Settings {
@@ -310,7 +323,7 @@ impl Default for Settings {
             udp_timeout: 300,
             expire_nodest_conn: 0,
             sloppy_tcp: 0,
-            _pad: 0,
+            icmp_echo: 0,
         }
     }
 }
@@ -340,19 +353,24 @@ impl RealStats {
     }
 }
 
-/// Indexes of the per-CPU verdict counters: why a frame was passed, dropped or sent.
+/// Indexes of the per-CPU counters. The first [`counter::VERDICTS`] say why a frame was
+/// passed, dropped or sent: every frame counts in exactly one of them. The rest count
+/// events on the way.
 pub mod counter {
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged, …).
-    pub const PASS_NOT_IPV4: u32 = 0;
-    /// IPv4 but not TCP or UDP.
+    /// Not IP (ARP, LLDP, …): passed.
+    pub const PASS_NOT_IP: u32 = 0;
+    /// IP but neither TCP, UDP nor ICMP/ICMPv6.
     pub const PASS_NOT_TCP_UDP: u32 = 1;
-    /// TCP/UDP whose destination is no service.
+    /// TCP/UDP whose destination is no service (and not a NAT real's reply).
     pub const PASS_NOT_VIP: u32 = 2;
     /// Frame too short for the headers it announces.
     pub const PASS_TRUNCATED: u32 = 3;
-    /// Malformed IPv4 header (IHL < 5, wrong version).
+    /// Malformed IP or transport header (IHL < 5, a version not matching the
+    /// ethertype, lengths that contradict each other, a TCP data offset under 5 or past
+    /// the packet).
     pub const PASS_BAD_HEADER: u32 = 4;
-    /// IPv4 fragment: ports are not in every fragment, so the kernel handles it.
+    /// A fragment (IPv4 MF or offset, IPv6 fragment header): ports are not in every
+    /// fragment, so no fragment is balanced; the kernel gets them all.
     pub const PASS_FRAGMENT: u32 = 5;
     /// The next hop's MAC is not resolved yet. DR passes the frame unchanged (the
     /// controller resolves the real); NAT and TUN pass the translated or encapsulated
@@ -369,33 +387,52 @@ pub mod counter {
     pub const PASS_NO_CONN: u32 = 10;
     /// A packet of a flow whose real was removed, with expire_nodest_conn set.
     pub const DROP_NODEST: u32 = 11;
-    /// The persistence table is full: the connection was scheduled without a template.
-    pub const PERSIST_TABLE_FULL: u32 = 12;
     /// A client frame translated to a NAT real server and sent.
-    pub const TX_NAT: u32 = 13;
+    pub const TX_NAT: u32 = 12;
     /// A NAT real server's reply translated back (source VIP:port) and sent to the client.
-    pub const TX_NAT_REPLY: u32 = 14;
-    /// Encapsulated in IPIP and sent to a TUN real server.
-    pub const TX_TUN: u32 = 15;
-    /// Too big for the path to a TUN real once encapsulated, with DF set: answered with
-    /// ICMP fragmentation-needed (the MTU left after encapsulation) back to the client.
-    pub const TX_ICMP_FRAG_NEEDED: u32 = 16;
-    /// Too big for the path to a TUN real once encapsulated, DF clear: dropped (the fast
-    /// path does not fragment).
-    pub const DROP_TOO_BIG: u32 = 17;
+    pub const TX_NAT_REPLY: u32 = 13;
+    /// Encapsulated (IPIP, or IPv6-in-IPv6) and sent to a TUN real server.
+    pub const TX_TUN: u32 = 14;
+    /// Too big for the path to a TUN real once encapsulated: answered with ICMP
+    /// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client,
+    /// with the MTU left after encapsulation.
+    pub const TX_ICMP_TOO_BIG: u32 = 15;
+    /// Too big for the path to a TUN real once encapsulated, IPv4 without DF: dropped
+    /// (the fast path does not fragment).
+    pub const DROP_TOO_BIG: u32 = 16;
     /// No route to a TUN real yet: passed unchanged, while the controller looks for one.
-    pub const PASS_NO_ROUTE: u32 = 18;
+    pub const PASS_NO_ROUTE: u32 = 17;
     /// A new NAT connection whose reply tuple (RIP:port to client:port) another live
     /// connection holds (the same client port to two VIPs sharing a NAT real): dropped.
-    pub const DROP_NAT_CLASH: u32 = 19;
-    /// The kernel refused to resize the frame (to encapsulate it or turn it into an ICMP
-    /// error): passed as it is.
-    pub const PASS_ERROR: u32 = 20;
-    pub const COUNT: u32 = 21;
+    pub const DROP_NAT_CLASH: u32 = 18;
+    /// The kernel refused to resize the frame (to encapsulate it, retag it or turn it
+    /// into an ICMP error): passed as it is.
+    pub const PASS_ERROR: u32 = 19;
+    /// More VLAN tags than the two (QinQ) the fast path reads: passed.
+    pub const PASS_VLAN_STACK: u32 = 20;
+    /// More IPv6 extension headers than the fast path skips: passed.
+    pub const PASS_IPV6_EXTENSIONS: u32 = 21;
+    /// An ICMP/ICMPv6 error (destination unreachable, fragmentation-needed or
+    /// packet-too-big, time exceeded) about a balanced flow: sent to that flow's real
+    /// server (translated for NAT), or for a NAT real's error about a client's packet,
+    /// translated and sent to the client.
+    pub const TX_ICMP_ERROR: u32 = 22;
+    /// An ICMP error about no balanced flow: passed.
+    pub const PASS_ICMP_NO_FLOW: u32 = 23;
+    /// An ICMP echo request to a VIP answered by the fast path (settings.icmp_echo).
+    pub const TX_ICMP_ECHO_REPLY: u32 = 24;
+    /// Any other ICMP/ICMPv6 (echo with icmp_echo off, neighbour discovery, …): passed.
+    pub const PASS_ICMP: u32 = 25;
+    /// Verdict counters: indexes below this.
+    pub const VERDICTS: u32 = 26;
+
+    /// Event: the persistence table is full: a connection was scheduled without a template.
+    pub const PERSIST_TABLE_FULL: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
-        "pass_not_ipv4",
+        "pass_not_ip",
         "pass_not_tcp_udp",
         "pass_not_vip",
         "pass_truncated",
@@ -407,24 +444,31 @@ pub mod counter {
         "drop_conn_table_full",
         "pass_no_conn",
         "drop_nodest",
-        "persist_table_full",
         "tx_nat",
         "tx_nat_reply",
         "tx_tun",
-        "tx_icmp_frag_needed",
+        "tx_icmp_too_big",
         "drop_too_big",
         "pass_no_route",
         "drop_nat_clash",
         "pass_error",
+        "pass_vlan_stack",
+        "pass_ipv6_extensions",
+        "tx_icmp_error",
+        "pass_icmp_no_flow",
+        "tx_icmp_echo_reply",
+        "pass_icmp",
+        "persist_table_full",
     ];
 }
 
-/// Indexes of the IPIP decapsulator's per-CPU counters (a real server's `xlb_decap`).
+/// Indexes of the tunnel decapsulator's per-CPU counters (a real server's `xlb_decap`).
 pub mod decap_counter {
-    /// IPIP for one of this real server's VIPs: decapsulated and passed to the kernel.
+    /// IPIP or IPv6-in-IPv6 for one of this real server's VIPs: decapsulated and passed
+    /// to the kernel.
     pub const DECAPSULATED: u32 = 0;
-    /// IPIP whose inner destination is no VIP set up here: passed untouched (the kernel
-    /// drops it, having no tunnel).
+    /// A tunnelled packet whose inner destination is no VIP set up here: passed
+    /// untouched (the kernel drops it, having no tunnel).
     pub const PASS_NOT_FOR_VIP: u32 = 1;
     pub const COUNT: u32 = 2;
     pub const NAMES: [&str; COUNT as usize] = ["decapsulated", "pass_not_for_vip"];
@@ -444,10 +488,11 @@ pub mod map_names {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    pub const VIPS: &str = "VIPS";
     /// The director's maps (pinned by `xlb run`).
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
-        NAT_REPLIES,
+        NAT_REPLIES, VIPS,
     ];
     /// A TUN real server's decapsulator maps (pinned by `xlb realserver setup --mode tun`).
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
@@ -489,6 +534,8 @@ pub mod bench {
 
     /// The bench frame map's name in the eBPF object.
     pub const FRAME_MAP: &str = "BENCH_FRAME";
+    /// The program array whose slot 0 the wrapper tail-calls (the balancer).
+    pub const BALANCER_SLOT_MAP: &str = "BENCH_BALANCER";
     /// A bare XDP_DROP program (the cheapest XDP program).
     pub const DROP_PROGRAM: &str = "xlb_bench_drop";
     /// A bare "swap MACs, XDP_TX" program (the cheapest forwarder).
@@ -524,20 +571,21 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         // The kernel compares keys bytewise: hidden padding would make equal keys differ.
-        assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<PersistKey>(), 8);
-        assert_eq!(size_of::<RealEntry>(), 52);
-        assert_eq!(size_of::<ConnEntry>(), 24);
-        assert_eq!(size_of::<NatReply>(), 32);
-        assert_eq!(size_of::<ServiceInfo>(), 40);
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<PersistKey>(), 20);
+        assert_eq!(size_of::<PersistEntry>(), 32);
+        assert_eq!(size_of::<RealEntry>(), 76);
+        assert_eq!(size_of::<ConnEntry>(), 40);
+        assert_eq!(size_of::<NatReply>(), 72);
+        assert_eq!(size_of::<ServiceInfo>(), 52);
         assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 4));
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
     }
 
     #[test]
     fn service_key_port_is_wire_order() {
-        let k = ServiceKey::new([10, 0, 0, 1], 80, PROTO_TCP);
+        let k = ServiceKey::new(addr::from_v4([10, 0, 0, 1]), 80, PROTO_TCP);
         assert_eq!(k.port, [0, 80]);
         assert_eq!(k.port(), 80);
     }
@@ -548,15 +596,18 @@ mod tests {
         assert_eq!(counter::NAMES[counter::TX_DR as usize], "tx_dr");
         assert_eq!(counter::NAMES[counter::PERSIST_TABLE_FULL as usize], "persist_table_full");
         assert_eq!(counter::NAMES[counter::DROP_NAT_CLASH as usize], "drop_nat_clash");
+        assert_eq!(counter::NAMES[counter::PASS_ICMP as usize], "pass_icmp");
+        assert_eq!(counter::VERDICTS, counter::PERSIST_TABLE_FULL, "events follow the verdicts");
         assert_eq!(decap_counter::NAMES.len(), decap_counter::COUNT as usize);
     }
 
     #[test]
     fn reply_key_swaps_the_client_for_the_real() {
-        let flow = FlowKey { src: [1, 2, 3, 4], dst: [10, 0, 0, 100], sport: [0x9c, 0x40], dport: [0, 80], proto: PROTO_TCP, _pad: [0; 3] };
-        let c = ConnEntry { real_ip: [10, 0, 0, 11], real_port: [0x1f, 0x90], ..Default::default() };
+        let (client, vip, real) = (addr::from_v4([1, 2, 3, 4]), addr::from_v4([10, 0, 0, 100]), addr::from_v4([10, 0, 0, 11]));
+        let flow = FlowKey { src: client, dst: vip, sport: [0x9c, 0x40], dport: [0, 80], proto: PROTO_TCP, _pad: [0; 3] };
+        let c = ConnEntry { real_ip: real, real_port: [0x1f, 0x90], ..Default::default() };
         let r = c.reply_key(&flow);
-        assert_eq!((r.src, r.sport, r.dst, r.dport, r.proto), ([10, 0, 0, 11], [0x1f, 0x90], [1, 2, 3, 4], [0x9c, 0x40], PROTO_TCP));
+        assert_eq!((r.src, r.sport, r.dst, r.dport, r.proto), (real, [0x1f, 0x90], client, [0x9c, 0x40], PROTO_TCP));
     }
 
     #[test]

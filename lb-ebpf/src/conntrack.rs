@@ -5,6 +5,7 @@ use lb_common::{ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, fo
 
 use crate::{
     maps::{CONNS, NAT_REPLIES, REALS},
+    parse::Packet,
     stats,
 };
 
@@ -60,8 +61,10 @@ fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u
 }
 
 /// Finds the client's flow, expiring it if idle too long, and advances its TCP state.
-#[inline(always)]
-pub fn lookup(flow: &FlowKey, tcp_flags: u8, service_id: u32, settings: &Settings, now: u64) -> Lookup {
+/// A separate BPF function.
+#[inline(never)]
+pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> Lookup {
+    let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
     let c = unsafe { *conn };
     if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) || c.service_id != service_id {
@@ -101,30 +104,32 @@ pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u6
     Some((back, c.real_id))
 }
 
-/// Records a new flow to `real` (at `real_port`, wire order); for NAT also its reply
-/// entry `back` (the client's flow and the way back to the client).
+/// The entry of a new flow of `service_id` to `real` (at `real_port`, wire order), its
+/// TCP state after the client's first packet.
 #[inline(always)]
-pub fn create(flow: &FlowKey, tcp_flags: u8, service_id: u32, real_id: u32, real: &RealEntry, real_port: [u8; 2], back: &NatReply, now: u64) -> Created {
-    let mut entry = ConnEntry {
-        real_id,
-        real_ip: real.ip,
-        last_seen_ns: now,
-        state: tcp::UDP,
-        forward: real.forward,
-        real_port,
-        service_id,
-    };
-    if flow.proto == PROTO_TCP {
-        entry.state = tcp::next_state(client_dir(&entry), tcp::NONE, tcp_flags);
-    }
-    if CONNS.insert(flow, &entry, 0).is_err() {
+pub fn new_entry(entry: &mut ConnEntry, flow: &FlowKey, tcp_flags: u8, service_id: u32, real_id: u32, real: &RealEntry, real_port: [u8; 2], now: u64) {
+    entry.last_seen_ns = now;
+    entry.real_id = real_id;
+    entry.real_ip = real.ip;
+    entry.forward = real.forward;
+    entry.real_port = real_port;
+    entry.service_id = service_id;
+    entry._pad = 0;
+    entry.state = if flow.proto == PROTO_TCP { tcp::next_state(client_dir(entry), tcp::NONE, tcp_flags) } else { tcp::UDP };
+}
+
+/// Records a new flow's entry; for NAT also its reply entry `back` (the client's flow
+/// and the way back to the client). A separate BPF function.
+#[inline(never)]
+pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
+    if CONNS.insert(flow, entry, 0).is_err() {
         return Created::Full;
     }
     if entry.forward == forward::NAT && NAT_REPLIES.insert(&entry.reply_key(flow), back, NOEXIST).is_err() {
         let _ = CONNS.remove(flow);
         return Created::Clash;
     }
-    stats::load_add(real_id, entry.state, 1);
+    stats::load_add(entry.real_id, entry.state, 1);
     Created::Ok
 }
 

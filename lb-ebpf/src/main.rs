@@ -1,7 +1,8 @@
-//! xlb's XDP fast path: Ethernet/IPv4/TCP/UDP → service lookup → connection table,
-//! persistence template or scheduler → forward to the real server by DR, NAT or TUN; a
-//! NAT real's replies are translated back. Anything else is passed untouched. Also the
-//! real server's IPIP decapsulator (`xlb_decap`).
+//! xlb's XDP fast path: Ethernet (VLAN tags) / IPv4 or IPv6 / TCP or UDP → service
+//! lookup → connection table, persistence template or scheduler → forward to the real
+//! server by DR, NAT or TUN; a NAT real's replies are translated back; ICMP errors
+//! about balanced flows follow them, echo to a VIP may be answered. Anything else is
+//! passed untouched. Also the real server's tunnel decapsulator (`xlb_decap`).
 #![no_std]
 #![no_main]
 // atomic_xadd: core's atomics have no read-modify-write on the BPF target.
@@ -12,23 +13,25 @@ mod bench;
 mod conntrack;
 mod decap;
 mod fwd;
+mod icmp;
 mod maps;
 mod parse;
 mod persist;
+mod scratch;
 mod sched;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags,
-    tcp,
+    FlowKey, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
     conntrack::{Created, Lookup},
     fwd::{nat, tun},
     maps::{CONNS, REALS, SERVICE_INFO, SERVICES, SETTINGS},
-    parse::Ipv4Flow,
+    parse::Packet,
+    scratch::Scratch,
 };
 
 /// The load balancer, attached to the director's NICs.
@@ -54,7 +57,7 @@ pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// A TUN real server's IPIP decapsulator (attached by `xlb realserver setup --mode tun`).
+/// A TUN real server's decapsulator (attached by `xlb realserver setup --mode tun`).
 #[xdp]
 pub fn xlb_decap(ctx: XdpContext) -> u32 {
     decap::decapsulate(&ctx)
@@ -79,34 +82,55 @@ pub fn xlb_expire(ctx: XdpContext) -> u32 {
 }
 
 fn try_balance(ctx: &XdpContext) -> Result<u32, ()> {
-    let pkt = match parse::parse_ipv4_flow(ctx) {
-        Ok(pkt) => pkt,
-        Err(reason) => {
-            stats::count(reason);
-            return Ok(xdp_action::XDP_PASS);
-        }
-    };
+    let s = scratch::get().ok_or(())?;
+    let parsed = parse::parse(ctx, &mut s.pkt);
+    if parsed != parse::PARSED {
+        stats::count(parsed);
+        return Ok(xdp_action::XDP_PASS);
+    }
     // An array's only entry: always there.
     let settings = SETTINGS.get(0).ok_or(())?;
+    if s.pkt.is_icmp() {
+        return Ok(icmp::handle(ctx, s, settings));
+    }
+    Ok(balance_flow(ctx, s, settings))
+}
+
+/// A TCP/UDP frame: a client's (to a service) or a NAT real's reply. A separate BPF
+/// function, as are the steps it calls: each gets its own stack frame, and no call
+/// chain exceeds BPF's 512 bytes.
+#[inline(never)]
+fn balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
+    match try_balance_flow(ctx, s, settings) {
+        Ok(verdict) => verdict,
+        Err(()) => {
+            stats::count(counter::PASS_ERROR);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32, ()> {
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = ServiceKey { vip: pkt.dst, port: pkt.dport, proto: pkt.proto, _pad: 0 };
+    let pkt = &s.pkt;
+    let key = ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 };
     let Some(&service_id) = (unsafe { SERVICES.get(&key) }) else {
-        return Ok(nat_reply(ctx, &pkt, settings, now));
+        return Ok(nat_reply(ctx, pkt, settings, now));
     };
     let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };
-    let flow = pkt.key();
-    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.proto == PROTO_UDP;
-    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(&flow, pkt.tcp_flags, svc.id, settings, now) };
+    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
+    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc.id, settings, now) };
     match lookup {
         Lookup::Hit(c, real) => {
             if svc.flags & svc_flags::PERSISTENT != 0 {
-                persist::touch(svc, pkt.src, now);
+                persist::touch(svc, &pkt.flow.src, now);
             }
             let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
-            Ok(to_real(ctx, &pkt, real, &target))
+            Ok(send_to_real(ctx, pkt, real, &target))
         }
         Lookup::NoDest => {
             stats::count(counter::DROP_NODEST);
@@ -114,12 +138,12 @@ fn try_balance(ctx: &XdpContext) -> Result<u32, ()> {
         }
         Lookup::Miss => {
             let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
-            let verdict = open_connection(svc, &pkt, settings, now, &mut target);
+            let verdict = open_connection(svc, s, settings, now, &mut target);
             if verdict != SCHEDULED {
                 return Ok(verdict);
             }
             let real = unsafe { REALS.get(&target.real_id) }.ok_or(())?;
-            Ok(to_real(ctx, &pkt, real, &target))
+            Ok(send_to_real(ctx, &s.pkt, real, &target))
         }
     }
 }
@@ -138,21 +162,20 @@ const SCHEDULED: u32 = u32::MAX;
 
 /// A new connection: its real from the persistence template or the scheduler, and its
 /// connection entry. Returns [`SCHEDULED`] with `target` filled, or the frame's
-/// verdict (counted) when it goes no further. A separate BPF function (not inlined), as
-/// are [`to_real`] and [`nat_reply`]: each gets its own stack frame, and no call chain
-/// exceeds BPF's 512 bytes.
+/// verdict (counted) when it goes no further. A separate BPF function.
 #[inline(never)]
-fn open_connection(svc: &ServiceInfo, pkt: &Ipv4Flow, settings: &Settings, now: u64, target: &mut Target) -> u32 {
-    let flow = &pkt.key();
+fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now: u64, target: &mut Target) -> u32 {
+    let Scratch { pkt, conn, back, .. } = s;
+    let flow = &pkt.flow;
     // Only a SYN opens a TCP connection (unless sloppy_tcp); anything else goes to the
     // kernel, which holds the VIP and answers with a reset.
     let syn_only = pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
-    if pkt.proto == PROTO_TCP && !syn_only && settings.sloppy_tcp == 0 {
+    if pkt.flow.proto == PROTO_TCP && !syn_only && settings.sloppy_tcp == 0 {
         stats::count(counter::PASS_NO_CONN);
         return xdp_action::XDP_PASS;
     }
     let persistent = svc.flags & svc_flags::PERSISTENT != 0;
-    let templated = if persistent { persist::lookup(svc, pkt.src, now) } else { None };
+    let templated = if persistent { persist::lookup(svc, &pkt.flow.src, now) } else { None };
     let chosen = match templated {
         Some(found) => Some(found),
         None => sched::schedule(svc, flow),
@@ -162,11 +185,18 @@ fn open_connection(svc: &ServiceInfo, pkt: &Ipv4Flow, settings: &Settings, now: 
         return xdp_action::XDP_DROP;
     };
     // A fwmark service's real without a port keeps the port the client chose.
-    let real_port = if real.port == [0, 0] { pkt.dport } else { real.port };
-    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.proto == PROTO_UDP;
+    let real_port = if real.port == [0, 0] { pkt.flow.dport } else { real.port };
+    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
     if !one_packet {
-        let back = NatReply { flow: *flow, client_mac: pkt.src_mac, local_mac: pkt.dst_mac, ifindex: pkt.ingress };
-        match conntrack::create(flow, pkt.tcp_flags, svc.id, real_id, real, real_port, &back, now) {
+        conntrack::new_entry(conn, flow, pkt.tcp_flags, svc.id, real_id, real, real_port, now);
+        // Field by field: built whole, it would take stack room the chain has not.
+        back.flow = *flow;
+        back.client_mac = pkt.src_mac;
+        back.local_mac = pkt.dst_mac;
+        back.ifindex = pkt.ingress;
+        back.vlan = pkt.vlan;
+        back.vlan_count = pkt.vlan_count;
+        match conntrack::create(flow, conn, back) {
             Created::Ok => {}
             Created::Full => {
                 stats::count(counter::DROP_CONN_TABLE_FULL);
@@ -179,16 +209,27 @@ fn open_connection(svc: &ServiceInfo, pkt: &Ipv4Flow, settings: &Settings, now: 
         }
     }
     if persistent && templated.is_none() {
-        persist::remember(svc, pkt.src, real_id, real.ip, now);
+        persist::remember(svc, &pkt.flow.src, real_id, &real.ip, now);
     }
     *target = Target { real_id, method: real.forward, real_port, new_conn: true };
     SCHEDULED
 }
 
+/// Sends a client's frame to its real server, or answers that it is too big for the
+/// tunnel: [`to_real`] and [`too_big`] are called from here, one after the other, not
+/// one from the other, so that their stack frames do not add up.
+#[inline(always)]
+fn send_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> u32 {
+    if t.method == forward::TUN && real.route_valid() && !tun::fits(pkt, real.mtu) {
+        return too_big(ctx, pkt, real.mtu);
+    }
+    to_real(ctx, pkt, real, t)
+}
+
 /// Sends a client's frame to its real server by the connection's method. A separate
 /// BPF function (not inlined): its locals get their own stack frame.
 #[inline(never)]
-fn to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -> u32 {
+fn to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> u32 {
     match try_to_real(ctx, pkt, real, t) {
         Ok(verdict) => verdict,
         Err(()) => {
@@ -199,11 +240,11 @@ fn to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -> u3
 }
 
 #[inline(always)]
-fn try_to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -> Result<u32, ()> {
+fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> Result<u32, ()> {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let sent = match t.method {
         forward::NAT => {
-            nat::rewrite(ctx, pkt, nat::End::Destination, real.ip, t.real_port)?;
+            nat::rewrite(ctx, pkt, nat::End::Destination, &real.ip, t.real_port)?;
             // Unresolved: the translated packet is routed by the kernel, which resolves.
             if !real.mac_valid() {
                 stats::count(counter::PASS_NEIGH_UNRESOLVED);
@@ -216,10 +257,8 @@ fn try_to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -
                 stats::count(counter::PASS_NO_ROUTE);
                 return Ok(xdp_action::XDP_PASS);
             }
-            if !tun::fits(pkt, real.mtu) {
-                return Ok(too_big(ctx, pkt, real.mtu));
-            }
-            tun::encapsulate(ctx, pkt, real.src_ip, real.ip)?;
+            // Too big for the tunnel was answered before (send_to_real).
+            tun::encapsulate(ctx, pkt, &real.src_ip, &real.ip)?;
             if !real.mac_valid() {
                 stats::count(counter::PASS_NEIGH_UNRESOLVED);
                 return Ok(xdp_action::XDP_PASS);
@@ -243,28 +282,29 @@ fn try_to_real(ctx: &XdpContext, pkt: &Ipv4Flow, real: &RealEntry, t: &Target) -
 }
 
 /// A packet too big for a TUN real's path (`mtu`) once encapsulated: ICMP
-/// fragmentation-needed back to the client when it set DF, else dropped.
+/// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client,
+/// else dropped.
 #[inline(never)]
-fn too_big(ctx: &XdpContext, pkt: &Ipv4Flow, mtu: u32) -> u32 {
-    if pkt.frag & lb_common::csum::IP_DF == 0 || !tun::quotable(pkt) {
+fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
+    if (pkt.v4 && pkt.frag & lb_common::csum::IP_DF == 0) || !tun::quotable(pkt) {
         stats::count(counter::DROP_TOO_BIG);
         return xdp_action::XDP_DROP;
     }
     // The MTU left for the client's packets once the tunnel's header is added.
-    let mtu = mtu.clamp(lb_common::csum::IPV4_HEADER_LEN as u32, u16::MAX as u32) as u16 - lb_common::csum::IPV4_HEADER_LEN as u16;
-    if tun::frag_needed(ctx, pkt, mtu).is_err() {
+    let overhead = tun::overhead(pkt.v4) as u32;
+    if tun::too_big_reply(ctx, pkt, mtu.max(overhead) - overhead).is_err() {
         stats::count(counter::PASS_ERROR);
         return xdp_action::XDP_PASS;
     }
-    stats::count(counter::TX_ICMP_FRAG_NEEDED);
+    stats::count(counter::TX_ICMP_TOO_BIG);
     xdp_action::XDP_TX
 }
 
 /// A frame for no service: if it is a NAT real server's reply, its source becomes the
 /// VIP and virtual port again and it goes back the way the client's first packet came
-/// (that NIC, that MAC). Not inlined: its locals get their own stack frame.
+/// (that NIC, that MAC, those VLAN tags). Not inlined: its locals get their own stack frame.
 #[inline(never)]
-fn nat_reply(ctx: &XdpContext, pkt: &Ipv4Flow, settings: &Settings, now: u64) -> u32 {
+fn nat_reply(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
     match try_nat_reply(ctx, pkt, settings, now) {
         Ok(verdict) => verdict,
         Err(()) => {
@@ -275,15 +315,14 @@ fn nat_reply(ctx: &XdpContext, pkt: &Ipv4Flow, settings: &Settings, now: u64) ->
 }
 
 #[inline(always)]
-fn try_nat_reply(ctx: &XdpContext, pkt: &Ipv4Flow, settings: &Settings, now: u64) -> Result<u32, ()> {
-    let reply = pkt.key();
-    let Some((back, real_id)) = conntrack::lookup_reply(&reply, pkt.tcp_flags, settings, now) else {
+fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> Result<u32, ()> {
+    let Some((back, real_id)) = conntrack::lookup_reply(&pkt.flow, pkt.tcp_flags, settings, now) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };
-    nat::rewrite(ctx, pkt, nat::End::Source, back.flow.dst, back.flow.dport)?;
+    nat::rewrite(ctx, pkt, nat::End::Source, &back.flow.dst, back.flow.dport)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = fwd::send(ctx, &back.client_mac, &back.local_mac, back.ifindex)?;
+    let verdict = fwd::send_back(ctx, pkt.l3(), pkt.v4, back)?;
     stats::count_real_out(real_id, bytes);
     stats::count(counter::TX_NAT_REPLY);
     Ok(verdict)

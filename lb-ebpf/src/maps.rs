@@ -9,9 +9,16 @@ use lb_common::{
     decap_counter,
 };
 
+use crate::scratch::Scratch;
+
 /// VIP:port:protocol → service id. Several frontends may share a service (a group).
 #[map]
 pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
+
+/// Every VIP with a frontend (16-byte form) → how many frontends it has: ICMP to a VIP
+/// (echo, errors about its flows) is recognised by it.
+#[map]
+pub static VIPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
 
 /// Service id → service. Replaced whole on every change (atomic for the fast path).
 #[map]
@@ -55,13 +62,18 @@ pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERV
 #[map]
 pub static REAL_STATS: PerCpuArray<RealStats> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
+/// Per-CPU scratch memory for what the stack cannot hold (see `scratch`).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Verdict reason → frames (see `lb_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// A TUN real server's VIPs: IPIP whose inner destination is one of them is decapsulated.
+/// A TUN real server's VIPs (16-byte form): a tunnelled packet whose inner destination
+/// is one of them is decapsulated.
 #[map]
-pub static DECAP_VIPS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
+pub static DECAP_VIPS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
 
 /// The decapsulator's counters (see `lb_common::decap_counter`).
 #[map]

@@ -1,13 +1,33 @@
-//! Header parsing with a bounds check before every read.
+//! Header parsing with a bounds check before every read: Ethernet with up to two VLAN
+//! tags (802.1Q, 802.1ad QinQ), IPv4 (any IHL) or IPv6 (extension headers skipped, a
+//! bounded number), then TCP/UDP ports or the start of an ICMP/ICMPv6 message. Every
+//! length a header announces is checked against the others and against the frame.
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, counter};
+use lb_common::{
+    FlowKey, PROTO_TCP, PROTO_UDP, addr,
+    csum::{PROTO_ICMP, PROTO_ICMPV6},
+    counter,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Tags read: one (802.1Q) or two (QinQ).
+pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv4 "more fragments" flag and fragment-offset bits of the `frags` field.
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
+pub const IPV6_HEADER_LEN: usize = 40;
+/// IPv6 extension headers skipped before the transport header, at most.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
 
 /// Pointer to a `T` at `offset` into the frame, or `Err` if the frame is too short.
 #[inline(always)]
@@ -20,98 +40,238 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     Ok((start + offset) as *mut T)
 }
 
-/// Offset of the IPv4 header in the frame.
-pub const L3: usize = EthHdr::LEN;
-
-/// The fields of an IPv4 TCP/UDP frame the balancer needs.
-pub struct Ipv4Flow {
-    /// The frame's source and destination MACs, and the NIC it arrived on: the way
-    /// back to the sender (NAT replies go back that way).
+/// The fields of a frame the balancer needs.
+pub struct Packet {
+    /// The frame's source and destination MACs, its VLAN tags (outermost first, as on
+    /// the wire: TPID, TCI) and the NIC it arrived on: the way back to the sender.
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    pub vlan: [u8; 8],
+    pub vlan_count: u8,
     pub ingress: u32,
-    /// Offset of the TCP/UDP header in the frame.
-    pub l4: usize,
-    /// The IPv4 header's total length, type of service, identification and
-    /// flags/fragment field.
-    pub tot_len: u16,
+    /// Offsets of the IP header (14, 18 or 22) and of the TCP/UDP/ICMP header: read
+    /// through [`Packet::l3`] and [`Packet::l4`].
+    l3: u16,
+    l4: u16,
+    pub v4: bool,
+    /// The IP packet's length (IPv4 total length; IPv6 40 + payload length).
+    pub ip_len: u16,
+    /// Type of service / traffic class.
     pub tos: u8,
+    /// IPv4 identification and flags/fragment field (0 for IPv6).
     pub id: u16,
     pub frag: u16,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub proto: u8,
-    /// TCP flags byte (0 for UDP).
+    /// The 5-tuple as sent: addresses in the 16-byte form; protocol TCP, UDP, ICMP or
+    /// ICMPv6; ports zero for ICMP. The connection table's key.
+    pub flow: FlowKey,
+    /// TCP flags (zero for UDP and ICMP).
     pub tcp_flags: u8,
 }
 
-impl Ipv4Flow {
-    /// The flow's 5-tuple as sent.
+/// Masks for offsets read back from scratch memory: values loaded from a map are
+/// unbounded to the verifier, which allows no packet pointer arithmetic with them; the
+/// masks keep every real offset (IP ≤ 22, transport ≤ 22 + 40 + 4 × 2048) unchanged.
+pub const L3_MASK: u16 = 0x1f;
+pub const L4_MASK: u16 = 0x3fff;
+
+impl Packet {
     #[inline(always)]
-    pub fn key(&self) -> FlowKey {
-        FlowKey { src: self.src, dst: self.dst, sport: self.sport, dport: self.dport, proto: self.proto, _pad: [0; 3] }
+    pub fn l3(&self) -> usize {
+        (self.l3 & L3_MASK) as usize
+    }
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.l4 & L4_MASK) as usize
+    }
+
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.flow.proto == PROTO_ICMP || self.flow.proto == PROTO_ICMPV6
     }
 }
 
-/// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the counter index of
-/// the reason the frame is not balanced.
+/// [`parse`]'s answer when the packet is filled in (not a counter index).
+pub const PARSED: u32 = u32::MAX;
+
+/// Ethernet and VLAN tags: (ethertype, offset of the network header, tags, tag count).
 #[inline(always)]
-pub fn parse_ipv4_flow(ctx: &XdpContext) -> Result<Ipv4Flow, u32> {
+pub fn link(ctx: &XdpContext) -> Result<(u16, usize, [u8; 8], u8), u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| counter::PASS_TRUNCATED)?;
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return Err(counter::PASS_NOT_IPV4);
+    let mut ethertype = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3 = EthHdr::LEN;
+    let mut tags = [0u8; 8];
+    let mut count = 0u8;
+    let mut i = 0;
+    while i < MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        // The tag's TPID is the ethertype just read; its TCI and the next ethertype follow.
+        let tag: *const [u8; 4] = ptr_at(ctx, l3 - 2).map_err(|()| counter::PASS_TRUNCATED)?;
+        let next: *const [u8; 2] = ptr_at(ctx, l3 + 2).map_err(|()| counter::PASS_TRUNCATED)?;
+        let t = unsafe { *tag };
+        tags[i * 4] = t[0];
+        tags[i * 4 + 1] = t[1];
+        tags[i * 4 + 2] = t[2];
+        tags[i * 4 + 3] = t[3];
+        ethertype = u16::from_be_bytes(unsafe { *next });
+        l3 += 4;
+        count += 1;
+        i += 1;
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, L3).map_err(|()| counter::PASS_TRUNCATED)?;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(counter::PASS_VLAN_STACK);
+    }
+    Ok((ethertype, l3, tags, count))
+}
+
+/// Parses a frame down to its TCP/UDP ports or its ICMP header, into `pkt` (per-CPU
+/// scratch memory: too large for the stack). Returns [`PARSED`], or the counter index of
+/// the reason the frame is not balanced. A separate BPF function: its temporaries get
+/// their own stack frame.
+#[inline(never)]
+pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    match try_parse(ctx, pkt) {
+        Ok(()) => PARSED,
+        Err(reason) => reason,
+    }
+}
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), u32> {
+    let (ethertype, l3, vlan, vlan_count) = link(ctx)?;
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| counter::PASS_TRUNCATED)?;
+    pkt.src_mac = unsafe { (*eth).src_addr };
+    pkt.dst_mac = unsafe { (*eth).dst_addr };
+    pkt.vlan = vlan;
+    pkt.vlan_count = vlan_count;
+    pkt.ingress = ctx.ingress_ifindex() as u32;
+    pkt.l3 = l3 as u16;
+    pkt.v4 = ethertype == ETH_P_IP;
+    pkt.tos = 0;
+    pkt.id = 0;
+    pkt.frag = 0;
+    pkt.tcp_flags = 0;
+    pkt.flow = FlowKey::default();
+    let header_len = match ethertype {
+        ETH_P_IP => ipv4(ctx, pkt)?,
+        ETH_P_IPV6 => ipv6(ctx, pkt)?,
+        _ => return Err(counter::PASS_NOT_IP),
+    };
+    transport(ctx, pkt, header_len)
+}
+
+/// The IPv4 header at `pkt.l3()`; returns its length.
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3()).map_err(|()| counter::PASS_TRUNCATED)?;
     let vihl = unsafe { (*ip).vihl };
     let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl_bytes < Ipv4Hdr::LEN {
         return Err(counter::PASS_BAD_HEADER);
     }
     let proto = unsafe { (*ip).proto };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(counter::PASS_NOT_TCP_UDP);
     }
     let frag = u16::from_be_bytes(unsafe { (*ip).frags });
     if frag & IP_MF_AND_OFFSET != 0 {
         return Err(counter::PASS_FRAGMENT);
     }
-    let l4 = L3 + ihl_bytes;
-    let (sport, dport, tcp_flags) = if proto == PROTO_TCP {
-        let tcp: *const TcpHdr = ptr_at(ctx, l4).map_err(|()| counter::PASS_TRUNCATED)?;
-        // Byte 13 of the TCP header holds CWR..FIN.
-        unsafe { ((*tcp).source, (*tcp).dest, *(tcp as *const u8).add(13)) }
-    } else {
-        let udp: *const UdpHdr = ptr_at(ctx, l4).map_err(|()| counter::PASS_TRUNCATED)?;
-        unsafe { ((*udp).src, (*udp).dst, 0) }
-    };
-    // Checked after the transport header is read: had the compiler seen this first, it
-    // would drop that read's own bounds check as implied, and the verifier, which cannot
+    pkt.flow.proto = proto;
+    pkt.frag = frag;
+    pkt.id = u16::from_be_bytes(unsafe { (*ip).id });
+    pkt.tos = unsafe { (*ip).tos };
+    pkt.ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    pkt.flow.src = addr::from_v4(unsafe { (*ip).src_addr });
+    pkt.flow.dst = addr::from_v4(unsafe { (*ip).dst_addr });
+    pkt.l4 = (pkt.l3() + ihl_bytes) as u16;
+    Ok(ihl_bytes)
+}
+
+/// The IPv6 header at `pkt.l3()` and the extension headers after it; returns their
+/// length together.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
+    let ip: *const [u8; IPV6_HEADER_LEN] = ptr_at(ctx, pkt.l3()).map_err(|()| counter::PASS_TRUNCATED)?;
+    let h = unsafe { &*ip };
+    if h[0] >> 4 != 6 {
+        return Err(counter::PASS_BAD_HEADER);
+    }
+    pkt.tos = (h[0] << 4) | (h[1] >> 4);
+    pkt.ip_len = (u16::from_be_bytes([h[4], h[5]]) as usize + IPV6_HEADER_LEN).min(u16::MAX as usize) as u16;
+    let mut i = 0;
+    while i < 16 {
+        pkt.flow.src[i] = h[8 + i];
+        pkt.flow.dst[i] = h[24 + i];
+        i += 1;
+    }
+    let mut next = h[6];
+    let mut len = IPV6_HEADER_LEN;
+    let mut skipped = 0;
+    while skipped < MAX_IPV6_EXTENSIONS {
+        let unit = match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => 8,
+            IPV6_AUTH => 4,
+            IPV6_FRAGMENT => return Err(counter::PASS_FRAGMENT),
+            _ => break,
+        };
+        let ext: *const [u8; 2] = ptr_at(ctx, pkt.l3() + len).map_err(|()| counter::PASS_TRUNCATED)?;
+        let e = unsafe { *ext };
+        next = e[0];
+        // Hop-by-hop, routing, destination options: (length + 1) × 8 bytes; AH: (length + 2) × 4.
+        len += (e[1] as usize + if unit == 8 { 1 } else { 2 }) * unit;
+        skipped += 1;
+    }
+    match next {
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH => return Err(counter::PASS_IPV6_EXTENSIONS),
+        IPV6_FRAGMENT => return Err(counter::PASS_FRAGMENT),
+        PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => {}
+        _ => return Err(counter::PASS_NOT_TCP_UDP),
+    }
+    pkt.flow.proto = next;
+    pkt.l4 = (pkt.l3() + len) as u16;
+    Ok(len)
+}
+
+/// The transport header at `pkt.l4()`, checked against the IP length and the frame.
+#[inline(always)]
+fn transport(ctx: &XdpContext, pkt: &mut Packet, header_len: usize) -> Result<(), u32> {
+    // Read before the length checks below: had the compiler seen those first, it would
+    // drop this read's own bounds check as implied, and the verifier, which cannot
     // follow the inference, would refuse the program.
-    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
-    let l4_min = if proto == PROTO_TCP { TcpHdr::LEN } else { UdpHdr::LEN };
-    if (tot_len as usize) < ihl_bytes + l4_min {
+    let min_len = if pkt.flow.proto == PROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(ctx, pkt.l4()).map_err(|()| counter::PASS_TRUNCATED)?;
+        let t = tcp as *const u8;
+        unsafe {
+            pkt.flow.sport = (*tcp).source;
+            pkt.flow.dport = (*tcp).dest;
+            // Byte 13 holds CWR..FIN; the data offset is byte 12's high nibble.
+            pkt.tcp_flags = *t.add(13);
+        }
+        let data_offset = unsafe { (*t.add(12) >> 4) as usize * 4 };
+        if data_offset < TcpHdr::LEN {
+            return Err(counter::PASS_BAD_HEADER);
+        }
+        data_offset
+    } else if pkt.flow.proto == PROTO_UDP {
+        let udp: *const UdpHdr = ptr_at(ctx, pkt.l4()).map_err(|()| counter::PASS_TRUNCATED)?;
+        unsafe {
+            pkt.flow.sport = (*udp).src;
+            pkt.flow.dport = (*udp).dst;
+        }
+        UdpHdr::LEN
+    } else {
+        // ICMP: type, code, checksum and 4 more bytes.
+        let _: *const [u8; 8] = ptr_at(ctx, pkt.l4()).map_err(|()| counter::PASS_TRUNCATED)?;
+        8
+    };
+    if (pkt.ip_len as usize) < header_len + min_len {
         return Err(counter::PASS_BAD_HEADER);
     }
     // The frame may be longer (Ethernet padding), never shorter.
-    if ctx.data() + L3 + tot_len as usize > ctx.data_end() {
+    if ctx.data() + pkt.l3() + pkt.ip_len as usize > ctx.data_end() {
         return Err(counter::PASS_TRUNCATED);
     }
-    Ok(Ipv4Flow {
-        src_mac: unsafe { (*eth).src_addr },
-        dst_mac: unsafe { (*eth).dst_addr },
-        ingress: ctx.ingress_ifindex() as u32,
-        l4,
-        tot_len,
-        tos: unsafe { (*ip).tos },
-        id: u16::from_be_bytes(unsafe { (*ip).id }),
-        frag,
-        src: unsafe { (*ip).src_addr },
-        dst: unsafe { (*ip).dst_addr },
-        sport,
-        dport,
-        proto,
-        tcp_flags,
-    })
+    Ok(())
 }

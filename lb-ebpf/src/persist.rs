@@ -1,6 +1,6 @@
 //! Persistence (`-p timeout -M netmask`): a client network keeps its real across
 //! connections and across every frontend of its service.
-use lb_common::{PersistEntry, PersistKey, ServiceInfo, counter};
+use lb_common::{PersistEntry, PersistKey, ServiceInfo, addr, counter};
 
 use crate::{
     maps::{PERSIST, REALS},
@@ -11,18 +11,14 @@ use crate::{
 const REFRESH_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
-fn key(svc: &ServiceInfo, client: [u8; 4]) -> PersistKey {
-    let m = svc.persist_mask;
-    PersistKey {
-        service_id: svc.id,
-        client: [client[0] & m[0], client[1] & m[1], client[2] & m[2], client[3] & m[3]],
-    }
+fn key(svc: &ServiceInfo, client: &[u8; 16]) -> PersistKey {
+    PersistKey { service_id: svc.id, client: addr::masked(client, &svc.persist_mask) }
 }
 
 /// The client's template real's id, if it is live and its real still serves (a
 /// quiescent, weight-0 real keeps its clients, as IPVS does by default).
 #[inline(always)]
-pub fn lookup(svc: &ServiceInfo, client: [u8; 4], now: u64) -> Option<u32> {
+pub fn lookup(svc: &ServiceInfo, client: &[u8; 16], now: u64) -> Option<u32> {
     let k = key(svc, client);
     let entry = unsafe { *PERSIST.get(&k)? };
     if now.saturating_sub(entry.last_seen_ns) > svc.persist_timeout as u64 * 1_000_000_000 {
@@ -35,14 +31,14 @@ pub fn lookup(svc: &ServiceInfo, client: [u8; 4], now: u64) -> Option<u32> {
         return None;
     }
     if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
-        remember(svc, client, entry.real_id, real.ip, now);
+        remember(svc, client, entry.real_id, &real.ip, now);
     }
     Some(entry.real_id)
 }
 
 #[inline(always)]
-pub fn remember(svc: &ServiceInfo, client: [u8; 4], real_id: u32, real_ip: [u8; 4], now: u64) {
-    let entry = PersistEntry { real_id, real_ip, last_seen_ns: now };
+pub fn remember(svc: &ServiceInfo, client: &[u8; 16], real_id: u32, real_ip: &[u8; 16], now: u64) {
+    let entry = PersistEntry { real_id, real_ip: *real_ip, last_seen_ns: now, _pad: 0 };
     if PERSIST.insert(&key(svc, client), &entry, 0).is_err() {
         stats::count(counter::PERSIST_TABLE_FULL);
     }
@@ -51,7 +47,7 @@ pub fn remember(svc: &ServiceInfo, client: [u8; 4], real_id: u32, real_ip: [u8; 
 /// Keeps the template of a client with traffic alive (IPVS keeps a template while
 /// connections it controls exist).
 #[inline(always)]
-pub fn touch(svc: &ServiceInfo, client: [u8; 4], now: u64) {
+pub fn touch(svc: &ServiceInfo, client: &[u8; 16], now: u64) {
     if let Some(e) = PERSIST.get_ptr_mut(&key(svc, client)) {
         unsafe {
             if now.saturating_sub((*e).last_seen_ns) > REFRESH_NS {

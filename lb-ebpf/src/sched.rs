@@ -6,7 +6,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
-use lb_common::{FlowKey, MAX_REALS_PER_SERVICE, RealEntry, RealLoad, ServiceInfo, hash, sched, svc_flags};
+use lb_common::{FlowKey, MAX_REALS_PER_SERVICE, RealEntry, RealLoad, ServiceInfo, addr, hash, sched, svc_flags};
 
 use crate::maps::{POOL, REAL_LOAD, REALS, RR_CURSORS};
 
@@ -39,8 +39,9 @@ fn available_at(slot: u32) -> Option<u32> {
 }
 
 /// The id of the real a new connection goes to. Ids, not entries, are passed around:
-/// the BPF stack is too small for copies of real entries in every walk.
-#[inline(always)]
+/// the BPF stack is too small for copies of real entries in every walk. A separate BPF
+/// function: the walks' state gets its own stack frame.
+#[inline(never)]
 pub fn schedule(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     match svc.scheduler {
         sched::RR | sched::WRR => round_robin(svc),
@@ -49,7 +50,7 @@ pub fn schedule(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
             if svc.table_len == 0 {
                 return None;
             }
-            let bucket = hash::dh_bucket(u32::from_be_bytes(flow.dst)) % svc.table_len;
+            let bucket = hash::dh_bucket(addr::fold(&flow.dst)) % svc.table_len;
             available_at(svc.table_off + bucket)
         }
         sched::MH => maglev(svc, flow),
@@ -126,7 +127,8 @@ extern "C" fn rr_step(_: u64, ctx: *mut c_void) -> i64 {
 struct HashWalk {
     table_off: u32,
     table_len: u32,
-    addr: u32,
+    /// The client's address, folded to 32 bits.
+    client: u32,
     port: u16,
     start: u32,
     found: Found,
@@ -137,9 +139,9 @@ fn source_hash(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     if svc.table_len != hash::SH_TABLE_SIZE {
         return None;
     }
-    let addr = u32::from_be_bytes(flow.src);
+    let client = addr::fold(&flow.src);
     let port = if svc.flags & svc_flags::SH_PORT != 0 { u16::from_be_bytes(flow.sport) } else { 0 };
-    let bucket = hash::sh_bucket(addr, port, 0);
+    let bucket = hash::sh_bucket(client, port, 0);
     if let Some(found) = available_at(svc.table_off + bucket) {
         return Some(found);
     }
@@ -148,14 +150,14 @@ fn source_hash(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     }
     // IPVS's ip_vs_sh_get_fallback: walk the whole table from the hashed bucket.
     let mut walk =
-        HashWalk { table_off: svc.table_off, table_len: svc.table_len, addr, port, start: bucket, found: Found::default() };
+        HashWalk { table_off: svc.table_off, table_len: svc.table_len, client, port, start: bucket, found: Found::default() };
     bpf_for(hash::SH_TABLE_SIZE, &mut walk, sh_fallback_step);
     walk.found.get()
 }
 
 extern "C" fn sh_fallback_step(offset: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *(ctx as *mut HashWalk) };
-    let b = hash::sh_bucket(w.addr, w.port, (offset as u32 + w.start) & (hash::SH_TABLE_SIZE - 1));
+    let b = hash::sh_bucket(w.client, w.port, (offset as u32 + w.start) & (hash::SH_TABLE_SIZE - 1));
     w.found.take(available_at(w.table_off + b))
 }
 
@@ -165,15 +167,15 @@ fn maglev(svc: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     if len == 0 {
         return None;
     }
-    let addr = u32::from_be_bytes(flow.src);
+    let client = addr::fold(&flow.src);
     let port = if svc.flags & svc_flags::MH_PORT != 0 { u16::from_be_bytes(flow.sport) } else { 0 };
-    if let Some(found) = available_at(svc.table_off + hash::mh_hash(addr, port, 0) % len) {
+    if let Some(found) = available_at(svc.table_off + hash::mh_hash(client, port, 0) % len) {
         return Some(found);
     }
     if svc.flags & svc_flags::MH_FALLBACK == 0 {
         return None;
     }
-    let mut walk = HashWalk { table_off: svc.table_off, table_len: len, addr, port, start: 0, found: Found::default() };
+    let mut walk = HashWalk { table_off: svc.table_off, table_len: len, client, port, start: 0, found: Found::default() };
     bpf_for(MH_FALLBACK_ROUNDS, &mut walk, mh_fallback_step);
     walk.found.get()
 }
@@ -183,7 +185,7 @@ extern "C" fn mh_fallback_step(round: u64, ctx: *mut c_void) -> i64 {
     if w.table_len == 0 {
         return 1;
     }
-    w.found.take(available_at(w.table_off + hash::mh_hash(w.addr, w.port, round as u32 + 1) % w.table_len))
+    w.found.take(available_at(w.table_off + hash::mh_hash(w.client, w.port, round as u32 + 1) % w.table_len))
 }
 
 struct Scan {

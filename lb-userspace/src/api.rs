@@ -2,7 +2,6 @@
 //! Unix socket that only root can open (directory 0700, socket 0600).
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::Ipv4Addr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -48,6 +47,7 @@ pub struct SettingsChange {
     pub udp: Option<u32>,
     pub expire_nodest_conn: Option<bool>,
     pub sloppy_tcp: Option<bool>,
+    pub icmp_echo: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ pub enum Request {
     /// Set (or with None remove) a service's health check.
     SetHealth { service: ServiceId, health: Option<HealthConfig> },
     /// Set (or with None remove) a service's sorry server.
-    SetSorry { service: ServiceId, address: Option<Ipv4Addr> },
+    SetSorry { service: ServiceId, address: Option<std::net::IpAddr> },
     /// Zero traffic counters (ipvsadm -Z).
     Zero { service: Option<ServiceId> },
     SetSettings { change: SettingsChange },

@@ -7,6 +7,7 @@
 //! udp = 300
 //! expire_nodest_conn = false
 //! sloppy_tcp = false
+//! icmp_echo = false          # true: the fast path answers ping to VIPs itself
 //!
 //! [[service]]
 //! proto = "tcp"              # tcp (default) or udp
@@ -23,6 +24,13 @@
 //! port = 81
 //! reals = [{ address = "192.168.1.11:8080", forward = "nat" }]   # dr (default), nat, tun
 //!
+//! [[service]]                # IPv6: DR to IPv6 real servers
+//! vip = "2001:db8::100"
+//! port = 80
+//! persistent = 300
+//! netmask = "64"             # IPv6: a prefix length (or an IPv6 netmask)
+//! reals = ["2001:db8::11", { address = "[2001:db8::12]:80" }]
+//!
 //! [[service]]                # a group: several VIP:ports, one set of reals
 //! fwmark = 1
 //! frontends = ["tcp:10.0.0.100:80", "tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8010"]
@@ -31,7 +39,7 @@
 //! ```
 //!
 //! The whole file is parsed and checked before anything is applied.
-use std::{collections::HashSet, net::Ipv4Addr, path::Path};
+use std::{collections::HashSet, path::Path};
 
 use anyhow::{Context, Result, bail};
 use lb_common::{Settings, tcp};
@@ -60,6 +68,8 @@ struct SettingsSection {
     expire_nodest_conn: bool,
     #[serde(default)]
     sloppy_tcp: bool,
+    #[serde(default)]
+    icmp_echo: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -128,7 +138,7 @@ pub struct ServiceConfig {
     pub frontends: Vec<Service>,
     pub reals: Vec<(RealAddr, RealOptions)>,
     /// Takes new connections when fewer reals than the health quorum are healthy.
-    pub sorry_server: Option<Ipv4Addr>,
+    pub sorry_server: Option<std::net::IpAddr>,
     pub health: Option<HealthConfig>,
 }
 
@@ -147,6 +157,7 @@ pub fn to_toml(cfg: &Config) -> String {
         udp: Some(s.udp_timeout),
         expire_nodest_conn: s.expire_nodest_conn != 0,
         sloppy_tcp: s.sloppy_tcp != 0,
+        icmp_echo: s.icmp_echo != 0,
     });
     let service = cfg
         .services
@@ -172,7 +183,7 @@ pub fn to_toml(cfg: &Config) -> String {
                 scheduler: Some(o.scheduler.name().to_string()),
                 sched_flags: ops::sched_flag_names(o.sched_flags).iter().map(|f| f.to_string()).collect(),
                 persistent: o.persistence.map(|p| p.timeout),
-                netmask: o.persistence.filter(|p| p.netmask != Ipv4Addr::BROADCAST).map(|p| p.netmask.to_string()),
+                netmask: o.persistence.filter(|p| p.netmask != ops::ONE_CLIENT).map(|p| p.netmask.to_string()),
                 one_packet: o.one_packet,
                 reals: svc
                     .reals
@@ -204,10 +215,6 @@ pub fn load(path: &Path) -> Result<Config> {
     parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
-fn ip(s: &str) -> Result<Ipv4Addr> {
-    s.parse().map_err(|_| anyhow::anyhow!("`{s}` is not an IPv4 address"))
-}
-
 pub fn parse(text: &str) -> Result<Config> {
     // toml's errors carry line and column.
     let file: File = toml::from_str(text)?;
@@ -224,6 +231,7 @@ pub fn parse(text: &str) -> Result<Config> {
         }
         out.expire_nodest_conn = s.expire_nodest_conn as u32;
         out.sloppy_tcp = s.sloppy_tcp as u32;
+        out.icmp_echo = s.icmp_echo as u32;
         out
     });
     let mut services = Vec::new();
@@ -272,17 +280,17 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
                 bail!("`frontends` belong to fwmark services");
             }
             let proto: Proto = s.proto.as_deref().unwrap_or("tcp").parse()?;
-            (ServiceId::Addr(Service { proto, vip: ip(vip)?, port: ops::parse_port(&port.to_string())? }), Vec::new())
+            (ServiceId::Addr(Service { proto, vip: ops::parse_ip(vip)?, port: ops::parse_port(&port.to_string())? }), Vec::new())
         }
         _ => bail!("a service needs either `vip` and `port`, or `fwmark` (with `frontends`)"),
     };
     let scheduler: Scheduler = s.scheduler.as_deref().unwrap_or("wlc").parse()?;
     let sched_flags = ops::parse_sched_flags(&s.sched_flags.join(","))?;
-    let netmask = s.netmask.as_deref().map(ip).transpose()?;
+    let netmask = s.netmask.as_deref().map(ops::parse_netmask).transpose()?;
     if netmask.is_some() && s.persistent.is_none() {
         bail!("`netmask` needs `persistent`");
     }
-    let persistence = s.persistent.map(|timeout| Persistence { timeout, netmask: netmask.unwrap_or(Ipv4Addr::BROADCAST) });
+    let persistence = s.persistent.map(|timeout| Persistence { timeout, netmask: netmask.unwrap_or(ops::ONE_CLIENT) });
     let options = ServiceOptions { scheduler, sched_flags, persistence, one_packet: s.one_packet };
     ops::check_options(id, &options)?;
     let mut reals: Vec<(RealAddr, RealOptions)> = Vec::new();
@@ -305,7 +313,7 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
         }
         reals.push((real, opts));
     }
-    let sorry_server = s.sorry_server.as_deref().map(ip).transpose().context("sorry_server")?;
+    let sorry_server = s.sorry_server.as_deref().map(ops::parse_ip).transpose().context("sorry_server")?;
     if let Some(h) = &s.health {
         h.validate(id)?;
     }
@@ -344,10 +352,11 @@ mod tests {
         assert_eq!(s.tcp_timeouts[tcp::FIN_WAIT as usize], 120);
         assert_eq!((s.udp_timeout, s.expire_nodest_conn, s.sloppy_tcp), (30, 1, 0));
         let web = &cfg.services[0];
-        assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 100), port: 80 }));
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: ip("10.0.0.100"), port: 80 }));
         assert_eq!(web.options.scheduler, Scheduler::Wrr);
-        assert_eq!(web.options.persistence, Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 255, 255, 0) }));
-        assert_eq!(web.reals[1], (Ipv4Addr::new(10, 0, 0, 12).into(), RealOptions { weight: 3, ..Default::default() }));
+        assert_eq!(web.options.persistence, Some(Persistence { timeout: 300, netmask: ip("255.255.255.0") }));
+        assert_eq!(web.reals[1], (ip("10.0.0.12").into(), RealOptions { weight: 3, ..Default::default() }));
         let group = &cfg.services[1];
         assert_eq!(group.id, ServiceId::Fwmark(7));
         assert_eq!(group.frontends.len(), 4);
@@ -402,7 +411,7 @@ mod tests {
         )
         .unwrap();
         let reals = &cfg.services[0].reals;
-        assert_eq!(reals[0].0, RealAddr { ip: Ipv4Addr::new(10, 0, 0, 12), port: Some(8080) });
+        assert_eq!(reals[0].0, RealAddr { ip: "10.0.0.12".parse().unwrap(), port: Some(8080) });
         assert_eq!(reals[0].1.forward, ForwardMethod::Masq);
         assert_eq!(reals[1].1.forward, ForwardMethod::Tunnel);
         assert_eq!(reals[2].1.forward, ForwardMethod::Route);
@@ -412,6 +421,36 @@ mod tests {
         assert!(err(&format!("{svc}reals = [{{ address = \"10.0.0.2\", forward = \"fancy\" }}]\n")).contains("unknown forwarding method"));
         let ops = "[[service]]\nproto = \"udp\"\nvip = \"10.0.0.1\"\nport = 53\none_packet = true\n";
         assert!(err(&format!("{ops}reals = [{{ address = \"10.0.0.2\", forward = \"nat\" }}]\n")).contains("one packet at a time"));
+    }
+
+    #[test]
+    fn ipv6_services_reals_and_netmasks() {
+        let cfg = parse(
+            r#"
+            [settings]
+            icmp_echo = true
+            [[service]]
+            vip = "2001:db8::100"
+            port = 80
+            persistent = 300
+            netmask = "64"
+            reals = ["2001:db8::11", { address = "[2001:db8::12]:8080", forward = "nat" }]
+            [[service]]
+            fwmark = 2
+            frontends = ["tcp:[2001:db8::100]:443"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.settings.unwrap().icmp_echo, 1);
+        let svc = &cfg.services[0];
+        assert_eq!(svc.id.to_string(), "TCP [2001:db8::100]:80");
+        assert_eq!(svc.options.persistence.unwrap().netmask, "ffff:ffff:ffff:ffff::".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(svc.reals[1].0.to_string(), "[2001:db8::12]:8080");
+        assert_eq!(cfg.services[1].frontends[0].to_string(), "TCP [2001:db8::100]:443");
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let v6 = "[[service]]\nvip = \"2001:db8::100\"\nport = 80\n";
+        assert!(err(&format!("{v6}reals = [\"10.0.0.2\"]\n")).contains("a real server serves its service's address family"));
+        assert!(err(&format!("{v6}persistent = 60\nnetmask = \"255.255.255.0\"\n")).contains("other address family"));
     }
 
     #[test]
@@ -426,7 +465,7 @@ mod tests {
         let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 99999\n").contains("line 3"));
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\ncolour = 1\n").contains("unknown field `colour`"));
-        assert!(err("[[service]]\nvip = \"10.0.0.300\"\nport = 80\n").contains("not an IPv4 address"));
+        assert!(err("[[service]]\nvip = \"10.0.0.300\"\nport = 80\n").contains("not an IP address"));
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nscheduler = \"xx\"\n").contains("unknown scheduler"));
         let dup = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[[service]]\nvip = \"10.0.0.1\"\nport = 80\n";
         assert!(err(dup).contains("Service already exists"));

@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     io::Write,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::unix::{
         fs::PermissionsExt,
         net::{UnixListener, UnixStream},
@@ -111,7 +111,7 @@ struct Engine {
     /// Health checks by service: part of the desired state, kept here (not in maps).
     health: BTreeMap<ServiceId, HealthConfig>,
     checker: Checker,
-    real_health: HashMap<(ServiceId, Ipv4Addr), RealHealth>,
+    real_health: HashMap<(ServiceId, IpAddr), RealHealth>,
     opts_ifaces: Vec<String>,
     paths: Paths,
     config: Option<PathBuf>,
@@ -174,7 +174,7 @@ impl Engine {
                 Some(h) => {
                     ops::set_inhibit_on_failure(&mut self.maps, s.id, h.on_failure == OnFailure::Inhibit)?;
                     for r in &s.reals {
-                        let addr = SocketAddr::new(h.address.unwrap_or(r.address).into(), h.port.unwrap_or(s.port()));
+                        let addr = SocketAddr::new(h.address.unwrap_or(r.address), h.port.unwrap_or(r.port));
                         targets.push(health::Target { service: s.id, real: r.address, addr, config: h.clone() });
                     }
                 }
@@ -427,7 +427,7 @@ impl Engine {
 }
 
 /// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
-fn notify(cmd: &str, service: ServiceId, real: Ipv4Addr, state: &str) {
+fn notify(cmd: &str, service: ServiceId, real: IpAddr, state: &str) {
     let spawned = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -460,6 +460,9 @@ pub fn apply_settings_change(s: &mut lb_common::Settings, c: SettingsChange) {
     }
     if let Some(on) = c.sloppy_tcp {
         s.sloppy_tcp = on as u32;
+    }
+    if let Some(on) = c.icmp_echo {
+        s.icmp_echo = on as u32;
     }
 }
 

@@ -1,7 +1,7 @@
-//! The TUN real server's IPIP decapsulator: the `xlb_decap` XDP program on the NICs the
-//! director's tunnelled packets arrive on, decapsulating those whose inner destination
-//! is one of this real server's VIPs. With it, LVS-TUN needs no kernel tunnel support
-//! (no ipip module, no tunl0).
+//! The TUN real server's decapsulator: the `xlb_decap` XDP program on the NICs the
+//! director's tunnelled packets (IPIP, IPv6-in-IPv6) arrive on, decapsulating those
+//! whose inner destination is one of this real server's VIPs. With it, LVS-TUN needs no
+//! kernel tunnel support (no ipip or ip6_tunnel module, no tunl0).
 //!
 //! `xlb realserver setup --mode tun` attaches it and exits: the program stays attached
 //! because its links are pinned in bpffs, with its VIP map, under
@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -19,7 +19,7 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray},
     programs::links::{FdLink, PinnedLink},
 };
-use lb_common::{decap_counter, map_names};
+use lb_common::{addr, decap_counter, map_names};
 use tracing::info;
 
 use crate::{
@@ -70,7 +70,7 @@ pub fn attached(dir: &Path) -> Result<BTreeSet<String>> {
     Ok(ifaces)
 }
 
-fn vip_map(dir: &Path) -> Result<HashMap<MapData, [u8; 4], u8>> {
+fn vip_map(dir: &Path) -> Result<HashMap<MapData, [u8; 16], u8>> {
     let path = dir.join(map_names::DECAP_VIPS);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Map::from_map_data(data)?.try_into()?)
@@ -79,7 +79,7 @@ fn vip_map(dir: &Path) -> Result<HashMap<MapData, [u8; 4], u8>> {
 /// Makes the decapsulator serve exactly `vips` on exactly `ifaces`. With the same
 /// interfaces as now only the VIP map changes; otherwise it is loaded afresh and
 /// attached in place of the old one (a NIC takes one XDP program).
-pub fn ensure(dir: &Path, vips: &[Ipv4Addr], ifaces: &BTreeSet<String>) -> Result<()> {
+pub fn ensure(dir: &Path, vips: &[IpAddr], ifaces: &BTreeSet<String>) -> Result<()> {
     if ifaces.is_empty() {
         bail!("the decapsulator needs at least one interface");
     }
@@ -88,7 +88,7 @@ pub fn ensure(dir: &Path, vips: &[Ipv4Addr], ifaces: &BTreeSet<String>) -> Resul
     }
     maps::prepare_pin_dir(dir)?;
     let mut ebpf = loader::load_with_sizes(&SHRUNK)?;
-    let mut vip_map: HashMap<MapData, [u8; 4], u8> =
+    let mut vip_map: HashMap<MapData, [u8; 16], u8> =
         ebpf.take_map(map_names::DECAP_VIPS).context("the XDP object has no DECAP_VIPS")?.try_into()?;
     sync_vips(&mut vip_map, vips)?;
     let stats = ebpf.take_map(map_names::DECAP_STATS).context("the XDP object has no DECAP_STATS")?;
@@ -108,9 +108,9 @@ pub fn ensure(dir: &Path, vips: &[Ipv4Addr], ifaces: &BTreeSet<String>) -> Resul
     Ok(())
 }
 
-fn sync_vips(map: &mut HashMap<MapData, [u8; 4], u8>, vips: &[Ipv4Addr]) -> Result<()> {
-    let wanted: BTreeSet<[u8; 4]> = vips.iter().map(|v| v.octets()).collect();
-    let present: BTreeSet<[u8; 4]> = map.keys().collect::<Result<_, _>>()?;
+fn sync_vips(map: &mut HashMap<MapData, [u8; 16], u8>, vips: &[IpAddr]) -> Result<()> {
+    let wanted: BTreeSet<[u8; 16]> = vips.iter().map(|&v| addr::from_ip(v)).collect();
+    let present: BTreeSet<[u8; 16]> = map.keys().collect::<Result<_, _>>()?;
     for vip in present.difference(&wanted) {
         map.remove(vip)?;
     }
@@ -140,9 +140,9 @@ pub fn remove(dir: &Path) -> Result<()> {
 }
 
 /// The VIPs the decapsulator serves now.
-pub fn vips(dir: &Path) -> Result<BTreeSet<Ipv4Addr>> {
+pub fn vips(dir: &Path) -> Result<BTreeSet<IpAddr>> {
     let map = vip_map(dir)?;
-    Ok(map.keys().map(|k| k.map(Ipv4Addr::from)).collect::<Result<_, _>>()?)
+    Ok(map.keys().map(|k| k.map(addr::to_ip)).collect::<Result<_, _>>()?)
 }
 
 /// Its counters, summed over CPUs, in `decap_counter::NAMES` order.

@@ -7,7 +7,7 @@
 //! only state changes (and dynamic weights) to the daemon.
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, mpsc},
     time::Duration,
 };
@@ -62,7 +62,7 @@ pub struct HealthConfig {
     pub port: Option<u16>,
     /// Check this address instead of the real's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     /// http/https: path to GET, expected status, body checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -198,7 +198,7 @@ impl HealthConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     pub service: ServiceId,
-    pub real: Ipv4Addr,
+    pub real: IpAddr,
     /// Where the check connects (address/port overrides applied).
     pub addr: SocketAddr,
     pub config: HealthConfig,
@@ -208,7 +208,7 @@ pub struct Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub service: ServiceId,
-    pub real: Ipv4Addr,
+    pub real: IpAddr,
     pub up: bool,
     /// Why it went down, or "passed N checks" when up.
     pub reason: String,
@@ -219,7 +219,7 @@ pub struct Event {
 /// Runs the checks of every target until told otherwise.
 pub struct Checker {
     runtime: tokio::runtime::Runtime,
-    tasks: HashMap<(ServiceId, Ipv4Addr), (Target, tokio::task::JoinHandle<()>)>,
+    tasks: HashMap<(ServiceId, IpAddr), (Target, tokio::task::JoinHandle<()>)>,
     sender: mpsc::Sender<Event>,
     pub events: mpsc::Receiver<Event>,
 }
@@ -240,7 +240,7 @@ impl Checker {
     /// restart, vanished ones stop. Returns the targets (re)started: their state starts
     /// afresh (up, or down with `alpha`).
     pub fn sync(&mut self, targets: Vec<Target>) -> Vec<Target> {
-        let wanted: HashMap<(ServiceId, Ipv4Addr), Target> = targets.into_iter().map(|t| ((t.service, t.real), t)).collect();
+        let wanted: HashMap<(ServiceId, IpAddr), Target> = targets.into_iter().map(|t| ((t.service, t.real), t)).collect();
         self.tasks.retain(|key, (running, handle)| {
             let keep = wanted.get(key) == Some(running);
             if !keep {
@@ -269,7 +269,7 @@ impl Checker {
 async fn run_target(t: Target, events: mpsc::Sender<Event>) {
     let c = &t.config;
     if c.warmup > 0.0 {
-        let jitter = (std::process::id() as f64 * 0.618 + u32::from(t.real) as f64 * 0.377).fract();
+        let jitter = (std::process::id() as f64 * 0.618 + t.real.is_ipv4() as u32 as f64 + t.addr.port() as f64 * 0.377).fract();
         tokio::time::sleep(Duration::from_secs_f64(c.warmup * jitter)).await;
     }
     let send = |up: bool, reason: String, weight: Option<u32>| {

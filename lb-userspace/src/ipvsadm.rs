@@ -350,7 +350,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 let Some(p) = p.filter(|p| *p != 0) else {
                     return fail("illegal virtual server address[:port] specified: xlb needs a port (for all ports use a firewall-mark group: `xlb frontend add MARK tcp VIP:1-65535`)");
                 };
-                inv.service = Some(ServiceId::Addr(Service { proto, vip, port: p }));
+                inv.service = Some(ServiceId::Addr(Service { proto, vip: vip.into(), port: p }));
                 "service-address"
             }
             "fwmark-service" => {
@@ -374,12 +374,12 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                         None => return fail(format!("illegal timeout value `{t}' specified")),
                     },
                 };
-                let mask = inv.options.persistence.map_or(Ipv4Addr::BROADCAST, |p| p.netmask);
+                let mask = inv.options.persistence.map_or(ops::ONE_CLIENT, |p| p.netmask);
                 inv.options.persistence = Some(Persistence { timeout, netmask: mask });
                 "persistent"
             }
             "netmask" => {
-                let Ok(mask) = v.parse::<Ipv4Addr>() else {
+                let Ok(mask) = ops::parse_netmask(v) else {
                     return fail("illegal virtual server persistent mask specified");
                 };
                 let timeout = inv.options.persistence.map_or(ops::DEFAULT_PERSISTENCE_TIMEOUT, |p| p.timeout);
@@ -390,7 +390,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 let Some((ip, port)) = addr_port(v, Proto::Tcp) else {
                     return fail("illegal real server address[:port] specified");
                 };
-                inv.real = Some(RealAddr { ip, port });
+                inv.real = Some(RealAddr { ip: ip.into(), port });
                 "real-server"
             }
             "gatewaying" | "masquerading" | "ipip" => {
@@ -525,7 +525,7 @@ pub fn save(services: &[ServiceView]) -> String {
         out.push_str(&format!("-A {svc} -s {}", s.scheduler));
         if let Some(p) = s.persistence {
             out.push_str(&format!(" -p {}", p.timeout));
-            if p.netmask != Ipv4Addr::BROADCAST {
+            if p.netmask != ops::ONE_CLIENT {
                 out.push_str(&format!(" -M {}", p.netmask));
             }
         }
@@ -696,7 +696,7 @@ mod tests {
         assert_eq!(i.command, Command::AddService);
         assert_eq!(i.options.scheduler, Scheduler::Rr);
         let i = p("-a -t 172.30.0.200:80 -r 10.0.0.7:80 -m").unwrap();
-        assert_eq!((i.command, i.real, i.real_options.forward), (Command::AddServer, Some(RealAddr { ip: Ipv4Addr::new(10, 0, 0, 7), port: Some(80) }), ForwardMethod::Masq));
+        assert_eq!((i.command, i.real, i.real_options.forward), (Command::AddServer, Some(RealAddr { ip: Ipv4Addr::new(10, 0, 0, 7).into(), port: Some(80) }), ForwardMethod::Masq));
         let i = p("-a -t 10.0.0.200:80 -r 10.0.0.14:80 -g -w 3").unwrap();
         assert_eq!(i.real_options.weight, 3);
         assert_eq!(p("-Ln").unwrap().command, Command::List);
@@ -713,12 +713,12 @@ mod tests {
         let i = p("-A -t 10.0.0.1:80 -s wlc -p").unwrap();
         assert_eq!(i.options.persistence.unwrap().timeout, 300);
         let i = p("-A -t 10.0.0.1:80 -p 600 -M 255.255.255.0").unwrap();
-        assert_eq!(i.options.persistence, Some(Persistence { timeout: 600, netmask: Ipv4Addr::new(255, 255, 255, 0) }));
+        assert_eq!(i.options.persistence, Some(Persistence { timeout: 600, netmask: Ipv4Addr::new(255, 255, 255, 0).into() }));
         let i = p("-A -u 10.0.0.1:53 -s sh -b sh-port,sh-fallback -o").unwrap();
         assert!(i.options.one_packet);
         assert_eq!(i.options.sched_flags, lb_common::svc_flags::SH_PORT | lb_common::svc_flags::SH_FALLBACK);
         let i = p("--add-service --tcp-service=10.0.0.1:http --scheduler=wrr").unwrap();
-        assert_eq!(i.service, Some(ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1), port: 80 })));
+        assert_eq!(i.service, Some(ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1).into(), port: 80 })));
         assert_eq!(p("-A -f 3 -s rr").unwrap().service, Some(ServiceId::Fwmark(3)));
         assert_eq!(p("-a -t 10.0.0.1:80 -r 10.0.0.2 -w3").unwrap().real_options.weight, 3);
     }

@@ -40,16 +40,21 @@ pub fn largenum(i: u64, exact: bool) -> String {
 /// "TCP  10.0.0.1:80" / "FWM  1", cut to 33 characters as ipvsadm does.
 fn service_name(s: &ServiceView) -> String {
     let mut name = match s.id {
-        ServiceId::Addr(a) => format!("{}  {}:{}", a.proto.name(), a.vip, a.port),
+        ServiceId::Addr(a) => format!("{}  {}", a.proto.name(), a.endpoint()),
         ServiceId::Fwmark(m) => format!("FWM  {m}"),
     };
-    name.truncate(33);
+    // ipvsadm cuts IPv4 names only.
+    if !matches!(s.id, ServiceId::Addr(a) if a.vip.is_ipv6()) {
+        name.truncate(33);
+    }
     name
 }
 
 fn real_name(r: &RealView) -> String {
-    let mut name = format!("{}:{}", r.address, r.port);
-    name.truncate(28);
+    let mut name = std::net::SocketAddr::new(r.address, r.port).to_string();
+    if r.address.is_ipv4() {
+        name.truncate(28);
+    }
     name
 }
 
@@ -57,7 +62,7 @@ fn real_name(r: &RealView) -> String {
 fn totals(s: &ServiceView) -> RealView {
     let mut t = RealView {
         id: 0,
-        address: std::net::Ipv4Addr::UNSPECIFIED,
+        address: std::net::Ipv4Addr::UNSPECIFIED.into(),
         weight: 0,
         u_threshold: 0,
         l_threshold: 0,
@@ -205,7 +210,7 @@ fn service_line(s: &ServiceView) -> String {
     }
     if let Some(p) = s.persistence {
         let _ = write!(line, " persistent {}", p.timeout);
-        if p.netmask != std::net::Ipv4Addr::BROADCAST {
+        if p.netmask != crate::ops::ONE_CLIENT {
             let _ = write!(line, " mask {}", p.netmask);
         }
     }
@@ -230,7 +235,8 @@ pub fn fold_frontends(list: &[Service]) -> Vec<String> {
             j += 1;
         }
         let ports = if j > i { format!("{}-{}", first.port, list[j].port) } else { first.port.to_string() };
-        out.push(format!("{} {}:{ports}", first.proto.name(), first.vip));
+        let vip = if first.vip.is_ipv4() { first.vip.to_string() } else { format!("[{}]", first.vip) };
+        out.push(format!("{} {vip}:{ports}", first.proto.name()));
         i = j + 1;
     }
     out
@@ -242,15 +248,14 @@ pub fn conns_table(conns: &[ConnView]) -> String {
     for c in conns {
         let _ = writeln!(
             out,
-            "{:<3} {:02}:{:02}  {:<11} {:<18} {:<18} {}:{}",
+            "{:<3} {:02}:{:02}  {:<11} {:<18} {:<18} {}",
             c.proto,
             c.expires_in / 60,
             c.expires_in % 60,
             c.state,
             c.client,
             c.virtual_address,
-            c.real,
-            c.real_port
+            std::net::SocketAddr::new(c.real, c.real_port)
         );
     }
     out
@@ -263,10 +268,13 @@ mod tests {
 
     #[test]
     fn frontends_fold_into_ranges() {
-        let vip = std::net::Ipv4Addr::new(10, 0, 0, 1);
+        let vip = "10.0.0.1".parse().unwrap();
         let f = |proto, port| Service { proto, vip, port };
         let list = [f(Proto::Tcp, 80), f(Proto::Tcp, 443), f(Proto::Tcp, 444), f(Proto::Tcp, 445), f(Proto::Udp, 446)];
         assert_eq!(fold_frontends(&list), vec!["TCP 10.0.0.1:80", "TCP 10.0.0.1:443-445", "UDP 10.0.0.1:446"]);
+        let vip6 = "2001:db8::1".parse().unwrap();
+        let list6 = [Service { proto: Proto::Tcp, vip: vip6, port: 80 }, Service { proto: Proto::Tcp, vip: vip6, port: 81 }];
+        assert_eq!(fold_frontends(&list6), vec!["TCP [2001:db8::1]:80-81"]);
     }
 
     #[test]

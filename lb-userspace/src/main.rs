@@ -127,6 +127,10 @@ enum Cmd {
         /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
         #[arg(long, value_parser = parse_switch)]
         sloppy_tcp: Option<bool>,
+        /// Answer ICMP echo (ping) to the VIPs in the fast path (off: the kernel answers
+        /// if it holds the VIP).
+        #[arg(long, value_parser = parse_switch)]
+        icmp_echo: Option<bool>,
     },
     /// Show the timeouts (ipvsadm -L --timeout).
     Timeout,
@@ -249,9 +253,10 @@ struct SchedArgs {
     /// Persistent service, optionally with the timeout in seconds (default 300).
     #[arg(long, short = 'p', num_args = 0..=1, default_missing_value = "300", value_name = "TIMEOUT")]
     persistent: Option<u32>,
-    /// Persistence granularity: clients in one network share a real.
-    #[arg(long, short = 'M', requires = "persistent")]
-    netmask: Option<std::net::Ipv4Addr>,
+    /// Persistence granularity: clients in one network share a real (an IPv4 netmask;
+    /// for IPv6 a prefix length or an IPv6 netmask).
+    #[arg(long, short = 'M', requires = "persistent", value_parser = ops::parse_netmask)]
+    netmask: Option<std::net::IpAddr>,
     /// One-packet scheduling (UDP).
     #[arg(long, short = 'o')]
     ops: bool,
@@ -264,7 +269,7 @@ impl SchedArgs {
             sched_flags: ops::parse_sched_flags(&self.sched_flags)?,
             persistence: self.persistent.map(|timeout| Persistence {
                 timeout,
-                netmask: self.netmask.unwrap_or(std::net::Ipv4Addr::BROADCAST),
+                netmask: self.netmask.unwrap_or(ops::ONE_CLIENT),
             }),
             one_packet: self.ops,
         })
@@ -327,7 +332,7 @@ struct HealthArgs {
     port: Option<u16>,
     /// Address to check (default: the real's).
     #[arg(long)]
-    address: Option<std::net::Ipv4Addr>,
+    address: Option<std::net::IpAddr>,
     /// http/https: path to GET (default /).
     #[arg(long)]
     path: Option<String>,
@@ -419,7 +424,7 @@ enum SorryCmd {
         #[command(flatten)]
         service: ServiceArg,
         #[arg(value_name = "SORRY_SERVER")]
-        sorry: std::net::Ipv4Addr,
+        sorry: std::net::IpAddr,
     },
     /// xlb sorry del tcp 10.0.0.100:80
     Del {
@@ -677,8 +682,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Cmd::Zero => done(call(Request::Zero { service: None })?),
-        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp } => {
-            done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp } })?)
+        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
+            done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } })?)
         }
         Cmd::Timeout => match call(Request::Settings)? {
             Reply::Settings(s) => show(output, &s, |s| format!("Timeout (tcp tcpfin udp): {} {} {}\n", s.tcp, s.tcpfin, s.udp)),

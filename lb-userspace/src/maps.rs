@@ -29,6 +29,8 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
     /// NAT reply 5-tuple → the client's flow and the way back (written by the fast path only).
     pub nat_replies: HashMap<MapData, FlowKey, NatReply>,
+    /// VIP (16-byte form) → its number of frontends (written by `ops` only).
+    pub vips: HashMap<MapData, [u8; 16], u32>,
 }
 
 impl Maps {
@@ -68,6 +70,7 @@ impl Maps {
             real_stats: get(map_names::REAL_STATS)?.try_into()?,
             counters: get(map_names::COUNTERS)?.try_into()?,
             nat_replies: get(map_names::NAT_REPLIES)?.try_into()?,
+            vips: get(map_names::VIPS)?.try_into()?,
         })
     }
 }

@@ -3,7 +3,6 @@
 //! measured between successive snapshots.
 use std::{
     collections::{HashMap, VecDeque},
-    net::Ipv4Addr,
     time::Instant,
 };
 
@@ -104,7 +103,7 @@ pub struct Rate {
     pub bps: f64,
 }
 
-type RealKey = (ServiceId, Ipv4Addr);
+type RealKey = (ServiceId, std::net::IpAddr);
 
 /// Per-real rates over the last `capacity` intervals, newest last. A real gets its
 /// first rate at the second snapshot that lists it; counters that went down (zeroed)
@@ -153,12 +152,12 @@ impl TrafficHistory {
     }
 
     /// The rates of `address` in `service`, oldest first (empty until its second snapshot).
-    pub fn series(&self, service: ServiceId, address: Ipv4Addr) -> Vec<Rate> {
+    pub fn series(&self, service: ServiceId, address: std::net::IpAddr) -> Vec<Rate> {
         self.series.get(&(service, address)).map_or_else(Vec::new, |s| s.iter().copied().collect())
     }
 
     /// The latest rates of `address` in `service` (zero until its second snapshot).
-    pub fn latest(&self, service: ServiceId, address: Ipv4Addr) -> Rate {
+    pub fn latest(&self, service: ServiceId, address: std::net::IpAddr) -> Rate {
         self.series.get(&(service, address)).and_then(|s| s.back()).copied().unwrap_or_default()
     }
 
@@ -169,6 +168,7 @@ impl TrafficHistory {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
 
     use super::*;
@@ -179,7 +179,7 @@ pub(crate) mod tests {
     pub fn real(last_octet: u8, conns: u64, packets: u64, bytes: u64) -> RealView {
         RealView {
             id: last_octet as u32,
-            address: Ipv4Addr::new(10, 99, 0, last_octet),
+            address: Ipv4Addr::new(10, 99, 0, last_octet).into(),
             weight: 1,
             u_threshold: 0,
             l_threshold: 0,
@@ -206,8 +206,8 @@ pub(crate) mod tests {
 
     pub fn web_service(reals: Vec<RealView>) -> ServiceView {
         ServiceView {
-            id: ServiceId::Addr(Service { proto: Proto::Tcp, vip: VIP, port: 80 }),
-            frontends: vec![Service { proto: Proto::Tcp, vip: VIP, port: 80 }],
+            id: ServiceId::Addr(Service { proto: Proto::Tcp, vip: IpAddr::V4(VIP), port: 80 }),
+            frontends: vec![Service { proto: Proto::Tcp, vip: IpAddr::V4(VIP), port: 80 }],
             scheduler: "rr".into(),
             sched_flags: Vec::new(),
             persistence: None,
@@ -241,7 +241,7 @@ pub(crate) mod tests {
     fn rates_are_deltas_per_second_and_keep_the_last_capacity_intervals() {
         let t0 = Instant::now();
         let id = web_service(Vec::new()).id;
-        let rs1 = Ipv4Addr::new(10, 99, 0, 11);
+        let rs1: std::net::IpAddr = Ipv4Addr::new(10, 99, 0, 11).into();
         let mut h = TrafficHistory::new(2);
         h.record(&[web_service(vec![real(11, 0, 0, 0)])], t0);
         assert_eq!(h.series(id, rs1).len(), 0, "one snapshot is no interval");

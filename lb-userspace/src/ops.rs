@@ -5,13 +5,16 @@
 //! fresh pool slots and then replaces the service entry whole, so the fast path always
 //! sees either the old or the new table, never a mix. A removed real stays in the maps,
 //! marked removed, until its last connection is gone (see [`sweep`]).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use lb_common::{
     ConnEntry, FlowKey, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, POOL_SLOTS, PROTO_TCP, PROTO_UDP,
-    RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, counter, forward, hash,
+    RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, addr, counter, forward, hash,
     real_flags, sched, svc_flags, tcp,
 };
 use serde::{Deserialize, Serialize};
@@ -58,26 +61,58 @@ impl std::str::FromStr for Proto {
     }
 }
 
-/// One frontend: protocol, VIP and port.
+/// One frontend: protocol, VIP (IPv4 or IPv6) and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Service {
     pub proto: Proto,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
 }
 
 impl Service {
     pub fn key(&self) -> ServiceKey {
-        ServiceKey::new(self.vip.octets(), self.port, self.proto.number())
+        ServiceKey::new(addr::from_ip(self.vip), self.port, self.proto.number())
     }
     fn from_key(key: &ServiceKey) -> Option<Self> {
-        Some(Self { proto: Proto::from_number(key.proto)?, vip: Ipv4Addr::from(key.vip), port: key.port() })
+        Some(Self { proto: Proto::from_number(key.proto)?, vip: addr::to_ip(key.vip), port: key.port() })
+    }
+    /// "VIP:PORT", the IPv6 address in brackets.
+    pub fn endpoint(&self) -> String {
+        SocketAddr::new(self.vip, self.port).to_string()
     }
 }
 
 impl std::fmt::Display for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}:{}", self.proto.name(), self.vip, self.port)
+        write!(f, "{} {}", self.proto.name(), self.endpoint())
+    }
+}
+
+/// An IPv4 or IPv6 address (an IPv6 one may be in brackets). IPv4-mapped IPv6 is
+/// refused: xlb keeps IPv4 in that form itself, so it would stand for the IPv4 address.
+pub fn parse_ip(s: &str) -> Result<IpAddr> {
+    let bare = s.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(s);
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+            bail!("`{s}` is an IPv4-mapped IPv6 address: write it as IPv4 ({})", v6.to_ipv4_mapped().unwrap())
+        }
+        Ok(ip) => Ok(ip),
+        Err(_) => bail!("`{s}` is not an IP address"),
+    }
+}
+
+/// Splits "HOST:PORT" where HOST is IPv4 or a bracketed IPv6 address.
+fn split_endpoint<'a>(s: &'a str, example: &str) -> Result<(&'a str, &'a str)> {
+    let split = match s.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:"),
+        None => s.rsplit_once(':').filter(|(host, _)| !host.contains(':')),
+    };
+    match split {
+        Some(parts) => Ok(parts),
+        None if s.contains("::") || s.matches(':').count() > 1 => {
+            bail!("`{s}` is not {example}: an IPv6 address takes brackets, as in [2001:db8::1]:80")
+        }
+        None => bail!("`{s}` is not {example} (for example 10.0.0.100:80)"),
     }
 }
 
@@ -114,11 +149,10 @@ impl ServiceId {
     }
 }
 
-/// Parses "VIP:PORT".
-pub fn parse_vip_port(s: &str) -> Result<(Ipv4Addr, u16)> {
-    let Some((ip, port)) = s.rsplit_once(':') else { bail!("`{s}` is not VIP:PORT (for example 10.0.0.100:80)") };
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else { bail!("`{ip}` is not an IPv4 address") };
-    Ok((ip, parse_port(port)?))
+/// Parses "VIP:PORT" ("[VIP]:PORT" for IPv6).
+pub fn parse_vip_port(s: &str) -> Result<(IpAddr, u16)> {
+    let (ip, port) = split_endpoint(s, "VIP:PORT")?;
+    Ok((parse_ip(ip)?, parse_port(port)?))
 }
 
 pub fn parse_port(port: &str) -> Result<u16> {
@@ -128,10 +162,10 @@ pub fn parse_port(port: &str) -> Result<u16> {
     }
 }
 
-/// Parses "VIP:PORT" or "VIP:FIRST-LAST" into frontends of protocol `proto`.
+/// Parses "VIP:PORT" or "VIP:FIRST-LAST" (IPv6 in brackets) into frontends of `proto`.
 pub fn parse_frontends(proto: Proto, s: &str) -> Result<Vec<Service>> {
-    let Some((ip, ports)) = s.rsplit_once(':') else { bail!("`{s}` is not VIP:PORT or VIP:FIRST-LAST") };
-    let Ok(vip) = ip.parse::<Ipv4Addr>() else { bail!("`{ip}` is not an IPv4 address") };
+    let (ip, ports) = split_endpoint(s, "VIP:PORT or VIP:FIRST-LAST")?;
+    let vip = parse_ip(ip)?;
     let (first, last) = match ports.split_once('-') {
         Some((a, b)) => (parse_port(a)?, parse_port(b)?),
         None => (parse_port(ports)?, parse_port(ports)?),
@@ -224,7 +258,38 @@ pub fn sched_flag_names(flags: u32) -> Vec<&'static str> {
 pub struct Persistence {
     /// Seconds a client's template lives after its last connection (IPVS default 300).
     pub timeout: u32,
-    pub netmask: Ipv4Addr,
+    /// Clients in one network share a real: an IPv4 netmask, or an IPv6 one for IPv6
+    /// services (255.255.255.255, the default, is one client for either family).
+    pub netmask: IpAddr,
+}
+
+/// The default persistence granularity: each client on its own.
+pub const ONE_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::BROADCAST);
+
+/// ipvsadm's -M: an IPv4 netmask, an IPv6 one, or an IPv6 prefix length (as ipvsadm
+/// takes IPv6 netmasks).
+pub fn parse_netmask(s: &str) -> Result<IpAddr> {
+    if let Ok(len) = s.trim_start_matches('/').parse::<u32>() {
+        if !(1..=128).contains(&len) {
+            bail!("`{s}` is not an IPv6 prefix length (1-128)");
+        }
+        return Ok(IpAddr::V6(Ipv6Addr::from(u128::MAX << (128 - len))));
+    }
+    s.parse::<IpAddr>().map_err(|_| anyhow::anyhow!("`{s}` is not a netmask"))
+}
+
+/// Whether `m`'s ones come first and its zeros last.
+fn contiguous(m: IpAddr) -> bool {
+    match m {
+        IpAddr::V4(a) => {
+            let m = u32::from(a);
+            m.leading_ones() + m.trailing_zeros() == 32
+        }
+        IpAddr::V6(a) => {
+            let m = u128::from(a);
+            m.leading_ones() + m.trailing_zeros() == 128
+        }
+    }
 }
 
 pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 300;
@@ -262,8 +327,16 @@ impl ServiceOptions {
         Self {
             scheduler: Scheduler::from_id(info.scheduler).unwrap_or(Scheduler::Wlc),
             sched_flags: info.flags & (svc_flags::SH_PORT | svc_flags::SH_FALLBACK | svc_flags::MH_PORT | svc_flags::MH_FALLBACK),
-            persistence: (info.flags & svc_flags::PERSISTENT != 0)
-                .then(|| Persistence { timeout: info.persist_timeout, netmask: Ipv4Addr::from(info.persist_mask) }),
+            persistence: (info.flags & svc_flags::PERSISTENT != 0).then(|| {
+                let m = info.persist_mask;
+                // An IPv4 mask keeps the IPv4-mapped prefix whole.
+                let netmask = if m[..12].iter().all(|&b| b == 0xff) {
+                    IpAddr::V4(Ipv4Addr::from(addr::v4(&m)))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(m))
+                };
+                Persistence { timeout: info.persist_timeout, netmask }
+            }),
             one_packet: info.flags & svc_flags::ONE_PACKET != 0,
         }
     }
@@ -341,7 +414,7 @@ impl std::str::FromStr for ForwardMethod {
 /// choose (None: the service's port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RealAddr {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: Option<u16>,
 }
 
@@ -357,29 +430,41 @@ impl RealAddr {
     }
 }
 
+impl From<IpAddr> for RealAddr {
+    fn from(ip: IpAddr) -> Self {
+        Self { ip, port: None }
+    }
+}
+
 impl From<Ipv4Addr> for RealAddr {
     fn from(ip: Ipv4Addr) -> Self {
-        Self { ip, port: None }
+        IpAddr::V4(ip).into()
+    }
+}
+
+impl From<Ipv6Addr> for RealAddr {
+    fn from(ip: Ipv6Addr) -> Self {
+        IpAddr::V6(ip).into()
     }
 }
 
 impl std::str::FromStr for RealAddr {
     type Err = anyhow::Error;
-    /// "RIP" or "RIP:PORT".
+    /// "RIP" or "RIP:PORT" (IPv6: "RIP" or "[RIP]:PORT").
     fn from_str(s: &str) -> Result<Self> {
-        let (ip, port) = match s.rsplit_once(':') {
-            Some((ip, port)) => (ip, Some(parse_port(port)?)),
-            None => (s, None),
-        };
-        let Ok(ip) = ip.parse::<Ipv4Addr>() else { bail!("`{ip}` is not an IPv4 address") };
-        Ok(Self { ip, port })
+        let with_port = if s.starts_with('[') { s.contains("]:") } else { s.matches(':').count() == 1 };
+        if with_port {
+            let (ip, port) = split_endpoint(s, "RIP:PORT")?;
+            return Ok(Self { ip: parse_ip(ip)?, port: Some(parse_port(port)?) });
+        }
+        Ok(Self { ip: parse_ip(s)?, port: None })
     }
 }
 
 impl std::fmt::Display for RealAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.port {
-            Some(port) => write!(f, "{}:{port}", self.ip),
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
             None => self.ip.fmt(f),
         }
     }
@@ -411,7 +496,7 @@ pub struct Egress {
     /// The path MTU (TUN's encapsulated frames must fit it).
     pub mtu: u32,
     /// The director's address on that route (TUN's outer source address).
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
 }
 
 /// Where frames for a real server go, as the kernel resolves it (see `nexthop`).
@@ -427,10 +512,10 @@ impl NextHop {
     /// Writes the next hop into a real's entry (a MAC without a route means nothing).
     fn apply(&self, real: &mut RealEntry) {
         real.flags &= !(real_flags::MAC_VALID | real_flags::ROUTE_VALID);
-        (real.mac, real.src_mac, real.ifindex, real.mtu, real.src_ip) = ([0; 6], [0; 6], 0, 0, [0; 4]);
+        (real.mac, real.src_mac, real.ifindex, real.mtu, real.src_ip) = ([0; 6], [0; 6], 0, 0, [0; 16]);
         if let Some(e) = self.egress {
             real.flags |= real_flags::ROUTE_VALID;
-            (real.src_mac, real.ifindex, real.mtu, real.src_ip) = (e.mac, e.ifindex, e.mtu, e.src.octets());
+            (real.src_mac, real.ifindex, real.mtu, real.src_ip) = (e.mac, e.ifindex, e.mtu, addr::from_ip(e.src));
             if let Some(mac) = self.mac {
                 real.flags |= real_flags::MAC_VALID;
                 real.mac = mac;
@@ -443,7 +528,7 @@ impl NextHop {
             ifindex: real.ifindex,
             mac: real.src_mac,
             mtu: real.mtu,
-            src: Ipv4Addr::from(real.src_ip),
+            src: addr::to_ip(real.src_ip),
         });
         Self { egress, mac: real.mac_valid().then_some(real.mac) }
     }
@@ -535,9 +620,13 @@ pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
         if p.timeout == 0 {
             bail!("persistence timeout must be at least 1 second");
         }
-        let m = u32::from(p.netmask);
-        if m.leading_ones() + m.trailing_zeros() != 32 {
+        if !contiguous(p.netmask) {
             bail!("`{}` is not a netmask", p.netmask);
+        }
+        if let ServiceId::Addr(svc) = id {
+            if p.netmask.is_ipv4() != svc.vip.is_ipv4() && p.netmask != ONE_CLIENT {
+                bail!("netmask {} is for the other address family than {id}", p.netmask);
+            }
         }
     }
     Ok(())
@@ -547,12 +636,16 @@ pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
 const HEALTH_FLAGS: u32 = svc_flags::INHIBIT_ON_FAILURE | svc_flags::SORRY_ACTIVE;
 
 fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
-    let p = opts.persistence.unwrap_or(Persistence { timeout: 0, netmask: Ipv4Addr::BROADCAST });
+    let p = opts.persistence.unwrap_or(Persistence { timeout: 0, netmask: ONE_CLIENT });
+    let persist_mask = match p.netmask {
+        IpAddr::V4(m) => addr::v4_mask(m.octets()),
+        IpAddr::V6(m) => m.octets(),
+    };
     ServiceInfo {
         scheduler: opts.scheduler.id(),
         flags: opts.flags() | (base.flags & HEALTH_FLAGS),
         persist_timeout: p.timeout,
-        persist_mask: p.netmask.octets(),
+        persist_mask,
         ..base
     }
 }
@@ -584,6 +677,31 @@ pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Resu
     maps.service_info.insert(sid, info_with(ServiceInfo { id: sid, fwmark, ..Default::default() }, &opts), 0)?;
     if let ServiceId::Addr(svc) = id {
         maps.services.insert(svc.key(), sid, 0)?;
+        sync_vips(maps)?;
+    }
+    Ok(())
+}
+
+/// Makes the VIP map (VIP → its number of frontends) match the frontends: the fast path
+/// recognises ICMP to a VIP by it.
+fn sync_vips(maps: &mut Maps) -> Result<()> {
+    let mut wanted: BTreeMap<[u8; 16], u32> = BTreeMap::new();
+    for (key, _) in frontends(maps)? {
+        *wanted.entry(key.vip).or_default() += 1;
+    }
+    let mut present = Vec::new();
+    for entry in maps.vips.iter() {
+        present.push(entry?);
+    }
+    for (vip, _) in &present {
+        if !wanted.contains_key(vip) {
+            maps.vips.remove(vip)?;
+        }
+    }
+    for (vip, count) in wanted {
+        if !present.contains(&(vip, count)) {
+            maps.vips.insert(vip, count, 0)?;
+        }
     }
     Ok(())
 }
@@ -614,21 +732,26 @@ pub fn remove_service(maps: &mut Maps, id: ServiceId) -> Result<()> {
             maps.reals.insert(real_id, real, 0)?;
         }
     }
-    Ok(())
+    sync_vips(maps)
 }
 
 /// Adds frontends (VIP:port entries) to a firewall-mark service.
 pub fn add_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()> {
-    let info = find_service(maps, ServiceId::Fwmark(mark))?;
+    let id = ServiceId::Fwmark(mark);
+    let info = find_service(maps, id)?;
     for f in list {
         if maps.services.get(&f.key(), 0).is_ok() {
             return Err(refuse(ipvs_msg::SERVICE_EXISTS, format!("{f} (a VIP:port belongs to one service)")));
+        }
+        check_group_family(maps, &info, id, f.vip)?;
+        if let Some(first) = list.first() {
+            check_family(id, first.vip, f.vip)?;
         }
     }
     for f in list {
         maps.services.insert(f.key(), info.id, 0)?;
     }
-    Ok(())
+    sync_vips(maps)
 }
 
 pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()> {
@@ -641,7 +764,7 @@ pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<
     for f in list {
         maps.services.remove(&f.key())?;
     }
-    Ok(())
+    sync_vips(maps)
 }
 
 pub fn check_real_options(opts: &RealOptions) -> Result<()> {
@@ -659,6 +782,9 @@ pub fn check_real_options(opts: &RealOptions) -> Result<()> {
 /// and TUN leave the packet's port as the client sent it.
 pub fn check_real(id: ServiceId, real: RealAddr, opts: &RealOptions) -> Result<u16> {
     check_real_options(opts)?;
+    if let ServiceId::Addr(svc) = id {
+        check_family(id, svc.vip, real.ip)?;
+    }
     let forward = opts.forward;
     let service_port = match id {
         ServiceId::Addr(s) => s.port,
@@ -672,6 +798,32 @@ pub fn check_real(id: ServiceId, real: RealAddr, opts: &RealOptions) -> Result<u
             forward.name(),
             if service_port == 0 { String::new() } else { format!(" ({service_port}), not {p}") }
         ),
+    }
+}
+
+/// A real server serves its service's address family (a fwmark group's frontends and
+/// reals are all of one family too).
+fn check_family(id: ServiceId, service: IpAddr, real: IpAddr) -> Result<()> {
+    if service.is_ipv4() != real.is_ipv4() {
+        let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        bail!("{real} is {} and {id} is {}: a real server serves its service's address family", family(real), family(service));
+    }
+    Ok(())
+}
+
+/// In a fwmark group, every frontend and real has the family of the first one there.
+fn check_group_family(maps: &Maps, info: &ServiceInfo, id: ServiceId, candidate: IpAddr) -> Result<()> {
+    let reals = reals(maps)?;
+    let fronts = frontends(maps)?;
+    let first = reals
+        .iter()
+        .filter(|(_, r)| r.service_id == info.id && !r.removed())
+        .map(|(_, r)| addr::to_ip(r.ip))
+        .chain(fronts.iter().filter(|(_, sid)| *sid == info.id).map(|(k, _)| addr::to_ip(k.vip)))
+        .next();
+    match first {
+        Some(ip) => check_family(id, ip, candidate),
+        None => Ok(()),
     }
 }
 
@@ -689,8 +841,11 @@ pub fn add_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts:
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let port = check_real(id, real, &opts)?;
     check_one_packet(id, info.flags & svc_flags::ONE_PACKET != 0, opts.forward)?;
+    if let ServiceId::Fwmark(_) = id {
+        check_group_family(maps, &info, id, real.ip)?;
+    }
     let all = reals(maps)?;
-    let key = (real.ip.octets(), port.to_be_bytes());
+    let key = (addr::from_ip(real.ip), port.to_be_bytes());
     let mine: Vec<&(u32, RealEntry)> =
         all.iter().filter(|(_, r)| r.service_id == info.id && (r.ip, r.port) == key && !r.sorry()).collect();
     if mine.iter().any(|(_, r)| !r.removed()) {
@@ -738,7 +893,7 @@ fn new_real_id(maps: &mut Maps, all: &[(u32, RealEntry)]) -> Result<u32> {
 /// The live real `real` names in the service; without a port, the one real at that
 /// address (a NAT real mapped to another port is found without repeating it).
 fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, real: RealAddr) -> Result<(u32, RealEntry)> {
-    let ip = real.ip.octets();
+    let ip = addr::from_ip(real.ip);
     let candidates: Vec<(u32, RealEntry)> = reals(maps)?
         .into_iter()
         .filter(|(_, r)| r.service_id == info.id && r.ip == ip && !r.removed() && !r.sorry())
@@ -789,8 +944,8 @@ pub fn set_real_target(maps: &mut Maps, real_id: u32, hop: NextHop) -> Result<()
 
 /// Every real in the maps (draining ones too: their flows still go somewhere) with its
 /// address and current next hop, for the controller's refresh.
-pub fn next_hops(maps: &Maps) -> Result<Vec<(u32, Ipv4Addr, NextHop)>> {
-    Ok(reals(maps)?.into_iter().map(|(id, r)| (id, Ipv4Addr::from(r.ip), NextHop::of(&r))).collect())
+pub fn next_hops(maps: &Maps) -> Result<Vec<(u32, IpAddr, NextHop)>> {
+    Ok(reals(maps)?.into_iter().map(|(id, r)| (id, addr::to_ip(r.ip), NextHop::of(&r))).collect())
 }
 
 /// Rebuilds a service's real list and scheduling table in fresh pool slots, then
@@ -815,7 +970,7 @@ fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
         Some(Scheduler::Dh) => tables::dh_buckets(weights.len()),
         Some(Scheduler::Mh) => {
             let keys: Vec<u32> =
-                live.iter().map(|(_, r)| hash::real_key(u32::from_be_bytes(r.ip), u16::from_be_bytes(r.port))).collect();
+                live.iter().map(|(_, r)| hash::real_key(addr::fold(&r.ip), u16::from_be_bytes(r.port))).collect();
             tables::maglev_table(&keys, &weights)
         }
         _ => Vec::new(), // scanning schedulers use the real list only
@@ -846,7 +1001,7 @@ fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
 }
 
 /// Marks a real up or down by its health check and reschedules around it.
-pub fn set_real_health(maps: &mut Maps, id: ServiceId, rip: Ipv4Addr, up: bool) -> Result<()> {
+pub fn set_real_health(maps: &mut Maps, id: ServiceId, rip: IpAddr, up: bool) -> Result<()> {
     let info = find_service(maps, id)?;
     let (real_id, mut real) = find_real(maps, &info, id, rip.into())?;
     let flags = if up { real.flags & !real_flags::HEALTH_DOWN } else { real.flags | real_flags::HEALTH_DOWN };
@@ -881,10 +1036,10 @@ pub fn set_sorry_active(maps: &mut Maps, id: ServiceId, active: bool) -> Result<
 }
 
 /// Sets or clears a service's sorry server (keepalived's sorry_server).
-pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr, NextHop)>) -> Result<()> {
+pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(IpAddr, NextHop)>) -> Result<()> {
     let info = find_service(maps, id)?;
     let current = reals(maps)?.into_iter().find(|(_, r)| r.service_id == info.id && r.sorry() && !r.removed());
-    if current.as_ref().map(|(_, r)| Ipv4Addr::from(r.ip)) == sorry.map(|(ip, _)| ip) {
+    if current.as_ref().map(|(_, r)| addr::to_ip(r.ip)) == sorry.map(|(ip, _)| ip) {
         return Ok(());
     }
     if let Some((real_id, mut r)) = current {
@@ -900,7 +1055,7 @@ pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(Ipv4Addr,
             ServiceId::Fwmark(_) => 0,
         };
         let mut entry = RealEntry {
-            ip: ip.octets(),
+            ip: addr::from_ip(ip),
             port: port.to_be_bytes(),
             service_id: info.id,
             flags: real_flags::SORRY,
@@ -926,7 +1081,7 @@ pub fn set_settings(maps: &mut Maps, s: Settings) -> Result<()> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RealView {
     pub id: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The port frames reach it on (0 in a fwmark service: the client's).
     pub port: u16,
     pub forward: ForwardMethod,
@@ -976,7 +1131,7 @@ pub struct ServiceView {
     pub one_packet: bool,
     pub reals: Vec<RealView>,
     #[serde(default)]
-    pub sorry_server: Option<Ipv4Addr>,
+    pub sorry_server: Option<IpAddr>,
     /// New connections go to the sorry server (too few healthy reals).
     #[serde(default)]
     pub sorry_active: bool,
@@ -1032,7 +1187,7 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
         let sorry_server = all_reals
             .iter()
             .find(|(_, r)| r.service_id == info.id && r.sorry() && !r.removed())
-            .map(|(_, r)| Ipv4Addr::from(r.ip));
+            .map(|(_, r)| addr::to_ip(r.ip));
         for (real_id, r) in all_reals.iter().filter(|(_, r)| r.service_id == info.id && !r.removed() && !r.sorry()) {
             let mut stats = RealStats::default();
             for cpu in maps.real_stats.get(real_id, 0)?.iter() {
@@ -1041,7 +1196,7 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
             let load = maps.real_load.get(real_id, 0)?;
             reals.push(RealView {
                 id: *real_id,
-                address: Ipv4Addr::from(r.ip),
+                address: addr::to_ip(r.ip),
                 port: u16::from_be_bytes(r.port),
                 forward: ForwardMethod::from_code(r.forward),
                 weight: r.weight,
@@ -1100,7 +1255,7 @@ pub struct ConnView {
     pub proto: String,
     pub client: String,
     pub virtual_address: String,
-    pub real: Ipv4Addr,
+    pub real: IpAddr,
     pub real_port: u16,
     pub forward: ForwardMethod,
     pub state: String,
@@ -1129,9 +1284,9 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
         let left = (c.last_seen_ns + idle_limit_ns(c.state, &s)).saturating_sub(now) / 1_000_000_000;
         out.push(ConnView {
             proto: Proto::from_number(k.proto).map_or("?", Proto::name).to_string(),
-            client: format!("{}:{}", Ipv4Addr::from(k.src), u16::from_be_bytes(k.sport)),
-            virtual_address: format!("{}:{}", Ipv4Addr::from(k.dst), u16::from_be_bytes(k.dport)),
-            real: Ipv4Addr::from(c.real_ip),
+            client: SocketAddr::new(addr::to_ip(k.src), u16::from_be_bytes(k.sport)).to_string(),
+            virtual_address: SocketAddr::new(addr::to_ip(k.dst), u16::from_be_bytes(k.dport)).to_string(),
+            real: addr::to_ip(c.real_ip),
             real_port: u16::from_be_bytes(c.real_port),
             forward: ForwardMethod::from_code(c.forward),
             state: tcp::STATE_NAMES.get(c.state as usize).copied().unwrap_or("?").to_string(),
@@ -1202,9 +1357,12 @@ mod tests {
 
     #[test]
     fn vip_port_parsing_accepts_and_rejects() {
-        assert_eq!(parse_vip_port("10.0.0.1:80").unwrap(), (Ipv4Addr::new(10, 0, 0, 1), 80));
+        assert_eq!(parse_vip_port("10.0.0.1:80").unwrap(), (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 80));
+        assert_eq!(parse_vip_port("[2001:db8::1]:443").unwrap(), ("2001:db8::1".parse().unwrap(), 443));
         assert!(parse_vip_port("10.0.0.1").unwrap_err().to_string().contains("not VIP:PORT"));
-        assert!(parse_vip_port("10.0.0.300:80").unwrap_err().to_string().contains("not an IPv4"));
+        assert!(parse_vip_port("2001:db8::1:80").unwrap_err().to_string().contains("takes brackets"));
+        assert!(parse_vip_port("[::ffff:10.0.0.1]:80").unwrap_err().to_string().contains("write it as IPv4 (10.0.0.1)"));
+        assert!(parse_vip_port("10.0.0.300:80").unwrap_err().to_string().contains("not an IP address"));
         assert!(parse_vip_port("10.0.0.1:0").unwrap_err().to_string().contains("not a port"));
         assert!(parse_vip_port("10.0.0.1:70000").unwrap_err().to_string().contains("not a port"));
     }
@@ -1216,7 +1374,35 @@ mod tests {
         assert!(matches!(ServiceId::parse("udp", "10.0.0.1:53").unwrap(), ServiceId::Addr(Service { proto: Proto::Udp, .. })));
         let r = parse_frontends(Proto::Tcp, "10.0.0.1:8000-8002").unwrap();
         assert_eq!(r.iter().map(|s| s.port).collect::<Vec<_>>(), vec![8000, 8001, 8002]);
+        let r6 = parse_frontends(Proto::Udp, "[2001:db8::1]:53-54").unwrap();
+        assert_eq!(r6[1].to_string(), "UDP [2001:db8::1]:54");
         assert!(parse_frontends(Proto::Tcp, "10.0.0.1:9-8").unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn real_addresses_parse_both_families() {
+        let r = |s: &str| s.parse::<RealAddr>().map(|r| r.to_string()).map_err(|e| e.to_string());
+        assert_eq!(r("10.0.0.11"), Ok("10.0.0.11".into()));
+        assert_eq!(r("10.0.0.11:8080"), Ok("10.0.0.11:8080".into()));
+        assert_eq!(r("2001:db8::11"), Ok("2001:db8::11".into()));
+        assert_eq!(r("[2001:db8::11]"), Ok("2001:db8::11".into()));
+        assert_eq!(r("[2001:db8::11]:8080"), Ok("[2001:db8::11]:8080".into()));
+        assert!(r("10.0.0.256").unwrap_err().contains("not an IP address"));
+        assert!(r("10.0.0.11:0").unwrap_err().contains("not a port"));
+    }
+
+    #[test]
+    fn netmasks_for_both_families() {
+        assert_eq!(parse_netmask("255.255.255.0").unwrap(), "255.255.255.0".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_netmask("64").unwrap(), "ffff:ffff:ffff:ffff::".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_netmask("/128").unwrap(), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse::<IpAddr>().unwrap());
+        assert!(parse_netmask("129").is_err());
+        let v6 = ServiceId::Addr(Service { proto: Proto::Tcp, vip: "2001:db8::1".parse().unwrap(), port: 80 });
+        let with = |m: &str| ServiceOptions { persistence: Some(Persistence { timeout: 1, netmask: parse_netmask(m).unwrap() }), ..Default::default() };
+        assert!(check_options(v6, &with("64")).is_ok());
+        assert!(check_options(v6, &with("255.255.255.255")).is_ok(), "one client, either family");
+        assert!(check_options(v6, &with("255.255.0.0")).unwrap_err().to_string().contains("other address family"));
+        assert!(check_options(v6, &with("ffff::ff")).unwrap_err().to_string().contains("not a netmask"));
     }
 
     #[test]
@@ -1235,13 +1421,13 @@ mod tests {
 
     #[test]
     fn option_checks() {
-        let udp = ServiceId::Addr(Service { proto: Proto::Udp, vip: Ipv4Addr::LOCALHOST, port: 53 });
-        let tcp_svc = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::LOCALHOST, port: 80 });
+        let udp = ServiceId::Addr(Service { proto: Proto::Udp, vip: IpAddr::V4(Ipv4Addr::LOCALHOST), port: 53 });
+        let tcp_svc = ServiceId::Addr(Service { proto: Proto::Tcp, vip: IpAddr::V4(Ipv4Addr::LOCALHOST), port: 80 });
         let ops = ServiceOptions { one_packet: true, ..Default::default() };
         assert!(check_options(udp, &ops).is_ok());
         assert!(check_options(tcp_svc, &ops).unwrap_err().to_string().contains("UDP"));
         let bad_mask = ServiceOptions {
-            persistence: Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 0, 255, 0) }),
+            persistence: Some(Persistence { timeout: 300, netmask: IpAddr::V4(Ipv4Addr::new(255, 0, 255, 0)) }),
             ..Default::default()
         };
         assert!(check_options(tcp_svc, &bad_mask).unwrap_err().to_string().contains("not a netmask"));

@@ -1,6 +1,8 @@
 //! `xlb realserver`: prepares a real server as the seeds' LVS-DR real-server script does —
-//! each VIP as a /32 on `lo` (brought up), ARP for it neither answered (`arp_ignore=1`)
-//! nor announced (`arp_announce=2`) for `all` and `lo` — but idempotently and reversibly.
+//! each VIP as a /32 (IPv6: /128) on `lo` (brought up), ARP for it neither answered
+//! (`arp_ignore=1`) nor announced (`arp_announce=2`) for `all` and `lo` — but
+//! idempotently and reversibly. (IPv6 needs no such sysctl: the kernel answers neighbour
+//! solicitations only for addresses on the interface asked.)
 //!
 //! Two lines of that script are left out on purpose:
 //! - `route add -host VIP dev lo:10`: adding the /32 makes the kernel put a `local` route
@@ -19,7 +21,7 @@ use std::{
     collections::BTreeMap,
     fmt, fs,
     io::ErrorKind,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::fs::MetadataExt,
@@ -49,7 +51,7 @@ pub enum RealserverCmd {
     Teardown {
         /// VIP to tear down (repeat, or separate with commas; default: every VIP set up here).
         #[arg(long = "vip", value_name = "VIP", value_delimiter = ',')]
-        vips: Vec<Ipv4Addr>,
+        vips: Vec<IpAddr>,
     },
     /// Check every part of the setup; exits non-zero if any is missing.
     Status {
@@ -62,7 +64,7 @@ pub enum RealserverCmd {
 pub struct Target {
     /// Virtual IP this real server serves (repeat, or separate with commas).
     #[arg(long = "vip", value_name = "VIP", required = true, value_delimiter = ',')]
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// How the director forwards to this real server.
     #[arg(long, value_enum, default_value = "dr")]
     pub mode: Mode,
@@ -154,17 +156,21 @@ impl ArpSysctl {
 }
 
 /// The VIPs given, each once, refusing addresses no VIP can be.
-fn checked_vips(vips: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>> {
+fn checked_vips(vips: &[IpAddr]) -> Result<Vec<IpAddr>> {
     let mut checked = Vec::new();
     for &vip in vips {
         let why = if vip.is_unspecified() {
             "the unspecified address"
         } else if vip.is_loopback() {
-            "a loopback address (127.0.0.0/8)"
+            if vip.is_ipv4() { "a loopback address (127.0.0.0/8)" } else { "the loopback address" }
         } else if vip.is_multicast() {
             "a multicast address"
-        } else if vip.is_broadcast() {
+        } else if matches!(vip, IpAddr::V4(v) if v.is_broadcast()) {
             "the broadcast address"
+        } else if matches!(vip, IpAddr::V6(v) if v.is_unicast_link_local()) {
+            "a link-local address (fe80::/10)"
+        } else if matches!(vip, IpAddr::V6(v) if v.to_ipv4_mapped().is_some()) {
+            "IPv4-mapped: give the IPv4 address"
         } else {
             if !checked.contains(&vip) {
                 checked.push(vip);
@@ -181,11 +187,11 @@ fn ip(args: &[&str]) -> Result<String> {
     netns::run(Command::new("ip").args(args))
 }
 
-/// The IPv4 addresses of this namespace's interfaces, from `ip -j addr show`.
+/// The addresses of this namespace's interfaces, from `ip -j addr show`.
 struct Addresses {
     lo_up: bool,
     /// (interface, address, prefix length)
-    v4: Vec<(String, Ipv4Addr, u8)>,
+    addrs: Vec<(String, IpAddr, u8)>,
 }
 
 #[derive(Deserialize)]
@@ -212,33 +218,43 @@ impl Addresses {
         let json = ip(&["-j", "addr", "show"])?;
         let links: Vec<IpLink> = serde_json::from_str(&json).with_context(|| format!("reading `ip -j addr show`: {json}"))?;
         let lo_up = links.iter().any(|l| l.ifname == "lo" && l.flags.iter().any(|f| f == "UP"));
-        let mut v4 = Vec::new();
+        let mut addrs = Vec::new();
         for link in &links {
-            for a in link.addr_info.iter().filter(|a| a.family == "inet") {
+            for a in link.addr_info.iter().filter(|a| a.family == "inet" || a.family == "inet6") {
                 let addr = a.local.parse().with_context(|| format!("`ip -j addr show` listed {:?} on {}", a.local, link.ifname))?;
-                v4.push((link.ifname.clone(), addr, a.prefixlen));
+                addrs.push((link.ifname.clone(), addr, a.prefixlen));
             }
         }
-        Ok(Self { lo_up, v4 })
+        Ok(Self { lo_up, addrs })
     }
 
-    fn on_lo_as_host(&self, vip: Ipv4Addr) -> bool {
-        self.v4.iter().any(|(iface, addr, prefix)| iface == "lo" && *addr == vip && *prefix == 32)
+    fn on_lo_as_host(&self, vip: IpAddr) -> bool {
+        self.addrs.iter().any(|(iface, addr, prefix)| iface == "lo" && *addr == vip && *prefix == host_prefix(vip))
     }
 
     /// Where `vip` is that a real server must not have it: on lo with a wider prefix
     /// (that makes the whole subnet local) or on any other interface (where ARP answers it).
-    fn misplaced(&self, vip: Ipv4Addr) -> Vec<String> {
-        self.v4
+    fn misplaced(&self, vip: IpAddr) -> Vec<String> {
+        self.addrs
             .iter()
-            .filter(|(iface, addr, prefix)| *addr == vip && (iface != "lo" || *prefix != 32))
+            .filter(|(iface, addr, prefix)| *addr == vip && (iface != "lo" || *prefix != host_prefix(vip)))
             .map(|(iface, addr, prefix)| format!("{addr}/{prefix} on {iface}"))
             .collect()
     }
 }
 
+/// The prefix length of a host address: 32, or 128 for IPv6.
+fn host_prefix(vip: IpAddr) -> u8 {
+    if vip.is_ipv4() { 32 } else { 128 }
+}
+
+/// "VIP/32" or "VIP/128".
+fn host(vip: IpAddr) -> String {
+    format!("{vip}/{}", host_prefix(vip))
+}
+
 /// The route type `ip route get` reports for `vip` ("local" when it is delivered here).
-fn route_type(vip: Ipv4Addr) -> String {
+fn route_type(vip: IpAddr) -> String {
     let out = Command::new("ip").args(["-j", "route", "get", &vip.to_string()]).stdin(Stdio::null()).output();
     match out {
         Ok(out) if out.status.success() => {
@@ -263,7 +279,7 @@ struct State {
 
 #[derive(Serialize, Deserialize)]
 struct VipRecord {
-    vip: Ipv4Addr,
+    vip: IpAddr,
     /// Whether setup added the address; one that was there before stays after teardown.
     added: bool,
 }
@@ -336,11 +352,11 @@ fn netns_cookie() -> Option<u64> {
     (rc == 0).then_some(cookie)
 }
 
-fn comma_list(vips: &[Ipv4Addr]) -> String {
-    vips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(", ")
+fn comma_list(vips: &[IpAddr]) -> String {
+    vips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
 }
 
-pub fn setup(vips: &[Ipv4Addr], mode: Mode, ifaces: &[String]) -> Result<()> {
+pub fn setup(vips: &[IpAddr], mode: Mode, ifaces: &[String]) -> Result<()> {
     let vips = checked_vips(vips)?;
     if mode == Mode::Dr && !ifaces.is_empty() {
         bail!("--iface names the NICs of TUN mode's decapsulator: DR needs none");
@@ -353,10 +369,11 @@ pub fn setup(vips: &[Ipv4Addr], mode: Mode, ifaces: &[String]) -> Result<()> {
         let misplaced = addresses.misplaced(vip);
         if !misplaced.is_empty() {
             bail!(
-                "{vip} is already configured as {}: a real server must hold it only as {vip}/32 on lo \
+                "{vip} is already configured as {}: a real server must hold it only as {} on lo \
                  (elsewhere it answers ARP for it or makes a whole subnet local); remove it with \
                  `ip addr del ADDRESS/PREFIX dev IFACE` and run setup again",
-                misplaced.join(", ")
+                misplaced.join(", "),
+                host(vip)
             );
         }
     }
@@ -404,8 +421,8 @@ pub fn setup(vips: &[Ipv4Addr], mode: Mode, ifaces: &[String]) -> Result<()> {
         info!("brought lo up");
     }
     for vip in to_add {
-        ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).with_context(|| format!("adding {vip}/32 to lo"))?;
-        info!("added {vip}/32 to lo");
+        ip(&["addr", "add", &host(vip), "dev", "lo"]).with_context(|| format!("adding {} to lo", host(vip)))?;
+        info!("added {} to lo", host(vip));
     }
     for (sysctl, old) in to_change {
         sysctl.write(sysctl.value)?;
@@ -427,13 +444,13 @@ pub fn setup(vips: &[Ipv4Addr], mode: Mode, ifaces: &[String]) -> Result<()> {
 /// TUN mode's hook: this real server decapsulates the director's IPIP packets for
 /// every VIP set up here, on the recorded NICs.
 fn setup_ipip_decapsulator(state: &State) -> Result<()> {
-    let vips: Vec<Ipv4Addr> = state.vips.iter().map(|r| r.vip).collect();
+    let vips: Vec<IpAddr> = state.vips.iter().map(|r| r.vip).collect();
     let ifaces = state.decap_ifaces.iter().cloned().collect();
     decap::ensure(&decap::pin_dir(&netns_key()?), &vips, &ifaces)
 }
 
 /// TUN mode's status: the decapsulator attached to NICs, and serving each VIP.
-fn check_ipip_decapsulator(vips: &[Ipv4Addr]) -> Result<Vec<Check>> {
+fn check_ipip_decapsulator(vips: &[IpAddr]) -> Result<Vec<Check>> {
     let dir = decap::pin_dir(&netns_key()?);
     let ifaces = decap::attached(&dir)?;
     if ifaces.is_empty() {
@@ -472,13 +489,13 @@ fn xdp_program_on(iface: &str) -> String {
 }
 
 /// Undoes setup for `vips` (all recorded VIPs if empty).
-pub fn teardown(vips: &[Ipv4Addr]) -> Result<()> {
+pub fn teardown(vips: &[IpAddr]) -> Result<()> {
     let state_file = StateFile::lock()?;
     let Some(mut state) = state_file.load()? else {
         println!("nothing to tear down: no `xlb realserver setup` recorded for this network namespace");
         return Ok(());
     };
-    let selected: Vec<Ipv4Addr> = if vips.is_empty() { state.vips.iter().map(|r| r.vip).collect() } else { vips.to_vec() };
+    let selected: Vec<IpAddr> = if vips.is_empty() { state.vips.iter().map(|r| r.vip).collect() } else { vips.to_vec() };
     let addresses = Addresses::read()?;
     for vip in &selected {
         let Some(pos) = state.vips.iter().position(|r| r.vip == *vip) else {
@@ -487,10 +504,10 @@ pub fn teardown(vips: &[Ipv4Addr]) -> Result<()> {
         };
         let record = state.vips.remove(pos);
         if record.added && addresses.on_lo_as_host(record.vip) {
-            ip(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).with_context(|| format!("removing {vip}/32 from lo"))?;
-            info!("removed {vip}/32 from lo");
+            ip(&["addr", "del", &host(*vip), "dev", "lo"]).with_context(|| format!("removing {} from lo", host(*vip)))?;
+            info!("removed {} from lo", host(*vip));
         } else if !record.added {
-            info!("kept {vip}/32 on lo: it was there before setup");
+            info!("kept {} on lo: it was there before setup", host(*vip));
         }
         state_file.save(&state)?;
     }
@@ -498,7 +515,7 @@ pub fn teardown(vips: &[Ipv4Addr]) -> Result<()> {
         if !state.decap_ifaces.is_empty() {
             setup_ipip_decapsulator(&state)?;
         }
-        let left: Vec<Ipv4Addr> = state.vips.iter().map(|r| r.vip).collect();
+        let left: Vec<IpAddr> = state.vips.iter().map(|r| r.vip).collect();
         println!("ARP suppression kept: {} still set up", comma_list(&left));
         return Ok(());
     }
@@ -522,7 +539,7 @@ pub fn teardown(vips: &[Ipv4Addr]) -> Result<()> {
 #[derive(Serialize)]
 pub struct Status {
     pub mode: Mode,
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     pub complete: bool,
     pub checks: Vec<Check>,
     /// TUN: the decapsulator's counters (decapsulated, pass_not_for_vip), when attached.
@@ -556,7 +573,7 @@ impl Status {
 }
 
 /// Checks, without changing anything, every part of what setup does.
-pub fn status(vips: &[Ipv4Addr], mode: Mode) -> Result<Status> {
+pub fn status(vips: &[IpAddr], mode: Mode) -> Result<Status> {
     let vips = checked_vips(vips)?;
     let addresses = Addresses::read()?;
     let mut checks = vec![Check {
@@ -567,7 +584,7 @@ pub fn status(vips: &[Ipv4Addr], mode: Mode) -> Result<Status> {
     for &vip in &vips {
         let on_lo = addresses.on_lo_as_host(vip);
         checks.push(Check {
-            check: format!("{vip}/32 on lo"),
+            check: format!("{} on lo", host(vip)),
             ok: on_lo,
             found: if on_lo { "present" } else { "missing" }.into(),
         });
@@ -602,12 +619,16 @@ mod tests {
 
     #[test]
     fn vips_are_checked_and_deduplicated() {
-        let vip = Ipv4Addr::new(192, 168, 1, 200);
+        let vip: IpAddr = "192.168.1.200".parse().unwrap();
         assert_eq!(checked_vips(&[vip, vip]).unwrap(), [vip]);
-        let err = |v: Ipv4Addr| checked_vips(&[v]).unwrap_err().to_string();
-        assert_eq!(err(Ipv4Addr::LOCALHOST), "127.0.0.1 cannot be a VIP: it is a loopback address (127.0.0.0/8)");
-        assert_eq!(err(Ipv4Addr::UNSPECIFIED), "0.0.0.0 cannot be a VIP: it is the unspecified address");
-        assert_eq!(err(Ipv4Addr::new(224, 0, 0, 1)), "224.0.0.1 cannot be a VIP: it is a multicast address");
-        assert_eq!(err(Ipv4Addr::BROADCAST), "255.255.255.255 cannot be a VIP: it is the broadcast address");
+        let err = |v: &str| checked_vips(&[v.parse().unwrap()]).unwrap_err().to_string();
+        assert_eq!(err("127.0.0.1"), "127.0.0.1 cannot be a VIP: it is a loopback address (127.0.0.0/8)");
+        assert_eq!(err("0.0.0.0"), "0.0.0.0 cannot be a VIP: it is the unspecified address");
+        assert_eq!(err("224.0.0.1"), "224.0.0.1 cannot be a VIP: it is a multicast address");
+        assert_eq!(err("255.255.255.255"), "255.255.255.255 cannot be a VIP: it is the broadcast address");
+        assert_eq!(err("::1"), "::1 cannot be a VIP: it is the loopback address");
+        assert_eq!(err("fe80::1"), "fe80::1 cannot be a VIP: it is a link-local address (fe80::/10)");
+        assert_eq!(err("::ffff:10.0.0.1"), "::ffff:10.0.0.1 cannot be a VIP: it is IPv4-mapped: give the IPv4 address");
+        assert!(checked_vips(&["2001:db8::100".parse().unwrap()]).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! Brings the maps to a desired state (a [`Config`]) by applying only the differences:
 //! what stays the same is not touched, so established flows to unchanged services and
 //! reals carry on. Used for config reloads, `xlb apply`, restores and daemon restarts.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -154,7 +154,7 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
 }
 
 /// Next hops for many reals at once: one solicitation round, one short wait.
-fn resolve_all(ips: impl Iterator<Item = Ipv4Addr>) -> Vec<NextHop> {
-    let ips: Vec<Ipv4Addr> = ips.collect();
+fn resolve_all(ips: impl Iterator<Item = IpAddr>) -> Vec<NextHop> {
+    let ips: Vec<IpAddr> = ips.collect();
     nexthop::resolve_many(&ips, crate::run::RESOLVE_WAIT)
 }

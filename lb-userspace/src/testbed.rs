@@ -8,9 +8,12 @@
 //! - [`NatCluster`]: LVS-NAT: the director is the real servers' gateway, with the VIP on
 //!   its public NIC and the DIP on its private one (the seeds' two-NIC director), or both
 //!   on one NIC (one arm).
+//!
+//! Both are dual-stack: every host has an IPv6 address beside its IPv4 one, and each
+//! cluster an IPv6 VIP (the `*6` constants).
 use std::{
     io::{BufRead, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -38,6 +41,15 @@ pub fn rip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, 11 + i as u8)
 }
 
+/// The DR/TUN cluster's IPv6 side (fd00:99::/64).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x100);
+pub const DIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x2);
+pub const CIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x10);
+
+pub fn rip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
+
 /// LVS-NAT addresses: the public side (clients, VIP) and the private one (DIP, reals).
 pub const NAT_VIP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
 pub const NAT_CIP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
@@ -54,10 +66,35 @@ pub fn nat_rip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 98, 0, 11 + i as u8)
 }
 
+/// The NAT cluster's IPv6 side: public fd00:30::/64, private fd00:98::/64.
+pub const NAT_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x200);
+pub const NAT_CIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x10);
+pub const NAT_PUBLIC_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x2);
+pub const NAT_DIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, 0x1);
+
+pub fn nat_rip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
+
 pub struct RealServer {
     pub name: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub ns: Netns,
+}
+
+/// A host's namespace. Duplicate address detection is off: the addresses the test bed
+/// gives are unique, and a tentative address would hold traffic up for a second.
+fn host(name: &str) -> Result<Netns> {
+    let ns = Netns::create(name)?;
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    Ok(ns)
+}
+
+/// Adds an IPv6 address (no duplicate address detection) to `nic` of `host`.
+fn add_ip6(host: &Netns, nic: &str, cidr: &str) -> Result<()> {
+    host.ip(&["-6", "addr", "add", cidr, "dev", nic, "nodad"]).map(drop)
 }
 
 /// A child process killed (and reaped) on drop.
@@ -165,7 +202,8 @@ fn checksums_in_software(host: &Netns) -> Result<()> {
 /// Starts real server `rs`'s HTTP server on `port` (it names itself).
 fn start_http(xlb: &Path, rs: &RealServer, port: u16) -> Result<ChildGuard> {
     let mut cmd = rs.ns.command(xlb);
-    cmd.args(["http-serve", "--name", &rs.name, "--listen", &format!("0.0.0.0:{port}")]);
+    // [::] takes IPv4 too (as IPv4-mapped): one server for both families.
+    cmd.args(["http-serve", "--name", &rs.name, "--listen", &format!("[::]:{port}")]);
     spawn_until_ready(&format!("HTTP server on {}", rs.name), cmd, Duration::from_secs(10)).map(|(g, _)| g)
 }
 
@@ -175,7 +213,7 @@ fn start_http_servers(xlb: &Path, reals: &[RealServer], port: u16, children: &mu
     for rs in reals {
         children.push(start_http(xlb, rs, port)?);
         let mut cmd = rs.ns.command(xlb);
-        cmd.args(["echo-serve", "--name", &rs.name, "--listen", &format!("0.0.0.0:{ECHO_PORT}")]);
+        cmd.args(["echo-serve", "--name", &rs.name, "--listen", &format!("[::]:{ECHO_PORT}")]);
         let (guard, _) = spawn_until_ready(&format!("echo server on {}", rs.name), cmd, Duration::from_secs(10))?;
         children.push(guard);
     }
@@ -258,7 +296,8 @@ impl Drop for Director {
 /// `curl ARGS… URL` from `client` on CPU 0, so that round robin's per-CPU cursor sees
 /// every new connection. Returns the body.
 fn curl(client: &Netns, url: &str, args: &[&str]) -> Result<String> {
-    let mut all = vec!["-c", "0", "curl", "--silent", "--show-error", "--fail", "--max-time", "10"];
+    // --globoff: an IPv6 URL's brackets are brackets, not a pattern.
+    let mut all = vec!["-c", "0", "curl", "--globoff", "--silent", "--show-error", "--fail", "--max-time", "10"];
     all.extend_from_slice(args);
     all.push(url);
     client.exec("taskset", &all)
@@ -301,7 +340,7 @@ impl DrCluster {
     fn build_with(xlb: &Path, real_count: usize, mode: AttachMode, method: ForwardMethod) -> Result<Self> {
         netns::require_root("the namespace cluster")?;
         let id = netns::run_id();
-        let ns = |role: &str| Netns::create(&format!("xlb-{id}-{role}"));
+        let ns = |role: &str| host(&format!("xlb-{id}-{role}"));
         let switch = ns("sw")?;
         bridge(&switch, "br0")?;
         let client = ns("client")?;
@@ -309,7 +348,7 @@ impl DrCluster {
         let mut reals = Vec::new();
         for i in 0..real_count {
             let name = format!("rs{}", i + 1);
-            reals.push(RealServer { ns: ns(&name)?, ip: rip(i), name });
+            reals.push(RealServer { ns: ns(&name)?, ip: rip(i), ip6: rip6(i), name });
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
         let director_processes = Director { xlb: xlb.to_owned(), pin_dir: pin_dir.clone(), mode, children: Vec::new() };
@@ -322,16 +361,21 @@ impl DrCluster {
 
     fn wire(&mut self) -> Result<()> {
         plug(&self.switch, "br0", &self.client, NIC, "p-client", &format!("{CIP}/24"))?;
+        add_ip6(&self.client, NIC, &format!("{CIP6}/64"))?;
         checksums_in_software(&self.client)?;
         plug(&self.switch, "br0", &self.director, NIC, "p-dir", &format!("{DIP}/24"))?;
-        // The director holds the VIP and answers ARP for it (ifconfig ens33:0 VIP/32 in the seeds).
+        add_ip6(&self.director, NIC, &format!("{DIP6}/64"))?;
+        // The director holds the VIP and answers ARP for it (ifconfig ens33:0 VIP/32 in
+        // the seeds); the IPv6 VIP likewise, answering neighbour solicitations.
         self.director.ip(&["addr", "add", &format!("{VIP}/32"), "dev", NIC])?;
+        add_ip6(&self.director, NIC, &format!("{VIP6}/128"))?;
         for rs in &self.reals {
             plug(&self.switch, "br0", &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;
+            add_ip6(&rs.ns, NIC, &format!("{}/64", rs.ip6))?;
             // The seeds' real-server script: VIP on lo, and never answer or announce it by
             // ARP; for TUN also the decapsulator on the NIC the tunnelled packets arrive on.
             let mut setup = rs.ns.command(&self.xlb);
-            setup.args(["realserver", "setup", "--vip", &VIP.to_string()]);
+            setup.args(["realserver", "setup", "--vip", &format!("{VIP},{VIP6}")]);
             if self.method == ForwardMethod::Tunnel {
                 setup.args(["--mode", "tun", "--iface", NIC]);
             }
@@ -436,14 +480,34 @@ impl DrCluster {
         Ok(())
     }
 
+    /// Adds the round-robin service [VIP6]:80 with every real server's IPv6 address.
+    pub fn configure_service6(&self) -> Result<()> {
+        let service = format!("[{VIP6}]:80");
+        self.xlb(&["service", "add", "tcp", &service, "--scheduler", "rr"])?;
+        let flag = if self.method == ForwardMethod::Tunnel { "-i" } else { "-g" };
+        for rs in &self.reals {
+            self.xlb(&["real", "add", "tcp", &service, &rs.ip6.to_string(), flag])?;
+        }
+        Ok(())
+    }
+
     /// `curl http://VIP/path` from the client. Returns the body.
     pub fn curl(&self, path: &str) -> Result<String> {
         curl(&self.client, &format!("http://{VIP}{path}"), &[])
     }
 
+    /// `curl http://[VIP6]/path` from the client.
+    pub fn curl6(&self, path: &str) -> Result<String> {
+        curl(&self.client, &format!("http://[{VIP6}]{path}"), &[])
+    }
+
     /// Uploads `file` to a real server through the VIP; returns its answer.
     pub fn upload(&self, file: &Path) -> Result<String> {
         upload(&self.client, &format!("http://{VIP}"), file)
+    }
+
+    pub fn upload6(&self, file: &Path) -> Result<String> {
+        upload(&self.client, &format!("http://[{VIP6}]"), file)
     }
 }
 
@@ -485,14 +549,14 @@ impl NatCluster {
     pub fn build(xlb: &Path, real_count: usize, mode: AttachMode, layout: NatLayout) -> Result<Self> {
         netns::require_root("the namespace cluster")?;
         let id = netns::run_id();
-        let ns = |role: &str| Netns::create(&format!("xlb-{id}-{role}"));
+        let ns = |role: &str| host(&format!("xlb-{id}-{role}"));
         let switch = ns("sw")?;
         let client = ns("client")?;
         let director = ns("dir")?;
         let mut reals = Vec::new();
         for i in 0..real_count {
             let name = format!("rs{}", i + 1);
-            reals.push(RealServer { ns: ns(&name)?, ip: nat_rip(i), name });
+            reals.push(RealServer { ns: ns(&name)?, ip: nat_rip(i), ip6: nat_rip6(i), name });
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
         let director_processes = Director { xlb: xlb.to_owned(), pin_dir, mode, children: Vec::new() };
@@ -517,11 +581,15 @@ impl NatCluster {
             bridge(&self.switch, private)?;
         }
         plug(&self.switch, public, &self.client, NIC, "p-client", &format!("{NAT_CIP}/24"))?;
+        add_ip6(&self.client, NIC, &format!("{NAT_CIP6}/64"))?;
         checksums_in_software(&self.client)?;
         // The seeds: the clients' gateway is the director too (the "firewall" in front).
         self.client.ip(&["route", "add", "default", "via", &NAT_PUBLIC_IP.to_string()])?;
+        self.client.ip(&["-6", "route", "add", "default", "via", &NAT_PUBLIC_IP6.to_string()])?;
         plug(&self.switch, public, &self.director, NIC, "p-dir", &format!("{NAT_PUBLIC_IP}/24"))?;
+        add_ip6(&self.director, NIC, &format!("{NAT_PUBLIC_IP6}/64"))?;
         self.director.ip(&["addr", "add", &format!("{NAT_VIP}/32"), "dev", NIC])?;
+        add_ip6(&self.director, NIC, &format!("{NAT_VIP6}/128"))?;
         let private_nic = match self.layout {
             NatLayout::TwoNics => {
                 plug(&self.switch, private, &self.director, PRIVATE_NIC, "p-dir-priv", &format!("{NAT_DIP}/24"))?;
@@ -532,17 +600,22 @@ impl NatCluster {
                 NIC
             }
         };
-        // The seeds: `sysctl -w net.ipv4.ip_forward=1`, or the replies never leave.
+        add_ip6(&self.director, private_nic, &format!("{NAT_DIP6}/64"))?;
+        // The seeds: `sysctl -w net.ipv4.ip_forward=1`, or the replies never leave; and
+        // the same for IPv6.
         self.director.sysctl("net.ipv4.ip_forward", "1")?;
+        self.director.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // One arm: what the kernel forwards back out of the same NIC is no reason to
         // tell hosts to go round the director.
         self.director.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
         self.director.sysctl(&format!("net.ipv4.conf.{private_nic}.send_redirects"), "0")?;
         for rs in &self.reals {
             plug(&self.switch, private, &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;
+            add_ip6(&rs.ns, NIC, &format!("{}/64", rs.ip6))?;
             checksums_in_software(&rs.ns)?;
             // `ip route add default dev eth0 via DIP`: the replies go through the director.
             rs.ns.ip(&["route", "add", "default", "via", &NAT_DIP.to_string()])?;
+            rs.ns.ip(&["-6", "route", "add", "default", "via", &NAT_DIP6.to_string()])?;
         }
         Ok(())
     }
@@ -583,9 +656,28 @@ impl NatCluster {
         Ok(())
     }
 
+    /// The same for IPv6: [VIP6]:80 → [RIP6]:8080.
+    pub fn configure_service6(&self) -> Result<()> {
+        let service = format!("[{NAT_VIP6}]:80");
+        self.xlb(&["service", "add", "tcp", &service, "--scheduler", "rr"])?;
+        for rs in &self.reals {
+            self.xlb(&["real", "add", "tcp", &service, &format!("[{}]:{NAT_REAL_PORT}", rs.ip6), "-m"])?;
+        }
+        Ok(())
+    }
+
     /// `curl http://VIP/path` from the client.
     pub fn curl(&self, path: &str) -> Result<String> {
         curl(&self.client, &format!("http://{NAT_VIP}{path}"), &[])
+    }
+
+    /// `curl http://[VIP6]/path` from the client.
+    pub fn curl6(&self, path: &str) -> Result<String> {
+        curl(&self.client, &format!("http://[{NAT_VIP6}]{path}"), &[])
+    }
+
+    pub fn upload6(&self, file: &Path) -> Result<String> {
+        upload(&self.client, &format!("http://[{NAT_VIP6}]"), file)
     }
 
     /// `curl URL` from the client, to anything.

@@ -101,7 +101,7 @@ fn bad_config_is_rejected_before_anything_is_attached() {
     let out = c.xlb_command(&["run", "--iface", "eth0", "--config", cfg.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`10.99.0.300` is not an IPv4 address") && err.contains("bad.toml"), "{err}");
+    assert!(err.contains("`10.99.0.300` is not an IP address") && err.contains("bad.toml"), "{err}");
     assert!(!xdp_attached(&c));
     assert!(!c.pin_dir.exists());
 }

@@ -149,7 +149,7 @@ fn tun(mode: AttachMode) {
     assert_uploaded(&c.upload(&file.path).expect("3 MB upload through the tunnel"), &file, 3_000_000);
 
     let count = counters(&c.xlb(&["--output", "json", "counters"]).unwrap());
-    assert!(count["tx_icmp_frag_needed"].as_u64().unwrap() >= 1, "{count}");
+    assert!(count["tx_icmp_too_big"].as_u64().unwrap() >= 1, "{count}");
     assert_eq!(count["drop_too_big"], 0, "{count}");
     let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
     let reals = list[0]["reals"].as_array().unwrap();

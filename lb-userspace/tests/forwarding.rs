@@ -6,11 +6,11 @@
 mod common;
 
 use common::Instance;
-use lb_common::{counter, decap_counter, map_names, tcp};
+use lb_common::{addr, counter, decap_counter, map_names, tcp};
 use lb_userspace::{
     fixtures::{
         self, CLIENT_IP, DIP, DIRECTOR_PRIVATE_MAC, DirectorNet, Frame, NAT_WEB, PRIVATE_IFINDEX, PUBLIC_IFINDEX, RS1_IP, RS1_MAC,
-        VIP, XDP_PASS, XDP_REDIRECT, ethernet, internet_checksum,
+        VIP, XDP_PASS, XDP_REDIRECT, internet_checksum,
     },
     loader, nexthop,
     ops::{self, ForwardMethod, NextHop, RealOptions, ServiceId},
@@ -34,6 +34,28 @@ fn nat_fixture_table() {
     let net = director_net();
     let _inside = net.enter().unwrap();
     instance().check_cases(&fixtures::nat_cases());
+}
+
+#[test]
+fn icmp_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.icmp_echo = 1;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
+    inst.check_cases(&fixtures::icmp_cases());
+}
+
+#[test]
+fn icmp_echo_is_left_to_the_kernel_unless_enabled() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    let ping = Frame::icmp(VIP, fixtures::Icmp { kind: 8, code: 0, rest: [0, 1, 0, 1] }, b"ping".to_vec()).bytes();
+    let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &ping);
+    assert_eq!((verdict, out), (XDP_PASS, ping));
+    assert_eq!(inst.counter(counter::PASS_ICMP), 1);
 }
 
 #[test]
@@ -77,9 +99,9 @@ fn nat_rewrites_keep_every_checksum_valid() {
         let payload: Vec<u8> = (0..(next() % 300)).map(|_| next() as u8).collect();
         let udp = i % 3 == 0;
         let syn = if udp {
-            Frame { src: client, payload: payload.clone(), ..Frame::udp(VIP, fixtures::NAT_DNS.port, sport) }
+            Frame { src: client.into(), payload: payload.clone(), ..Frame::udp(VIP, fixtures::NAT_DNS.port, sport) }
         } else {
-            Frame { src: client, payload: payload.clone(), ..Frame::tcp(VIP, NAT_WEB.port, sport) }
+            Frame { src: client.into(), payload: payload.clone(), ..Frame::tcp(VIP, NAT_WEB.port, sport) }
         };
         let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &syn.bytes());
         assert_eq!(verdict, XDP_REDIRECT, "flow {i}");
@@ -98,7 +120,7 @@ fn nat_rewrites_keep_every_checksum_valid() {
 fn state(inst: &Instance, sport: u16) -> String {
     let conns = ops::connections(&inst.maps).unwrap();
     let c = conns.iter().find(|c| c.client == format!("{CLIENT_IP}:{sport}")).expect("connection listed");
-    assert_eq!((c.real, c.real_port, c.forward), (RS1_IP, 8080, ForwardMethod::Masq));
+    assert_eq!((c.real, c.real_port, c.forward), (RS1_IP.into(), 8080, ForwardMethod::Masq));
     c.state.clone()
 }
 
@@ -164,7 +186,7 @@ fn nat_real_ports_are_checked_and_name_reals() {
     let web = ServiceId::Addr(NAT_WEB);
     ops::add_service(&mut inst.maps, web, fixtures::rr()).unwrap();
     let nat = RealOptions { forward: ForwardMethod::Masq, ..Default::default() };
-    let at = |port| ops::RealAddr { ip: RS1_IP, port: Some(port) };
+    let at = |port| ops::RealAddr { ip: RS1_IP.into(), port: Some(port) };
     ops::add_real(&mut inst.maps, web, at(8080), nat, fixtures::RS1).unwrap();
     ops::add_real(&mut inst.maps, web, at(8081), nat, fixtures::RS1).unwrap();
     let err = |r: anyhow::Result<()>| format!("{:#}", r.unwrap_err());
@@ -184,21 +206,32 @@ fn nat_real_ports_are_checked_and_name_reals() {
 }
 
 #[test]
-fn decapsulator_unwraps_ipip_for_its_vips_only() {
+fn decapsulator_unwraps_ipip_and_ipv6_in_ipv6_for_its_vips_only() {
     let mut inst = Instance::empty();
-    let mut vips: aya::maps::HashMap<_, [u8; 4], u8> =
+    let mut vips: aya::maps::HashMap<_, [u8; 16], u8> =
         aya::maps::HashMap::try_from(inst.ebpf.map_mut(map_names::DECAP_VIPS).unwrap()).unwrap();
-    vips.insert(VIP.octets(), 1, 0).unwrap();
+    vips.insert(addr::from_ip(VIP.into()), 1, 0).unwrap();
+    vips.insert(addr::from_ip(fixtures::VIP6.into()), 1, 0).unwrap();
     let mut decap = |frame: &[u8]| inst.run_program(loader::DECAP_PROGRAM, 0, frame);
 
-    let inner = Frame { payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(), ..Frame::tcp(VIP, 80, 40000) };
-    let tunnelled = inner.tunnelled(DIP, RS1_IP, RS1_MAC, DIRECTOR_PRIVATE_MAC);
-    let (verdict, out) = decap(&tunnelled);
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, ethernet(RS1_MAC, DIRECTOR_PRIVATE_MAC, 0x0800, &inner.packet()), "the inner packet, as if it came plain");
+    let request = |vip: std::net::IpAddr, vlan| Frame { vlan, payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(), ..Frame::tcp(vip, 80, 40000) };
+    let tagged = vec![(fixtures::ETH_P_8021Q, 10)];
+    for (what, inner, src, dst) in [
+        ("IPIP", request(VIP.into(), Vec::new()), DIP.into(), RS1_IP.into()),
+        ("802.1Q-tagged IPIP", request(VIP.into(), tagged.clone()), DIP.into(), RS1_IP.into()),
+        ("IPv6-in-IPv6", request(fixtures::VIP6.into(), Vec::new()), fixtures::DIP6.into(), fixtures::RS1_IP6.into()),
+        ("802.1Q-tagged IPv6-in-IPv6", request(fixtures::VIP6.into(), tagged.clone()), fixtures::DIP6.into(), fixtures::RS1_IP6.into()),
+    ] {
+        let (src, dst): (std::net::IpAddr, std::net::IpAddr) = (src, dst);
+        let (verdict, out) = decap(&inner.tunnelled(src, dst, RS1_MAC, DIRECTOR_PRIVATE_MAC));
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        let plain = Frame { dst_mac: RS1_MAC, src_mac: DIRECTOR_PRIVATE_MAC, ..inner.clone() };
+        assert_eq!(out, plain.bytes(), "{what}: the inner packet, tags kept, as if it came plain");
+    }
 
+    let tunnelled = request(VIP.into(), Vec::new()).tunnelled(DIP, RS1_IP, RS1_MAC, DIRECTOR_PRIVATE_MAC);
     let elsewhere = Frame::tcp(std::net::Ipv4Addr::new(10, 0, 0, 200), 80, 40001).tunnelled(DIP, RS1_IP, RS1_MAC, DIRECTOR_PRIVATE_MAC);
-    let plain = inner.routed_to(RS1_MAC).bytes();
+    let plain = request(VIP.into(), Vec::new()).routed_to(RS1_MAC).bytes();
     let outer_only = tunnelled[..34].to_vec();
     for (what, frame) in [("IPIP for another VIP", &elsewhere), ("a plain frame", &plain), ("IPIP cut after the outer header", &outer_only)] {
         let (verdict, out) = decap(frame);
@@ -207,26 +240,33 @@ fn decapsulator_unwraps_ipip_for_its_vips_only() {
     let stats: aya::maps::PerCpuArray<_, u64> =
         aya::maps::PerCpuArray::try_from(inst.ebpf.map(map_names::DECAP_STATS).unwrap()).unwrap();
     let count = |i: u32| stats.get(&i, 0).unwrap().iter().sum::<u64>();
-    assert_eq!((count(decap_counter::DECAPSULATED), count(decap_counter::PASS_NOT_FOR_VIP)), (1, 1));
+    assert_eq!((count(decap_counter::DECAPSULATED), count(decap_counter::PASS_NOT_FOR_VIP)), (4, 1));
 }
 
 #[test]
 fn next_hops_come_from_the_kernels_routes_and_neighbours() {
     let net = director_net();
     let gateway_mac = [0x02, 0x6a, 0, 0, 0, 1];
-    net.ns.ip(&["neigh", "add", "10.0.0.1", "lladdr", "02:6a:00:00:00:01", "dev", "priv0", "nud", "permanent"]).unwrap();
-    net.ns.ip(&["neigh", "add", "10.0.0.11", "lladdr", "02:5e:00:00:00:11", "dev", "priv0", "nud", "permanent"]).unwrap();
+    for (addr, mac) in [("10.0.0.1", "02:6a:00:00:00:01"), ("10.0.0.11", "02:5e:00:00:00:11"), ("fd00:10::1", "02:6a:00:00:00:01"), ("fd00:10::11", "02:5e:00:00:00:11")] {
+        net.ns.ip(&["neigh", "add", addr, "lladdr", mac, "dev", "priv0", "nud", "permanent"]).unwrap();
+    }
     net.ns.ip(&["route", "add", "10.1.0.0/24", "via", "10.0.0.1", "mtu", "1400"]).unwrap();
+    net.ns.ip(&["-6", "route", "add", "fd00:11::/64", "via", "fd00:10::1", "mtu", "1400"]).unwrap();
     let _inside = net.enter().unwrap();
-    let private = |mtu| Some(ops::Egress { ifindex: PRIVATE_IFINDEX, mac: DIRECTOR_PRIVATE_MAC, mtu, src: DIP });
+    let private = |src: std::net::IpAddr, mtu| Some(ops::Egress { ifindex: PRIVATE_IFINDEX, mac: DIRECTOR_PRIVATE_MAC, mtu, src });
+    let lookup = |ip: &str| nexthop::lookup(ip.parse().unwrap());
+    let (dip, dip6) = (DIP.into(), fixtures::DIP6.into());
     // On the link: the real's own MAC, the interface's MTU.
-    assert_eq!(nexthop::lookup(RS1_IP).unwrap(), NextHop { egress: private(1500), mac: Some(RS1_MAC) });
+    assert_eq!(lookup("10.0.0.11").unwrap(), NextHop { egress: private(dip, 1500), mac: Some(RS1_MAC) });
+    assert_eq!(lookup("fd00:10::11").unwrap(), NextHop { egress: private(dip6, 1500), mac: Some(RS1_MAC) });
     // Routed (TUN across networks): the router's MAC, the route's MTU.
-    let routed = std::net::Ipv4Addr::new(10, 1, 0, 5);
-    assert_eq!(nexthop::lookup(routed).unwrap(), NextHop { egress: private(1400), mac: Some(gateway_mac) });
+    assert_eq!(lookup("10.1.0.5").unwrap(), NextHop { egress: private(dip, 1400), mac: Some(gateway_mac) });
+    assert_eq!(lookup("fd00:11::5").unwrap(), NextHop { egress: private(dip6, 1400), mac: Some(gateway_mac) });
     // Routed but not resolved yet, and not routed at all.
-    assert_eq!(nexthop::lookup(fixtures::RS2_IP).unwrap(), NextHop { egress: private(1500), mac: None });
-    assert_eq!(nexthop::lookup(fixtures::UNROUTABLE_CLIENT_IP).unwrap(), NextHop::default());
-    let err = nexthop::lookup(DIP).unwrap_err().to_string();
+    assert_eq!(lookup("10.0.0.12").unwrap(), NextHop { egress: private(dip, 1500), mac: None });
+    assert_eq!(lookup("fd00:10::12").unwrap(), NextHop { egress: private(dip6, 1500), mac: None });
+    assert_eq!(lookup("198.51.100.7").unwrap(), NextHop::default());
+    assert_eq!(lookup("2001:db8::7").unwrap(), NextHop::default());
+    let err = lookup("10.0.0.2").unwrap_err().to_string();
     assert!(err.contains("is an address of this host"), "{err}");
 }

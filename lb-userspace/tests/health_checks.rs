@@ -13,8 +13,8 @@ use lb_userspace::{
 };
 
 fn target(addr: SocketAddr, config: HealthConfig) -> Target {
-    let service = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1), port: 80 });
-    Target { service, real: Ipv4Addr::LOCALHOST, addr, config }
+    let service = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1).into(), port: 80 });
+    Target { service, real: Ipv4Addr::LOCALHOST.into(), addr, config }
 }
 
 fn config(kind: CheckKind) -> HealthConfig {
@@ -141,7 +141,7 @@ fn exec_exit_codes_and_dynamic_weight() {
 
 #[test]
 fn configurations_are_checked() {
-    let svc = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1), port: 80 });
+    let svc = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1).into(), port: 80 });
     let err = |c: HealthConfig| format!("{:#}", c.validate(svc).unwrap_err());
     assert!(err(config(CheckKind::Exec)).contains("needs `command`"));
     assert!(err(HealthConfig { md5: Some("xyz".into()), ..config(CheckKind::Http) }).contains("32 hex digits"));

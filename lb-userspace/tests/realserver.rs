@@ -170,6 +170,20 @@ fn tun_mode_attaches_the_decapsulator_and_teardown_detaches_it() {
 }
 
 #[test]
+fn ipv6_vips_go_on_lo_as_hosts() {
+    let rs = RealServerNs::new();
+    let said = rs.xlb_ok(&["realserver", "setup", "--vip", "10.77.4.1,fd00:77::1"]);
+    assert_eq!(said, "real server set up for DR: 10.77.4.1, fd00:77::1 on lo, ARP for them suppressed\n");
+    assert!(rs.lo().contains("inet6 fd00:77::1/128"), "{}", rs.lo());
+    let text = rs.xlb_ok(&["realserver", "status", "--vip", "fd00:77::1"]);
+    assert!(text.contains("ok    fd00:77::1/128 on lo\n") && text.contains("ok    fd00:77::1 routes locally\n"), "{text}");
+    rs.xlb_ok(&["realserver", "teardown", "--vip", "fd00:77::1"]);
+    assert!(!rs.lo().contains("fd00:77::1"), "{}", rs.lo());
+    let out = rs.xlb(&["realserver", "setup", "--vip", "fe80::1"]);
+    assert_eq!(stderr(&out), "xlb: fe80::1 cannot be a VIP: it is a link-local address (fe80::/10)\n");
+}
+
+#[test]
 fn bad_input_gives_exact_errors_and_changes_nothing() {
     let rs = RealServerNs::new();
     let defaults = rs.arp_sysctls();
@@ -179,7 +193,7 @@ fn bad_input_gives_exact_errors_and_changes_nothing() {
         stderr(&out)
     };
     let err = fails(&["realserver", "setup", "--vip", "10.0.0.300"], 2);
-    assert!(err.starts_with("error: invalid value '10.0.0.300' for '--vip <VIP>': invalid IPv4 address syntax\n"), "{err}");
+    assert!(err.starts_with("error: invalid value '10.0.0.300' for '--vip <VIP>': invalid IP address syntax\n"), "{err}");
     let err = fails(&["realserver", "setup", "--vip", "10.0.0.1", "--mode", "nat"], 2);
     assert!(err.starts_with("error: invalid value 'nat' for '--mode <MODE>'\n  [possible values: dr, tun]\n"), "{err}");
     let err = fails(&["realserver", "status"], 2);

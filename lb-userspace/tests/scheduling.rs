@@ -18,7 +18,7 @@ const RS3_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x13];
 const RS3: NextHop = NextHop { mac: Some(RS3_MAC), ..RS1 };
 
 fn web(port: u16) -> ServiceId {
-    ServiceId::Addr(Service { proto: Proto::Tcp, vip: VIP, port })
+    ServiceId::Addr(Service { proto: Proto::Tcp, vip: VIP.into(), port })
 }
 
 fn sched(scheduler: Scheduler) -> ServiceOptions {
@@ -154,11 +154,11 @@ fn persistence_spans_connections_ports_and_the_netmask() {
     pin_to_cpu0();
     let group = ServiceId::Fwmark(1);
     let opts = ServiceOptions {
-        persistence: Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 255, 255, 0) }),
+        persistence: Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 255, 255, 0).into() }),
         ..sched(Scheduler::Rr)
     };
     let mut inst = two_reals(group, opts, [1, 1]);
-    let fronts = [Service { proto: Proto::Tcp, vip: VIP, port: 80 }, Service { proto: Proto::Tcp, vip: VIP, port: 443 }];
+    let fronts = [Service { proto: Proto::Tcp, vip: VIP.into(), port: 80 }, Service { proto: Proto::Tcp, vip: VIP.into(), port: 443 }];
     ops::add_frontends(&mut inst.maps, 1, &fronts).unwrap();
 
     let alice = Ipv4Addr::new(172, 16, 5, 10);
@@ -284,7 +284,7 @@ fn idle_connections_expire_by_their_state_timeout() {
     assert_eq!(inst.load(web(80), RS1_IP), (0, 0));
 
     // UDP: 300 s by default, swept by the controller.
-    let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP, port: 53 });
+    let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP.into(), port: 53 });
     ops::add_service(&mut inst.maps, dns, sched(Scheduler::Rr)).unwrap();
     ops::add_real(&mut inst.maps, dns, RS3_IP, RealOptions::default(), RS3).unwrap();
     inst.forwarded_to(&Frame::udp(VIP, 53, 5353));
@@ -348,7 +348,7 @@ fn removed_real_flows_continue_or_expire_as_configured() {
 #[test]
 fn udp_one_packet_scheduling_balances_every_datagram() {
     pin_to_cpu0();
-    let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP, port: 53 });
+    let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP.into(), port: 53 });
     let mut inst = two_reals(dns, ServiceOptions { one_packet: true, ..sched(Scheduler::Rr) }, [1, 1]);
     let macs: Vec<_> = (0..6).map(|_| inst.forwarded_to(&Frame::udp(VIP, 53, 5353))).collect();
     assert_eq!(macs, [RS1_MAC, RS2_MAC, RS1_MAC, RS2_MAC, RS1_MAC, RS2_MAC]);

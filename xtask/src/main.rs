@@ -80,6 +80,17 @@ enum Task {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
     },
+    /// Fuzz the fast path: millions of random and mutated frames through the real XDP
+    /// object (BPF_PROG_TEST_RUN), every verdict, destination and counter checked
+    /// (needs root; the test suite runs a short version of the same)
+    Fuzz {
+        /// Frames to send
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Random seed (a failure prints the seed that replays it)
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 /// XDP attach mode, passed through to `xlb --mode`.
@@ -145,6 +156,7 @@ fn main() -> Result<()> {
             exit_like(wait_through_ctrl_c(command)?)
         }
         Task::Test { args } => test(&args),
+        Task::Fuzz { frames, seed } => fuzz(frames, seed),
     }
 }
 
@@ -228,6 +240,22 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--release"])
         .args(args)
         .current_dir(workspace_root())
+        .env("RUST_BACKTRACE", "1");
+    exit_like(wait_through_ctrl_c(command)?)
+}
+
+fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
+    require_root("the fuzzer loads XDP programs and creates a network namespace: run it as root")?;
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("xtask: fuzzing with {frames} frames, seed {seed}");
+    let mut command = cmd("cargo");
+    command
+        .args(["test", "--release", "--test", "fuzz", "--", "--nocapture"])
+        .current_dir(workspace_root())
+        .env("XLB_FUZZ_FRAMES", frames.to_string())
+        .env("XLB_FUZZ_SEED", seed.to_string())
         .env("RUST_BACKTRACE", "1");
     exit_like(wait_through_ctrl_c(command)?)
 }

@@ -226,6 +226,8 @@ pub struct Harness {
     ebpf: Ebpf,
     pub maps: Maps,
     frame: Array<MapData, BenchFrame>,
+    /// Kept open: the kernel empties a program array when its last user fd closes.
+    _balancer_slot: aya::maps::ProgramArray<MapData>,
     /// (scheduler name, its service) for each requested scheduler ops implements.
     pub scheduler_services: Vec<(&'static str, Service)>,
 }
@@ -239,11 +241,15 @@ impl Harness {
         }
         let mut maps = Maps::take(&mut ebpf, None)?;
         let frame = ebpf.take_map(names::FRAME_MAP).context("the object has no bench frame map")?.try_into()?;
+        let mut slot: aya::maps::ProgramArray<MapData> =
+            ebpf.take_map(names::BALANCER_SLOT_MAP).context("the object has no bench balancer slot")?.try_into()?;
+        let balancer = loader::xdp(&mut ebpf, loader::BALANCE_PROGRAM)?.fd()?.try_clone()?;
+        slot.set(0, &balancer, 0)?;
         fixtures::install_services(&mut maps)?;
         let mut scheduler_services = Vec::new();
         for (i, name) in REQUESTED_SCHEDULERS.into_iter().enumerate() {
             let Ok(scheduler) = name.parse::<Scheduler>() else { continue };
-            let svc = Service { proto: Proto::Tcp, vip: VIP, port: SCHEDULER_PORT_BASE + i as u16 };
+            let svc = Service { proto: Proto::Tcp, vip: VIP.into(), port: SCHEDULER_PORT_BASE + i as u16 };
             let id = ops::ServiceId::Addr(svc);
             ops::add_service(&mut maps, id, ops::ServiceOptions { scheduler, ..Default::default() })?;
             let one = ops::RealOptions::default();
@@ -251,7 +257,7 @@ impl Harness {
             ops::add_real(&mut maps, id, RS2_IP, one, fixtures::RS2)?;
             scheduler_services.push((name, svc));
         }
-        let mut harness = Self { ebpf, maps, frame, scheduler_services };
+        let mut harness = Self { ebpf, maps, frame, _balancer_slot: slot, scheduler_services };
         harness.replay_fixtures()?;
         Ok(harness)
     }

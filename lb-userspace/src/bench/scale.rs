@@ -187,7 +187,7 @@ fn load_times(sizes: &[(u32, u32)]) -> Result<Vec<LoadRow>> {
         let target = fixtures::RS1;
         let start = Instant::now();
         for s in 0..services {
-            let svc = Service { proto: Proto::Tcp, vip: std::net::Ipv4Addr::from(0x0a64_0000 + s), port: 80 };
+            let svc = Service { proto: Proto::Tcp, vip: std::net::Ipv4Addr::from(0x0a64_0000 + s).into(), port: 80 };
             let id = ops::ServiceId::Addr(svc);
             ops::add_service(&mut maps, id, ops::ServiceOptions { scheduler: Scheduler::Rr, ..Default::default() })?;
             for r in 0..reals {

@@ -151,5 +151,5 @@ pub fn client(i: u32) -> Ipv4Addr {
 
 /// A SYN from `src:sport` to `vip:dport`.
 pub fn syn_from(src: Ipv4Addr, sport: u16, vip: Ipv4Addr, dport: u16) -> Frame {
-    Frame { src, ..Frame::tcp(vip, dport, sport) }
+    Frame { src: src.into(), ..Frame::tcp(vip, dport, sport) }
 }

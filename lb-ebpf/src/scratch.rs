@@ -1,0 +1,24 @@
+//! Per-CPU working memory for the structures of one frame's processing too large for
+//! BPF's 512-byte stack: functions down the call chain take it by reference instead of
+//! copying. XDP processes one frame at a time on a CPU, so one slot per CPU serves.
+use lb_common::{ConnEntry, FlowKey, NatReply};
+
+use crate::{icmp::Inner, maps::SCRATCH, parse::Packet};
+
+pub struct Scratch {
+    /// The frame being processed.
+    pub pkt: Packet,
+    /// A new connection's entry and, for NAT, its reply entry, built before they are
+    /// stored; or the connection an ICMP error is about.
+    pub conn: ConnEntry,
+    pub back: NatReply,
+    /// An ICMP error's quoted packet, and its flow turned around.
+    pub inner: Inner,
+    pub turned: FlowKey,
+}
+
+/// This CPU's scratch memory (an array's only slot: always there).
+#[inline(always)]
+pub fn get() -> Option<&'static mut Scratch> {
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
