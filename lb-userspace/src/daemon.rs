@@ -389,7 +389,12 @@ impl Engine {
                 self.fill_health(&mut services);
                 return Ok(Reply::Services(services));
             }
-            Request::Conns => return Ok(Reply::Conns(ops::connections(maps)?)),
+            Request::Conns => {
+                // IPVS's connection table lists the persistence templates too.
+                let mut conns = ops::connections(maps)?;
+                conns.extend(ops::templates(maps)?);
+                return Ok(Reply::Conns(conns));
+            }
             Request::Counters => {
                 return Ok(Reply::Counters(ops::counters(maps)?.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
             }

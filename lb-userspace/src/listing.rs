@@ -2,7 +2,9 @@
 //! print_service_entry), shared by `xlb list` and `xlb ipvsadm -L`.
 use std::fmt::Write;
 
-use crate::ops::{ConnView, RealView, Service, ServiceId, ServiceView};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::ops::{ConnView, ForwardMethod, RealView, Service, ServiceId, ServiceView};
 
 /// How commands print: human tables or JSON (`--output`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -19,6 +21,59 @@ pub enum Format {
     Stats,
     Rate,
     Thresholds,
+    /// `--persistent-conn`: each real's weight and persistence templates.
+    PersistentConn,
+    /// `--tun-info`: each real's tunnel type.
+    TunInfo,
+}
+
+/// Whether a service is IPv6 (ipvsadm's `af`): its VIP's family; for a fwmark group
+/// (`-f MARK -6` in ipvsadm) the family of its reals and frontends, else of its
+/// persistence netmask. xlb keeps a group's family in its members.
+pub fn is_ipv6(s: &ServiceView) -> bool {
+    match s.id {
+        ServiceId::Addr(a) => a.vip.is_ipv6(),
+        ServiceId::Fwmark(_) => s
+            .reals
+            .iter()
+            .map(|r| r.address)
+            .chain(s.frontends.iter().map(|f| f.vip))
+            .next()
+            .map_or(s.persistence.is_some_and(|p| p.netmask.is_ipv6()), |ip| ip.is_ipv6()),
+    }
+}
+
+/// The persistence granularity as ipvsadm prints it after `mask` / `-M`: an IPv4
+/// netmask in dotted form, an IPv6 one as a prefix length; None for one client per
+/// template (255.255.255.255, /128: ipvsadm prints nothing then).
+pub fn netmask_text(s: &ServiceView) -> Option<String> {
+    let p = s.persistence?;
+    match p.netmask {
+        IpAddr::V4(m) if m == Ipv4Addr::BROADCAST => None,
+        IpAddr::V4(m) => Some(m.to_string()),
+        IpAddr::V6(m) => match u128::from(m).leading_ones() {
+            128 => None,
+            len => Some(len.to_string()),
+        },
+    }
+}
+
+/// The virtual address a service's persistence templates carry (ip_vs_sched_persist):
+/// VIP:port, or for a fwmark service the mark in the address's first 32 bits, port 0.
+fn template_vaddr(s: &ServiceView) -> String {
+    match s.id {
+        ServiceId::Addr(a) => a.endpoint(),
+        ServiceId::Fwmark(m) => {
+            let vaddr = if is_ipv6(s) {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&m.to_be_bytes());
+                IpAddr::V6(Ipv6Addr::from(b))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(m))
+            };
+            SocketAddr::new(vaddr, 0).to_string()
+        }
+    }
 }
 
 /// ipvsadm's print_largenum: 9 columns, abbreviated with K/M/G/T unless exact.
@@ -41,6 +96,7 @@ pub fn largenum(i: u64, exact: bool) -> String {
 fn service_name(s: &ServiceView) -> String {
     let mut name = match s.id {
         ServiceId::Addr(a) => format!("{}  {}", a.proto.name(), a.endpoint()),
+        ServiceId::Fwmark(m) if is_ipv6(s) => format!("FWM  {m} IPv6"),
         ServiceId::Fwmark(m) => format!("FWM  {m}"),
     };
     // ipvsadm cuts IPv4 names only.
@@ -109,6 +165,11 @@ fn title(format: Format) -> String {
             "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port\n",
             "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
         ),
+        Format::PersistentConn => format!(
+            "{:<33} {:<9} {:<11} {:<10} {:<10}\n  -> RemoteAddress:Port\n",
+            "Prot LocalAddress:Port", "Weight", "PersistConn", "ActiveConn", "InActConn"
+        ),
+        Format::TunInfo => "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n".to_string(),
         Format::Plain => {
             "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
                 .to_string()
@@ -119,8 +180,10 @@ fn title(format: Format) -> String {
 /// `ipvsadm -L -n`: title, then each service and its reals, as IPVS would hold them
 /// with keepalived's checks: a failed real is gone (or shown with weight 0 under
 /// inhibit_on_failure), and a sorry server shows while it serves. The out direction
-/// (OutPkts, OutBytes, …) is 0: in DR the director never sees it.
-pub fn table(services: &[ServiceView], format: Format, exact: bool) -> String {
+/// (OutPkts, OutBytes, …) is 0: in DR the director never sees it. A fwmark group's
+/// frontends are not printed (ipvsadm has no such lines; `xlb list` shows them).
+/// `templates` are the persistence templates (`--persistent-conn` counts them).
+pub fn table(services: &[ServiceView], format: Format, exact: bool, templates: &[ConnView]) -> String {
     let as_ipvs: Vec<ServiceView> = services
         .iter()
         .map(|s| {
@@ -139,15 +202,15 @@ pub fn table(services: &[ServiceView], format: Format, exact: bool) -> String {
             s
         })
         .collect();
-    render(&as_ipvs, format, exact, false)
+    render(&as_ipvs, format, exact, false, templates)
 }
 
 /// `xlb list`: ipvsadm's layout with every configured real and a Health column.
 pub fn table_with_health(services: &[ServiceView], format: Format, exact: bool) -> String {
-    render(services, format, exact, true)
+    render(services, format, exact, true, &[])
 }
 
-fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -> String {
+fn render(services: &[ServiceView], format: Format, exact: bool, health: bool, templates: &[ConnView]) -> String {
     let mut out = title(format);
     if health && format == Format::Plain {
         out = out.replacen("InActConn\n", "InActConn  Health\n", 1);
@@ -162,10 +225,13 @@ fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -
             Format::Rate => {
                 writeln!(out, "{:<33}{}{}{}{}{}", service_name(s), n(t.cps), n(t.in_pps), n(0), n(t.in_bps), n(0))
             }
-            Format::Plain | Format::Thresholds => writeln!(out, "{}", service_line(s)),
+            Format::Plain | Format::Thresholds | Format::PersistentConn | Format::TunInfo => {
+                writeln!(out, "{}", service_line(s))
+            }
         };
+        let vaddr = template_vaddr(s);
         if let ServiceId::Fwmark(_) = s.id {
-            if format == Format::Plain {
+            if format == Format::Plain && health {
                 for f in fold_frontends(&s.frontends) {
                     let _ = writeln!(out, "  <- {f}");
                 }
@@ -183,6 +249,21 @@ fn render(services: &[ServiceView], format: Format, exact: bool, health: bool) -
                     "  -> {name:<28} {:<10} {:<10} {:<10} {:<10}",
                     r.u_threshold, r.l_threshold, r.active_conns, r.inactive_conns
                 ),
+                Format::PersistentConn => {
+                    let persist = templates
+                        .iter()
+                        .filter(|t| t.template && t.real == r.address && t.real_port == r.port && t.virtual_address == vaddr)
+                        .count();
+                    writeln!(out, "  -> {name:<28} {:<9} {:<11} {:<10} {:<10}", r.weight, persist, r.active_conns, r.inactive_conns)
+                }
+                Format::TunInfo => {
+                    let info = if r.forward == ForwardMethod::Tunnel { "ipip" } else { "-" };
+                    writeln!(
+                        out,
+                        "  -> {name:<28} {:<7} {info:<13} {:<6} {:<10} {:<10}",
+                        r.forward.name(), r.weight, r.active_conns, r.inactive_conns
+                    )
+                }
                 Format::Plain if health => writeln!(
                     out,
                     "  -> {name:<28} {:<7} {:<6} {:<10} {:<10} {}",
@@ -210,8 +291,8 @@ fn service_line(s: &ServiceView) -> String {
     }
     if let Some(p) = s.persistence {
         let _ = write!(line, " persistent {}", p.timeout);
-        if p.netmask != crate::ops::ONE_CLIENT {
-            let _ = write!(line, " mask {}", p.netmask);
+        if let Some(mask) = netmask_text(s) {
+            let _ = write!(line, " mask {mask}");
         }
     }
     if s.one_packet {

@@ -621,7 +621,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Cmd::Ipvsadm { args } => {
-            let code = ipvsadm::main(&args, &paths);
+            let code = ipvsadm::main(&args, &paths, output);
             if code != 0 {
                 std::process::exit(code);
             }

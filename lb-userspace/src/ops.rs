@@ -1261,6 +1261,10 @@ pub struct ConnView {
     pub state: String,
     /// Seconds until the entry expires if idle.
     pub expires_in: u64,
+    /// A persistence template, not a connection (IPVS lists both in its connection
+    /// table: the client network with port 0, state NONE).
+    #[serde(default)]
+    pub template: bool,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -1291,6 +1295,59 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
             forward: ForwardMethod::from_code(c.forward),
             state: tcp::STATE_NAMES.get(c.state as usize).copied().unwrap_or("?").to_string(),
             expires_in: left,
+            template: false,
+        });
+    }
+    out.sort_by(|a, b| (&a.client, &a.virtual_address).cmp(&(&b.client, &b.virtual_address)));
+    Ok(out)
+}
+
+/// The persistence templates, listed as IPVS lists them among its connections
+/// (ip_vs_sched_persist): `<proto, client network:0, VIP:port, RIP:rport>`, and for a
+/// fwmark service `<IP, client network:0, mark as an address:0, RIP:rport>`; state NONE;
+/// the time left before the template expires if no connection renews it.
+pub fn templates(maps: &Maps) -> Result<Vec<ConnView>> {
+    let now = monotonic_ns();
+    let infos: BTreeMap<u32, ServiceInfo> = services(maps)?.into_iter().map(|i| (i.id, i)).collect();
+    let own: BTreeMap<u32, Service> = frontends(maps)?
+        .iter()
+        .filter(|(_, sid)| infos.get(sid).is_some_and(|i| i.fwmark == 0))
+        .filter_map(|(k, sid)| Some((*sid, Service::from_key(k)?)))
+        .collect();
+    let reals: BTreeMap<u32, RealEntry> = reals(maps)?.into_iter().collect();
+    let mut out = Vec::new();
+    for entry in maps.persist.iter() {
+        let (k, e) = entry?;
+        let Some(info) = infos.get(&k.service_id) else { continue };
+        let client = addr::to_ip(k.client);
+        let (proto, vip) = match own.get(&k.service_id) {
+            Some(svc) => (svc.proto.name(), SocketAddr::new(svc.vip, svc.port)),
+            None => {
+                // IPVS puts the mark in the address's first 32 bits.
+                let mark = info.fwmark.to_be_bytes();
+                let vaddr = if client.is_ipv4() {
+                    IpAddr::V4(Ipv4Addr::from(mark))
+                } else {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&mark);
+                    IpAddr::V6(Ipv6Addr::from(b))
+                };
+                ("IP", SocketAddr::new(vaddr, 0))
+            }
+        };
+        let (real_port, forward) =
+            reals.get(&e.real_id).map_or((0, ForwardMethod::Route), |r| (u16::from_be_bytes(r.port), ForwardMethod::from_code(r.forward)));
+        let left = (e.last_seen_ns + info.persist_timeout as u64 * 1_000_000_000).saturating_sub(now) / 1_000_000_000;
+        out.push(ConnView {
+            proto: proto.to_string(),
+            client: SocketAddr::new(client, 0).to_string(),
+            virtual_address: vip.to_string(),
+            real: addr::to_ip(e.real_ip),
+            real_port,
+            forward,
+            state: "NONE".to_string(),
+            expires_in: left,
+            template: true,
         });
     }
     out.sort_by(|a, b| (&a.client, &a.virtual_address).cmp(&(&b.client, &b.virtual_address)));
