@@ -987,6 +987,19 @@ impl std::fmt::Display for RestoreFailure {
 
 impl std::error::Error for RestoreFailure {}
 
+/// A restore line ipvsadm refuses: it leaves with that line's status (ipvsadm -R runs
+/// each line through process_options, whose `fail(2, …)` exits).
+#[derive(Debug)]
+struct RestoreRefused(UsageError);
+
+impl std::fmt::Display for RestoreRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl std::error::Error for RestoreRefused {}
+
 /// A listing that failed (exit status 1, as ipvsadm's list functions exit).
 #[derive(Debug)]
 struct ListFailure(anyhow::Error);
@@ -1013,16 +1026,18 @@ pub fn main(args: &[String], paths: &Paths, output: Output) -> i32 {
     };
     match execute(&inv, paths, output) {
         Ok(()) => 0,
-        Err(e) => match e.downcast_ref::<ListFailure>() {
-            Some(ListFailure(inner)) => {
+        Err(e) => {
+            if let Some(ListFailure(inner)) = e.downcast_ref::<ListFailure>() {
                 print_daemon_error(inner);
-                EXIT_LIST_FAILURE
+                return EXIT_LIST_FAILURE;
             }
-            None => {
-                print_daemon_error(&e);
-                EXIT_FAILURE
+            if let Some(RestoreRefused(u)) = e.downcast_ref::<RestoreRefused>() {
+                eprintln!("{}", u.message);
+                return u.status;
             }
-        },
+            print_daemon_error(&e);
+            EXIT_FAILURE
+        }
     }
 }
 
@@ -1075,7 +1090,7 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
         Command::Restore => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            let numbered = restore_requests(&text).map_err(|e| anyhow::anyhow!(e.message))?;
+            let numbered = restore_requests(&text).map_err(RestoreRefused)?;
             let lines: Vec<usize> = numbered.iter().map(|(n, _)| *n).collect();
             let requests = numbered.into_iter().map(|(_, r)| r).collect();
             if let Err(e) = call(Request::Batch { requests }) {
@@ -1137,7 +1152,7 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ops::RealView;
 
@@ -1334,7 +1349,7 @@ mod tests {
         assert_eq!(services[3], ServiceId::Fwmark(7));
     }
 
-    fn real(address: IpAddr, port: u16, forward: ForwardMethod, weight: u32) -> RealView {
+    pub(crate) fn real(address: IpAddr, port: u16, forward: ForwardMethod, weight: u32) -> RealView {
         RealView {
             id: 0,
             address,
@@ -1362,7 +1377,7 @@ mod tests {
         }
     }
 
-    fn view(id: ServiceId, opts: ServiceOptions, reals: Vec<RealView>) -> ServiceView {
+    pub(crate) fn view(id: ServiceId, opts: ServiceOptions, reals: Vec<RealView>) -> ServiceView {
         ServiceView {
             id,
             frontends: Vec::new(),

@@ -359,6 +359,59 @@ mod tests {
     }
 
     #[test]
+    fn ipvsadm_listing_of_ipv6_groups_masks_and_templates() {
+        use crate::ipvsadm::tests::{real, view};
+        use crate::ops::{Persistence, ServiceOptions};
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let sticky = |mask: &str| ServiceOptions {
+            persistence: Some(Persistence { timeout: 60, netmask: crate::ops::parse_netmask(mask).unwrap() }),
+            ..Default::default()
+        };
+        let mut group = view(ServiceId::Fwmark(7), sticky("48"), vec![real(ip("fd00::7"), 0, ForwardMethod::Route, 1)]);
+        group.frontends = vec![Service { proto: Proto::Tcp, vip: ip("fd00::100"), port: 443 }];
+        let web6 = view(
+            ServiceId::Addr(Service { proto: Proto::Tcp, vip: ip("fd00::100"), port: 80 }),
+            sticky("128"),
+            vec![real(ip("fd00::7"), 80, ForwardMethod::Tunnel, 2)],
+        );
+        let web4 = view(
+            ServiceId::Addr(Service { proto: Proto::Tcp, vip: ip("10.0.0.1"), port: 80 }),
+            sticky("255.255.255.0"),
+            vec![real(ip("10.0.0.7"), 80, ForwardMethod::Route, 1)],
+        );
+        let services = [group.clone(), web6, web4];
+        let plain = table(&services, Format::Plain, false, &[]);
+        assert_eq!(
+            plain,
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+             FWM  7 IPv6 wlc persistent 60 mask 48\n  -> [fd00::7]:0                  Route   1      0          0         \n\
+             TCP  [fd00::100]:80 wlc persistent 60\n  -> [fd00::7]:80                 Tunnel  2      0          0         \n\
+             TCP  10.0.0.1:80 wlc persistent 60 mask 255.255.255.0\n  -> 10.0.0.7:80                  Route   1      0          0         \n"
+        );
+        // The frontends are xlb's: `xlb list` shows them, ipvsadm's listing does not.
+        assert!(table_with_health(&[group], Format::Plain, false).contains("  <- TCP [fd00::100]:443\n"));
+        // --persistent-conn counts each real's templates (ip_vs_sched_persist's form).
+        let template = |vaddr: &str, real: &str, port| ConnView {
+            proto: "TCP".into(),
+            client: "10.0.0.0:0".into(),
+            virtual_address: vaddr.into(),
+            real: ip(real),
+            real_port: port,
+            forward: ForwardMethod::Route,
+            state: "NONE".into(),
+            expires_in: 60,
+            template: true,
+        };
+        let templates = [template("10.0.0.1:80", "10.0.0.7", 80), template("10.0.0.1:80", "10.0.0.7", 80), template("[0:7::]:0", "fd00::7", 0)];
+        let persist = table(&services, Format::PersistentConn, false, &templates);
+        assert!(persist.contains("  -> 10.0.0.7:80                  1         2           0          0         \n"), "{persist}");
+        assert!(persist.contains("  -> [fd00::7]:0                  1         1           0          0         \n"), "{persist}");
+        assert!(persist.contains("  -> [fd00::7]:80                 2         0           0          0         \n"), "{persist}");
+        let tun = table(&services, Format::TunInfo, false, &[]);
+        assert!(tun.contains("  -> [fd00::7]:80                 Tunnel  ipip          2      0          0         \n"), "{tun}");
+    }
+
+    #[test]
     fn large_numbers_as_ipvsadm_prints_them() {
         assert_eq!(largenum(42, false), "       42");
         assert_eq!(largenum(123_456_789, false), "  123456K");

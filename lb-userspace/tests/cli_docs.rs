@@ -43,3 +43,32 @@ fn man_dir_gets_a_page_per_subcommand() {
     }
     assert!(!pages.iter().any(|p| p.contains("http-serve") || p.contains("help")), "{pages:?}");
 }
+
+/// The README's examples are what the CLI takes: no `--json` flag (the global
+/// `--output json` is what exists), and every `xlb ipvsadm …` line of its shell blocks
+/// is a command line ipvsadm's parser accepts.
+#[test]
+fn readme_examples_are_what_the_cli_takes() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert!(!readme.contains("--json"), "README shows a --json flag; xlb has the global --output json");
+    let mut in_shell = false;
+    let mut checked = 0;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_shell = line == "```sh";
+            continue;
+        }
+        let Some(rest) = line.trim_start().strip_prefix("xlb ipvsadm") else { continue };
+        if !in_shell {
+            continue;
+        }
+        // The command up to a shell operator or comment.
+        let command = rest.split(['#', '>', '<', '&', ';']).next().unwrap();
+        let args: Vec<String> = command.split_whitespace().map(String::from).collect();
+        if let Err(e) = lb_userspace::ipvsadm::parse(&args) {
+            panic!("README: `xlb ipvsadm{command}` is refused: {}", e.message);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "the README's ipvsadm examples were found ({checked})");
+}
