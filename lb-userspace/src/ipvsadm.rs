@@ -924,7 +924,9 @@ pub fn save(services: &[ServiceView]) -> String {
 
 /// Parses a restore file (ipvsadm-save's or ours) into requests, each with its line
 /// number; line numbers in errors. As ipvsadm -R, each line is one command line,
-/// optionally starting with `ipvsadm`; -A/-E/-D/-a/-e/-d, -C, -Z and --set are taken.
+/// optionally starting with `ipvsadm`; -A/-E/-D/-a/-e/-d, -Z and --set are taken. A
+/// `-C` line is refused: the file is applied whole or not at all, and a clear inside it
+/// could not be undone with the health checks it removes (run `-C` before `-R`).
 /// Older ipvsadm-save wrote the one-packet flag as a bare `ops`, and a persistence
 /// engine as `pe NAME`.
 pub fn restore_requests(text: &str) -> Result<Vec<(usize, Request)>, UsageError> {
@@ -951,11 +953,17 @@ pub fn restore_requests(text: &str) -> Result<Vec<(usize, Request)>, UsageError>
             continue;
         }
         let inv = parse(&args).map_err(at)?;
+        if inv.command == Command::Flush {
+            return Err(at(UsageError {
+                message: "-C in a restore file is not taken (the file applies whole or not at all); run `xlb ipvsadm -C` before -R".into(),
+                status: EXIT_USAGE,
+            }));
+        }
         match mutation(&inv) {
             Some(r) => requests.push((n + 1, r)),
             None => {
                 return Err(at(UsageError {
-                    message: "only -A, -E, -D, -a, -e, -d, -C, -Z and --set can be restored".into(),
+                    message: "only -A, -E, -D, -a, -e, -d, -Z and --set can be restored".into(),
                     status: EXIT_USAGE,
                 }));
             }
@@ -1318,11 +1326,11 @@ pub(crate) mod tests {
         assert!(restore_requests("-L -n\n").unwrap_err().message.contains("line 1"));
         // A persistence engine (`pe sip`, as ipvsadm-save writes it) is refused by name.
         assert!(restore_requests("-A -t 10.0.0.1:5060 -s rr -p 60 pe sip\n").unwrap_err().message.contains("persistence engine `sip'"));
-        // -C, -Z and --set run in a restore as ipvsadm -R runs every line.
-        let reqs = restore_requests("-C\n--set 0 120 0\n-Z\n").unwrap();
-        assert!(matches!(reqs[0].1, Request::Clear));
-        assert!(matches!(&reqs[1].1, Request::SetSettings { change } if change.tcp.is_none() && change.tcpfin == Some(120) && change.udp.is_none()));
-        assert!(matches!(reqs[2].1, Request::Zero { service: None }));
+        // -Z and --set run in a restore as ipvsadm -R runs every line; -C is refused.
+        let reqs = restore_requests("--set 0 120 0\n-Z\n").unwrap();
+        assert!(matches!(&reqs[0].1, Request::SetSettings { change } if change.tcp.is_none() && change.tcpfin == Some(120) && change.udp.is_none()));
+        assert!(matches!(reqs[1].1, Request::Zero { service: None }));
+        assert!(restore_requests("-A -t 10.0.0.1:80\n-C\n").unwrap_err().message.starts_with("line 2: -C in a restore file"));
     }
 
     /// The dual-stack file of a real ipvsadm-save (>= 1.26): every line taken.
