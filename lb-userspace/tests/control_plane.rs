@@ -435,3 +435,26 @@ fn ipvsadm_ipv6_save_clear_restore_gives_back_the_listing() {
     let row = persist.lines().find(|l| l.starts_with("  -> 10.99.0.11:80")).unwrap();
     assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["->", "10.99.0.11:80", "1", "1"], "weight 1, one template: {persist}");
 }
+
+/// The README's "On a real director" block runs top to bottom as printed (with this
+/// test bed's VIP and real for the README's addresses; `[…]` optional parts left out).
+#[test]
+fn the_readmes_director_block_runs_in_order() {
+    use lb_userspace::testbed::rip;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let intro = readme.find("other `xlb` commands on the same machine change it").expect("the director section");
+    let start = intro + readme[intro..].find("```sh\n").unwrap() + "```sh\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let mut c = cluster(2);
+    c.start_balancer().unwrap();
+    let mut ran = 0;
+    for line in readme[start..end].lines() {
+        let command = line.split('#').next().unwrap().trim();
+        let Some(rest) = command.strip_prefix("xlb ") else { continue };
+        let rest = rest.replace("192.168.1.200", &VIP.to_string()).replace("192.168.1.11", &rip(0).to_string());
+        let args: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with('[')).collect();
+        c.xlb(&args).unwrap_or_else(|e| panic!("README line `{line}` failed: {e:#}"));
+        ran += 1;
+    }
+    assert!(ran >= 15, "the block's commands were found ({ran})");
+}
