@@ -545,7 +545,13 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 return unsupported(format!("persistence engine `{v}' is not supported: xlb has no persistence engines (sip)"));
             }
             "real-server" => {
-                let Some((ip, port)) = parse_service_address(v, Proto::Tcp) else {
+                // Port names resolve for the service's protocol, as ipvsadm's copy of
+                // the service does (TCP for a fwmark service).
+                let proto = match inv.service {
+                    Some(ServiceId::Addr(s)) => s.proto,
+                    _ => Proto::Tcp,
+                };
+                let Some((ip, port)) = parse_service_address(v, proto) else {
                     return fail("illegal real server address[:port] specified");
                 };
                 inv.real = Some(RealAddr { ip, port });
