@@ -9,6 +9,7 @@ use lb_userspace::{
     bench, daemon, demo, httpd, ipvsadm,
     listing::{self, Output},
     loader::{self, AttachMode},
+    offline,
     maps::DEFAULT_PIN_DIR,
     health::{self, HealthConfig},
     ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
@@ -60,13 +61,15 @@ enum Cmd {
     /// Run the daemon; SIGTERM leaves the fast path running for the next start
     /// (connections kept); `xlb stop` detaches.
     Daemon(DaemonArgs),
-    /// Detach the fast path, remove its pins and stop the daemon.
+    /// Detach the fast path, remove its pins and stop the daemon; with no daemon running
+    /// (after SIGTERM or kill -9), detach and unpin from the pins alone.
     Stop,
     /// Make the whole configuration be FILE (only the differences are applied).
     Apply { file: PathBuf },
     /// Re-apply the daemon's --config file (as SIGHUP does).
     Reload,
-    /// The daemon's interfaces, files and counts.
+    /// The daemon's interfaces, files and counts; with no daemon running, what its pins
+    /// still hold (exits non-zero).
     Status,
     /// ipvsadm's command line, unchanged (`xlbadm` is the same).
     #[command(disable_help_flag = true, allow_hyphen_values = true)]
@@ -596,10 +599,25 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         (Output::Text, _) => Ok(()),
     };
+    if let Cmd::Status = cli.command
+        && let Some(reason) = offline::daemon_absent(&paths.socket)
+    {
+        // With no daemon, what its pins still hold.
+        let status = offline::status(&paths, reason)?;
+        show(output, &status, offline::PinnedStatus::text)?;
+        anyhow::bail!("no xlb daemon runs for {}", paths.pin_dir.display());
+    }
     match cli.command {
         Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)),
         Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)),
-        Cmd::Stop => done(call(Request::Stop)?),
+        // With no daemon (SIGTERM, kill -9), from the pins alone.
+        Cmd::Stop => match offline::daemon_absent(&paths.socket) {
+            Some(reason) => {
+                let stopped = offline::stop(&paths, reason)?;
+                show(output, &stopped, offline::Stopped::text)
+            }
+            None => done(call(Request::Stop)?),
+        },
         Cmd::Apply { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             done(call(Request::Apply { config: text, origin: file.display().to_string() })?)
