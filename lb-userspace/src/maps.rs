@@ -83,10 +83,29 @@ pub fn unpin_all(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// Whether this process has a mount namespace other than PID 1's (`ip netns exec`,
+/// `unshare -m`): a filesystem it mounts is gone when its last process exits.
+pub fn in_own_mount_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    match (ns("/proc/self/ns/mnt"), ns("/proc/1/ns/mnt")) {
+        (Ok(mine), Ok(init)) => mine != init,
+        _ => false,
+    }
+}
+
 /// Makes sure bpffs is mounted at /sys/fs/bpf and `dir` exists on it.
 pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     let bpffs = Path::new("/sys/fs/bpf");
     if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        if in_own_mount_namespace() {
+            tracing::warn!(
+                "/sys/fs/bpf is not the host's BPF filesystem in this mount namespace (`ip netns exec` makes one \
+                 per command): what is pinned in {} goes when this process exits; start xlb with \
+                 `nsenter --net=/run/netns/NAME` to keep the host's mounts",
+                dir.display()
+            );
+        }
         fs::create_dir_all(bpffs).ok();
         let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
         if !status.success() {
@@ -97,7 +116,8 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is (the root of or inside) a BPF filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
