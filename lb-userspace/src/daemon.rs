@@ -602,7 +602,25 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     // The saved state is the latest word (it includes API changes); the config file
     // is the start-up state only when nothing was saved.
-    let desired = saved.or(file_config);
+    let state = opts.paths.state.display();
+    let desired = match (saved, file_config, &opts.config) {
+        (Some(saved), Some(_), Some(file)) => {
+            println!(
+                "xlb: restoring the saved state {state}; {} is not applied at start (`xlb reload` or SIGHUP applies it)",
+                file.display()
+            );
+            Some(saved)
+        }
+        (Some(saved), _, _) => {
+            println!("xlb: restoring the saved state {state}");
+            Some(saved)
+        }
+        (None, Some(file_config), Some(file)) => {
+            println!("xlb: nothing saved yet: starting from {}", file.display());
+            Some(file_config)
+        }
+        (None, file_config, _) => file_config,
+    };
     if let Some(desired) = &desired {
         let changes = reconcile::apply(&mut maps, desired)?;
         if !fresh && !changes.is_empty() {
