@@ -9,7 +9,7 @@ use lb_userspace::{
     bench, daemon, demo, httpd, ipvsadm,
     listing::{self, Output},
     loader::{self, AttachMode},
-    offline,
+    observe, offline,
     maps::DEFAULT_PIN_DIR,
     health::{self, HealthConfig},
     ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
@@ -674,7 +674,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             RealCmd::Drain { .. } => unreachable!("handled above"),
         })?),
         Cmd::List { stats, rate } => match call(Request::List)? {
-            Reply::Services(services) => show(output, &services, |s| {
+            Reply::Services(mut services) => {
+                // A real without a check shows what the metrics, the status page and
+                // `xlb top` show: up once its next hop's MAC is known, else unknown.
+                for r in services.iter_mut().flat_map(|s| s.reals.iter_mut()).filter(|r| r.health == "-") {
+                    r.health = observe::real_health(r).name().to_string();
+                }
+                show(output, &services, |s| {
                 let format = if stats {
                     listing::Format::Stats
                 } else if rate {
@@ -683,7 +689,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                     listing::Format::Plain
                 };
                 listing::table_with_health(s, format, false)
-            }),
+                })
+            }
             other => unexpected(other),
         },
         Cmd::Top { interval } => top::run(&paths.socket, std::time::Duration::from_secs_f64(interval)),
