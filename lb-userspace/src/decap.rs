@@ -11,7 +11,8 @@
 //! The pins must be in the host's bpffs. `ip netns exec` runs a command in a mount
 //! namespace of its own with /sys remounted, where /sys/fs/bpf is no bpffs: one mounted
 //! there would vanish with the command, and the pinned links (so the decapsulator) with
-//! it. There the host's bpffs is reached through PID 1's root, `/proc/1/root`.
+//! it. There the host's bpffs is reached through the root of a process outside that
+//! mount namespace (`/proc/PID/root`, see `maps::host_bpffs`).
 use std::{
     collections::BTreeSet,
     fs,
@@ -34,8 +35,6 @@ use crate::{
 
 const BPFFS: &str = "/sys/fs/bpf";
 const PIN_SUBDIR: &str = "xlb-realserver";
-/// The host's /sys/fs/bpf, seen from a mount namespace of our own.
-const HOST_BPFFS: &str = "/proc/1/root/sys/fs/bpf";
 const LINK_PREFIX: &str = "link-";
 
 /// The director's maps are not used here: loaded at one entry each, not at full size.
@@ -60,13 +59,12 @@ pub fn pin_root() -> Result<PathBuf> {
         // bpffs here (or the host's mount namespace, where setup mounts it): it stays.
         return Ok(local.join(PIN_SUBDIR));
     }
-    let host = Path::new(HOST_BPFFS);
-    if maps::is_bpffs(host) {
+    if let Some(host) = maps::host_bpffs() {
         return Ok(host.join(PIN_SUBDIR));
     }
     bail!(
         "this command runs in a mount namespace of its own (as `ip netns exec` runs it) where {BPFFS} is not \
-         the host's BPF filesystem, and the host has none mounted at {BPFFS}: pins made here would vanish \
+         the host's BPF filesystem, and no host bpffs at {BPFFS} can be reached: pins made here would vanish \
          when the command exits, and the decapsulator with them. Mount it on the host \
          (`mount -t bpf bpf {BPFFS}`), or run the command with `nsenter --net=/run/netns/NAME`, which keeps \
          the host's mounts"

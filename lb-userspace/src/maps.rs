@@ -87,11 +87,41 @@ pub fn unpin_all(dir: &Path) {
 /// `unshare -m`): a filesystem it mounts is gone when its last process exits.
 pub fn in_own_mount_namespace() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let ns = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    match (ns("/proc/self/ns/mnt"), ns("/proc/1/ns/mnt")) {
-        (Ok(mine), Ok(init)) => mine != init,
+    let ns = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
+    // PID 1 may be out of reach (no ptrace access to it in a container): then the
+    // parent, which is outside `ip netns exec`'s namespace.
+    let outside = ns("1").or_else(|| ns(&std::os::unix::process::parent_id().to_string()));
+    match (ns("self"), outside) {
+        (Some(mine), Some(theirs)) => mine != theirs,
         _ => false,
     }
+}
+
+/// The host's /sys/fs/bpf as a path usable from a mount namespace of our own (where
+/// `ip netns exec` runs a command): through the root of the nearest ancestor process in
+/// another mount namespace (the shell that ran `ip netns exec`), else of PID 1 — if
+/// bpffs is mounted there and the kernel lets us look (ptrace access to that process).
+pub fn host_bpffs() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
+    let mine = ns("self")?;
+    let parent_of = |pid: u32| -> Option<u32> {
+        // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut candidates = Vec::new();
+    let mut pid = std::os::unix::process::parent_id();
+    while pid > 1 && candidates.len() < 64 {
+        candidates.push(pid);
+        pid = parent_of(pid).unwrap_or(0);
+    }
+    candidates.push(1);
+    candidates.into_iter().find_map(|pid| {
+        let theirs = ns(&pid.to_string())?;
+        let bpffs = Path::new("/proc").join(pid.to_string()).join("root/sys/fs/bpf");
+        (theirs != mine && is_bpffs(&bpffs)).then_some(bpffs)
+    })
 }
 
 /// Makes sure bpffs is mounted at /sys/fs/bpf and `dir` exists on it.
