@@ -473,6 +473,7 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
         udp: s.udp_timeout,
         expire_nodest_conn: s.expire_nodest_conn != 0,
         sloppy_tcp: s.sloppy_tcp != 0,
+        icmp_echo: s.icmp_echo != 0,
     }
 }
 
@@ -654,7 +655,12 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     let interfaces = opts.ifaces.iter().map(|i| observe::Interface::attached(i)).collect();
     for (addr, what) in web_listeners.addresses() {
-        println!("xlb: serving the {what} on http://{addr}/");
+        // The metrics are at /metrics: that is the address to give Prometheus.
+        match what {
+            "metrics" => println!("xlb: serving the metrics on http://{addr}/metrics"),
+            _ if what.starts_with("metrics") => println!("xlb: serving the {what} on http://{addr}/ (metrics at /metrics)"),
+            _ => println!("xlb: serving the {what} on http://{addr}/"),
+        }
     }
     let web_server = web_listeners.serve(Arc::new(EngineView { engine: engine.clone(), interfaces }));
     println!(

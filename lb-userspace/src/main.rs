@@ -19,7 +19,8 @@ use serde::Serialize;
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer in the manner of LVS/IPVS")]
-struct Cli {
+// pub(crate): tests/cli_docs.rs includes this file to check README's commands against it.
+pub(crate) struct Cli {
     /// bpffs directory of the instance's pinned maps and links; its name also names the
     /// API socket (/run/xlb/NAME.sock) and the saved state (/var/lib/xlb/NAME.toml).
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "XLB_PIN_DIR")]
@@ -113,7 +114,8 @@ enum Cmd {
     Counters,
     /// Zero the traffic counters (ipvsadm -Z).
     Zero,
-    /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches.
+    /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches; with no
+    /// option, show them.
     Set {
         /// ESTABLISHED idle timeout, seconds.
         #[arg(long)]
@@ -594,7 +596,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         (Output::Json, Reply::Changes(c)) => show(output, &c, |_| String::new()),
         (Output::Json, _) => show(output, &serde_json::json!({ "ok": true }), |_| String::new()),
         (Output::Text, Reply::Changes(c)) => {
-            println!("{}", if c.is_empty() { "no changes".to_string() } else { format!("{c:?}") });
+            println!("{}", changes_text(&c));
             Ok(())
         }
         (Output::Text, _) => Ok(()),
@@ -707,6 +709,24 @@ fn dispatch(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Cmd::Zero => done(call(Request::Zero { service: None })?),
+        Cmd::Set { tcp: None, tcpfin: None, udp: None, expire_nodest_conn: None, sloppy_tcp: None, icmp_echo: None } => {
+            // Nothing to change: show what is set.
+            match call(Request::Settings)? {
+                Reply::Settings(s) => show(output, &s, |s| {
+                    let on = |b: bool| if b { "on" } else { "off" };
+                    format!(
+                        "Timeout (tcp tcpfin udp): {} {} {}\nexpire-nodest-conn {}\nsloppy-tcp {}\nicmp-echo {}\n",
+                        s.tcp,
+                        s.tcpfin,
+                        s.udp,
+                        on(s.expire_nodest_conn),
+                        on(s.sloppy_tcp),
+                        on(s.icmp_echo)
+                    )
+                }),
+                other => unexpected(other),
+            }
+        }
         Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
             done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } })?)
         }
@@ -806,6 +826,20 @@ fn drain(paths: &Paths, service: ServiceId, rip: ops::RealAddr, timeout: u64, ou
         Output::Text => println!("timeout after {waited} s with active connections left; removed {rip} of {service} anyway"),
     }
     Ok(())
+}
+
+/// What `apply`/`reload` changed, in words: "services added 1, reals changed 2".
+fn changes_text(changes: &lb_userspace::reconcile::Changes) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(changes) else { return format!("{changes:?}") };
+    let said: Vec<String> = fields
+        .iter()
+        .filter_map(|(name, value)| match value {
+            serde_json::Value::Bool(true) => Some(name.replace('_', " ")),
+            serde_json::Value::Number(n) if n.as_u64() != Some(0) => Some(format!("{} {n}", name.replace('_', " "))),
+            _ => None,
+        })
+        .collect();
+    if said.is_empty() { "no changes".into() } else { format!("applied: {}", said.join(", ")) }
 }
 
 fn unexpected(reply: Reply) -> Result<()> {

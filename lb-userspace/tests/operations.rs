@@ -233,13 +233,24 @@ fn the_daemon_says_which_state_it_starts_from() {
     assert!(second.iter().any(|l| l == &said), "{second:?}");
     // And it did what it said: the real added through the API is still there.
     assert!(c.xlb(&["list"]).unwrap().contains("10.99.0.12:80"));
+    // `xlb apply` says what it changed in words, not as a debug dump.
+    assert_eq!(c.xlb(&["apply", config]).unwrap(), "applied: reals removed 1\n");
+    assert_eq!(c.xlb(&["apply", config]).unwrap(), "no changes\n");
+    // `xlb set` with nothing to set shows the timeouts and every switch.
+    c.xlb(&["set", "--icmp-echo", "on"]).unwrap();
+    assert_eq!(
+        c.xlb(&["set"]).unwrap(),
+        "Timeout (tcp tcpfin udp): 900 120 300\nexpire-nodest-conn off\nsloppy-tcp off\nicmp-echo on\n"
+    );
     let _ = std::fs::remove_file(&file);
 }
 
 #[test]
 fn reals_without_checks_show_one_health_in_list_and_metrics() {
     let mut c = cluster();
-    c.start_balancer_with(&["--metrics-listen", "127.0.0.1:9810"]).expect("start xlb run");
+    let lines = c.start_balancer_with(&["--metrics-listen", "127.0.0.1:9810"]).expect("start xlb run");
+    // The start-up line gives the address to scrape, not a page that is not there.
+    assert!(lines.iter().any(|l| l == "xlb: serving the metrics on http://127.0.0.1:9810/metrics"), "{lines:?}");
     c.configure_service().unwrap();
     // Traffic resolves the reals' MACs.
     for _ in 0..2 {
