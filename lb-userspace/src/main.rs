@@ -110,7 +110,8 @@ enum Cmd {
     },
     /// List the connection table (ipvsadm -L -c -n).
     Conns,
-    /// Show the fast path's verdict counters (why frames were passed, dropped or sent).
+    /// Show the fast path's verdict counters (why frames were passed, dropped or sent);
+    /// with no daemon running, read from the pins.
     Counters,
     /// Zero the traffic counters (ipvsadm -Z).
     Zero,
@@ -700,14 +701,23 @@ fn dispatch(cli: Cli) -> Result<()> {
             Reply::Conns(conns) => show(output, &conns, |c| listing::conns_table(c)),
             other => unexpected(other),
         },
-        Cmd::Counters => match call(Request::Counters)? {
-            Reply::Counters(counters) => {
-                let map: serde_json::Map<String, serde_json::Value> =
-                    counters.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
-                show(output, &map, |_| counters.iter().map(|(k, v)| format!("{k:<24} {v}\n")).collect())
+        Cmd::Counters => {
+            // The fast path counts on without its daemon: then read the pinned counters.
+            let pinned = match offline::daemon_absent(&paths.socket) {
+                Some(why) => offline::counters(&paths)?.map(|counters| (why, counters)),
+                None => None,
+            };
+            match pinned {
+                Some((why, counters)) => {
+                    eprintln!("xlb: no daemon runs ({why}); counters read from the pins in {}", paths.pin_dir.display());
+                    show_counters(output, counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }
+                None => match call(Request::Counters)? {
+                    Reply::Counters(counters) => show_counters(output, counters),
+                    other => unexpected(other),
+                },
             }
-            other => unexpected(other),
-        },
+        }
         Cmd::Zero => done(call(Request::Zero { service: None })?),
         Cmd::Set { tcp: None, tcpfin: None, udp: None, expire_nodest_conn: None, sloppy_tcp: None, icmp_echo: None } => {
             // Nothing to change: show what is set.
@@ -826,6 +836,12 @@ fn drain(paths: &Paths, service: ServiceId, rip: ops::RealAddr, timeout: u64, ou
         Output::Text => println!("timeout after {waited} s with active connections left; removed {rip} of {service} anyway"),
     }
     Ok(())
+}
+
+/// `xlb counters`: one line per counter, or a JSON object.
+fn show_counters(output: Output, counters: Vec<(String, u64)>) -> Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = counters.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+    show(output, &map, |_| counters.iter().map(|(k, v)| format!("{k:<24} {v}\n")).collect())
 }
 
 /// What `apply`/`reload` changed, in words: "services added 1, reals changed 2".

@@ -11,8 +11,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::{ConnEntry, FlowKey, ServiceInfo, map_names};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use lb_common::{ConnEntry, FlowKey, ServiceInfo, counter, map_names};
 use serde::Serialize;
 
 use crate::{api::Paths, loader, maps};
@@ -167,4 +167,17 @@ pub fn stop(paths: &Paths, reason: String) -> Result<Stopped> {
         }
     }
     Ok(Stopped { daemon: false, reason, pin_dir: pin_dir.clone(), detached, maps_unpinned, still_attached })
+}
+
+/// The fast path's verdict counters read from their pin (summed over CPUs, in
+/// `counter::NAMES` order), for `xlb counters` with no daemon; None if nothing is pinned.
+pub fn counters(paths: &Paths) -> Result<Option<Vec<(&'static str, u64)>>> {
+    let path = paths.pin_dir.join(map_names::COUNTERS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let stats: PerCpuArray<MapData, u64> = Map::from_map_data(data)?.try_into()?;
+    let all = (0..counter::COUNT).map(|i| Ok((counter::NAMES[i as usize], stats.get(&i, 0)?.iter().sum()))).collect::<Result<_>>()?;
+    Ok(Some(all))
 }

@@ -75,6 +75,12 @@ fn stop_and_status_work_from_the_pins_once_the_daemon_has_exited() {
         assert!(out.starts_with("daemon not running ("), "{how}: {out}");
         assert!(out.contains("interfaces eth0 (attached through pinned links)\n"), "{how}: {out}");
         assert!(out.contains("services 1\n"), "{how}: {out}");
+        // The fast path counts on: its counters are read from the pins.
+        let counters = run(&mut c.xlb_command(&["counters"]));
+        assert!(counters.status.success(), "{how}: {}", text(&counters.stderr));
+        let tx_dr = text(&counters.stdout).lines().find(|l| l.starts_with("tx_dr ")).map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap());
+        assert!(tx_dr.is_some_and(|n| n > 0), "{how}: {}", text(&counters.stdout));
+        assert!(text(&counters.stderr).contains("counters read from the pins"), "{how}: {}", text(&counters.stderr));
         let json = run(&mut c.xlb_command(&["--output", "json", "status"]));
         let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
         assert_eq!((json["daemon"].as_bool(), json["interfaces"][0].as_str()), (Some(false), Some("eth0")), "{json}");
