@@ -83,17 +83,38 @@ pub fn unpin_all(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
-/// Whether this process has a mount namespace other than PID 1's (`ip netns exec`,
-/// `unshare -m`): a filesystem it mounts is gone when its last process exits.
-pub fn in_own_mount_namespace() -> bool {
+/// The mount namespace of process `pid` ("self" for this one), as (device, inode); None
+/// if the kernel does not let us look (no ptrace access to it).
+fn mount_ns(pid: &str) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let ns = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
-    // PID 1 may be out of reach (no ptrace access to it in a container): then the
-    // parent, which is outside `ip netns exec`'s namespace.
-    let outside = ns("1").or_else(|| ns(&std::os::unix::process::parent_id().to_string()));
-    match (ns("self"), outside) {
-        (Some(mine), Some(theirs)) => mine != theirs,
-        _ => false,
+    fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// This process's ancestors, nearest first, ending with PID 1.
+fn ancestors() -> Vec<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut chain = Vec::new();
+    let mut pid = std::os::unix::process::parent_id();
+    while pid > 1 && chain.len() < 64 {
+        chain.push(pid);
+        pid = parent_of(pid).unwrap_or(0);
+    }
+    chain.push(1);
+    chain
+}
+
+/// Whether this process has a mount namespace other than the host's (`ip netns exec`,
+/// `unshare -m`): a filesystem it mounts is gone when its last process exits. The host's
+/// is PID 1's, or, where PID 1 is out of reach (a container), that of any ancestor.
+pub fn in_own_mount_namespace() -> bool {
+    let Some(mine) = mount_ns("self") else { return false };
+    match mount_ns("1") {
+        Some(init) => mine != init,
+        None => ancestors().iter().any(|pid| mount_ns(&pid.to_string()).is_some_and(|ns| ns != mine)),
     }
 }
 
@@ -102,23 +123,9 @@ pub fn in_own_mount_namespace() -> bool {
 /// another mount namespace (the shell that ran `ip netns exec`), else of PID 1 — if
 /// bpffs is mounted there and the kernel lets us look (ptrace access to that process).
 pub fn host_bpffs() -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let ns = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
-    let mine = ns("self")?;
-    let parent_of = |pid: u32| -> Option<u32> {
-        // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces and parentheses.
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-    };
-    let mut candidates = Vec::new();
-    let mut pid = std::os::unix::process::parent_id();
-    while pid > 1 && candidates.len() < 64 {
-        candidates.push(pid);
-        pid = parent_of(pid).unwrap_or(0);
-    }
-    candidates.push(1);
-    candidates.into_iter().find_map(|pid| {
-        let theirs = ns(&pid.to_string())?;
+    let mine = mount_ns("self")?;
+    ancestors().into_iter().find_map(|pid| {
+        let theirs = mount_ns(&pid.to_string())?;
         let bpffs = Path::new("/proc").join(pid.to_string()).join("root/sys/fs/bpf");
         (theirs != mine && is_bpffs(&bpffs)).then_some(bpffs)
     })
