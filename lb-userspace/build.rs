@@ -10,6 +10,12 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("lb-ebpf"), [])?;
         return Ok(());
     }
+    // aya-build passes every line the nested cargo prints on stderr on as a cargo
+    // warning: without this, a fresh build shows ~40 "warning: … Compiling …" lines.
+    // Its errors and the compiler's warnings still come through (as JSON messages).
+    // SAFETY: the build script is single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../lb-ebpf");
     let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(

@@ -57,6 +57,9 @@ pub struct SettingsView {
     pub udp: u32,
     pub expire_nodest_conn: bool,
     pub sloppy_tcp: bool,
+    /// Ping to VIPs answered by the fast path (`xlb set --icmp-echo`).
+    #[serde(default)]
+    pub icmp_echo: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,23 +39,26 @@
 //! ```
 //!
 //! The whole file is parsed and checked before anything is applied.
-use std::{collections::HashSet, path::Path};
+use std::{collections::HashSet, ops::Range, path::Path};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use lb_common::{Settings, tcp};
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 use crate::health::HealthConfig;
 use crate::ops::{
     self, ForwardMethod, Persistence, Proto, RealAddr, RealOptions, Scheduler, Service, ServiceId, ServiceOptions,
 };
 
+/// The file as written. Values a later check may refuse keep their place in the file
+/// (`Spanned`), so that the refusal names its line and column as toml's own errors do.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     settings: Option<SettingsSection>,
     #[serde(default)]
-    service: Vec<ServiceSection>,
+    service: Vec<Spanned<ServiceSection>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -76,31 +79,36 @@ struct SettingsSection {
 #[serde(deny_unknown_fields)]
 struct ServiceSection {
     #[serde(skip_serializing_if = "Option::is_none")]
-    proto: Option<String>,
+    proto: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    vip: Option<String>,
+    vip: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
+    port: Option<Spanned<u16>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    fwmark: Option<u32>,
+    fwmark: Option<Spanned<u32>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    frontends: Vec<String>,
+    frontends: Vec<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    scheduler: Option<String>,
+    scheduler: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    sched_flags: Vec<String>,
+    sched_flags: Vec<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     persistent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    netmask: Option<String>,
+    netmask: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     one_packet: bool,
     #[serde(default)]
-    reals: Vec<RealSection>,
+    reals: Vec<Spanned<RealSection>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    sorry_server: Option<String>,
+    sorry_server: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    health: Option<HealthConfig>,
+    health: Option<Spanned<HealthConfig>>,
+}
+
+/// A value made here (for [`to_toml`]): it has no place in any file.
+fn unplaced<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -168,28 +176,28 @@ pub fn to_toml(cfg: &Config) -> String {
                 ServiceId::Fwmark(m) => (None, None, None, Some(m)),
             };
             let o = &svc.options;
-            ServiceSection {
-                proto,
-                vip,
-                port,
-                fwmark,
+            unplaced(ServiceSection {
+                proto: proto.map(unplaced),
+                vip: vip.map(unplaced),
+                port: port.map(unplaced),
+                fwmark: fwmark.map(unplaced),
                 frontends: crate::listing::fold_frontends(&svc.frontends)
                     .iter()
                     .map(|f| {
                         let (proto, addr) = f.split_once(' ').unwrap_or(("", f));
-                        format!("{}:{addr}", proto.to_ascii_lowercase())
+                        unplaced(format!("{}:{addr}", proto.to_ascii_lowercase()))
                     })
                     .collect(),
-                scheduler: Some(o.scheduler.name().to_string()),
-                sched_flags: ops::sched_flag_names(o.sched_flags).iter().map(|f| f.to_string()).collect(),
+                scheduler: Some(unplaced(o.scheduler.name().to_string())),
+                sched_flags: ops::sched_flag_names(o.sched_flags).iter().map(|f| unplaced(f.to_string())).collect(),
                 persistent: o.persistence.map(|p| p.timeout),
-                netmask: o.persistence.filter(|p| p.netmask != ops::ONE_CLIENT).map(|p| p.netmask.to_string()),
+                netmask: o.persistence.filter(|p| p.netmask != ops::ONE_CLIENT).map(|p| unplaced(p.netmask.to_string())),
                 one_packet: o.one_packet,
                 reals: svc
                     .reals
                     .iter()
                     .map(|(rip, ro)| {
-                        if *ro == RealOptions::default() {
+                        unplaced(if *ro == RealOptions::default() {
                             RealSection::Address(rip.to_string())
                         } else {
                             RealSection::Full(RealTable {
@@ -199,12 +207,12 @@ pub fn to_toml(cfg: &Config) -> String {
                                 u_threshold: ro.u_threshold,
                                 l_threshold: ro.l_threshold,
                             })
-                        }
+                        })
                     })
                     .collect(),
-                sorry_server: svc.sorry_server.map(|s| s.to_string()),
-                health: svc.health.clone(),
-            }
+                sorry_server: svc.sorry_server.map(|s| unplaced(s.to_string())),
+                health: svc.health.clone().map(unplaced),
+            })
         })
         .collect();
     toml::to_string(&File { settings, service }).expect("a config always serialises")
@@ -215,8 +223,10 @@ pub fn load(path: &Path) -> Result<Config> {
     parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
+/// Parses and checks a whole config. Every error names its line and column in `text`:
+/// toml's own for syntax, types and unknown keys, and the place of the refused value
+/// for the checks made here (a bad address, method, flag, …).
 pub fn parse(text: &str) -> Result<Config> {
-    // toml's errors carry line and column.
     let file: File = toml::from_str(text)?;
     let settings = file.settings.map(|s| {
         let mut out = Settings::default();
@@ -238,10 +248,13 @@ pub fn parse(text: &str) -> Result<Config> {
     let mut seen_ids = HashSet::new();
     let mut seen_frontends = HashSet::new();
     for (i, s) in file.service.iter().enumerate() {
-        let at = || format!("service #{}", i + 1);
-        let svc = service(s).with_context(at)?;
+        let refused = |span: Range<usize>, e: anyhow::Error| {
+            let (line, column) = position(text, span.start);
+            e.context(format!("line {line}, column {column}: service #{}", i + 1))
+        };
+        let svc = service(s.get_ref(), s.span()).map_err(|(span, e)| refused(span, e))?;
         if !seen_ids.insert(svc.id) {
-            bail!("{}: Service already exists: {}", at(), svc.id);
+            return Err(refused(s.span(), anyhow::anyhow!("Service already exists: {}", svc.id)));
         }
         let own = match svc.id {
             ServiceId::Addr(a) => vec![a],
@@ -249,7 +262,7 @@ pub fn parse(text: &str) -> Result<Config> {
         };
         for f in own {
             if !seen_frontends.insert(f) {
-                bail!("{}: Service already exists: {f} (a VIP:port belongs to one service)", at());
+                return Err(refused(s.span(), anyhow::anyhow!("Service already exists: {f} (a VIP:port belongs to one service)")));
             }
         }
         services.push(svc);
@@ -257,67 +270,115 @@ pub fn parse(text: &str) -> Result<Config> {
     Ok(Config { settings, services })
 }
 
-fn service(s: &ServiceSection) -> Result<ServiceConfig> {
-    let (id, frontends) = match (s.fwmark, &s.vip, s.port) {
+/// Line and column (both from 1; the column in characters) of byte `offset` of `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
+}
+
+/// A check's refusal and the place in the file of what it refused.
+type Placed<T> = std::result::Result<T, (Range<usize>, anyhow::Error)>;
+
+trait At<T> {
+    /// Places an error at `span`.
+    fn at(self, span: Range<usize>) -> Placed<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> At<T> for std::result::Result<T, E> {
+    fn at(self, span: Range<usize>) -> Placed<T> {
+        self.map_err(|e| (span, e.into()))
+    }
+}
+
+fn refuse<T>(span: Range<usize>, message: String) -> Placed<T> {
+    Err((span, anyhow::anyhow!(message)))
+}
+
+/// Checks one `[[service]]` table (at `whole` in the file).
+fn service(s: &ServiceSection, whole: Range<usize>) -> Placed<ServiceConfig> {
+    let (id, frontends) = match (&s.fwmark, &s.vip, &s.port) {
         (Some(mark), None, None) => {
-            if mark == 0 {
-                bail!("fwmark 0 is not a firewall mark");
+            if *mark.get_ref() == 0 {
+                return refuse(mark.span(), "fwmark 0 is not a firewall mark".into());
             }
-            if s.proto.is_some() {
-                bail!("a fwmark service takes its protocols from `frontends`, not `proto`");
+            if let Some(proto) = &s.proto {
+                return refuse(proto.span(), "a fwmark service takes its protocols from `frontends`, not `proto`".into());
             }
             let mut list = Vec::new();
             for f in &s.frontends {
-                let Some((proto, addr)) = f.split_once(':') else {
-                    bail!("frontend `{f}` is not PROTO:VIP:PORT (for example tcp:10.0.0.100:443)");
+                let Some((proto, addr)) = f.get_ref().split_once(':') else {
+                    return refuse(f.span(), format!("frontend `{}` is not PROTO:VIP:PORT (for example tcp:10.0.0.100:443)", f.get_ref()));
                 };
-                list.extend(ops::parse_frontends(proto.parse()?, addr)?);
+                let proto: Proto = proto.parse().at(f.span())?;
+                list.extend(ops::parse_frontends(proto, addr).at(f.span())?);
             }
-            (ServiceId::Fwmark(mark), list)
+            (ServiceId::Fwmark(*mark.get_ref()), list)
         }
         (None, Some(vip), Some(port)) => {
-            if !s.frontends.is_empty() {
-                bail!("`frontends` belong to fwmark services");
+            if let Some(f) = s.frontends.first() {
+                return refuse(f.span(), "`frontends` belong to fwmark services".into());
             }
-            let proto: Proto = s.proto.as_deref().unwrap_or("tcp").parse()?;
-            (ServiceId::Addr(Service { proto, vip: ops::parse_ip(vip)?, port: ops::parse_port(&port.to_string())? }), Vec::new())
+            let proto: Proto = match &s.proto {
+                Some(p) => p.get_ref().parse().at(p.span())?,
+                None => "tcp".parse().at(whole.clone())?,
+            };
+            let vip_ip = ops::parse_ip(vip.get_ref()).at(vip.span())?;
+            let port = ops::parse_port(&port.get_ref().to_string()).at(port.span())?;
+            (ServiceId::Addr(Service { proto, vip: vip_ip, port }), Vec::new())
         }
-        _ => bail!("a service needs either `vip` and `port`, or `fwmark` (with `frontends`)"),
+        _ => return refuse(whole, "a service needs either `vip` and `port`, or `fwmark` (with `frontends`)".into()),
     };
-    let scheduler: Scheduler = s.scheduler.as_deref().unwrap_or("wlc").parse()?;
-    let sched_flags = ops::parse_sched_flags(&s.sched_flags.join(","))?;
-    let netmask = s.netmask.as_deref().map(ops::parse_netmask).transpose()?;
-    if netmask.is_some() && s.persistent.is_none() {
-        bail!("`netmask` needs `persistent`");
+    let scheduler: Scheduler = match &s.scheduler {
+        Some(name) => name.get_ref().parse().at(name.span())?,
+        None => "wlc".parse().at(whole.clone())?,
+    };
+    let mut sched_flags = 0;
+    for flag in &s.sched_flags {
+        sched_flags |= ops::parse_sched_flags(flag.get_ref()).at(flag.span())?;
     }
-    let persistence = s.persistent.map(|timeout| Persistence { timeout, netmask: netmask.unwrap_or(ops::ONE_CLIENT) });
+    let netmask = match &s.netmask {
+        Some(m) => {
+            if s.persistent.is_none() {
+                return refuse(m.span(), "`netmask` needs `persistent`".into());
+            }
+            Some((ops::parse_netmask(m.get_ref()).at(m.span())?, m.span()))
+        }
+        None => None,
+    };
+    let persistence = s.persistent.map(|timeout| Persistence { timeout, netmask: netmask.as_ref().map_or(ops::ONE_CLIENT, |m| m.0) });
     let options = ServiceOptions { scheduler, sched_flags, persistence, one_packet: s.one_packet };
-    ops::check_options(id, &options)?;
+    // Most of what check_options refuses is about the netmask (its family).
+    ops::check_options(id, &options).at(netmask.map_or(whole.clone(), |m| m.1))?;
     let mut reals: Vec<(RealAddr, RealOptions)> = Vec::new();
     for r in &s.reals {
-        let (real, opts) = match r {
-            RealSection::Address(a) => (a.parse::<RealAddr>()?, RealOptions::default()),
+        let at = r.span();
+        let (real, opts) = match r.get_ref() {
+            RealSection::Address(a) => (a.parse::<RealAddr>().at(at.clone())?, RealOptions::default()),
             RealSection::Full(t) => {
-                let forward = t.forward.as_deref().map(str::parse::<ForwardMethod>).transpose()?.unwrap_or_default();
+                let forward = t.forward.as_deref().map(str::parse::<ForwardMethod>).transpose().at(at.clone())?.unwrap_or_default();
                 let opts =
                     RealOptions { forward, weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold };
-                (t.address.parse::<RealAddr>()?, opts)
+                (t.address.parse::<RealAddr>().at(at.clone())?, opts)
             }
         };
-        ops::check_real(id, real, &opts).with_context(|| format!("real server {real}"))?;
-        ops::check_one_packet(id, options.one_packet, opts.forward)?;
+        ops::check_real(id, real, &opts).with_context(|| format!("real server {real}")).at(at.clone())?;
+        ops::check_one_packet(id, options.one_packet, opts.forward).at(at.clone())?;
         // As the maps will list it, so that a reload compares like with like.
         let real = real.canonical(id);
         if reals.iter().any(|(r, _)| *r == real) {
-            bail!("Destination already exists: {real}");
+            return refuse(at, format!("Destination already exists: {real}"));
         }
         reals.push((real, opts));
     }
-    let sorry_server = s.sorry_server.as_deref().map(ops::parse_ip).transpose().context("sorry_server")?;
+    let sorry_server = match &s.sorry_server {
+        Some(ip) => Some(ops::parse_ip(ip.get_ref()).context("sorry_server").at(ip.span())?),
+        None => None,
+    };
     if let Some(h) = &s.health {
-        h.validate(id)?;
+        h.get_ref().validate(id).at(h.span())?;
     }
-    Ok(ServiceConfig { id, options, frontends, reals, sorry_server, health: s.health.clone() })
+    Ok(ServiceConfig { id, options, frontends, reals, sorry_server, health: s.health.as_ref().map(|h| h.get_ref().clone()) })
 }
 
 #[cfg(test)]
@@ -458,6 +519,37 @@ mod tests {
         let cfg = parse("[[service]]\nvip = \"10.0.0.1\"\nport = 80\n").unwrap();
         assert_eq!(cfg.services[0].options.scheduler, Scheduler::Wlc);
         assert_eq!(cfg.settings, None);
+    }
+
+    /// The README's example with one mistake: the refusal names the mistake's line and
+    /// column, as toml's own errors do, whichever check refuses it.
+    #[test]
+    fn refusals_of_checks_name_line_and_column() {
+        let file = |vip: &str, forward: &str, flag: &str, netmask: &str| {
+            format!(
+                "[settings]\ntcp = 900\n\n[[service]]\nproto = \"tcp\"\nvip = \"{vip}\"\nport = 80\npersistent = 300\nnetmask = \"{netmask}\"\n\
+                 reals = [\"192.168.1.11\", {{ address = \"192.168.1.12\", forward = \"{forward}\" }}]\n\n\
+                 [[service]]\nfwmark = 1\nfrontends = [\"tcp:192.168.1.200:443\"]\nscheduler = \"sh\"\nsched_flags = [\"sh-port\", \"{flag}\"]\n"
+            )
+        };
+        let good = file("192.168.1.200", "nat", "sh-fallback", "255.255.255.0");
+        parse(&good).expect("the example itself is good");
+        let err = |text: String| format!("{:#}", parse(&text).unwrap_err());
+        assert_eq!(
+            err(file("10.66.0.311", "nat", "sh-fallback", "255.255.255.0")),
+            "line 6, column 7: service #1: `10.66.0.311` is not an IP address"
+        );
+        let forward = err(file("192.168.1.200", "nta", "sh-fallback", "255.255.255.0"));
+        assert!(forward.starts_with("line 10, column 26: service #1: unknown forwarding method"), "{forward}");
+        let flag = err(file("192.168.1.200", "nat", "sh-prot", "255.255.255.0"));
+        assert!(flag.starts_with("line 16, column 27: service #2: unknown scheduler flag `sh-prot`"), "{flag}");
+        let mask = err(file("192.168.1.200", "nat", "sh-fallback", "64"));
+        assert!(mask.starts_with("line 9, column 11: service #1: "), "{mask}");
+        // Refusals of a whole service point at its table.
+        let dup = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n\n[[service]]\nvip = \"10.0.0.1\"\nport = 80\n";
+        assert!(err(dup.into()).starts_with("line 5, column 1: service #2: Service already exists"), "{}", err(dup.into()));
+        let health = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[service.health]\ntype = \"udp\"\n";
+        assert!(err(health.into()).starts_with("line 4, column 1: service #1: "), "{}", err(health.into()));
     }
 
     #[test]

@@ -478,6 +478,7 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
         udp: s.udp_timeout,
         expire_nodest_conn: s.expire_nodest_conn != 0,
         sloppy_tcp: s.sloppy_tcp != 0,
+        icmp_echo: s.icmp_echo != 0,
     }
 }
 
@@ -607,7 +608,25 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     // The saved state is the latest word (it includes API changes); the config file
     // is the start-up state only when nothing was saved.
-    let desired = saved.or(file_config);
+    let state = opts.paths.state.display();
+    let desired = match (saved, file_config, &opts.config) {
+        (Some(saved), Some(_), Some(file)) => {
+            println!(
+                "xlb: restoring the saved state {state}; {} is not applied at start (`xlb reload` or SIGHUP applies it)",
+                file.display()
+            );
+            Some(saved)
+        }
+        (Some(saved), _, _) => {
+            println!("xlb: restoring the saved state {state}");
+            Some(saved)
+        }
+        (None, Some(file_config), Some(file)) => {
+            println!("xlb: nothing saved yet: starting from {}", file.display());
+            Some(file_config)
+        }
+        (None, file_config, _) => file_config,
+    };
     if let Some(desired) = &desired {
         let changes = reconcile::apply(&mut maps, desired)?;
         if !fresh && !changes.is_empty() {
@@ -641,7 +660,12 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     let interfaces = opts.ifaces.iter().map(|i| observe::Interface::attached(i)).collect();
     for (addr, what) in web_listeners.addresses() {
-        println!("xlb: serving the {what} on http://{addr}/");
+        // The metrics are at /metrics: that is the address to give Prometheus.
+        match what {
+            "metrics" => println!("xlb: serving the metrics on http://{addr}/metrics"),
+            _ if what.starts_with("metrics") => println!("xlb: serving the {what} on http://{addr}/ (metrics at /metrics)"),
+            _ => println!("xlb: serving the {what} on http://{addr}/"),
+        }
     }
     let web_server = web_listeners.serve(Arc::new(EngineView { engine: engine.clone(), interfaces }));
     println!(

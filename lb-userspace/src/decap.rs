@@ -7,6 +7,12 @@
 //! because its links are pinned in bpffs, with its VIP map, under
 //! `/sys/fs/bpf/xlb-realserver/netns-*` (one directory per network namespace).
 //! Teardown removes the pins, which detaches it.
+//!
+//! The pins must be in the host's bpffs. `ip netns exec` runs a command in a mount
+//! namespace of its own with /sys remounted, where /sys/fs/bpf is no bpffs: one mounted
+//! there would vanish with the command, and the pinned links (so the decapsulator) with
+//! it. There the host's bpffs is reached through the root of a process outside that
+//! mount namespace (`/proc/PID/root`, see `maps::host_bpffs`).
 use std::{
     collections::BTreeSet,
     fs,
@@ -27,7 +33,8 @@ use crate::{
     maps,
 };
 
-const PIN_ROOT: &str = "/sys/fs/bpf/xlb-realserver";
+const BPFFS: &str = "/sys/fs/bpf";
+const PIN_SUBDIR: &str = "xlb-realserver";
 const LINK_PREFIX: &str = "link-";
 
 /// The director's maps are not used here: loaded at one entry each, not at full size.
@@ -44,9 +51,29 @@ const SHRUNK: [(&str, u32); 10] = [
     (map_names::NAT_REPLIES, 1),
 ];
 
+/// The directory holding every namespace's decapsulator pins, in the host's bpffs.
+/// Errors when pins made here would not outlive this command.
+pub fn pin_root() -> Result<PathBuf> {
+    let local = Path::new(BPFFS);
+    if maps::is_bpffs(local) || !maps::in_own_mount_namespace() {
+        // bpffs here (or the host's mount namespace, where setup mounts it): it stays.
+        return Ok(local.join(PIN_SUBDIR));
+    }
+    if let Some(host) = maps::host_bpffs() {
+        return Ok(host.join(PIN_SUBDIR));
+    }
+    bail!(
+        "this command runs in a mount namespace of its own (as `ip netns exec` runs it) where {BPFFS} is not \
+         the host's BPF filesystem, and no host bpffs at {BPFFS} can be reached: pins made here would vanish \
+         when the command exits, and the decapsulator with them. Mount it on the host \
+         (`mount -t bpf bpf {BPFFS}`), or run the command with `nsenter --net=/run/netns/NAME`, which keeps \
+         the host's mounts"
+    )
+}
+
 /// This network namespace's pin directory (`key` names the namespace).
-pub fn pin_dir(key: &str) -> PathBuf {
-    Path::new(PIN_ROOT).join(key)
+pub fn pin_dir(key: &str) -> Result<PathBuf> {
+    Ok(pin_root()?.join(key))
 }
 
 fn link_pin(dir: &Path, iface: &str) -> PathBuf {
@@ -135,7 +162,9 @@ pub fn remove(dir: &Path) -> Result<()> {
     }
     // Each goes only if empty: other namespaces' decapsulators may still be pinned.
     let _ = fs::remove_dir(dir);
-    let _ = fs::remove_dir(PIN_ROOT);
+    if let Some(root) = dir.parent() {
+        let _ = fs::remove_dir(root);
+    }
     Ok(())
 }
 

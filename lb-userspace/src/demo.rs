@@ -20,12 +20,18 @@ pub fn demo(xlb: &Path, opts: DemoOptions) -> Result<()> {
     install_stop_handler();
     println!("== building the cluster (network namespaces)");
     let mut cluster = DrCluster::build(xlb, opts.reals, opts.mode)?;
+    // Ctrl-C goes to the whole foreground process group: the balancer must outlive it
+    // to be asked for the counters below.
+    cluster.balancer_outside_the_terminal_group();
     println!("   client    {CIP}");
     println!("   director  {DIP}, VIP {VIP}  (namespace {})", cluster.director.name);
     for rs in &cluster.reals {
         println!("   {}       {}, VIP {VIP} on lo, arp_ignore=1 arp_announce=2, HTTP on :80", rs.name, rs.ip);
     }
-    println!("== starting xlb on the director: xlb run --iface eth0 --mode {}", opts.mode.name());
+    match opts.mode {
+        AttachMode::Auto => println!("== starting xlb on the director: xlb run --iface eth0"),
+        mode => println!("== starting xlb on the director: xlb run --iface eth0 --mode {}", mode.name()),
+    }
     for line in cluster.start_balancer()? {
         println!("   {line}");
     }
@@ -44,7 +50,17 @@ pub fn demo(xlb: &Path, opts: DemoOptions) -> Result<()> {
     let mut sent = 0;
     while opts.requests.is_none_or(|n| sent < n) && !stop_requested() {
         sent += 1;
-        let body = cluster.curl("/")?;
+        let body = match cluster.curl("/") {
+            Ok(body) => body,
+            Err(e) => {
+                // A Ctrl-C during the request also interrupts curl (same process group).
+                std::thread::sleep(Duration::from_millis(200));
+                if stop_requested() {
+                    break;
+                }
+                return Err(e);
+            }
+        };
         println!("   request {sent}: answered by {}", body.trim());
         if opts.requests.is_none() {
             std::thread::sleep(Duration::from_secs(1));

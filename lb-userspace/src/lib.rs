@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netns;
 pub mod nexthop;
 pub mod observe;
+pub mod offline;
 pub mod ops;
 pub mod realserver;
 pub mod reconcile;

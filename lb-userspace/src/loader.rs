@@ -24,7 +24,9 @@ const PROGRAMS: [&str; 4] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM, DECA
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// Native (driver) mode, falling back to SKB (generic) mode if the driver refuses.
+    /// Native (driver) mode, falling back to SKB (generic) mode if the driver refuses;
+    /// SKB mode at once on a veth whose peer runs no native XDP program (native mode
+    /// would drop every forwarded frame there).
     Auto,
     /// Native (driver) mode only.
     Native,
@@ -99,22 +101,62 @@ pub struct Attached {
     pub mode: AttachMode,
 }
 
-/// Attaches `program` to `iface`; Auto tries native mode, then SKB mode.
+/// Why native mode on `iface` would send nothing out: a veth whose peer has no native
+/// XDP program. A veth transmits an XDP_TX'd or redirected frame only into its peer's
+/// NAPI ring, which exists only while the peer runs a native XDP program (or has GRO
+/// enabled); otherwise the kernel drops the frame (veth_xdp_xmit() in
+/// drivers/net/veth.c). None when native mode delivers, or nothing says it would not.
+pub fn native_blackholes(iface: &str) -> Result<Option<String>> {
+    let info = crate::rtnl::link_info(crate::rtnl::ifindex(iface)?, None)?;
+    if info.kind.as_deref() != Some("veth") {
+        return Ok(None);
+    }
+    let Some(peer) = info.link.filter(|&i| i > 0) else { return Ok(None) };
+    let peer_info = crate::rtnl::link_info(peer, info.link_netnsid)
+        .with_context(|| format!("asking about the peer of veth {iface}"))?;
+    let native = matches!(peer_info.xdp_attached, crate::rtnl::XDP_ATTACHED_DRV | crate::rtnl::XDP_ATTACHED_MULTI);
+    Ok((!native).then(|| {
+        format!(
+            "{iface} is a veth whose peer runs no native XDP program, and a veth drops what native XDP \
+             sends back out (XDP_TX) or redirects unless its peer does"
+        )
+    }))
+}
+
+/// Attaches `program` to `iface`. Auto tries native mode, then SKB mode; for the
+/// balancer (which sends frames back out) it takes SKB mode at once where native mode
+/// would drop them ([`native_blackholes`]), and `Native` is kept but warned about there.
 pub fn attach(ebpf: &mut Ebpf, program: &str, iface: &str, mode: AttachMode) -> Result<Attached> {
+    let blackhole = if program == BALANCE_PROGRAM && mode != AttachMode::Skb {
+        native_blackholes(iface).unwrap_or_else(|e| {
+            tracing::warn!("could not tell whether native XDP on {iface} delivers: {e:#}");
+            None
+        })
+    } else {
+        None
+    };
     let prog = xdp(ebpf, program)?;
     let in_mode = |prog: &mut Xdp, m: AttachMode| {
         let flags = if m == AttachMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
         prog.attach(iface, flags).with_context(|| format!("attaching to {iface} in {} mode", m.name())).map(|link| Attached { link, mode: m })
     };
-    match mode {
-        AttachMode::Auto => match in_mode(prog, AttachMode::Native) {
+    match (mode, blackhole) {
+        (AttachMode::Auto, Some(why)) => {
+            tracing::info!("{why}: attaching in SKB mode (generic XDP, which delivers); --mode native to override");
+            in_mode(prog, AttachMode::Skb)
+        }
+        (AttachMode::Native, Some(why)) => {
+            tracing::warn!("{why}: in native mode, as asked, forwarded frames will be dropped (--mode auto or skb delivers)");
+            in_mode(prog, AttachMode::Native)
+        }
+        (AttachMode::Auto, None) => match in_mode(prog, AttachMode::Native) {
             Ok(done) => Ok(done),
             Err(native_err) => {
                 tracing::warn!("native XDP on {iface} refused ({native_err:#}); falling back to SKB mode");
                 in_mode(prog, AttachMode::Skb)
             }
         },
-        m => in_mode(prog, m),
+        (m, _) => in_mode(prog, m),
     }
 }
 

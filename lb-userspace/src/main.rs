@@ -9,6 +9,7 @@ use lb_userspace::{
     bench, daemon, demo, httpd, ipvsadm,
     listing::{self, Output},
     loader::{self, AttachMode},
+    observe, offline,
     maps::DEFAULT_PIN_DIR,
     health::{self, HealthConfig},
     ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
@@ -18,7 +19,8 @@ use serde::Serialize;
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer in the manner of LVS/IPVS")]
-struct Cli {
+// pub(crate): tests/cli_docs.rs includes this file to check README's commands against it.
+pub(crate) struct Cli {
     /// bpffs directory of the instance's pinned maps and links; its name also names the
     /// API socket (/run/xlb/NAME.sock) and the saved state (/var/lib/xlb/NAME.toml).
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "XLB_PIN_DIR")]
@@ -60,13 +62,15 @@ enum Cmd {
     /// Run the daemon; SIGTERM leaves the fast path running for the next start
     /// (connections kept); `xlb stop` detaches.
     Daemon(DaemonArgs),
-    /// Detach the fast path, remove its pins and stop the daemon.
+    /// Detach the fast path, remove its pins and stop the daemon; with no daemon running
+    /// (after SIGTERM or kill -9), detach and unpin from the pins alone.
     Stop,
     /// Make the whole configuration be FILE (only the differences are applied).
     Apply { file: PathBuf },
     /// Re-apply the daemon's --config file (as SIGHUP does).
     Reload,
-    /// The daemon's interfaces, files and counts.
+    /// The daemon's interfaces, files and counts; with no daemon running, what its pins
+    /// still hold (exits non-zero).
     Status,
     /// ipvsadm's command line, unchanged (`xlbadm` is the same).
     #[command(disable_help_flag = true, allow_hyphen_values = true)]
@@ -106,11 +110,13 @@ enum Cmd {
     },
     /// List the connection table (ipvsadm -L -c -n).
     Conns,
-    /// Show the fast path's verdict counters (why frames were passed, dropped or sent).
+    /// Show the fast path's verdict counters (why frames were passed, dropped or sent);
+    /// with no daemon running, read from the pins.
     Counters,
     /// Zero the traffic counters (ipvsadm -Z).
     Zero,
-    /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches.
+    /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches; with no
+    /// option, show them.
     Set {
         /// ESTABLISHED idle timeout, seconds.
         #[arg(long)]
@@ -591,15 +597,30 @@ fn dispatch(cli: Cli) -> Result<()> {
         (Output::Json, Reply::Changes(c)) => show(output, &c, |_| String::new()),
         (Output::Json, _) => show(output, &serde_json::json!({ "ok": true }), |_| String::new()),
         (Output::Text, Reply::Changes(c)) => {
-            println!("{}", if c.is_empty() { "no changes".to_string() } else { format!("{c:?}") });
+            println!("{}", changes_text(&c));
             Ok(())
         }
         (Output::Text, _) => Ok(()),
     };
+    if let Cmd::Status = cli.command
+        && let Some(reason) = offline::daemon_absent(&paths.socket)
+    {
+        // With no daemon, what its pins still hold.
+        let status = offline::status(&paths, reason)?;
+        show(output, &status, offline::PinnedStatus::text)?;
+        anyhow::bail!("no xlb daemon runs for {}", paths.pin_dir.display());
+    }
     match cli.command {
         Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)),
         Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)),
-        Cmd::Stop => done(call(Request::Stop)?),
+        // With no daemon (SIGTERM, kill -9), from the pins alone.
+        Cmd::Stop => match offline::daemon_absent(&paths.socket) {
+            Some(reason) => {
+                let stopped = offline::stop(&paths, reason)?;
+                show(output, &stopped, offline::Stopped::text)
+            }
+            None => done(call(Request::Stop)?),
+        },
         Cmd::Apply { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             done(call(Request::Apply { config: text, origin: file.display().to_string() })?)
@@ -656,7 +677,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             RealCmd::Drain { .. } => unreachable!("handled above"),
         })?),
         Cmd::List { stats, rate } => match call(Request::List)? {
-            Reply::Services(services) => show(output, &services, |s| {
+            Reply::Services(mut services) => {
+                // A real without a check shows what the metrics, the status page and
+                // `xlb top` show: up once its next hop's MAC is known, else unknown.
+                for r in services.iter_mut().flat_map(|s| s.reals.iter_mut()).filter(|r| r.health == "-") {
+                    r.health = observe::real_health(r).name().to_string();
+                }
+                show(output, &services, |s| {
                 let format = if stats {
                     listing::Format::Stats
                 } else if rate {
@@ -665,7 +692,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                     listing::Format::Plain
                 };
                 listing::table_with_health(s, format, false)
-            }),
+                })
+            }
             other => unexpected(other),
         },
         Cmd::Top { interval } => top::run(&paths.socket, std::time::Duration::from_secs_f64(interval)),
@@ -673,15 +701,42 @@ fn dispatch(cli: Cli) -> Result<()> {
             Reply::Conns(conns) => show(output, &conns, |c| listing::conns_table(c)),
             other => unexpected(other),
         },
-        Cmd::Counters => match call(Request::Counters)? {
-            Reply::Counters(counters) => {
-                let map: serde_json::Map<String, serde_json::Value> =
-                    counters.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
-                show(output, &map, |_| counters.iter().map(|(k, v)| format!("{k:<24} {v}\n")).collect())
+        Cmd::Counters => {
+            // The fast path counts on without its daemon: then read the pinned counters.
+            let pinned = match offline::daemon_absent(&paths.socket) {
+                Some(why) => offline::counters(&paths)?.map(|counters| (why, counters)),
+                None => None,
+            };
+            match pinned {
+                Some((why, counters)) => {
+                    eprintln!("xlb: no daemon runs ({why}); counters read from the pins in {}", paths.pin_dir.display());
+                    show_counters(output, counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }
+                None => match call(Request::Counters)? {
+                    Reply::Counters(counters) => show_counters(output, counters),
+                    other => unexpected(other),
+                },
             }
-            other => unexpected(other),
-        },
+        }
         Cmd::Zero => done(call(Request::Zero { service: None })?),
+        Cmd::Set { tcp: None, tcpfin: None, udp: None, expire_nodest_conn: None, sloppy_tcp: None, icmp_echo: None } => {
+            // Nothing to change: show what is set.
+            match call(Request::Settings)? {
+                Reply::Settings(s) => show(output, &s, |s| {
+                    let on = |b: bool| if b { "on" } else { "off" };
+                    format!(
+                        "Timeout (tcp tcpfin udp): {} {} {}\nexpire-nodest-conn {}\nsloppy-tcp {}\nicmp-echo {}\n",
+                        s.tcp,
+                        s.tcpfin,
+                        s.udp,
+                        on(s.expire_nodest_conn),
+                        on(s.sloppy_tcp),
+                        on(s.icmp_echo)
+                    )
+                }),
+                other => unexpected(other),
+            }
+        }
         Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
             done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } })?)
         }
@@ -781,6 +836,26 @@ fn drain(paths: &Paths, service: ServiceId, rip: ops::RealAddr, timeout: u64, ou
         Output::Text => println!("timeout after {waited} s with active connections left; removed {rip} of {service} anyway"),
     }
     Ok(())
+}
+
+/// `xlb counters`: one line per counter, or a JSON object.
+fn show_counters(output: Output, counters: Vec<(String, u64)>) -> Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = counters.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+    show(output, &map, |_| counters.iter().map(|(k, v)| format!("{k:<24} {v}\n")).collect())
+}
+
+/// What `apply`/`reload` changed, in words: "services added 1, reals changed 2".
+fn changes_text(changes: &lb_userspace::reconcile::Changes) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(changes) else { return format!("{changes:?}") };
+    let said: Vec<String> = fields
+        .iter()
+        .filter_map(|(name, value)| match value {
+            serde_json::Value::Bool(true) => Some(name.replace('_', " ")),
+            serde_json::Value::Number(n) if n.as_u64() != Some(0) => Some(format!("{} {n}", name.replace('_', " "))),
+            _ => None,
+        })
+        .collect();
+    if said.is_empty() { "no changes".into() } else { format!("applied: {}", said.join(", ")) }
 }
 
 fn unexpected(reply: Reply) -> Result<()> {

@@ -83,10 +83,66 @@ pub fn unpin_all(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// The mount namespace of process `pid` ("self" for this one), as (device, inode); None
+/// if the kernel does not let us look (no ptrace access to it).
+fn mount_ns(pid: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// This process's ancestors, nearest first, ending with PID 1.
+fn ancestors() -> Vec<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut chain = Vec::new();
+    let mut pid = std::os::unix::process::parent_id();
+    while pid > 1 && chain.len() < 64 {
+        chain.push(pid);
+        pid = parent_of(pid).unwrap_or(0);
+    }
+    chain.push(1);
+    chain
+}
+
+/// Whether this process has a mount namespace other than the host's (`ip netns exec`,
+/// `unshare -m`): a filesystem it mounts is gone when its last process exits. The host's
+/// is PID 1's, or, where PID 1 is out of reach (a container), that of any ancestor.
+pub fn in_own_mount_namespace() -> bool {
+    let Some(mine) = mount_ns("self") else { return false };
+    match mount_ns("1") {
+        Some(init) => mine != init,
+        None => ancestors().iter().any(|pid| mount_ns(&pid.to_string()).is_some_and(|ns| ns != mine)),
+    }
+}
+
+/// The host's /sys/fs/bpf as a path usable from a mount namespace of our own (where
+/// `ip netns exec` runs a command): through the root of the nearest ancestor process in
+/// another mount namespace (the shell that ran `ip netns exec`), else of PID 1 — if
+/// bpffs is mounted there and the kernel lets us look (ptrace access to that process).
+pub fn host_bpffs() -> Option<std::path::PathBuf> {
+    let mine = mount_ns("self")?;
+    ancestors().into_iter().find_map(|pid| {
+        let theirs = mount_ns(&pid.to_string())?;
+        let bpffs = Path::new("/proc").join(pid.to_string()).join("root/sys/fs/bpf");
+        (theirs != mine && is_bpffs(&bpffs)).then_some(bpffs)
+    })
+}
+
 /// Makes sure bpffs is mounted at /sys/fs/bpf and `dir` exists on it.
 pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     let bpffs = Path::new("/sys/fs/bpf");
     if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        if in_own_mount_namespace() {
+            tracing::warn!(
+                "/sys/fs/bpf is not the host's BPF filesystem in this mount namespace (`ip netns exec` makes one \
+                 per command): what is pinned in {} goes when this process exits; start xlb with \
+                 `nsenter --net=/run/netns/NAME` to keep the host's mounts",
+                dir.display()
+            );
+        }
         fs::create_dir_all(bpffs).ok();
         let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
         if !status.success() {
@@ -97,7 +153,8 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is (the root of or inside) a BPF filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

@@ -364,6 +364,10 @@ pub fn setup(vips: &[IpAddr], mode: Mode, ifaces: &[String]) -> Result<()> {
     for iface in ifaces {
         crate::rtnl::ifindex(iface).with_context(|| format!("--iface {iface}"))?;
     }
+    if mode == Mode::Tun {
+        // Refused before anything changes when the decapsulator could not stay attached.
+        decap::pin_root()?;
+    }
     let addresses = Addresses::read()?;
     for &vip in &vips {
         let misplaced = addresses.misplaced(vip);
@@ -446,12 +450,12 @@ pub fn setup(vips: &[IpAddr], mode: Mode, ifaces: &[String]) -> Result<()> {
 fn setup_ipip_decapsulator(state: &State) -> Result<()> {
     let vips: Vec<IpAddr> = state.vips.iter().map(|r| r.vip).collect();
     let ifaces = state.decap_ifaces.iter().cloned().collect();
-    decap::ensure(&decap::pin_dir(&netns_key()?), &vips, &ifaces)
+    decap::ensure(&decap::pin_dir(&netns_key()?)?, &vips, &ifaces)
 }
 
 /// TUN mode's status: the decapsulator attached to NICs, and serving each VIP.
 fn check_ipip_decapsulator(vips: &[IpAddr]) -> Result<Vec<Check>> {
-    let dir = decap::pin_dir(&netns_key()?);
+    let dir = decap::pin_dir(&netns_key()?)?;
     let ifaces = decap::attached(&dir)?;
     if ifaces.is_empty() {
         return Ok(vec![Check { check: "IPIP decapsulator attached".into(), ok: false, found: "not attached".into() }]);
@@ -520,7 +524,7 @@ pub fn teardown(vips: &[IpAddr]) -> Result<()> {
         return Ok(());
     }
     if !state.decap_ifaces.is_empty() {
-        decap::remove(&decap::pin_dir(&netns_key()?))?;
+        decap::remove(&decap::pin_dir(&netns_key()?)?)?;
         state.decap_ifaces.clear();
         state_file.save(&state)?;
     }
@@ -604,7 +608,7 @@ pub fn status(vips: &[IpAddr], mode: Mode) -> Result<Status> {
     let mut decap_counters = BTreeMap::new();
     if mode == Mode::Tun {
         checks.extend(check_ipip_decapsulator(&vips)?);
-        let dir = decap::pin_dir(&netns_key()?);
+        let dir = decap::pin_dir(&netns_key()?)?;
         if !decap::attached(&dir)?.is_empty() {
             decap_counters = decap::counters(&dir)?.into_iter().collect();
         }

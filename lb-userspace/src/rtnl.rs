@@ -233,6 +233,71 @@ pub fn neighbour(ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>> {
     Ok(mac)
 }
 
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+/// struct ifinfomsg.
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_TARGET_NETNSID: u16 = 46;
+
+/// What rtnetlink says about an interface (`ip -d link show`): its kind, its peer or
+/// parent, and its XDP attachment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// IFLA_INFO_KIND: "veth", "bridge", …; None for a plain NIC.
+    pub kind: Option<String>,
+    /// IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace).
+    pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: the namespace of that peer, as an id of the asking namespace;
+    /// None when it is the same namespace.
+    pub link_netnsid: Option<i32>,
+    /// IFLA_XDP_ATTACHED: 0 none, 1 native (driver), 2 SKB (generic), 3 offloaded,
+    /// 4 several (linux/if_link.h).
+    pub xdp_attached: u8,
+}
+
+/// XDP_ATTACHED_DRV (linux/if_link.h).
+pub const XDP_ATTACHED_DRV: u8 = 1;
+/// XDP_ATTACHED_MULTI: programs in more than one mode, native among them possibly.
+pub const XDP_ATTACHED_MULTI: u8 = 4;
+
+/// RTM_GETLINK for interface `ifindex`, in this namespace or (`netnsid`, as a peer's
+/// IFLA_LINK_NETNSID gives it) in another one (IFLA_TARGET_NETNSID, Linux 4.20+).
+pub fn link_info(ifindex: u32, netnsid: Option<i32>) -> Result<LinkInfo> {
+    let mut body = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    body.resize(IFINFOMSG_LEN, 0);
+    if let Some(id) = netnsid {
+        push_attr(&mut body, IFLA_TARGET_NETNSID, &id.to_ne_bytes());
+    }
+    let answer = request(RTM_GETLINK, &body, RTM_NEWLINK, &[])
+        .with_context(|| format!("link lookup for ifindex {ifindex}"))?
+        .context("no answer to RTM_GETLINK")?;
+    let mut info = LinkInfo { kind: None, link: None, link_netnsid: None, xdp_attached: 0 };
+    for (kind, data) in attrs(answer.get(IFINFOMSG_LEN..).context("short link answer")?) {
+        match kind {
+            IFLA_LINK => info.link = u32_of(data),
+            IFLA_LINK_NETNSID => info.link_netnsid = u32_of(data).map(|v| v as i32).filter(|&v| v >= 0),
+            IFLA_LINKINFO => {
+                info.kind = attrs(data)
+                    .into_iter()
+                    .find(|(k, _)| *k == IFLA_INFO_KIND)
+                    .map(|(_, d)| String::from_utf8_lossy(d).trim_end_matches('\0').to_string())
+            }
+            IFLA_XDP => {
+                info.xdp_attached = attrs(data).into_iter().find(|(k, _)| *k == IFLA_XDP_ATTACHED).and_then(|(_, d)| d.first().copied()).unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
 /// The index of the interface named `name`.
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name)?;

@@ -227,6 +227,12 @@ struct Director {
     mode: AttachMode,
     /// Processes (xlb run, HTTP servers, XDP stubs); stopped before the namespaces go.
     children: Vec<ChildGuard>,
+    /// XDP stubs on the switch ports facing the director in native/auto mode (off: the
+    /// seeds' hand-built lab, whose veth peers run nothing).
+    peer_stubs: bool,
+    /// `xlb run` in a process group of its own, so that a terminal's Ctrl-C (sent to the
+    /// whole foreground group) reaches the demo but not the balancer it still asks.
+    own_process_group: bool,
 }
 
 impl Director {
@@ -241,7 +247,7 @@ impl Director {
     /// if its peer runs XDP too); the stubs stay when the balancer stops and starts again.
     fn start(&mut self, how: &str, director: &Netns, switch: &Netns, nics: &[&str], ports: &[&str], extra: &[&str]) -> Result<Vec<String>> {
         let stubs_running = self.children.iter().any(|c| c.what.starts_with("XDP pass stub"));
-        if self.mode != AttachMode::Skb && !stubs_running {
+        if self.mode != AttachMode::Skb && self.peer_stubs && !stubs_running {
             for port in ports {
                 let mut stub = switch.command(&self.xlb);
                 stub.args(["xdp-pass-stub", "--iface", port]);
@@ -253,9 +259,15 @@ impl Director {
         for nic in nics {
             args.extend(["--iface", nic]);
         }
-        args.extend(["--mode", self.mode.name()]);
+        // Auto is xlb's default: left out, as a user would.
+        if self.mode != AttachMode::Auto {
+            args.extend(["--mode", self.mode.name()]);
+        }
         args.extend_from_slice(extra);
-        let cmd = self.command(director, &args);
+        let mut cmd = self.command(director, &args);
+        if self.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let (guard, lines) = spawn_until_ready("xlb run on the director", cmd, Duration::from_secs(30))?;
         self.children.push(guard);
         Ok(lines)
@@ -351,7 +363,7 @@ impl DrCluster {
             reals.push(RealServer { ns: ns(&name)?, ip: rip(i), ip6: rip6(i), name });
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
-        let director_processes = Director { xlb: xlb.to_owned(), pin_dir: pin_dir.clone(), mode, children: Vec::new() };
+        let director_processes = Director { xlb: xlb.to_owned(), pin_dir: pin_dir.clone(), mode, children: Vec::new(), peer_stubs: true, own_process_group: false };
         let mut cluster =
             Self { pin_dir, id, xlb: xlb.to_owned(), mode, method, director_processes, client, director, reals, switch };
         cluster.wire()?;
@@ -382,6 +394,18 @@ impl DrCluster {
             netns::run(&mut setup)?;
         }
         Ok(())
+    }
+
+    /// No XDP stubs on the switch ports: the director's veth peer runs nothing, as in the
+    /// seeds' lab built by hand (call before starting the balancer).
+    pub fn without_peer_xdp(&mut self) {
+        self.director_processes.peer_stubs = false;
+    }
+
+    /// Starts the balancer in a process group of its own: a terminal's Ctrl-C then
+    /// reaches only the caller, which still asks the balancer for its counters (the demo).
+    pub fn balancer_outside_the_terminal_group(&mut self) {
+        self.director_processes.own_process_group = true;
     }
 
     /// The director's `xlb` command line for `args` (what a user would type there).
@@ -559,7 +583,7 @@ impl NatCluster {
             reals.push(RealServer { ns: ns(&name)?, ip: nat_rip(i), ip6: nat_rip6(i), name });
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
-        let director_processes = Director { xlb: xlb.to_owned(), pin_dir, mode, children: Vec::new() };
+        let director_processes = Director { xlb: xlb.to_owned(), pin_dir, mode, children: Vec::new(), peer_stubs: true, own_process_group: false };
         let mut cluster = Self { id, layout, director_processes, client, director, reals, switch };
         cluster.wire()?;
         start_http_servers(xlb, &cluster.reals, NAT_REAL_PORT, &mut cluster.director_processes.children)?;

@@ -96,7 +96,8 @@ enum Task {
 /// XDP attach mode, passed through to `xlb --mode`.
 #[derive(Clone, Copy, ValueEnum)]
 enum Mode {
-    /// Native (driver) mode if the NIC supports it, else generic
+    /// Native (driver) mode if the NIC supports it and would deliver (not on a veth whose
+    /// peer runs no native XDP program), else generic
     Auto,
     /// Driver mode only
     Native,
