@@ -364,8 +364,9 @@ fn save_clear_restore_keeps_a_download_going() {
             .arg(&out)
             .arg(format!("http://{VIP}/bytes/{SIZE}"))
             .stderr(Stdio::piped());
-        let download = curl.spawn().unwrap();
+        let mut download = curl.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_secs(2));
+        assert!(download.try_wait().unwrap().is_none(), "gap {gap} s: the download is still in progress");
         let rules = ok(&c, "-S -n");
         ok(&c, "-C");
         std::thread::sleep(std::time::Duration::from_secs(gap));

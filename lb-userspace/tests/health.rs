@@ -383,7 +383,7 @@ fn udp_and_http_checks_reach_ipv6_reals() {
     use lb_userspace::testbed::{VIP6, spawn_until_ready};
     let mut c = cluster(2);
     c.start_balancer().unwrap();
-    let responder = "import socket,sys\n\
+    let responder = "import signal,socket,sys\nsignal.signal(signal.SIGINT,signal.SIG_DFL)\n\
                      s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.bind(('::',5353))\nprint('ready',flush=True)\n\
                      while True:\n  d,p=s.recvfrom(2048)\n  s.sendto((sys.argv[1]+' '+str(len(d))).encode(),p)\n";
     let mut responders: Vec<_> = c
