@@ -3,8 +3,15 @@
 //!
 //! Every change that affects scheduling rebuilds the service's real list and table into
 //! fresh pool slots and then replaces the service entry whole, so the fast path always
-//! sees either the old or the new table, never a mix. A removed real stays in the maps,
-//! marked removed, until its last connection is gone (see [`sweep`]).
+//! sees either the old or the new table, never a mix.
+//!
+//! Identities outlive removals while connections may use them, as IPVS's destination
+//! trash does (ip_vs_ctl.c ip_vs_trash_get_dest): a removed real stays in the maps, marked
+//! removed, and a service removed with connections stays, marked trashed, until its last
+//! connection is gone (see [`sweep`]). So the maps themselves remember (service key → id)
+//! and (service id, real address, port → real id) for removed entries, pinned across
+//! daemon restarts, and adding the same service or real again takes that id back, with
+//! its connections (which compare the ids).
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -1396,7 +1403,7 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
         }
     }
     let timeouts: BTreeMap<u32, u64> =
-        services(maps)?.iter().map(|i| (i.id, i.persist_timeout as u64 * 1_000_000_000)).collect();
+        all_services(maps)?.iter().map(|i| (i.id, i.persist_timeout as u64 * 1_000_000_000)).collect();
     let mut stale = Vec::new();
     for entry in maps.persist.iter() {
         let (k, e) = entry?;
