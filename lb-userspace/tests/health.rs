@@ -268,34 +268,35 @@ fn a_down_real_stays_down_when_its_check_is_set_again() {
 
 /// README walk-through M2: a failing check, then a passing one, applied back to back: the
 /// replaced check's late verdict must not count, and the reals follow the check in force.
+/// The two applies go straight to the API, a few milliseconds apart: after the failing
+/// check's first verdict, before the daemon's loop has taken it in.
 #[test]
 fn two_applies_in_quick_succession_leave_health_to_the_checks() {
+    use lb_userspace::api::{self, Paths, Request};
     let mut c = cluster(2);
     c.start_balancer().unwrap();
-    let dir = std::env::temp_dir().join(format!("xlb-apply2-{}", lb_userspace::netns::run_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = |name: &str, status: u16| {
-        let path = dir.join(name);
-        let text = format!(
+    let config = |status: u16| {
+        format!(
             "[[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\nreals = [\"10.99.0.11\", \"10.99.0.12\"]\n\
              [service.health]\ntype = \"http\"\nstatus = {status}\ninterval = {INTERVAL}\ntimeout = 0.4\nfall = 1\nrise = 2\n"
-        );
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
+        )
     };
-    let (failing, passing) = (file("a.toml", 599), file("b.toml", 200));
-    c.xlb(&["apply", &passing]).unwrap();
+    let socket = Paths::for_pin_dir(&c.pin_dir).socket;
+    let apply = |status: u16| {
+        let request = Request::Apply { config: config(status), origin: format!("status {status}") };
+        api::call(&socket, &request).unwrap_or_else(|e| panic!("apply: {e:#}"));
+    };
+    apply(200);
     let both_up = |c: &DrCluster| ["10.99.0.11", "10.99.0.12"].iter().all(|r| listed(c, &vip(), 80, r, 80)["health"] == "up");
     assert!(wait_for(secs(3.0), || both_up(&c)));
-    for round in 0..3 {
-        c.xlb(&["apply", &failing]).unwrap();
-        std::thread::sleep(secs(INTERVAL * 1.5));
-        c.xlb(&["apply", &passing]).unwrap();
-        assert!(wait_for(secs(2.0 * INTERVAL * 2.0 + 2.0), || both_up(&c)), "round {round}: both reals follow the passing check");
+    for gap_ms in [5, 15, 25, 35, 45] {
+        apply(599);
+        std::thread::sleep(Duration::from_millis(gap_ms));
+        apply(200);
+        assert!(wait_for(secs(2.0 * INTERVAL * 2.0 + 2.0), || both_up(&c)), "{gap_ms} ms apart: both reals follow the passing check");
         let answers: Vec<Option<String>> = (0..4).map(|_| sample(&c).1).collect();
-        assert!(answers.iter().all(|a| a.is_some()), "round {round}: {answers:?}");
+        assert!(answers.iter().all(|a| a.is_some()), "{gap_ms} ms apart: {answers:?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// keepalived #187/#2720 (case 11): a weight a dynamic exec check set survives a reload of
