@@ -322,7 +322,14 @@ impl Engine {
                 .or_insert_with(|| RealHealth { up: begin.up, reason: reason.into(), changes: 0, weight: None });
             ops::set_real_health(&mut self.maps, t.service, RealAddr { ip: t.real, port: Some(t.port) }, begin.up)?;
         }
-        let keys: Vec<RealKey> = self.real_health.keys().copied().collect();
+        // Only reals a dynamic check has set a weight for, or had: the others' weight is
+        // the configured one already.
+        let keys: Vec<RealKey> = self
+            .real_health
+            .iter()
+            .filter(|(k, h)| h.weight.is_some() || self.configured_weight.contains_key(k))
+            .map(|(k, _)| *k)
+            .collect();
         for key in keys {
             self.apply_weight(key)?;
         }
