@@ -998,8 +998,8 @@ pub fn edit_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts
     rebuild(maps, info.id)
 }
 
-/// ipvsadm -d: no new flows; established ones continue or are dropped as
-/// expire_nodest_conn says.
+/// ipvsadm -d: no new flows; the packets of established ones are dropped until the real
+/// is added back (taking them back) or they expire (at once with expire_nodest_conn).
 pub fn remove_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>) -> Result<()> {
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let (real_id, mut entry) = find_real(maps, &info, id, real.into())?;
