@@ -308,7 +308,17 @@ impl Engine {
             }
         }
         self.real_health.retain(|k, _| targets.iter().any(|t| t.key() == *k));
-        self.configured_weight.retain(|k, _| targets.iter().any(|t| t.key() == *k));
+        // A real no longer checked gets its configured weight back.
+        let unchecked: Vec<(RealKey, u32)> =
+            self.configured_weight.iter().filter(|(k, _)| !targets.iter().any(|t| t.key() == **k)).map(|(k, w)| (*k, *w)).collect();
+        for ((id, ip, port), weight) in unchecked {
+            self.configured_weight.remove(&(id, ip, port));
+            let real = RealAddr { ip, port: Some(port) };
+            if let Some(r) = self.view_real(id, real).filter(|r| r.weight != weight) {
+                let opts = RealOptions { forward: r.forward, weight, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
+                ops::edit_real(&mut self.maps, id, real, opts)?;
+            }
+        }
         let Self { checker, real_health, .. } = self;
         let known: &HashMap<RealKey, RealHealth> = real_health;
         let started = checker.sync(targets, &|t| match known.get(&t.key()) {

@@ -353,6 +353,11 @@ fn dynamic_weights_and_verdicts_survive_reload_and_restart() {
     assert!(wait_for(secs(3.0), || weight(&c, "10.99.0.11") == 1), "exit 0: the configured weight again");
     exit_code("10.99.0.12", 0);
     assert!(wait_for(secs(3.0), || listed(&c, &vip(), 80, "10.99.0.12", 80)["health"] == "up"));
+    // With its check gone, a real has its configured weight.
+    exit_code("10.99.0.11", 9);
+    assert!(wait_for(secs(3.0), || weight(&c, "10.99.0.11") == 7), "weight 7 from exit 9");
+    c.xlb(&["health", "del", "tcp", &format!("{VIP}:80")]).unwrap();
+    assert_eq!(weight(&c, "10.99.0.11"), 1, "no check: the configured weight");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
