@@ -426,3 +426,25 @@ fn udp_and_http_checks_reach_ipv6_reals() {
     assert_eq!(listed(&c, &vip6, 5353, &c.reals[1].ip6.to_string(), 5353)["health"], "up");
     assert_eq!(listed(&c, &vip6, 80, &rs1, 80)["health"], "up", "its HTTP is fine");
 }
+
+/// Health state survives a restart: with every real down, the sorry server keeps serving
+/// from the first request after the daemon is back, until a check says otherwise.
+#[test]
+fn the_sorry_server_keeps_serving_over_a_restart() {
+    let mut c = cluster(3);
+    c.start_daemon(&[]).unwrap();
+    let svc = web(&c, &["10.99.0.11", "10.99.0.12"]);
+    c.xlb(&["sorry", "set", "tcp", &svc, "10.99.0.13"]).unwrap();
+    c.stop_http(0).unwrap();
+    c.stop_http(1).unwrap();
+    assert!(wait_for(secs(4.0), || sample(&c).1.as_deref() == Some("rs3")), "all reals down: the sorry server serves");
+    c.kill_balancer().unwrap();
+    c.start_daemon(&[]).unwrap();
+    for _ in 0..6 {
+        assert_eq!(sample(&c).1.as_deref(), Some("rs3"), "right after the restart the reals are still down");
+    }
+    let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
+    assert_eq!(list[0]["sorry_active"], true, "{list}");
+    c.start_http(0).unwrap();
+    assert!(wait_for(secs(4.0), || sample(&c).1.as_deref() == Some("rs1")), "rs1 recovers and serves again");
+}
