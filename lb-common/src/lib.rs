@@ -70,6 +70,11 @@ pub mod svc_flags {
     pub const INHIBIT_ON_FAILURE: u32 = 64;
     /// Health: too few reals are healthy; the sorry server takes new connections.
     pub const SORRY_ACTIVE: u32 = 128;
+    /// Removed while it still had connections (IPVS's destination trash): its frontends
+    /// stay only so that its connections' packets are dropped, not passed to the
+    /// director's stack, until they expire or the service is added back under its id.
+    /// New flows to it are passed, as to no service at all.
+    pub const TRASHED: u32 = 256;
 }
 
 /// How frames reach a real server ([`RealEntry::forward`], [`ConnEntry::forward`]):
@@ -87,8 +92,10 @@ pub mod forward {
 pub mod real_flags {
     /// The next hop's MAC is resolved: `mac` is valid (and so is the route).
     pub const MAC_VALID: u16 = 1;
-    /// Removed from its service: no new flows; its flows continue or are dropped as
-    /// `expire_nodest_conn` says, and the id is freed once it has no connections.
+    /// Removed from its service: no new flows; its flows' packets are dropped (and with
+    /// `expire_nodest_conn` the flows forgotten), as IPVS does for a destination in its
+    /// trash; added back, it takes its flows back. The id is freed once it has no
+    /// connections.
     pub const REMOVED: u16 = 2;
     /// The route to the real server is known: `src_mac`, `ifindex`, `mtu` and `src_ip`
     /// are valid.
@@ -385,7 +392,8 @@ pub mod counter {
     pub const DROP_CONN_TABLE_FULL: u32 = 9;
     /// A TCP packet other than SYN with no connection: left to the kernel (which resets it).
     pub const PASS_NO_CONN: u32 = 10;
-    /// A packet of a flow whose real was removed, with expire_nodest_conn set.
+    /// A packet of a flow whose real was removed (IPVS drops it; expire_nodest_conn also
+    /// forgets the flow).
     pub const DROP_NODEST: u32 = 11;
     /// A client frame translated to a NAT real server and sent.
     pub const TX_NAT: u32 = 12;

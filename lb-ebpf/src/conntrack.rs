@@ -17,7 +17,8 @@ pub enum Lookup {
     Hit(ConnEntry, &'static RealEntry),
     /// No live entry: a new connection.
     Miss,
-    /// The flow's real was removed and expire_nodest_conn is set.
+    /// The flow's real was removed: drop the packet (the flow is forgotten too if
+    /// expire_nodest_conn is set).
     NoDest,
 }
 
@@ -80,8 +81,13 @@ pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> L
         expire(flow, &c);
         return Lookup::Miss;
     }
-    if real.removed() && settings.expire_nodest_conn != 0 {
-        expire(flow, &c);
+    if real.removed() {
+        // IPVS (ip_vs_in): a destination that is not available drops its connections'
+        // packets silently, without restarting their timers; expire_nodest_conn also
+        // forgets them. Added back, the real takes them back.
+        if settings.expire_nodest_conn != 0 {
+            expire(flow, &c);
+        }
         return Lookup::NoDest;
     }
     advance(conn, &c, flow.proto, client_dir(&c), tcp_flags, now);

@@ -136,6 +136,11 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
             stats::count(counter::DROP_NODEST);
             Ok(xdp_action::XDP_DROP)
         }
+        Lookup::Miss if svc.flags & svc_flags::TRASHED != 0 => {
+            // Kept only for its connections: a new flow finds no service (IPVS).
+            stats::count(counter::PASS_NOT_VIP);
+            Ok(xdp_action::XDP_PASS)
+        }
         Lookup::Miss => {
             let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
             let verdict = open_connection(svc, s, settings, now, &mut target);

@@ -31,12 +31,13 @@ use lb_common::{RealStats, map_names, tcp};
 use crate::{
     api::{self, Paths, Reply, Request, Response, SettingsChange, SettingsView, StatusView},
     config::{self, Config},
-    health::{self, Checker, HealthConfig, OnFailure},
+    health::{self, Checker, HealthConfig, OnFailure, RealKey, Verdict},
     loader::{self, AttachMode},
     maps::{self, Maps},
     nexthop, observe,
-    ops::{self, ServiceId},
-    reconcile, run, web,
+    ops::{self, RealAddr, RealOptions, ServiceId},
+    reconcile::{self, Changes},
+    run, web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -96,12 +97,24 @@ impl Rates {
     }
 }
 
-/// What the checker last said about a real.
+/// What the checker last said about a real: its verdict, kept across reloads, edits of
+/// the check and daemon restarts until a check says otherwise.
 #[derive(Clone, Debug)]
 struct RealHealth {
     up: bool,
     reason: String,
     changes: u64,
+    /// The weight a dynamic exec check set (None: the configured weight).
+    weight: Option<u32>,
+}
+
+/// The health key of a real as a config names it (the port only where NAT maps it).
+fn real_key(id: ServiceId, real: RealAddr) -> RealKey {
+    let service_port = match id {
+        ServiceId::Addr(a) => a.port,
+        ServiceId::Fwmark(_) => 0,
+    };
+    (id, real.ip, real.port.unwrap_or(service_port))
 }
 
 struct Engine {
@@ -111,7 +124,11 @@ struct Engine {
     /// Health checks by service: part of the desired state, kept here (not in maps).
     health: BTreeMap<ServiceId, HealthConfig>,
     checker: Checker,
-    real_health: HashMap<(ServiceId, IpAddr), RealHealth>,
+    real_health: HashMap<RealKey, RealHealth>,
+    /// The configured weight of each real whose weight in the maps a dynamic check set:
+    /// the maps hold the effective weight, the saved state and reconciles the configured
+    /// one (keepalived's iweight and effective_weight).
+    configured_weight: HashMap<RealKey, u32>,
     opts_ifaces: Vec<String>,
     paths: Paths,
     config: Option<PathBuf>,
@@ -144,13 +161,104 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
 }
 
 impl Engine {
-    /// The desired state: the maps' configuration plus the health checks.
+    /// The desired state: the maps' configuration with configured (not dynamic) weights,
+    /// plus the health checks.
     fn desired(&self) -> Result<Config> {
         let mut cfg = reconcile::current(&self.maps)?;
         for s in &mut cfg.services {
             s.health = self.health.get(&s.id).cloned();
+            for (addr, opts) in &mut s.reals {
+                if let Some(w) = self.configured_weight.get(&real_key(s.id, *addr)) {
+                    opts.weight = *w;
+                }
+            }
         }
         Ok(cfg)
+    }
+
+    /// `cfg` as the maps must hold it: a real whose dynamic check set a weight keeps that
+    /// weight. Also returns the configured weights so overridden.
+    fn effective(&self, cfg: &Config) -> (Config, HashMap<RealKey, u32>) {
+        let mut eff = cfg.clone();
+        let mut configured = HashMap::new();
+        for s in &mut eff.services {
+            if !s.health.as_ref().is_some_and(|h| h.dynamic) {
+                continue;
+            }
+            for (addr, opts) in &mut s.reals {
+                let key = real_key(s.id, *addr);
+                if let Some(w) = self.real_health.get(&key).and_then(|h| h.weight) {
+                    configured.insert(key, opts.weight);
+                    opts.weight = w;
+                }
+            }
+        }
+        (eff, configured)
+    }
+
+    /// Brings the maps to `cfg` (apply, reload, start), keeping the weights dynamic checks
+    /// set and the health verdicts; takes its health checks.
+    fn apply_config(&mut self, cfg: &Config) -> Result<Changes> {
+        let (eff, configured) = self.effective(cfg);
+        let mut changes = reconcile::apply(&mut self.maps, &eff)?;
+        self.configured_weight = configured;
+        changes.health_checks_changed = self.adopt_health(cfg);
+        Ok(changes)
+    }
+
+    /// At start on a running fast path: the verdicts the previous daemon left in the maps
+    /// (a real down stays down, a weight a dynamic check set stays) stand until the
+    /// checks say otherwise. `desired` holds the configured weights.
+    fn restore_health(&mut self, desired: &Config) -> Result<()> {
+        let running = ops::snapshot(&self.maps)?;
+        for s in &desired.services {
+            let Some(h) = &s.health else { continue };
+            let Some(view) = running.iter().find(|v| v.id == s.id) else { continue };
+            for (addr, opts) in &s.reals {
+                let key = real_key(s.id, *addr);
+                let Some(r) = view.reals.iter().find(|r| r.address == key.1 && r.port == key.2) else { continue };
+                let weight = (h.dynamic && r.weight != opts.weight).then_some(r.weight);
+                let reason = "as the running fast path had it at start".to_string();
+                self.real_health.insert(key, RealHealth { up: !r.health_down, reason, changes: 0, weight });
+            }
+        }
+        Ok(())
+    }
+
+    /// The listed real `real` names in service `id` (without a port: the one real at
+    /// that address).
+    fn view_real(&self, id: ServiceId, real: RealAddr) -> Option<ops::RealView> {
+        let service = ops::snapshot(&self.maps).ok()?.into_iter().find(|s| s.id == id)?;
+        let mut found = service.reals.into_iter().filter(|r| r.address == real.ip && real.port.is_none_or(|p| p == r.port));
+        let one = found.next()?;
+        found.next().is_none().then_some(one)
+    }
+
+    /// The weight a real's dynamic check set, if its check is dynamic and set one.
+    fn dynamic_weight(&self, key: &RealKey) -> Option<u32> {
+        self.health.get(&key.0).filter(|h| h.dynamic)?;
+        self.real_health.get(key)?.weight
+    }
+
+    /// Brings a real's weight in the maps to its effective weight: the one its dynamic
+    /// check set, else the configured one. Recomputed from these two, never from what
+    /// the maps hold (keepalived #187, #2720). True if the maps changed.
+    fn apply_weight(&mut self, key: RealKey) -> Result<bool> {
+        let (id, ip, port) = key;
+        let Some(r) = self.view_real(id, RealAddr { ip, port: Some(port) }) else { return Ok(false) };
+        let verdict = self.dynamic_weight(&key);
+        let configured = self.configured_weight.get(&key).copied().unwrap_or(r.weight);
+        match verdict {
+            Some(_) => self.configured_weight.insert(key, configured),
+            None => self.configured_weight.remove(&key),
+        };
+        let effective = verdict.unwrap_or(configured);
+        if r.weight == effective {
+            return Ok(false);
+        }
+        let opts = RealOptions { forward: r.forward, weight: effective, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
+        ops::edit_real(&mut self.maps, id, RealAddr { ip, port: Some(port) }, opts)?;
+        Ok(true)
     }
 
     /// Takes the health checks of `cfg`; returns how many services' checks changed.
@@ -164,37 +272,76 @@ impl Engine {
     }
 
     /// Runs exactly the checks the desired state asks for, and brings the maps' health
-    /// flags in line with it.
+    /// flags and weights in line with the verdicts.
+    ///
+    /// A real keeps its verdict when its check is restarted (a reload that changed the
+    /// check, `xlb health set` again, a daemon restart): a real that is down stays down
+    /// until the check passes `rise` times, one that is up stays up until it fails `fall`
+    /// times. keepalived keeps the state of a checker whose identity is unchanged
+    /// (check_daemon's migrate_checkers) but brings a down real up at once when its
+    /// checker changed; a change of the check is not a recovery, so xlb keeps it down.
+    /// A new real begins up (down with `alpha`), as in keepalived.
     fn sync_health(&mut self) -> Result<()> {
         let services = ops::snapshot(&self.maps)?;
         self.health.retain(|id, _| services.iter().any(|s| s.id == *id));
         let mut targets = Vec::new();
+        let vips: Vec<IpAddr> = services.iter().flat_map(|s| s.frontends.iter().map(|f| f.vip)).collect();
+        let mut sources: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
         for s in &services {
             match self.health.get(&s.id) {
                 Some(h) => {
                     ops::set_inhibit_on_failure(&mut self.maps, s.id, h.on_failure == OnFailure::Inhibit)?;
                     for r in &s.reals {
                         let addr = SocketAddr::new(h.address.unwrap_or(r.address), h.port.unwrap_or(r.port));
-                        targets.push(health::Target { service: s.id, real: r.address, addr, config: h.clone() });
+                        let source = *sources.entry(addr.ip()).or_insert_with(|| nexthop::check_source(addr.ip(), &vips));
+                        let config = h.clone();
+                        targets.push(health::Target { service: s.id, real: r.address, port: r.port, addr, source, config });
                     }
                 }
                 None => {
                     // No check (any more): nobody may hold a real down.
                     for r in s.reals.iter().filter(|r| r.health_down) {
-                        ops::set_real_health(&mut self.maps, s.id, r.address, true)?;
+                        ops::set_real_health(&mut self.maps, s.id, RealAddr { ip: r.address, port: Some(r.port) }, true)?;
                     }
                     ops::set_inhibit_on_failure(&mut self.maps, s.id, false)?;
                 }
             }
         }
-        self.real_health.retain(|k, _| targets.iter().any(|t| (t.service, t.real) == *k));
-        // A (re)started check begins up (down with alpha): the maps follow, whatever an
-        // earlier check or daemon left in them.
-        for t in self.checker.sync(targets) {
-            let up = !t.config.alpha;
-            let changes = self.real_health.get(&(t.service, t.real)).map_or(0, |h| h.changes);
-            self.real_health.insert((t.service, t.real), RealHealth { up, reason: "not checked yet".into(), changes });
-            ops::set_real_health(&mut self.maps, t.service, t.real, up)?;
+        self.real_health.retain(|k, _| targets.iter().any(|t| t.key() == *k));
+        // A real no longer checked gets its configured weight back.
+        let unchecked: Vec<(RealKey, u32)> =
+            self.configured_weight.iter().filter(|(k, _)| !targets.iter().any(|t| t.key() == **k)).map(|(k, w)| (*k, *w)).collect();
+        for ((id, ip, port), weight) in unchecked {
+            self.configured_weight.remove(&(id, ip, port));
+            let real = RealAddr { ip, port: Some(port) };
+            if let Some(r) = self.view_real(id, real).filter(|r| r.weight != weight) {
+                let opts = RealOptions { forward: r.forward, weight, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
+                ops::edit_real(&mut self.maps, id, real, opts)?;
+            }
+        }
+        let Self { checker, real_health, .. } = self;
+        let known: &HashMap<RealKey, RealHealth> = real_health;
+        let started = checker.sync(targets, &|t| match known.get(&t.key()) {
+            Some(h) => Verdict { up: h.up, weight: h.weight.filter(|_| t.config.dynamic) },
+            None => Verdict { up: !t.config.alpha, weight: None },
+        });
+        for (t, begin) in started {
+            let reason = if t.config.alpha { "waiting for its first checks (alpha)" } else { "not checked yet" };
+            self.real_health
+                .entry(t.key())
+                .or_insert_with(|| RealHealth { up: begin.up, reason: reason.into(), changes: 0, weight: None });
+            ops::set_real_health(&mut self.maps, t.service, RealAddr { ip: t.real, port: Some(t.port) }, begin.up)?;
+        }
+        // Only reals a dynamic check has set a weight for, or had: the others' weight is
+        // the configured one already.
+        let keys: Vec<RealKey> = self
+            .real_health
+            .iter()
+            .filter(|(k, h)| h.weight.is_some() || self.configured_weight.contains_key(k))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.apply_weight(key)?;
         }
         for s in &services {
             self.evaluate_sorry(s.id)?;
@@ -225,10 +372,16 @@ impl Engine {
         let events: Vec<health::Event> = self.checker.events.try_iter().collect();
         let mut weight_changed = false;
         for ev in events {
-            let entry = self.real_health.entry((ev.service, ev.real)).or_insert_with(|| RealHealth {
+            // A replaced or stopped check's late result says nothing about the real now.
+            if !self.checker.is_current(&ev) {
+                continue;
+            }
+            let key = ev.key();
+            let entry = self.real_health.entry(key).or_insert_with(|| RealHealth {
                 up: true,
                 reason: String::new(),
                 changes: 0,
+                weight: None,
             });
             let changed = entry.up != ev.up;
             entry.up = ev.up;
@@ -236,28 +389,33 @@ impl Engine {
             if changed {
                 entry.changes += 1;
             }
-            if let Err(e) = ops::set_real_health(&mut self.maps, ev.service, ev.real, ev.up) {
-                tracing::warn!("{} of {}: {e:#}", ev.real, ev.service);
+            // Only a passing check has a say on the weight.
+            if ev.up {
+                entry.weight = ev.weight;
+            }
+            let real = RealAddr { ip: ev.real, port: Some(ev.port) };
+            let shown = SocketAddr::new(ev.real, ev.port);
+            if let Err(e) = ops::set_real_health(&mut self.maps, ev.service, real, ev.up) {
+                tracing::warn!("{shown} of {}: {e:#}", ev.service);
                 continue;
             }
-            if let Some(w) = ev.weight {
-                let current = ops::snapshot(&self.maps).ok().and_then(|v| {
-                    v.into_iter().find(|s| s.id == ev.service)?.reals.into_iter().find(|r| r.address == ev.real)
-                });
-                if let Some(r) = current.filter(|r| r.weight != w) {
-                    let opts = ops::RealOptions { forward: r.forward, weight: w, u_threshold: r.u_threshold, l_threshold: r.l_threshold };
-                    if ops::edit_real(&mut self.maps, ev.service, ev.real, opts).is_ok() {
-                        tracing::info!("{} of {}: weight {w} (set by its check)", ev.real, ev.service);
+            if ev.up {
+                match self.apply_weight(key) {
+                    Ok(true) => {
+                        let w = self.view_real(ev.service, real).map_or(0, |r| r.weight);
+                        tracing::info!("{shown} of {}: weight {w} ({})", ev.service, if ev.weight.is_some() { "set by its check" } else { "configured" });
                         weight_changed = true;
                     }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{shown} of {}: weight: {e:#}", ev.service),
                 }
             }
             if changed {
                 let state = if ev.up { "UP" } else { "DOWN" };
-                tracing::warn!("{} of {} is {state}: {}", ev.real, ev.service, ev.reason);
+                tracing::warn!("{shown} of {} is {state}: {}", ev.service, ev.reason);
                 let cmd = self.health.get(&ev.service).and_then(|h| if ev.up { h.notify_up.clone() } else { h.notify_down.clone() });
                 if let Some(cmd) = cmd {
-                    notify(&cmd, ev.service, ev.real, state);
+                    notify(&cmd, ev.service, ev.real, ev.port, state);
                 }
             }
             if let Err(e) = self.evaluate_sorry(ev.service) {
@@ -275,7 +433,7 @@ impl Engine {
         for s in services {
             let checked = self.health.contains_key(&s.id);
             for r in &mut s.reals {
-                match self.real_health.get(&(s.id, r.address)).filter(|_| checked) {
+                match self.real_health.get(&(s.id, r.address, r.port)).filter(|_| checked) {
                     Some(h) => {
                         r.health = if h.up { "up" } else { "down" }.into();
                         r.health_reason = h.reason.clone();
@@ -300,10 +458,12 @@ impl Engine {
         let reply = match req {
             Request::Batch { requests } => {
                 let before = reconcile::current(&self.maps)?;
+                let (health, weights) = (self.health.clone(), self.configured_weight.clone());
                 for (i, r) in requests.into_iter().enumerate() {
                     if let Err(e) = self.apply_one(r) {
                         reconcile::apply(&mut self.maps, &before)
                             .context("restoring the state before the failed batch")?;
+                        (self.health, self.configured_weight) = (health, weights);
                         return Err(e.context(api::BatchFailure { index: i }));
                     }
                 }
@@ -321,6 +481,17 @@ impl Engine {
     }
 
     fn apply_one(&mut self, req: Request) -> Result<Reply> {
+        if let Request::EditReal { service, address, mut options } = req {
+            // The configured weight changes; a weight a dynamic check set stays in force.
+            if let Some(key) = self.view_real(service, address).map(|r| (service, r.address, r.port)) {
+                if let Some(w) = self.dynamic_weight(&key) {
+                    self.configured_weight.insert(key, options.weight);
+                    options.weight = w;
+                }
+            }
+            ops::edit_real(&mut self.maps, service, address, options)?;
+            return Ok(Reply::Done);
+        }
         let maps = &mut self.maps;
         match req {
             Request::AddService { service, options } => ops::add_service(maps, service, options)?,
@@ -331,13 +502,16 @@ impl Engine {
             Request::AddReal { service, address, options } => {
                 run::add_real_resolving(maps, service, address, options)?;
             }
-            Request::EditReal { service, address, options } => ops::edit_real(maps, service, address, options)?,
+            Request::EditReal { .. } => unreachable!("handled above"),
             Request::DelReal { service, address } => ops::remove_real(maps, service, address)?,
             Request::Batch { .. } => bail!("batches do not nest"),
             Request::Clear => {
                 let settings = Some(ops::settings(maps)?);
+                // Services with connections go to the trash (ops::remove_service): an -R
+                // soon after gives them back their ids and connections.
                 let changes = reconcile::apply(maps, &Config { settings, services: Vec::new() })?;
                 self.health.clear();
+                self.configured_weight.clear();
                 return Ok(Reply::Changes(changes));
             }
             Request::SetHealth { service, health } => {
@@ -370,18 +544,14 @@ impl Engine {
             }
             Request::Apply { config, origin } => {
                 let cfg = config::parse(&config).with_context(|| format!("in {origin}"))?;
-                let mut changes = reconcile::apply(maps, &cfg)?;
-                changes.health_checks_changed = self.adopt_health(&cfg);
-                return Ok(Reply::Changes(changes));
+                return Ok(Reply::Changes(self.apply_config(&cfg)?));
             }
             Request::Reload => {
                 let Some(path) = &self.config else {
                     bail!("xlb was started without --config: there is no file to reload (use `xlb apply FILE`)")
                 };
                 let cfg = config::load(path)?;
-                let mut changes = reconcile::apply(maps, &cfg)?;
-                changes.health_checks_changed = self.adopt_health(&cfg);
-                return Ok(Reply::Changes(changes));
+                return Ok(Reply::Changes(self.apply_config(&cfg)?));
             }
             Request::List => {
                 let mut services = ops::snapshot(maps)?;
@@ -421,7 +591,11 @@ impl Engine {
         }
         let Self { maps, ebpf, .. } = self;
         match ops::sweep(maps, &mut |flow| loader::expire_flow(ebpf, flow)) {
-            Ok(r) if r.reals_freed > 0 => tracing::info!("freed {} removed real server(s) with no connection left", r.reals_freed),
+            Ok(r) if r.reals_freed + r.services_freed > 0 => tracing::info!(
+                "freed {} removed real server(s) and {} removed service(s) with no connection left",
+                r.reals_freed,
+                r.services_freed
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!("expiring idle connections: {e:#}"),
         }
@@ -432,12 +606,13 @@ impl Engine {
 }
 
 /// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
-fn notify(cmd: &str, service: ServiceId, real: IpAddr, state: &str) {
+fn notify(cmd: &str, service: ServiceId, real: IpAddr, port: u16, state: &str) {
     let spawned = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .env("XLB_SERVICE", service.to_string())
         .env("XLB_REAL", real.to_string())
+        .env("XLB_PORT", port.to_string())
         .env("XLB_STATE", state)
         .stdin(std::process::Stdio::null())
         .spawn();
@@ -596,7 +771,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     let listener = bind_socket(&opts.paths.socket)?;
     let web_listeners = web::bind(&opts.web).inspect_err(|_| drop(fs::remove_file(&opts.paths.socket)))?;
-    let (ebpf, mut maps, fresh) = match attach_or_adopt(&opts) {
+    let (ebpf, maps, fresh) = match attach_or_adopt(&opts) {
         Ok(parts) => parts,
         Err(e) => {
             let _ = fs::remove_file(&opts.paths.socket);
@@ -627,12 +802,6 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         }
         (None, file_config, _) => file_config,
     };
-    if let Some(desired) = &desired {
-        let changes = reconcile::apply(&mut maps, desired)?;
-        if !fresh && !changes.is_empty() {
-            println!("xlb: brought the running fast path to the saved state: {changes:?}");
-        }
-    }
     let engine = Arc::new(Mutex::new(Engine {
         maps,
         ebpf,
@@ -640,6 +809,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         health: BTreeMap::new(),
         checker: Checker::new()?,
         real_health: HashMap::new(),
+        configured_weight: HashMap::new(),
         opts_ifaces: opts.ifaces.clone(),
         paths: opts.paths.clone(),
         config: opts.config.clone(),
@@ -648,7 +818,15 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     {
         let mut e = engine.lock().expect("engine lock");
         if let Some(desired) = &desired {
-            e.adopt_health(desired);
+            if !fresh {
+                // Health verdicts and dynamic weights carry over a restart.
+                e.restore_health(desired)?;
+            }
+            let mut changes = e.apply_config(desired)?;
+            changes.health_checks_changed = 0;
+            if !fresh && !changes.is_empty() {
+                println!("xlb: brought the running fast path to the saved state: {changes:?}");
+            }
         }
         e.sync_health()?;
         e.save_state()?;

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpStream, UdpSocket},
+    net::{TcpSocket, TcpStream, UdpSocket},
 };
 
 use crate::ops::ServiceId;
@@ -194,14 +194,54 @@ impl HealthConfig {
     }
 }
 
+/// A real server as health checks know it: its service, address and port (two NAT
+/// reals on one address are two reals, checked and reported apart).
+pub type RealKey = (ServiceId, IpAddr, u16);
+
 /// One real to check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     pub service: ServiceId,
     pub real: IpAddr,
+    /// The real's port (0 for a firewall-mark service's real: the client's).
+    pub port: u16,
     /// Where the check connects (address/port overrides applied).
     pub addr: SocketAddr,
+    /// The address the check is sent from; None: the kernel's choice
+    /// (see [`crate::nexthop::check_source`]).
+    pub source: Option<IpAddr>,
     pub config: HealthConfig,
+}
+
+impl Target {
+    pub fn key(&self) -> RealKey {
+        (self.service, self.real, self.port)
+    }
+
+    /// The local address a check's socket binds: the source, any port.
+    pub fn local(&self) -> SocketAddr {
+        let any = if self.addr.is_ipv4() { IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED) } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+        SocketAddr::new(self.source.unwrap_or(any), 0)
+    }
+}
+
+/// A TCP connection to the target's check address, from its source address.
+pub async fn tcp_connect(t: &Target) -> Result<TcpStream> {
+    let socket = if t.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if t.source.is_some() {
+        socket.bind(t.local()).with_context(|| format!("binding {}", t.local()))?;
+    }
+    socket.connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))
+}
+
+/// Where a (re)started check begins: the real's current verdict, so that a restart of
+/// the check (a reload, an edit of the check, a daemon restart) is not taken for a
+/// recovery or a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub up: bool,
+    /// The weight an exec check with `dynamic` set, None for the configured weight.
+    pub weight: Option<u32>,
 }
 
 /// A state change (or a new dynamic weight) of a real, for the daemon to apply.
@@ -209,17 +249,28 @@ pub struct Target {
 pub struct Event {
     pub service: ServiceId,
     pub real: IpAddr,
+    pub port: u16,
     pub up: bool,
     /// Why it went down, or "passed N checks" when up.
     pub reason: String,
-    /// MISC_CHECK dynamic weight, when the exec check set one.
+    /// MISC_CHECK dynamic weight: Some(w) while the exec check sets one, None for the
+    /// configured weight.
     pub weight: Option<u32>,
+    /// Which run of the real's check sent it: a replaced check's late events are stale.
+    pub generation: u64,
+}
+
+impl Event {
+    pub fn key(&self) -> RealKey {
+        (self.service, self.real, self.port)
+    }
 }
 
 /// Runs the checks of every target until told otherwise.
 pub struct Checker {
     runtime: tokio::runtime::Runtime,
-    tasks: HashMap<(ServiceId, IpAddr), (Target, tokio::task::JoinHandle<()>)>,
+    tasks: HashMap<RealKey, (Target, u64, tokio::task::JoinHandle<()>)>,
+    next_generation: u64,
     sender: mpsc::Sender<Event>,
     pub events: mpsc::Receiver<Event>,
 }
@@ -233,15 +284,15 @@ impl Checker {
             .build()
             .context("starting the health-check runtime")?;
         let (sender, events) = mpsc::channel();
-        Ok(Self { runtime, tasks: HashMap::new(), sender, events })
+        Ok(Self { runtime, tasks: HashMap::new(), next_generation: 0, sender, events })
     }
 
     /// Makes the running checks be exactly `targets`: new ones start, changed ones
-    /// restart, vanished ones stop. Returns the targets (re)started: their state starts
-    /// afresh (up, or down with `alpha`).
-    pub fn sync(&mut self, targets: Vec<Target>) -> Vec<Target> {
-        let wanted: HashMap<(ServiceId, IpAddr), Target> = targets.into_iter().map(|t| ((t.service, t.real), t)).collect();
-        self.tasks.retain(|key, (running, handle)| {
+    /// restart, vanished ones stop. A (re)started check begins from `start(target)`.
+    /// Returns the targets (re)started with where each began.
+    pub fn sync(&mut self, targets: Vec<Target>, start: &dyn Fn(&Target) -> Verdict) -> Vec<(Target, Verdict)> {
+        let wanted: HashMap<RealKey, Target> = targets.into_iter().map(|t| (t.key(), t)).collect();
+        self.tasks.retain(|key, (running, _, handle)| {
             let keep = wanted.get(key) == Some(running);
             if !keep {
                 handle.abort();
@@ -253,12 +304,20 @@ impl Checker {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let sender = self.sender.clone();
-            let handle = self.runtime.spawn(run_target(target.clone(), sender));
-            self.tasks.insert(key, (target.clone(), handle));
-            started.push(target);
+            self.next_generation += 1;
+            let generation = self.next_generation;
+            let begin = start(&target);
+            let handle = self.runtime.spawn(run_target(target.clone(), begin, generation, self.sender.clone()));
+            self.tasks.insert(key, (target.clone(), generation, handle));
+            started.push((target, begin));
         }
         started
+    }
+
+    /// Whether `event` comes from the check now running for its real (not from one
+    /// replaced or stopped since, whose late results must not count).
+    pub fn is_current(&self, event: &Event) -> bool {
+        self.tasks.get(&event.key()).is_some_and(|(_, generation, _)| *generation == event.generation)
     }
 
     pub fn running(&self) -> usize {
@@ -266,21 +325,20 @@ impl Checker {
     }
 }
 
-async fn run_target(t: Target, events: mpsc::Sender<Event>) {
+/// Checks one real until aborted, starting from `begin`, and reports each change of its
+/// verdict (up/down, dynamic weight) tagged with `generation`.
+async fn run_target(t: Target, begin: Verdict, generation: u64, events: mpsc::Sender<Event>) {
     let c = &t.config;
     if c.warmup > 0.0 {
         let jitter = (std::process::id() as f64 * 0.618 + t.real.is_ipv4() as u32 as f64 + t.addr.port() as f64 * 0.377).fract();
         tokio::time::sleep(Duration::from_secs_f64(c.warmup * jitter)).await;
     }
     let send = |up: bool, reason: String, weight: Option<u32>| {
-        let _ = events.send(Event { service: t.service, real: t.real, up, reason, weight });
+        let _ = events.send(Event { service: t.service, real: t.real, port: t.port, up, reason, weight, generation });
     };
-    let mut up = !c.alpha;
-    if c.alpha {
-        send(false, "waiting for its first checks (alpha)".into(), None);
-    }
+    let mut up = begin.up;
     let (mut passed, mut failed) = (0u32, 0u32);
-    let mut weight: Option<u32> = None;
+    let mut weight: Option<u32> = begin.weight;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(c.interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -297,9 +355,14 @@ async fn run_target(t: Target, events: mpsc::Sender<Event>) {
                     up = true;
                     weight = dynamic;
                     send(true, format!("passed {passed} check(s)"), dynamic);
-                } else if up && dynamic.is_some() && dynamic != weight {
+                } else if up && c.dynamic && dynamic != weight {
+                    // Back to the configured weight (exit 0) is a change too.
                     weight = dynamic;
-                    send(true, format!("check set weight {}", dynamic.unwrap_or(0)), dynamic);
+                    let reason = match dynamic {
+                        Some(w) => format!("check set weight {w}"),
+                        None => "check passed: configured weight".to_string(),
+                    };
+                    send(true, reason, dynamic);
                 }
             }
             Err(e) => {
@@ -319,23 +382,24 @@ async fn check_once(t: &Target) -> Result<Option<u32>> {
     let c = &t.config;
     match c.kind {
         CheckKind::Tcp => {
-            TcpStream::connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))?;
+            tcp_connect(t).await?;
             Ok(None)
         }
         CheckKind::Http => {
-            let stream = TcpStream::connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))?;
+            let stream = tcp_connect(t).await?;
             http_get(stream, t).await.map(|()| None)
         }
         CheckKind::Https => {
-            let stream = TcpStream::connect(t.addr).await.with_context(|| format!("connect to {}", t.addr))?;
+            let stream = tcp_connect(t).await?;
             let connector = tokio_rustls::TlsConnector::from(tls_config());
             let name = rustls::pki_types::ServerName::IpAddress(t.addr.ip().into());
             let tls = connector.connect(name, stream).await.context("TLS handshake")?;
             http_get(tls, t).await.map(|()| None)
         }
         CheckKind::Udp => {
-            let sock = UdpSocket::bind(("0.0.0.0", 0)).await?;
-            sock.connect(t.addr).await?;
+            // The socket's family is the real's: an IPv4 socket cannot reach an IPv6 real.
+            let sock = UdpSocket::bind(t.local()).await.with_context(|| format!("UDP socket on {}", t.local()))?;
+            sock.connect(t.addr).await.with_context(|| format!("UDP to {}", t.addr))?;
             sock.send(c.send.as_deref().unwrap_or_default().as_bytes()).await?;
             let mut buf = vec![0u8; 65_536];
             let n = sock.recv(&mut buf).await.with_context(|| format!("no UDP answer from {}", t.addr))?;

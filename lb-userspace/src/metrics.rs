@@ -88,7 +88,9 @@ pub fn exposition(snapshot: &Snapshot) -> String {
         };
         let mut by_health = [0i64; Health::ALL.len()];
         for real in &service.reals {
-            let address = real.address.to_string();
+            // As configs name reals: the port only where NAT maps it, so two NAT reals on
+            // one address are two series.
+            let address = crate::ops::RealAddr { ip: real.address, port: Some(real.port) }.canonical(service.id).to_string();
             let labels = svc(&[("real", &address)]);
             real_conns.get_or_create(&labels).inc_by(real.conns);
             real_active.get_or_create(&labels).set(gauge_value(real.active_conns));
@@ -208,6 +210,35 @@ mod tests {
             (r#"xlb_attach_mode{interface="eth0",mode="skb"}"#.into(), "1"),
         ] {
             assert_eq!(s.get(&sample).map(String::as_str), Some(value), "{sample}:\n{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod nat_port_tests {
+    use super::*;
+    use crate::observe::tests::{real, web_service};
+
+    #[test]
+    fn two_nat_reals_on_one_address_are_two_series() {
+        let (mut a, mut b) = (real(11, 1, 10, 100), real(11, 2, 20, 200));
+        (a.port, b.port) = (8080, 8081);
+        b.health_down = true;
+        b.health = "down".into();
+        let snap = Snapshot {
+            interfaces: Vec::new(),
+            services: vec![web_service(vec![a, b])],
+            counters: Vec::new(),
+            conntrack_entries: 0,
+            conntrack_capacity: 1,
+        };
+        let text = exposition(&snap);
+        for line in [
+            r#"xlb_real_connections_total{service="tcp:10.99.0.100:80",real="10.99.0.11:8080"} 1"#,
+            r#"xlb_real_connections_total{service="tcp:10.99.0.100:80",real="10.99.0.11:8081"} 2"#,
+            r#"xlb_real_health{service="tcp:10.99.0.100:80",real="10.99.0.11:8081",state="down"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
         }
     }
 }

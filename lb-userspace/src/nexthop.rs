@@ -77,3 +77,102 @@ pub fn resolve_many(ips: &[IpAddr], wait: Duration) -> Vec<NextHop> {
     }
     hops
 }
+
+/// The address the director's own traffic to `dst` (its health checks) must come from,
+/// when the kernel's choice will not do: None to let the kernel choose.
+///
+/// The kernel's choice will not do when it is a VIP (`vips`): a DR or TUN real holds the
+/// VIP too, so it answers the VIP to itself and the check never sees the answer. That is
+/// the usual case for IPv6, where a VIP on the director's NIC is a longer prefix match for
+/// a real than the director's own address (RFC 6724 rule 8, capped by each address's
+/// prefix length: a /128 VIP beats a /64). Then another address of the route's interface
+/// is taken, of `dst`'s family, not a VIP, on `dst`'s subnet if one is.
+pub fn check_source(dst: IpAddr, vips: &[IpAddr]) -> Option<IpAddr> {
+    let route = rtnl::route_get(dst).ok()??;
+    if !route.prefsrc.is_some_and(|src| vips.contains(&src)) {
+        return None;
+    }
+    let link = rtnl::link(route.oif).ok()?;
+    let link_local = |ip: &IpAddr| matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+    let mut candidates: Vec<(IpAddr, u32)> = interface_addresses(&link.name)
+        .into_iter()
+        .filter(|(a, _)| a.is_ipv4() == dst.is_ipv4() && !vips.contains(a) && link_local(a) == link_local(&dst))
+        .collect();
+    candidates.sort_by_key(|(a, len)| !same_subnet(*a, dst, *len));
+    candidates.first().map(|(a, _)| *a)
+}
+
+fn same_subnet(a: IpAddr, b: IpAddr, len: u32) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => len == 0 || (u32::from(a) ^ u32::from(b)) >> (32 - len.min(32)) == 0,
+        (IpAddr::V6(a), IpAddr::V6(b)) => len == 0 || (u128::from(a) ^ u128::from(b)) >> (128 - len.min(128)) == 0,
+        _ => false,
+    }
+}
+
+/// The addresses of interface `name` with their prefix lengths (getifaddrs(3)).
+fn interface_addresses(name: &str) -> Vec<(IpAddr, u32)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read and then free.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
+            continue;
+        }
+        // SAFETY: the name is a NUL-terminated string of the node.
+        if unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() != name.as_bytes() {
+            continue;
+        }
+        // SAFETY: non-null socket addresses of the node, read by their family.
+        if let (Some(addr), Some(mask)) = unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) } {
+            let len = match mask {
+                IpAddr::V4(m) => u32::from(m).leading_ones(),
+                IpAddr::V6(m) => u128::from(m).leading_ones(),
+            };
+            out.push((addr, len));
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+/// # Safety
+/// `sa` points to a valid socket address of its `sa_family`.
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_subnet(ip("fd00:77::2"), ip("fd00:77::7"), 64));
+        assert!(!same_subnet(ip("fd00:77::200"), ip("fd00:77::7"), 128));
+        assert!(same_subnet(ip("10.0.0.2"), ip("10.0.0.7"), 24));
+        assert!(!same_subnet(ip("10.0.1.2"), ip("10.0.0.7"), 24));
+        assert!(!same_subnet(ip("10.0.0.2"), ip("fd00::2"), 0));
+    }
+}

@@ -3,8 +3,15 @@
 //!
 //! Every change that affects scheduling rebuilds the service's real list and table into
 //! fresh pool slots and then replaces the service entry whole, so the fast path always
-//! sees either the old or the new table, never a mix. A removed real stays in the maps,
-//! marked removed, until its last connection is gone (see [`sweep`]).
+//! sees either the old or the new table, never a mix.
+//!
+//! Identities outlive removals while connections may use them, as IPVS's destination
+//! trash does (ip_vs_ctl.c ip_vs_trash_get_dest): a removed real stays in the maps, marked
+//! removed, and a service removed with connections stays, marked trashed, until its last
+//! connection is gone (see [`sweep`]). So the maps themselves remember (service key → id)
+//! and (service id, real address, port → real id) for removed entries, pinned across
+//! daemon restarts, and adding the same service or real again takes that id back, with
+//! its connections (which compare the ids).
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -569,12 +576,22 @@ fn per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
     Ok(PerCpuValues::try_from(vec![T::default(); cpus])?)
 }
 
+/// The live services (not those kept in the trash for their connections).
 fn services(maps: &Maps) -> Result<Vec<ServiceInfo>> {
+    Ok(all_services(maps)?.into_iter().filter(|s| !trashed(s)).collect())
+}
+
+/// Every service entry, the trashed ones too (they hold their ids and frontends).
+fn all_services(maps: &Maps) -> Result<Vec<ServiceInfo>> {
     let mut v = Vec::new();
     for entry in maps.service_info.iter() {
         v.push(entry?.1);
     }
     Ok(v)
+}
+
+fn trashed(info: &ServiceInfo) -> bool {
+    info.flags & svc_flags::TRASHED != 0
 }
 
 fn frontends(maps: &Maps) -> Result<Vec<(ServiceKey, u32)>> {
@@ -604,7 +621,7 @@ pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
 fn lookup_service(maps: &Maps, id: ServiceId, missing: &'static str) -> Result<ServiceInfo> {
     let found = match id {
         ServiceId::Addr(svc) => match maps.services.get(&svc.key(), 0) {
-            Ok(sid) => maps.service_info.get(&sid, 0).ok(),
+            Ok(sid) => maps.service_info.get(&sid, 0).ok().filter(|i| !trashed(i)),
             Err(_) => None,
         },
         ServiceId::Fwmark(mark) => services(maps)?.into_iter().find(|s| s.fwmark == mark),
@@ -650,44 +667,92 @@ fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
     }
 }
 
-/// ipvsadm -A.
+/// The trashed service that `id` named, if it is still in the trash: adding `id` again
+/// takes it back, id, reals and connections (IPVS keeps a deleted destination with
+/// connections in its trash and reuses it on re-add: ip_vs_ctl.c ip_vs_trash_get_dest).
+fn trashed_service(maps: &Maps, all: &[ServiceInfo], id: ServiceId) -> Option<ServiceInfo> {
+    match id {
+        ServiceId::Addr(svc) => {
+            let sid = maps.services.get(&svc.key(), 0).ok()?;
+            all.iter().find(|s| s.id == sid && trashed(s) && s.fwmark == 0).copied()
+        }
+        ServiceId::Fwmark(mark) => all.iter().find(|s| trashed(s) && s.fwmark == mark).copied(),
+    }
+}
+
+/// Empties a trashed service out of the maps (its frontends, its entry); its reals,
+/// all removed, go with their connections.
+fn purge_trashed(maps: &mut Maps, sid: u32) -> Result<()> {
+    for (key, owner) in frontends(maps)? {
+        if owner == sid {
+            maps.services.remove(&key)?;
+        }
+    }
+    maps.service_info.remove(&sid)?;
+    sync_vips(maps)
+}
+
+/// ipvsadm -A. A service removed while it had connections, added again before they
+/// expired, gets its internal id back, so its connections carry on.
 pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Result<()> {
     check_options(id, &opts)?;
-    let existing = services(maps)?;
-    let taken = match id {
-        ServiceId::Addr(svc) => maps.services.get(&svc.key(), 0).is_ok(),
-        ServiceId::Fwmark(mark) => existing.iter().any(|s| s.fwmark == mark),
-    };
-    if taken {
+    let all = all_services(maps)?;
+    if lookup_service(maps, id, ipvs_msg::NO_SERVICE).is_ok() {
         return Err(refuse(ipvs_msg::SERVICE_EXISTS, id.to_string()));
     }
-    let mut used = vec![false; MAX_SERVICES as usize];
-    for s in &existing {
-        used[s.id as usize] = true;
-    }
-    let Some(sid) = used.iter().position(|u| !u) else {
-        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {MAX_SERVICES})")));
-    };
-    let sid = sid as u32;
-    maps.rr_cursors.set(sid, per_cpu()?, 0)?;
     let fwmark = match id {
         ServiceId::Fwmark(m) => m,
         ServiceId::Addr(_) => 0,
     };
+    let sid = match trashed_service(maps, &all, id) {
+        Some(old) => {
+            if fwmark != 0 {
+                // A firewall-mark group's frontends are given again with it.
+                for (key, owner) in frontends(maps)? {
+                    if owner == old.id {
+                        maps.services.remove(&key)?;
+                    }
+                }
+            }
+            old.id
+        }
+        None => {
+            let mut used = vec![false; MAX_SERVICES as usize];
+            for s in &all {
+                used[s.id as usize] = true;
+            }
+            let sid = match used.iter().position(|u| !u) {
+                Some(free) => free as u32,
+                // Every id taken: the trash gives way to a new service.
+                None => match all.iter().find(|s| trashed(s)) {
+                    Some(old) => {
+                        purge_trashed(maps, old.id)?;
+                        old.id
+                    }
+                    None => return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {MAX_SERVICES})"))),
+                },
+            };
+            maps.rr_cursors.set(sid, per_cpu()?, 0)?;
+            sid
+        }
+    };
     maps.service_info.insert(sid, info_with(ServiceInfo { id: sid, fwmark, ..Default::default() }, &opts), 0)?;
     if let ServiceId::Addr(svc) = id {
+        // Also takes the VIP:port over from a trashed firewall-mark group that held it.
         maps.services.insert(svc.key(), sid, 0)?;
-        sync_vips(maps)?;
     }
-    Ok(())
+    sync_vips(maps)
 }
 
 /// Makes the VIP map (VIP → its number of frontends) match the frontends: the fast path
 /// recognises ICMP to a VIP by it.
 fn sync_vips(maps: &mut Maps) -> Result<()> {
+    let live: Vec<u32> = services(maps)?.iter().map(|s| s.id).collect();
     let mut wanted: BTreeMap<[u8; 16], u32> = BTreeMap::new();
-    for (key, _) in frontends(maps)? {
-        *wanted.entry(key.vip).or_default() += 1;
+    for (key, sid) in frontends(maps)? {
+        if live.contains(&sid) {
+            *wanted.entry(key.vip).or_default() += 1;
+        }
     }
     let mut present = Vec::new();
     for entry in maps.vips.iter() {
@@ -717,22 +782,30 @@ pub fn edit_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Res
     rebuild(maps, info.id)
 }
 
-/// ipvsadm -D. The reals are marked removed; their connections end with their timeouts.
+/// ipvsadm -D. The reals are marked removed. A service with connections goes to the
+/// trash (IPVS keeps its destinations there while connections use them): its packets
+/// are dropped, not passed to the director's stack (which would reset them), until the
+/// connections expire or the service is added back and takes them over.
 pub fn remove_service(maps: &mut Maps, id: ServiceId) -> Result<()> {
     let info = find_service(maps, id)?;
-    for (key, sid) in frontends(maps)? {
-        if sid == info.id {
-            maps.services.remove(&key)?;
-        }
-    }
-    maps.service_info.remove(&info.id)?;
+    let mut connected = false;
     for (real_id, mut real) in reals(maps)? {
-        if real.service_id == info.id && !real.removed() {
-            real.flags |= real_flags::REMOVED;
-            maps.reals.insert(real_id, real, 0)?;
+        if real.service_id == info.id {
+            let load = maps.real_load.get(&real_id, 0).unwrap_or_default();
+            connected |= load.active != 0 || load.inactive != 0;
+            if !real.removed() {
+                real.flags |= real_flags::REMOVED;
+                maps.reals.insert(real_id, real, 0)?;
+            }
         }
     }
-    sync_vips(maps)
+    if connected {
+        let kept = ServiceInfo { flags: svc_flags::TRASHED, reals_len: 0, table_len: 0, ..info };
+        maps.service_info.insert(info.id, kept, 0)?;
+        sync_vips(maps)
+    } else {
+        purge_trashed(maps, info.id)
+    }
 }
 
 /// Adds frontends (VIP:port entries) to a firewall-mark service.
@@ -740,7 +813,8 @@ pub fn add_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()>
     let id = ServiceId::Fwmark(mark);
     let info = find_service(maps, id)?;
     for f in list {
-        if maps.services.get(&f.key(), 0).is_ok() {
+        let holder = maps.services.get(&f.key(), 0).ok().and_then(|sid| maps.service_info.get(&sid, 0).ok());
+        if holder.is_some_and(|h| !trashed(&h)) {
             return Err(refuse(ipvs_msg::SERVICE_EXISTS, format!("{f} (a VIP:port belongs to one service)")));
         }
         check_group_family(maps, &info, id, f.vip)?;
@@ -924,8 +998,8 @@ pub fn edit_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts
     rebuild(maps, info.id)
 }
 
-/// ipvsadm -d: no new flows; established ones continue or are dropped as
-/// expire_nodest_conn says.
+/// ipvsadm -d: no new flows; the packets of established ones are dropped until the real
+/// is added back (taking them back) or they expire (at once with expire_nodest_conn).
 pub fn remove_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>) -> Result<()> {
     let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
     let (real_id, mut entry) = find_real(maps, &info, id, real.into())?;
@@ -951,7 +1025,7 @@ pub fn next_hops(maps: &Maps) -> Result<Vec<(u32, IpAddr, NextHop)>> {
 /// Rebuilds a service's real list and scheduling table in fresh pool slots, then
 /// points the service at them.
 fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
-    let all_services = services(maps)?;
+    let all_services = all_services(maps)?;
     let info = *all_services.iter().find(|s| s.id == sid).context("service vanished")?;
     let mine = reals(maps)?.into_iter().filter(|(_, r)| r.service_id == sid && !r.removed());
     let inhibit = info.flags & svc_flags::INHIBIT_ON_FAILURE != 0;
@@ -1000,10 +1074,11 @@ fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
     Ok(off)
 }
 
-/// Marks a real up or down by its health check and reschedules around it.
-pub fn set_real_health(maps: &mut Maps, id: ServiceId, rip: IpAddr, up: bool) -> Result<()> {
+/// Marks a real (address and port: two NAT reals may share an address) up or down by
+/// its health check and reschedules around it.
+pub fn set_real_health(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, up: bool) -> Result<()> {
     let info = find_service(maps, id)?;
-    let (real_id, mut real) = find_real(maps, &info, id, rip.into())?;
+    let (real_id, mut real) = find_real(maps, &info, id, real.into())?;
     let flags = if up { real.flags & !real_flags::HEALTH_DOWN } else { real.flags | real_flags::HEALTH_DOWN };
     if flags != real.flags {
         real.flags = flags;
@@ -1360,6 +1435,9 @@ pub struct SweepReport {
     pub conns_expired: u64,
     pub templates_expired: u64,
     pub reals_freed: u64,
+    /// Trashed services (removed with connections) whose last connection is gone.
+    #[serde(default)]
+    pub services_freed: u64,
 }
 
 /// Expires idle connections and persistence templates and frees removed reals that
@@ -1382,7 +1460,7 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
         }
     }
     let timeouts: BTreeMap<u32, u64> =
-        services(maps)?.iter().map(|i| (i.id, i.persist_timeout as u64 * 1_000_000_000)).collect();
+        all_services(maps)?.iter().map(|i| (i.id, i.persist_timeout as u64 * 1_000_000_000)).collect();
     let mut stale = Vec::new();
     for entry in maps.persist.iter() {
         let (k, e) = entry?;
@@ -1403,6 +1481,14 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
                 maps.reals.remove(&real_id)?;
                 report.reals_freed += 1;
             }
+        }
+    }
+    // A trashed service leaves with its last real (its last connection).
+    let remaining = reals(maps)?;
+    for info in all_services(maps)?.iter().filter(|s| trashed(s)) {
+        if !remaining.iter().any(|(_, r)| r.service_id == info.id) {
+            purge_trashed(maps, info.id)?;
+            report.services_freed += 1;
         }
     }
     Ok(report)

@@ -14,7 +14,7 @@ use lb_userspace::{
 
 fn target(addr: SocketAddr, config: HealthConfig) -> Target {
     let service = ServiceId::Addr(Service { proto: Proto::Tcp, vip: Ipv4Addr::new(10, 0, 0, 1).into(), port: 80 });
-    Target { service, real: Ipv4Addr::LOCALHOST.into(), addr, config }
+    Target { service, real: addr.ip(), port: addr.port(), addr, source: None, config }
 }
 
 fn config(kind: CheckKind) -> HealthConfig {
@@ -148,4 +148,39 @@ fn configurations_are_checked() {
     assert!(err(HealthConfig { path: Some("health".into()), ..config(CheckKind::Http) }).contains("start with /"));
     assert!(err(HealthConfig { fall: 0, ..config(CheckKind::Tcp) }).contains("at least 1"));
     assert!(config(CheckKind::Tcp).validate(svc).is_ok());
+}
+
+/// Case 10: a UDP check of an IPv6 real (the socket must be of the real's family).
+#[test]
+fn udp_request_response_ipv6() {
+    let sock = UdpSocket::bind("[::1]:0").expect("an IPv6 loopback address");
+    let addr = sock.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    let c = HealthConfig { send: Some("ping6".into()), expect: Some("ping6".into()), ..config(CheckKind::Udp) };
+    health::check_now(&target(addr, c)).unwrap();
+    let tcp = http_server6();
+    health::check_now(&target(tcp, config(CheckKind::Http))).unwrap();
+}
+
+/// An HTTP/1.0 server on [::1] answering 200.
+fn http_server6() -> SocketAddr {
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let mut s = stream;
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    addr
 }

@@ -319,30 +319,86 @@ fn full_connection_table_refuses_new_flows_only() {
 }
 
 #[test]
-fn removed_real_flows_continue_or_expire_as_configured() {
+fn removed_real_flows_wait_for_it_or_expire_as_configured() {
     pin_to_cpu0();
     let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
     establish(&mut inst, client(1), 1000, 80);
     assert_eq!(establish(&mut inst, client(2), 1000, 80), RS2_MAC);
+    let rs2_id = |inst: &Instance| inst.service(web(80)).reals.iter().find(|r| r.address == std::net::IpAddr::from(RS2_IP)).map(|r| r.id);
+    let id_before = rs2_id(&inst);
     ops::remove_real(&mut inst.maps, web(80), RS2_IP).unwrap();
     let data = Frame { tcp_flags: tcp::FLAG_ACK | 0x08, ..syn_from(client(2), 1000, VIP, 80) };
-    // IPVS's default (expire_nodest_conn = 0): the flow keeps its (removed) real.
-    assert_eq!(inst.forwarded_to(&data), RS2_MAC);
+    // IPVS's default (expire_nodest_conn = 0): the flow's packets are dropped silently
+    // while its real is gone (ip_vs_in: destination not available), the flow is kept.
+    assert_eq!(inst.run(&data.bytes()).0, XDP_DROP);
+    assert_eq!(inst.counter(counter::DROP_NODEST), 1);
+    assert_eq!(inst.maps.conns.iter().count(), 2, "the flow is kept");
     // New flows never reach it.
     for i in 10..14 {
         assert_eq!(inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80)), RS1_MAC);
     }
+    // Added back (IPVS takes the destination back from its trash): the flow goes on.
+    ops::add_real(&mut inst.maps, web(80), RS2_IP, weight(1), RS2).unwrap();
+    assert_eq!(rs2_id(&inst), id_before, "its id back");
+    assert_eq!(inst.forwarded_to(&data), RS2_MAC, "the flow is back on its real");
     // expire_nodest_conn = 1: the flow's next packet is dropped and the flow forgotten;
     // the client's retry (a SYN) is scheduled to a live real.
+    ops::remove_real(&mut inst.maps, web(80), RS2_IP).unwrap();
     let mut s = ops::settings(&inst.maps).unwrap();
     s.expire_nodest_conn = 1;
     ops::set_settings(&mut inst.maps, s).unwrap();
     assert_eq!(inst.run(&data.bytes()).0, XDP_DROP);
-    assert_eq!(inst.counter(counter::DROP_NODEST), 1);
+    assert_eq!(inst.counter(counter::DROP_NODEST), 2);
     assert_eq!(inst.forwarded_to(&syn_from(client(2), 1000, VIP, 80)), RS1_MAC);
     // With no connection left, the sweep frees the removed real's id.
     assert_eq!(inst.sweep().reals_freed, 1);
     assert_eq!(inst.maps.reals.iter().count(), 1);
+}
+
+/// ipvsadm -C then -R (in another order, as -S lists services sorted): a service with
+/// connections keeps its id, so its connections carry on; while it is gone their
+/// packets are dropped (not passed to the director's stack, which would reset them),
+/// and a new connection finds no service.
+#[test]
+fn a_service_removed_and_added_back_keeps_its_id_and_its_flows() {
+    pin_to_cpu0();
+    let mut inst = Instance::empty();
+    ops::add_service(&mut inst.maps, web(8080), sched(Scheduler::Rr)).unwrap();
+    ops::add_real(&mut inst.maps, web(8080), RS1_IP, weight(1), RS1).unwrap();
+    ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).unwrap();
+    ops::add_real(&mut inst.maps, web(80), RS1_IP, weight(1), RS1).unwrap();
+    ops::add_real(&mut inst.maps, web(80), RS2_IP, weight(1), RS2).unwrap();
+    let mac = establish(&mut inst, client(1), 1000, 80);
+    let data = Frame { tcp_flags: tcp::FLAG_ACK | 0x08, ..syn_from(client(1), 1000, VIP, 80) };
+    let before = inst.service(web(80));
+
+    ops::remove_service(&mut inst.maps, web(80)).unwrap();
+    ops::remove_service(&mut inst.maps, web(8080)).unwrap();
+    assert!(ops::snapshot(&inst.maps).unwrap().is_empty(), "removed services are not listed");
+    assert!(ops::find_service(&inst.maps, web(80)).is_err());
+    assert_eq!(inst.run(&data.bytes()).0, XDP_DROP, "the flow waits for its service");
+    let passed = inst.counter(counter::PASS_NOT_VIP);
+    assert_eq!(inst.run(&syn_from(client(2), 1000, VIP, 80).bytes()).0, XDP_PASS, "a new flow finds no service");
+    assert_eq!(inst.counter(counter::PASS_NOT_VIP), passed + 1);
+
+    ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).unwrap();
+    ops::add_real(&mut inst.maps, web(80), RS1_IP, weight(1), RS1).unwrap();
+    ops::add_real(&mut inst.maps, web(80), RS2_IP, weight(1), RS2).unwrap();
+    ops::add_service(&mut inst.maps, web(8080), sched(Scheduler::Rr)).unwrap();
+    ops::add_real(&mut inst.maps, web(8080), RS1_IP, weight(1), RS1).unwrap();
+    let after = inst.service(web(80));
+    let ids = |v: &ops::ServiceView| v.reals.iter().map(|r| (r.address, r.id)).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before), "the reals keep their ids");
+    assert_eq!(inst.forwarded_to(&data), mac, "the flow carries on to its real");
+    assert_eq!(after.reals.iter().map(|r| r.active_conns).sum::<u64>(), 1, "and is counted once");
+    assert!(ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).is_err(), "it is a live service again");
+
+    // Removed for good: the trash empties when its last connection expires.
+    ops::remove_service(&mut inst.maps, web(80)).unwrap();
+    inst.age_connections(10_000);
+    let report = inst.sweep();
+    assert_eq!((report.reals_freed, report.services_freed), (2, 1), "{report:?}");
+    assert_eq!(inst.run(&data.bytes()).0, XDP_PASS, "no service, no connection: the kernel's");
 }
 
 #[test]
