@@ -47,6 +47,8 @@ pub struct SettingsChange {
     pub udp: Option<u32>,
     pub expire_nodest_conn: Option<bool>,
     pub sloppy_tcp: Option<bool>,
+    #[serde(default)]
+    pub expire_quiescent_template: Option<bool>,
     pub icmp_echo: Option<bool>,
 }
 
@@ -57,6 +59,8 @@ pub struct SettingsView {
     pub udp: u32,
     pub expire_nodest_conn: bool,
     pub sloppy_tcp: bool,
+    #[serde(default)]
+    pub expire_quiescent_template: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! udp = 300
 //! expire_nodest_conn = false
 //! sloppy_tcp = false
+//! expire_quiescent_template = false  # true: weight 0 ends persistence templates
 //! icmp_echo = false          # true: the fast path answers ping to VIPs itself
 //!
 //! [[service]]
@@ -68,6 +69,8 @@ struct SettingsSection {
     expire_nodest_conn: bool,
     #[serde(default)]
     sloppy_tcp: bool,
+    #[serde(default)]
+    expire_quiescent_template: bool,
     #[serde(default)]
     icmp_echo: bool,
 }
@@ -157,6 +160,7 @@ pub fn to_toml(cfg: &Config) -> String {
         udp: Some(s.udp_timeout),
         expire_nodest_conn: s.expire_nodest_conn != 0,
         sloppy_tcp: s.sloppy_tcp != 0,
+        expire_quiescent_template: s.expire_quiescent_template != 0,
         icmp_echo: s.icmp_echo != 0,
     });
     let service = cfg
@@ -231,6 +235,7 @@ pub fn parse(text: &str) -> Result<Config> {
         }
         out.expire_nodest_conn = s.expire_nodest_conn as u32;
         out.sloppy_tcp = s.sloppy_tcp as u32;
+        out.expire_quiescent_template = s.expire_quiescent_template as u32;
         out.icmp_echo = s.icmp_echo as u32;
         out
     });

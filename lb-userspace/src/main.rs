@@ -127,6 +127,10 @@ enum Cmd {
         /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
         #[arg(long, value_parser = parse_switch)]
         sloppy_tcp: Option<bool>,
+        /// End persistence templates of reals set to weight 0, so their clients are
+        /// scheduled afresh (IPVS's expire_quiescent_template; off by default, as IPVS).
+        #[arg(long, value_parser = parse_switch)]
+        expire_quiescent_template: Option<bool>,
         /// Answer ICMP echo (ping) to the VIPs in the fast path (off: the kernel answers
         /// if it holds the VIP).
         #[arg(long, value_parser = parse_switch)]
@@ -682,8 +686,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Cmd::Zero => done(call(Request::Zero { service: None })?),
-        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
-            done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } })?)
+        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo } => {
+            let change = SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo };
+            done(call(Request::SetSettings { change })?)
         }
         Cmd::Timeout => match call(Request::Settings)? {
             Reply::Settings(s) => show(output, &s, |s| format!("Timeout (tcp tcpfin udp): {} {} {}\n", s.tcp, s.tcpfin, s.udp)),
