@@ -610,12 +610,12 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<PersistKey>(), 20);
-        assert_eq!(size_of::<PersistEntry>(), 32);
+        assert_eq!(size_of::<PersistEntry>(), 40);
         assert_eq!(size_of::<RealEntry>(), 76);
         assert_eq!(size_of::<ConnEntry>(), 40);
         assert_eq!(size_of::<NatReply>(), 72);
         assert_eq!(size_of::<ServiceInfo>(), 52);
-        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 4));
+        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 5));
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
     }
 

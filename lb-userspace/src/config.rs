@@ -337,6 +337,7 @@ mod tests {
             tcp = 600
             udp = 30
             expire_nodest_conn = true
+            expire_quiescent_template = true
             [[service]]
             vip = "10.0.0.100"
             port = 80
@@ -356,6 +357,7 @@ mod tests {
         assert_eq!(s.tcp_timeouts[tcp::ESTABLISHED as usize], 600);
         assert_eq!(s.tcp_timeouts[tcp::FIN_WAIT as usize], 120);
         assert_eq!((s.udp_timeout, s.expire_nodest_conn, s.sloppy_tcp), (30, 1, 0));
+        assert_eq!(s.expire_quiescent_template, 1);
         let web = &cfg.services[0];
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: ip("10.0.0.100"), port: 80 }));
