@@ -519,3 +519,61 @@ fn round_robin_keeps_one_order_across_cpus() {
     assert_eq!(macs.split(|m| *m != RS2_MAC).map(<[_]>::len).max(), Some(2), "smooth: rs2 at most twice in a row");
     assert_eq!(macs.split(|m| *m != RS1_MAC).map(<[_]>::len).max(), Some(1));
 }
+
+#[test]
+fn racing_first_packets_make_one_entry_and_reach_one_real() {
+    // The first packets of one flow handled on two CPUs at once: one entry (inserted only
+    // if absent; the loser follows it), one real, one count. Two threads on two CPUs send
+    // the same new UDP flows, released together by a barrier for each flow.
+    use std::sync::{Barrier, atomic::{AtomicBool, Ordering}};
+    use aya::programs::{TestRun, TestRunOptions};
+    let cpus = online_cpus();
+    assert!(cpus >= 2, "this test needs two CPUs to race on (found {cpus})");
+    let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP.into(), port: 53 });
+    let mut inst = two_reals(dns, sched(Scheduler::Rr), [1, 1]);
+    const FLOWS: u16 = 3000;
+    let frames: Vec<Vec<u8>> = (0..FLOWS).map(|i| Frame::udp(VIP, 53, 10_000 + i).bytes()).collect();
+    let prog: &aya::programs::Xdp = lb_userspace::loader::xdp(&mut inst.ebpf, lb_userspace::loader::BALANCE_PROGRAM).unwrap();
+    let barrier = Barrier::new(2);
+    let failed = AtomicBool::new(false);
+    let outcomes: Vec<Vec<(u32, [u8; 6])>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let (frames, barrier, failed) = (&frames, &barrier, &failed);
+                s.spawn(move || {
+                    run_on_cpu(t);
+                    frames
+                        .iter()
+                        .map(|f| {
+                            barrier.wait();
+                            let mut out = vec![0u8; f.len() + 64];
+                            let opts = TestRunOptions { data_in: Some(f), data_out: Some(&mut out), repeat: 1, ..Default::default() };
+                            match prog.test_run(opts) {
+                                Ok(r) => (r.return_value, out[0..6].try_into().unwrap()),
+                                Err(_) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    (u32::MAX, [0; 6])
+                                }
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(!failed.load(Ordering::Relaxed), "BPF_PROG_TEST_RUN failed");
+    let raced_out = inst.counter(counter::DROP_CONN_RACE);
+    for (i, (a, b)) in outcomes[0].iter().zip(&outcomes[1]).enumerate() {
+        if a.0 == XDP_TX && b.0 == XDP_TX {
+            assert_eq!(a.1, b.1, "flow {i}: its two first packets reached two reals");
+        } else {
+            assert!(a.0 == XDP_DROP || b.0 == XDP_DROP, "flow {i}: verdicts {} and {}", a.0, b.0);
+        }
+    }
+    // One entry per flow, counted once.
+    assert_eq!(inst.maps.conns.iter().count(), FLOWS as usize);
+    let (a1, i1) = inst.load(dns, RS1_IP);
+    let (a2, i2) = inst.load(dns, RS2_IP);
+    assert_eq!((a1 + a2, i1 + i2), (0, FLOWS as u64), "InActConn over both reals ({raced_out} packets dropped racing)");
+}
