@@ -290,3 +290,43 @@ fn persistence_follows_health_checks_and_leaves_the_sorry_server() {
     assert!(after.iter().all(|w| w == "rs1" || w == "rs2"), "reals recovered, yet: {after:?}");
     assert!(after.iter().all(|w| *w == after[0]), "one template again: {after:?}");
 }
+
+#[test]
+fn dr_connection_counts_stay_exact_over_many_short_connections() {
+    // DR sees only the client's packets, several of which may be handled on two CPUs
+    // at once (no pinning here): the counts must still match the connection table.
+    let mut c = cluster(AttachMode::Auto);
+    c.start_balancer().unwrap();
+    c.configure_service().unwrap();
+    const N: u64 = 300;
+    for i in 0..N {
+        c.curl("/").unwrap_or_else(|e| panic!("curl {i}: {e:#}"));
+    }
+    let mut last = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
+        let conns = json(&c.xlb(&["--output", "json", "conns"]).unwrap());
+        let conns = conns.as_array().unwrap();
+        let mut exact = true;
+        for r in list[0]["reals"].as_array().unwrap() {
+            let mine: Vec<_> = conns.iter().filter(|e| e["real"] == r["address"]).collect();
+            let established = mine.iter().filter(|e| e["state"] == "ESTABLISHED").count() as u64;
+            let counts = (r["active_conns"].as_u64().unwrap(), r["inactive_conns"].as_u64().unwrap());
+            // Every connection closed: none active. Each is counted once while it is in
+            // the table (FIN_WAIT, 120 s; one ended by a reset is CLOSE, 10 s, and may
+            // have expired already on a slow run).
+            exact &= counts == (established, mine.len() as u64 - established) && counts.0 == 0;
+            assert_eq!(r["conns"].as_u64(), Some(N / 2), "{list}");
+        }
+        if exact {
+            return;
+        }
+        let mut states = std::collections::BTreeMap::new();
+        for e in conns {
+            *states.entry(format!("{} {}", e["real"], e["state"])).or_insert(0) += 1;
+        }
+        last = format!("{}connection table: {states:?}", c.xlb(&["list", "--stats"]).unwrap());
+    }
+    panic!("ActiveConn/InActConn differ from the connection table after {N} connections:\n{last}");
+}
