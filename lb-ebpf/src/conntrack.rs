@@ -6,7 +6,7 @@
 //! the real's replies on another). IPVS serialises them with the connection's lock;
 //! here the state moves by compare-and-swap, and only the CPU whose swap succeeded moves
 //! the real's ActiveConn/InActConn counts, so they stay exact. Removal first swaps the
-//! state to [`GONE`]: exactly one remover wins and learns the state the counts hold.
+//! state to [`tcp::GONE`]: exactly one remover wins and learns the state the counts hold.
 use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, tcp};
 
 use crate::{
@@ -20,8 +20,6 @@ use crate::{
 const NOEXIST: u64 = 1;
 /// The kernel's EEXIST, as map helpers return it (negated).
 const EEXIST: i32 = 17;
-/// Not a TCP state: an entry claimed by its remover. No packet moves it any more.
-pub const GONE: u8 = 0xff;
 
 pub enum Lookup {
     /// The flow is known: forward it as its entry says, to this real.
@@ -105,12 +103,12 @@ fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u
     unsafe { (*conn).last_seen_ns = now };
 }
 
-/// Claims an entry for removal: swaps its state to [`GONE`]. Returns the entry with the
+/// Claims an entry for removal: swaps its state to [`tcp::GONE`]. Returns the entry with the
 /// state it was claimed in, or None if another remover has it.
 #[inline(always)]
 fn claim(conn: *mut ConnEntry) -> Option<ConnEntry> {
     let (word, _) =
-        atomic::update(state_word(conn), |word| if state_of(word) == GONE { None } else { Some(with_state(word, GONE)) })?;
+        atomic::update(state_word(conn), |word| if state_of(word) == tcp::GONE { None } else { Some(with_state(word, tcp::GONE)) })?;
     // Everything but the state and the idle stamp is fixed at creation.
     let mut c = unsafe { *conn };
     c.state = state_of(word);
@@ -124,7 +122,7 @@ pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> L
     let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
     let c = unsafe { *conn };
-    if c.state == GONE {
+    if c.state == tcp::GONE {
         // Being removed by another CPU.
         return Lookup::Miss;
     }
@@ -157,7 +155,7 @@ pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u6
     let back = unsafe { NAT_REPLIES.get(reply)? };
     let conn = CONNS.get_ptr_mut(&back.flow)?;
     let c = unsafe { *conn };
-    if c.state == GONE {
+    if c.state == tcp::GONE {
         return None;
     }
     if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) {
@@ -211,7 +209,7 @@ pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
 /// Removes an entry (and its NAT reply entry); whoever removes it (this CPU, another,
 /// or the controller's sweep through `xlb_expire`) takes its connection off the real's
 /// count and its template's, exactly once: the remover is the CPU whose claim swapped
-/// the state to [`GONE`], and the count comes off the state it swapped from.
+/// the state to [`tcp::GONE`], and the count comes off the state it swapped from.
 #[inline(always)]
 pub fn expire(flow: &FlowKey, _seen: &ConnEntry) -> bool {
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return false };

@@ -1281,6 +1281,9 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
     let mut out = Vec::new();
     for entry in maps.conns.iter() {
         let (k, c): (FlowKey, ConnEntry) = entry?;
+        if c.state == tcp::GONE {
+            continue; // being removed by the fast path
+        }
         let left = (c.last_seen_ns + idle_limit_ns(c.state, &s)).saturating_sub(now) / 1_000_000_000;
         out.push(ConnView {
             proto: Proto::from_number(k.proto).map_or("?", Proto::name).to_string(),

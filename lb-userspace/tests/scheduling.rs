@@ -577,3 +577,32 @@ fn racing_first_packets_make_one_entry_and_reach_one_real() {
     let (a2, i2) = inst.load(dns, RS2_IP);
     assert_eq!((a1 + a2, i1 + i2), (0, FLOWS as u64), "InActConn over both reals ({raced_out} packets dropped racing)");
 }
+
+#[test]
+fn first_packet_meeting_an_entry_being_removed_is_dropped_and_counted() {
+    // The loser of a creation race looks the flow up again; if that entry is being
+    // removed at that instant (claimed: state GONE), the packet is dropped and counted,
+    // and nothing else changes (the client retransmits). The claimed entry is placed by
+    // hand here: on a live system its claimer removes it a moment later.
+    let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
+    let syn = syn_from(client(1), 1000, VIP, 80);
+    let key = lb_common::FlowKey {
+        src: lb_common::addr::from_v4(client(1).octets()),
+        dst: lb_common::addr::from_v4(VIP.octets()),
+        sport: 1000u16.to_be_bytes(),
+        dport: 80u16.to_be_bytes(),
+        proto: lb_common::PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let claimed = lb_common::ConnEntry { state: tcp::GONE, last_seen_ns: ops::monotonic_ns(), ..Default::default() };
+    inst.maps.conns.insert(key, claimed, 0).unwrap();
+    assert_eq!(inst.run(&syn.bytes()).0, XDP_DROP);
+    assert_eq!(inst.counter(counter::DROP_CONN_RACE), 1);
+    assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((0, 0), (0, 0)), "nothing counted");
+    assert!(ops::connections(&inst.maps).unwrap().is_empty(), "an entry being removed is not listed");
+    // Once it is gone, the retransmitted SYN is scheduled as usual (the dropped one
+    // took rs1's turn).
+    inst.maps.conns.remove(&key).unwrap();
+    assert_eq!(inst.forwarded_to(&syn), RS2_MAC);
+    assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((0, 0), (0, 1)));
+}
