@@ -249,8 +249,25 @@ pub struct ConnEntry {
     /// The real's port the flow goes to, wire order (NAT's translated port).
     pub real_port: [u8; 2],
     pub service_id: u32,
-    pub _pad: u32,
+    /// The persistence template that placed this connection ([`PersistEntry::tag`]),
+    /// 0 for none: the template's controlled-connection count is given back when the
+    /// connection goes (IPVS's ip_vs_control_del).
+    pub template: u32,
 }
+
+/// Offset of the 8-byte word the fast path compare-and-swaps to move a connection's
+/// state (BPF's cmpxchg takes 64-bit words on every CPU version): the last 4 bytes of
+/// `real_ip`, then `state`, `forward` and `real_port`. All but `state` are fixed once
+/// the entry is made; `state` is byte [`CONN_STATE_IN_WORD`] of the word.
+pub const CONN_STATE_WORD: usize = core::mem::offset_of!(ConnEntry, state) - 4;
+pub const CONN_STATE_IN_WORD: usize = 4;
+const _: () = {
+    use core::mem::offset_of;
+    assert!(CONN_STATE_WORD % 8 == 0);
+    assert!(offset_of!(ConnEntry, real_ip) + 16 == offset_of!(ConnEntry, state));
+    assert!(offset_of!(ConnEntry, forward) == offset_of!(ConnEntry, state) + 1);
+    assert!(offset_of!(ConnEntry, real_port) == offset_of!(ConnEntry, state) + 2);
+};
 
 impl ConnEntry {
     /// The key of the real server's replies in the NAT reply table: the real's
@@ -297,13 +314,22 @@ pub struct PersistKey {
     pub client: [u8; 16],
 }
 
+/// A persistence template (IPVS's connection template): where a client network's new
+/// connections go. It lives `persist_timeout` seconds after it last placed a connection,
+/// and beyond that while connections it placed are alive (`n_control`, IPVS's
+/// n_control); it is re-armed when the last of them goes (ip_vs_conn_expire).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PersistEntry {
+    /// CLOCK_MONOTONIC of the last connection it placed (or of its re-arming).
     pub last_seen_ns: u64,
+    /// Live connections this template placed (atomic adds in the fast path).
+    pub n_control: u64,
     pub real_id: u32,
+    /// Non-zero, different for every template a key has had: a connection gives its
+    /// count back only to the template that placed it, not to a later one.
+    pub tag: u32,
     pub real_ip: [u8; 16],
-    pub _pad: u32,
 }
 
 /// Global settings (one entry): timeouts as `ipvsadm --set` and IPVS's sysctls.
@@ -321,6 +347,10 @@ pub struct Settings {
     /// 1: the fast path answers ICMP echo (ping) to a VIP itself; 0: passes it to the
     /// kernel (which answers if it holds the VIP).
     pub icmp_echo: u32,
+    /// IPVS's expire_quiescent_template: 1 drops a persistence template whose real has
+    /// weight 0, so its clients are scheduled afresh; 0 (IPVS's default) keeps sending
+    /// them to the quiescent real.
+    pub expire_quiescent_template: u32,
 }
 
 impl Default for Settings {
@@ -331,6 +361,7 @@ impl Default for Settings {
             expire_nodest_conn: 0,
             sloppy_tcp: 0,
             icmp_echo: 0,
+            expire_quiescent_template: 0,
         }
     }
 }
@@ -431,12 +462,16 @@ pub mod counter {
     pub const TX_ICMP_ECHO_REPLY: u32 = 24;
     /// Any other ICMP/ICMPv6 (echo with icmp_echo off, neighbour discovery, …): passed.
     pub const PASS_ICMP: u32 = 25;
+    /// A flow's first packet lost the race to create its entry to another CPU, and
+    /// that entry was being removed when it looked again: dropped (the client
+    /// retransmits).
+    pub const DROP_CONN_RACE: u32 = 26;
     /// Verdict counters: indexes below this.
-    pub const VERDICTS: u32 = 26;
+    pub const VERDICTS: u32 = 27;
 
     /// Event: the persistence table is full: a connection was scheduled without a template.
-    pub const PERSIST_TABLE_FULL: u32 = 26;
-    pub const COUNT: u32 = 27;
+    pub const PERSIST_TABLE_FULL: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -466,6 +501,7 @@ pub mod counter {
         "pass_icmp_no_flow",
         "tx_icmp_echo_reply",
         "pass_icmp",
+        "drop_conn_race",
         "persist_table_full",
     ];
 }
@@ -582,12 +618,12 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<PersistKey>(), 20);
-        assert_eq!(size_of::<PersistEntry>(), 32);
+        assert_eq!(size_of::<PersistEntry>(), 40);
         assert_eq!(size_of::<RealEntry>(), 76);
         assert_eq!(size_of::<ConnEntry>(), 40);
         assert_eq!(size_of::<NatReply>(), 72);
         assert_eq!(size_of::<ServiceInfo>(), 52);
-        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 4));
+        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 5));
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
     }
 

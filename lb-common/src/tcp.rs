@@ -19,6 +19,10 @@ pub const SYNACK: u8 = 10;
 pub const STATE_COUNT: usize = 11;
 /// Not a TCP state: the connection entry of a UDP flow.
 pub const UDP: u8 = 11;
+/// Not a state: an entry its remover has claimed (the fast path swaps the state to this
+/// first, so that exactly one CPU removes the entry and takes it off the counts). No
+/// packet moves it any more, and it is gone a moment later.
+pub const GONE: u8 = 0xff;
 
 /// Names as `ipvsadm -L -c` prints them, indexed by state (UDP last).
 pub const STATE_NAMES: [&str; STATE_COUNT + 1] = [

@@ -1,16 +1,25 @@
 //! The connection table: flow affinity, IPVS's TCP states and idle timeouts, the live
 //! connection counts the least-connection schedulers read, and for NAT the reply table
 //! that leads a real server's replies back to their connection.
-use lb_common::{ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, tcp};
+//!
+//! A flow's packets may be handled on several CPUs at once (NAT: the client's on one,
+//! the real's replies on another). IPVS serialises them with the connection's lock;
+//! here the state moves by compare-and-swap, and only the CPU whose swap succeeded moves
+//! the real's ActiveConn/InActConn counts, so they stay exact. Removal first swaps the
+//! state to [`tcp::GONE`]: exactly one remover wins and learns the state the counts hold.
+use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, tcp};
 
 use crate::{
+    atomic,
     maps::{CONNS, NAT_REPLIES, REALS},
     parse::Packet,
-    stats,
+    persist, stats,
 };
 
 /// BPF_NOEXIST: insert only if the key is absent.
 const NOEXIST: u64 = 1;
+/// The kernel's EEXIST, as map helpers return it (negated).
+const EEXIST: i32 = 17;
 
 pub enum Lookup {
     /// The flow is known: forward it as its entry says, to this real.
@@ -24,6 +33,8 @@ pub enum Lookup {
 
 pub enum Created {
     Ok,
+    /// Another CPU created this flow's entry first: look it up and follow it.
+    Exists,
     /// The connection table is full.
     Full,
     /// NAT: another live connection holds this one's reply tuple.
@@ -48,17 +59,61 @@ fn client_dir(c: &ConnEntry) -> u8 {
     if c.forward == forward::NAT { tcp::dir::INPUT } else { tcp::dir::INPUT_ONLY }
 }
 
-/// Moves `conn` to the state after a packet with `tcp_flags` through table `dir`.
+/// The entry's 8-byte word holding its state, the unit of the compare-and-swap (see
+/// [`lb_common::CONN_STATE_WORD`]).
+#[inline(always)]
+fn state_word(conn: *mut ConnEntry) -> *mut u64 {
+    unsafe { conn.cast::<u8>().add(CONN_STATE_WORD).cast::<u64>() }
+}
+
+#[inline(always)]
+fn state_of(word: u64) -> u8 {
+    word.to_ne_bytes()[CONN_STATE_IN_WORD]
+}
+
+#[inline(always)]
+fn with_state(word: u64, state: u8) -> u64 {
+    let mut b = word.to_ne_bytes();
+    b[CONN_STATE_IN_WORD] = state;
+    u64::from_ne_bytes(b)
+}
+
+/// Moves `conn` to the state after a packet with `tcp_flags` through table `dir`. The
+/// move is a compare-and-swap from the state this CPU read; if another CPU moved it
+/// first, the transition is taken again from the state it left (as if the packets had
+/// come one after the other). Only a successful swap moves the counts.
 #[inline(always)]
 fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u8, now: u64) {
     if proto == PROTO_TCP {
-        let next = tcp::next_state(dir, c.state, tcp_flags);
-        if next != c.state {
-            stats::load_move(c.real_id, c.state, next);
-            unsafe { (*conn).state = next };
+        let moved = atomic::update(state_word(conn), |word| {
+            // Through memory: LLVM would otherwise test the state's range on the whole
+            // word and index the transition table with the extracted byte, a link the
+            // verifier cannot follow.
+            let mut from = state_of(word);
+            let from = unsafe { core::ptr::read_volatile(&raw mut from) };
+            if from as usize >= tcp::STATE_COUNT {
+                return None; // GONE: being removed
+            }
+            let next = tcp::next_state(dir, from, tcp_flags);
+            if next == from { None } else { Some(with_state(word, next)) }
+        });
+        if let Some((before, after)) = moved {
+            stats::load_move(c.real_id, state_of(before), state_of(after));
         }
     }
     unsafe { (*conn).last_seen_ns = now };
+}
+
+/// Claims an entry for removal: swaps its state to [`tcp::GONE`]. Returns the entry with the
+/// state it was claimed in, or None if another remover has it.
+#[inline(always)]
+fn claim(conn: *mut ConnEntry) -> Option<ConnEntry> {
+    let (word, _) =
+        atomic::update(state_word(conn), |word| if state_of(word) == tcp::GONE { None } else { Some(with_state(word, tcp::GONE)) })?;
+    // Everything but the state and the idle stamp is fixed at creation.
+    let mut c = unsafe { *conn };
+    c.state = state_of(word);
+    Some(c)
 }
 
 /// Finds the client's flow, expiring it if idle too long, and advances its TCP state.
@@ -68,6 +123,10 @@ pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> L
     let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
     let c = unsafe { *conn };
+    if c.state == tcp::GONE {
+        // Being removed by another CPU.
+        return Lookup::Miss;
+    }
     if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) || c.service_id != service_id {
         expire(flow, &c);
         return Lookup::Miss;
@@ -102,6 +161,9 @@ pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u6
     let back = unsafe { NAT_REPLIES.get(reply)? };
     let conn = CONNS.get_ptr_mut(&back.flow)?;
     let c = unsafe { *conn };
+    if c.state == tcp::GONE {
+        return None;
+    }
     if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) {
         expire(&back.flow, &c);
         return None;
@@ -120,37 +182,59 @@ pub fn new_entry(entry: &mut ConnEntry, flow: &FlowKey, tcp_flags: u8, service_i
     entry.forward = real.forward;
     entry.real_port = real_port;
     entry.service_id = service_id;
-    entry._pad = 0;
+    entry.template = 0;
     entry.state = if flow.proto == PROTO_TCP { tcp::next_state(client_dir(entry), tcp::NONE, tcp_flags) } else { tcp::UDP };
 }
 
 /// Records a new flow's entry; for NAT also its reply entry `back` (the client's flow
-/// and the way back to the client). A separate BPF function.
+/// and the way back to the client). Inserted only if absent: of two first packets of a
+/// flow racing on two CPUs, one creates the entry and the other follows it
+/// ([`Created::Exists`]). A separate BPF function.
 #[inline(never)]
 pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
-    if CONNS.insert(flow, entry, 0).is_err() {
-        return Created::Full;
+    // Counted before it is visible: a packet on another CPU may move its state (and
+    // the counts) as soon as it is in the table.
+    stats::load_add(entry.real_id, entry.state, 1);
+    if let Err(e) = CONNS.insert(flow, entry, NOEXIST) {
+        stats::load_add(entry.real_id, entry.state, u64::MAX);
+        return if e == -EEXIST { Created::Exists } else { Created::Full };
     }
     if entry.forward == forward::NAT && NAT_REPLIES.insert(&entry.reply_key(flow), back, NOEXIST).is_err() {
-        let _ = CONNS.remove(flow);
+        // Take it back, through the claim: its state may have moved already. The reply
+        // entry is the other connection's, and stays.
+        if let Some(conn) = CONNS.get_ptr_mut(flow) {
+            if let Some(c) = claim(conn) {
+                release(flow, &c, false);
+            }
+        }
         return Created::Clash;
     }
-    stats::load_add(entry.real_id, entry.state, 1);
     Created::Ok
 }
 
 /// Removes an entry (and its NAT reply entry); whoever removes it (this CPU, another,
 /// or the controller's sweep through `xlb_expire`) takes its connection off the real's
-/// count, exactly once.
+/// count and its template's, exactly once: the remover is the CPU whose claim swapped
+/// the state to [`tcp::GONE`], and the count comes off the state it swapped from.
 #[inline(always)]
-pub fn expire(flow: &FlowKey, c: &ConnEntry) -> bool {
-    if CONNS.remove(flow).is_ok() {
-        if c.forward == forward::NAT {
-            let _ = NAT_REPLIES.remove(&c.reply_key(flow));
+pub fn expire(flow: &FlowKey, _seen: &ConnEntry) -> bool {
+    let Some(conn) = CONNS.get_ptr_mut(flow) else { return false };
+    match claim(conn) {
+        Some(c) => {
+            release(flow, &c, true);
+            true
         }
-        stats::load_add(c.real_id, c.state, u64::MAX);
-        true
-    } else {
-        false
+        None => false,
     }
+}
+
+/// The claimed entry `c` leaves the tables and the counts.
+#[inline(always)]
+fn release(flow: &FlowKey, c: &ConnEntry, with_reply: bool) {
+    let _ = CONNS.remove(flow);
+    if with_reply && c.forward == forward::NAT {
+        let _ = NAT_REPLIES.remove(&c.reply_key(flow));
+    }
+    stats::load_add(c.real_id, c.state, u64::MAX);
+    persist::release(c.service_id, &flow.src, c.template);
 }

@@ -5,10 +5,11 @@
 //! passed untouched. Also the real server's tunnel decapsulator (`xlb_decap`).
 #![no_std]
 #![no_main]
-// atomic_xadd: core's atomics have no read-modify-write on the BPF target.
+// atomic_xadd, atomic_cxchg: core's atomics have no read-modify-write on the BPF target.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod atomic;
 mod bench;
 mod conntrack;
 mod decap;
@@ -126,9 +127,6 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc.id, settings, now) };
     match lookup {
         Lookup::Hit(c, real) => {
-            if svc.flags & svc_flags::PERSISTENT != 0 {
-                persist::touch(svc, &pkt.flow.src, now);
-            }
             let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
             Ok(send_to_real(ctx, pkt, real, &target))
         }
@@ -144,6 +142,19 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
         Lookup::Miss => {
             let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
             let verdict = open_connection(svc, s, settings, now, &mut target);
+            if verdict == RACED {
+                // Another CPU created this flow's entry first: follow it.
+                return match conntrack::lookup(&s.pkt, svc.id, settings, now) {
+                    Lookup::Hit(c, real) => {
+                        let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
+                        Ok(send_to_real(ctx, &s.pkt, real, &target))
+                    }
+                    _ => {
+                        stats::count(counter::DROP_CONN_RACE);
+                        Ok(xdp_action::XDP_DROP)
+                    }
+                };
+            }
             if verdict != SCHEDULED {
                 return Ok(verdict);
             }
@@ -164,6 +175,8 @@ struct Target {
 
 /// [`open_connection`]'s answer when it filled the target (not an XDP verdict).
 const SCHEDULED: u32 = u32::MAX;
+/// [`open_connection`]'s answer when another CPU created the flow's entry first.
+const RACED: u32 = u32::MAX - 1;
 
 /// A new connection: its real from the persistence template or the scheduler, and its
 /// connection entry. Returns [`SCHEDULED`] with `target` filled, or the frame's
@@ -180,20 +193,42 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         return xdp_action::XDP_PASS;
     }
     let persistent = svc.flags & svc_flags::PERSISTENT != 0;
-    let templated = if persistent { persist::lookup(svc, &pkt.flow.src, now) } else { None };
-    let chosen = match templated {
-        Some(found) => Some(found),
+    let mut template = if persistent { persist::lookup(svc, &pkt.flow.src, settings, now) } else { None };
+    let chosen = match template {
+        Some(t) => Some(t.real_id),
         None => sched::schedule(svc, flow),
     };
-    let Some((real_id, real)) = chosen.and_then(|id| Some((id, unsafe { REALS.get(&id) }?))) else {
+    let Some(mut real_id) = chosen else {
         stats::count(counter::DROP_NO_REAL);
         return xdp_action::XDP_DROP;
+    };
+    if persistent && template.is_none() {
+        // IPVS makes the template before the connection (ip_vs_sched_persist).
+        let Some(real) = (unsafe { REALS.get(&real_id) }) else {
+            stats::count(counter::DROP_NO_REAL);
+            return xdp_action::XDP_DROP;
+        };
+        let t = persist::remember(svc, &pkt.flow.src, real_id, &real.ip, now);
+        real_id = t.real_id;
+        template = Some(t);
+    }
+    let Some(real) = (unsafe { REALS.get(&real_id) }) else {
+        stats::count(counter::DROP_NO_REAL);
+        return xdp_action::XDP_DROP;
+    };
+    let tag = match template {
+        Some(t) => t.tag,
+        None => 0,
     };
     // A fwmark service's real without a port keeps the port the client chose.
     let real_port = if real.port == [0, 0] { pkt.flow.dport } else { real.port };
     let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
     if !one_packet {
         conntrack::new_entry(conn, flow, pkt.tcp_flags, svc.id, real_id, real, real_port, now);
+        // The template counts the connection before it is visible (another CPU may
+        // expire it), and gets it back if it is not made.
+        conn.template = tag;
+        persist::hold(svc, &pkt.flow.src, tag);
         // Field by field: built whole, it would take stack room the chain has not.
         back.flow = *flow;
         back.client_mac = pkt.src_mac;
@@ -203,18 +238,21 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         back.vlan_count = pkt.vlan_count;
         match conntrack::create(flow, conn, back) {
             Created::Ok => {}
+            Created::Exists => {
+                persist::release(svc.id, &pkt.flow.src, tag);
+                return RACED;
+            }
             Created::Full => {
+                persist::release(svc.id, &pkt.flow.src, tag);
                 stats::count(counter::DROP_CONN_TABLE_FULL);
                 return xdp_action::XDP_DROP;
             }
             Created::Clash => {
+                // The entry's removal gave its template count back.
                 stats::count(counter::DROP_NAT_CLASH);
                 return xdp_action::XDP_DROP;
             }
         }
-    }
-    if persistent && templated.is_none() {
-        persist::remember(svc, &pkt.flow.src, real_id, &real.ip, now);
     }
     *target = Target { real_id, method: real.forward, real_port, new_conn: true };
     SCHEDULED

@@ -54,9 +54,10 @@ pub static PERSIST: HashMap<PersistKey, PersistEntry> = HashMap::with_max_entrie
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Round-robin position per service, one per CPU: no shared counter to contend on.
+/// Round-robin position per service, shared by every CPU (compare-and-swap): one
+/// order of new connections, as IPVS has.
 #[map]
-pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Real id → traffic counters.
 #[map]

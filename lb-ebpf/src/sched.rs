@@ -3,12 +3,18 @@
 //! Table schedulers (rr, wrr, sh, dh, mh) look up a table the controller precomputed,
 //! O(1) per connection. The least-connection family (lc, wlc, sed, nq) and fo/ovf scan
 //! the service's reals with their live counts, as IPVS does, for new connections only.
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::helpers::bpf_loop;
 use lb_common::{FlowKey, MAX_REALS_PER_SERVICE, RealEntry, RealLoad, ServiceInfo, addr, hash, sched, svc_flags};
 
-use crate::maps::{POOL, REAL_LOAD, REALS, RR_CURSORS};
+use crate::{
+    atomic,
+    maps::{POOL, REAL_LOAD, REALS, RR_CURSORS},
+};
 
 /// Table entries a round-robin pick may skip over (overloaded reals) before giving up.
 const RR_MAX_PROBES: u32 = 64;
@@ -66,17 +72,31 @@ fn bpf_for<C>(n: u32, ctx: &mut C, step: extern "C" fn(u64, *mut c_void) -> i64)
 }
 
 /// rr and wrr: walk the precomputed sequence (wrr's is the smooth weighted order, so
-/// the long-run ratios are exact and no real gets a burst). The cursor is per CPU.
+/// the long-run ratios are exact and no real gets a burst). The cursor is one per
+/// service, shared by every CPU and advanced atomically (compare-and-swap), so new
+/// connections follow one order whichever CPU their first packet lands on, as IPVS's
+/// single rr/wrr position does (ip_vs_rr.c, ip_vs_wrr.c, under the service's lock).
 #[inline(always)]
 fn round_robin(svc: &ServiceInfo) -> Option<u32> {
     if svc.table_len == 0 {
         return None;
     }
     let cursor = RR_CURSORS.get_ptr_mut(svc.id)?;
-    let mut walk =
-        TableWalk { table_off: svc.table_off, table_len: svc.table_len, pos: unsafe { *cursor }, found: Found::default() };
+    // Losing every attempt to other CPUs (each of which advanced it) still leaves a
+    // valid position.
+    let ticket = match atomic::update(cursor, |t| Some(t.wrapping_add(1))) {
+        Some((taken, _)) => taken,
+        None => unsafe { *cursor },
+    };
+    let start = (ticket % svc.table_len as u64) as u32;
+    let mut walk = TableWalk { table_off: svc.table_off, table_len: svc.table_len, pos: start, found: Found::default() };
     bpf_for(RR_MAX_PROBES, &mut walk, rr_step);
-    unsafe { *cursor = walk.pos };
+    // Entries skipped over (overloaded reals) are skipped for the next connection too,
+    // as IPVS leaves its position on the real it chose.
+    let advanced = walk.pos.wrapping_sub(start).wrapping_add(svc.table_len) % svc.table_len;
+    if walk.found.ok && advanced > 1 {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cursor, (advanced - 1) as u64) };
+    }
     walk.found.get()
 }
 
@@ -117,7 +137,7 @@ struct TableWalk {
 extern "C" fn rr_step(_: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *(ctx as *mut TableWalk) };
     if w.pos >= w.table_len {
-        w.pos = 0; // also when the table shrank since this CPU last scheduled
+        w.pos = 0;
     }
     let slot = w.table_off + w.pos;
     w.pos += 1;

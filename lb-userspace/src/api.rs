@@ -47,6 +47,8 @@ pub struct SettingsChange {
     pub udp: Option<u32>,
     pub expire_nodest_conn: Option<bool>,
     pub sloppy_tcp: Option<bool>,
+    #[serde(default)]
+    pub expire_quiescent_template: Option<bool>,
     pub icmp_echo: Option<bool>,
 }
 
@@ -60,6 +62,8 @@ pub struct SettingsView {
     /// Ping to VIPs answered by the fast path (`xlb set --icmp-echo`).
     #[serde(default)]
     pub icmp_echo: bool,
+    #[serde(default)]
+    pub expire_quiescent_template: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! udp = 300
 //! expire_nodest_conn = false
 //! sloppy_tcp = false
+//! expire_quiescent_template = false  # true: weight 0 ends persistence templates
 //! icmp_echo = false          # true: the fast path answers ping to VIPs itself
 //!
 //! [[service]]
@@ -71,6 +72,8 @@ struct SettingsSection {
     expire_nodest_conn: bool,
     #[serde(default)]
     sloppy_tcp: bool,
+    #[serde(default)]
+    expire_quiescent_template: bool,
     #[serde(default)]
     icmp_echo: bool,
 }
@@ -165,6 +168,7 @@ pub fn to_toml(cfg: &Config) -> String {
         udp: Some(s.udp_timeout),
         expire_nodest_conn: s.expire_nodest_conn != 0,
         sloppy_tcp: s.sloppy_tcp != 0,
+        expire_quiescent_template: s.expire_quiescent_template != 0,
         icmp_echo: s.icmp_echo != 0,
     });
     let service = cfg
@@ -241,6 +245,7 @@ pub fn parse(text: &str) -> Result<Config> {
         }
         out.expire_nodest_conn = s.expire_nodest_conn as u32;
         out.sloppy_tcp = s.sloppy_tcp as u32;
+        out.expire_quiescent_template = s.expire_quiescent_template as u32;
         out.icmp_echo = s.icmp_echo as u32;
         out
     });
@@ -393,6 +398,7 @@ mod tests {
             tcp = 600
             udp = 30
             expire_nodest_conn = true
+            expire_quiescent_template = true
             [[service]]
             vip = "10.0.0.100"
             port = 80
@@ -412,6 +418,7 @@ mod tests {
         assert_eq!(s.tcp_timeouts[tcp::ESTABLISHED as usize], 600);
         assert_eq!(s.tcp_timeouts[tcp::FIN_WAIT as usize], 120);
         assert_eq!((s.udp_timeout, s.expire_nodest_conn, s.sloppy_tcp), (30, 1, 0));
+        assert_eq!(s.expire_quiescent_template, 1);
         let web = &cfg.services[0];
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: ip("10.0.0.100"), port: 80 }));

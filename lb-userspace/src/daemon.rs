@@ -641,6 +641,9 @@ pub fn apply_settings_change(s: &mut lb_common::Settings, c: SettingsChange) {
     if let Some(on) = c.sloppy_tcp {
         s.sloppy_tcp = on as u32;
     }
+    if let Some(on) = c.expire_quiescent_template {
+        s.expire_quiescent_template = on as u32;
+    }
     if let Some(on) = c.icmp_echo {
         s.icmp_echo = on as u32;
     }
@@ -654,6 +657,7 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
         expire_nodest_conn: s.expire_nodest_conn != 0,
         sloppy_tcp: s.sloppy_tcp != 0,
         icmp_echo: s.icmp_echo != 0,
+        expire_quiescent_template: s.expire_quiescent_template != 0,
     }
 }
 

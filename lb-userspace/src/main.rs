@@ -133,6 +133,10 @@ enum Cmd {
         /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
         #[arg(long, value_parser = parse_switch)]
         sloppy_tcp: Option<bool>,
+        /// End persistence templates of reals set to weight 0, so their clients are
+        /// scheduled afresh (IPVS's expire_quiescent_template; off by default, as IPVS).
+        #[arg(long, value_parser = parse_switch)]
+        expire_quiescent_template: Option<bool>,
         /// Answer ICMP echo (ping) to the VIPs in the fast path (off: the kernel answers
         /// if it holds the VIP).
         #[arg(long, value_parser = parse_switch)]
@@ -719,26 +723,36 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Zero => done(call(Request::Zero { service: None })?),
-        Cmd::Set { tcp: None, tcpfin: None, udp: None, expire_nodest_conn: None, sloppy_tcp: None, icmp_echo: None } => {
+        Cmd::Set {
+            tcp: None,
+            tcpfin: None,
+            udp: None,
+            expire_nodest_conn: None,
+            sloppy_tcp: None,
+            expire_quiescent_template: None,
+            icmp_echo: None,
+        } => {
             // Nothing to change: show what is set.
             match call(Request::Settings)? {
                 Reply::Settings(s) => show(output, &s, |s| {
                     let on = |b: bool| if b { "on" } else { "off" };
                     format!(
-                        "Timeout (tcp tcpfin udp): {} {} {}\nexpire-nodest-conn {}\nsloppy-tcp {}\nicmp-echo {}\n",
+                        "Timeout (tcp tcpfin udp): {} {} {}\nexpire-nodest-conn {}\nsloppy-tcp {}\nexpire-quiescent-template {}\nicmp-echo {}\n",
                         s.tcp,
                         s.tcpfin,
                         s.udp,
                         on(s.expire_nodest_conn),
                         on(s.sloppy_tcp),
+                        on(s.expire_quiescent_template),
                         on(s.icmp_echo)
                     )
                 }),
                 other => unexpected(other),
             }
         }
-        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
-            done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } })?)
+        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo } => {
+            let change = SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo };
+            done(call(Request::SetSettings { change })?)
         }
         Cmd::Timeout => match call(Request::Settings)? {
             Reply::Settings(s) => show(output, &s, |s| format!("Timeout (tcp tcpfin udp): {} {} {}\n", s.tcp, s.tcpfin, s.udp)),

@@ -24,7 +24,8 @@ pub struct Maps {
     pub conns: HashMap<MapData, FlowKey, ConnEntry>,
     pub persist: HashMap<MapData, PersistKey, PersistEntry>,
     pub settings: Array<MapData, Settings>,
-    pub rr_cursors: PerCpuArray<MapData, u32>,
+    /// Service id → its rr/wrr position, shared by all CPUs.
+    pub rr_cursors: Array<MapData, u64>,
     pub real_stats: PerCpuArray<MapData, RealStats>,
     pub counters: PerCpuArray<MapData, u64>,
     /// NAT reply 5-tuple → the client's flow and the way back (written by the fast path only).

@@ -732,7 +732,7 @@ pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Resu
                     None => return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {MAX_SERVICES})"))),
                 },
             };
-            maps.rr_cursors.set(sid, per_cpu()?, 0)?;
+            maps.rr_cursors.set(sid, 0, 0)?;
             sid
         }
     };
@@ -1360,6 +1360,9 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
     let mut out = Vec::new();
     for entry in maps.conns.iter() {
         let (k, c): (FlowKey, ConnEntry) = entry?;
+        if c.state == tcp::GONE {
+            continue; // being removed by the fast path
+        }
         let left = (c.last_seen_ns + idle_limit_ns(c.state, &s)).saturating_sub(now) / 1_000_000_000;
         out.push(ConnView {
             proto: Proto::from_number(k.proto).map_or("?", Proto::name).to_string(),
@@ -1448,10 +1451,15 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
     let now = monotonic_ns();
     let mut report = SweepReport::default();
     let mut idle = Vec::new();
+    // Templates that placed a connection still in the table: IPVS keeps a template
+    // while it controls connections.
+    let mut controlling = std::collections::BTreeSet::new();
     for entry in maps.conns.iter() {
         let (k, c) = entry?;
         if now.saturating_sub(c.last_seen_ns) > idle_limit_ns(c.state, &s) {
             idle.push(k);
+        } else if c.template != 0 {
+            controlling.insert(c.template);
         }
     }
     for k in idle {
@@ -1464,8 +1472,16 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
     let mut stale = Vec::new();
     for entry in maps.persist.iter() {
         let (k, e) = entry?;
-        let limit = timeouts.get(&k.service_id).copied().unwrap_or(0);
-        if now.saturating_sub(e.last_seen_ns) > limit {
+        // A template of a removed service goes at once; others once idle past their
+        // timeout and placing no live connection. The fast path's own count
+        // (n_control) re-arms a template when its last connection goes; the table
+        // decides here, so a count that went astray (the service's netmask edited
+        // under its connections) cannot keep a template for ever.
+        let Some(&limit) = timeouts.get(&k.service_id) else {
+            stale.push(k);
+            continue;
+        };
+        if now.saturating_sub(e.last_seen_ns) > limit && !controlling.contains(&e.tag) {
             stale.push(k);
         }
     }

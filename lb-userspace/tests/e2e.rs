@@ -4,7 +4,7 @@ use std::{path::Path, process::Command};
 
 use lb_userspace::{
     loader::AttachMode,
-    testbed::{DrCluster, VIP},
+    testbed::{self, DrCluster, VIP},
 };
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
@@ -190,4 +190,143 @@ fn weighted_round_robin_as_in_the_seeds() {
     let conns = json(&c.xlb(&["--output", "json", "conns"]).unwrap());
     assert_eq!(conns.as_array().unwrap().len(), 10, "{conns}");
     assert!(conns.as_array().unwrap().iter().all(|e| e["state"] != "ESTABLISHED"), "{conns}");
+}
+
+/// `curl http://VIP/` from the client, from `source`, optionally on CPU `cpu`: the
+/// real's name, or "FAILED".
+fn get(c: &DrCluster, source: &str, cpu: Option<usize>) -> String {
+    let url = format!("http://{VIP}/");
+    let mut args = vec!["--silent", "--max-time", "2", "--interface", source, url.as_str()];
+    let cpu_arg = cpu.map(|n| n.to_string());
+    let out = match &cpu_arg {
+        Some(n) => {
+            let mut all = vec!["-c", n.as_str(), "curl"];
+            all.append(&mut args);
+            c.client.exec("taskset", &all)
+        }
+        None => c.client.exec("curl", &args),
+    };
+    out.map(|b| b.trim().to_string()).unwrap_or_else(|_| "FAILED".to_string())
+}
+
+#[test]
+fn sequential_curls_alternate_whatever_cpu_they_run_on() {
+    // IPVS keeps one rr position per service. First with no pinning at all, then each
+    // curl moved to the next CPU in turn, so that consecutive SYNs surely arrive on
+    // different CPUs.
+    let mut c = cluster(AttachMode::Auto);
+    c.start_balancer().unwrap();
+    c.configure_service().unwrap();
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    assert!(cpus >= 2, "this test needs two CPUs to show one order across them (found {cpus})");
+    let src = testbed::CIP.to_string();
+    let free: Vec<String> = (0..20).map(|_| get(&c, &src, None)).collect();
+    let spread: Vec<String> = (0..20).map(|i| get(&c, &src, Some(i % cpus))).collect();
+    for answers in [&free, &spread] {
+        let want: Vec<&str> = (0..20).map(|i| if i % 2 == 0 { "rs1" } else { "rs2" }).collect();
+        assert_eq!(answers.iter().map(String::as_str).collect::<Vec<_>>(), want, "free: {free:?}; spread over CPUs: {spread:?}");
+    }
+}
+
+/// Polls `xlb --output json list` until `want(service)` holds (up to 10 s).
+fn wait_for(c: &DrCluster, what: &str, want: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..100 {
+        let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
+        if want(&list[0]) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{what}: {}", c.xlb(&["list"]).unwrap());
+}
+
+fn health_is(svc: &serde_json::Value, addr: &str, state: &str) -> bool {
+    svc["reals"].as_array().unwrap().iter().any(|r| r["address"] == addr && r["health"] == state)
+}
+
+#[test]
+fn persistence_follows_health_checks_and_leaves_the_sorry_server() {
+    // Field case 04: ipvsadm -A -t VIP:80 -s rr -p 300, two reals, a TCP check, a sorry
+    // server. IPVS drops a template whose real is gone (keepalived removes a failed real,
+    // and the sorry server once the reals are back): the client is scheduled afresh.
+    let mut c = DrCluster::build(Path::new(XLB), 3, AttachMode::Auto).expect("build the namespace cluster");
+    c.start_balancer().unwrap();
+    let svc = format!("{VIP}:80");
+    let (rs1, rs2, sorry) = (testbed::rip(0).to_string(), testbed::rip(1).to_string(), testbed::rip(2).to_string());
+    c.xlb(&["service", "add", "tcp", &svc, "-s", "rr", "-p", "300"]).unwrap();
+    c.xlb(&["real", "add", "tcp", &svc, &rs1]).unwrap();
+    c.xlb(&["real", "add", "tcp", &svc, &rs2]).unwrap();
+    c.xlb(&["health", "set", "tcp", &svc, "--type", "tcp", "--interval", "0.5", "--timeout", "0.4", "--fall", "1", "--rise", "1"])
+        .unwrap();
+    c.xlb(&["sorry", "set", "tcp", &svc, &sorry]).unwrap();
+    wait_for(&c, "both reals up", |s| health_is(s, &rs1, "up") && health_is(s, &rs2, "up"));
+    let newcomer = format!("{}.51", testbed::SUBNET_PREFIX);
+    c.client.ip(&["addr", "add", &format!("{newcomer}/24"), "dev", testbed::NIC]).unwrap();
+    let me = testbed::CIP.to_string();
+
+    let first = get(&c, &me, None);
+    let (r1, other, r1_index) = match first.as_str() {
+        "rs1" => (&rs1, "rs2", 0),
+        "rs2" => (&rs2, "rs1", 1),
+        _ => panic!("first request answered {first:?}"),
+    };
+    // A: the template's real fails.
+    c.stop_http(r1_index).unwrap();
+    wait_for(&c, "the template's real down", |s| health_is(s, r1, "down"));
+    let a: Vec<String> = (0..5).map(|_| get(&c, &me, None)).collect();
+    assert_eq!(a, vec![other; 5], "the template's real failed: the other real serves");
+    // B: both fail; the sorry server serves old and new clients.
+    c.stop_http(1 - r1_index).unwrap();
+    wait_for(&c, "sorry server active", |s| s["sorry_active"] == true);
+    let b: Vec<String> = (0..5).map(|_| get(&c, &me, None)).chain([get(&c, &newcomer, None)]).collect();
+    assert_eq!(b, vec!["rs3"; 6], "all reals down: the sorry server");
+    // C: both recover; the sorry server's template holder returns to the reals.
+    c.start_http(0).unwrap();
+    c.start_http(1).unwrap();
+    wait_for(&c, "reals back, sorry server standing by", |s| {
+        health_is(s, &rs1, "up") && health_is(s, &rs2, "up") && s["sorry_active"] == false
+    });
+    let after: Vec<String> = (0..5).map(|_| get(&c, &newcomer, None)).collect();
+    assert!(after.iter().all(|w| w == "rs1" || w == "rs2"), "reals recovered, yet: {after:?}");
+    assert!(after.iter().all(|w| *w == after[0]), "one template again: {after:?}");
+}
+
+#[test]
+fn dr_connection_counts_stay_exact_over_many_short_connections() {
+    // DR sees only the client's packets, several of which may be handled on two CPUs
+    // at once (no pinning here): the counts must still match the connection table.
+    let mut c = cluster(AttachMode::Auto);
+    c.start_balancer().unwrap();
+    c.configure_service().unwrap();
+    const N: u64 = 300;
+    for i in 0..N {
+        c.curl("/").unwrap_or_else(|e| panic!("curl {i}: {e:#}"));
+    }
+    let mut last = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
+        let conns = json(&c.xlb(&["--output", "json", "conns"]).unwrap());
+        let conns = conns.as_array().unwrap();
+        let mut exact = true;
+        for r in list[0]["reals"].as_array().unwrap() {
+            let mine: Vec<_> = conns.iter().filter(|e| e["real"] == r["address"]).collect();
+            let established = mine.iter().filter(|e| e["state"] == "ESTABLISHED").count() as u64;
+            let counts = (r["active_conns"].as_u64().unwrap(), r["inactive_conns"].as_u64().unwrap());
+            // Every connection closed: none active. Each is counted once while it is in
+            // the table (FIN_WAIT, 120 s; one ended by a reset is CLOSE, 10 s, and may
+            // have expired already on a slow run).
+            exact &= counts == (established, mine.len() as u64 - established) && counts.0 == 0;
+            assert_eq!(r["conns"].as_u64(), Some(N / 2), "{list}");
+        }
+        if exact {
+            return;
+        }
+        let mut states = std::collections::BTreeMap::new();
+        for e in conns {
+            *states.entry(format!("{} {}", e["real"], e["state"])).or_insert(0) += 1;
+        }
+        last = format!("{}connection table: {states:?}", c.xlb(&["list", "--stats"]).unwrap());
+    }
+    panic!("ActiveConn/InActConn differ from the connection table after {N} connections:\n{last}");
 }

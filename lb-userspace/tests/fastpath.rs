@@ -2,7 +2,7 @@
 //! exact output bytes, verdicts and counters, truncation, affinity, round robin.
 mod common;
 
-use common::{Instance, pin_to_cpu0};
+use common::Instance;
 use lb_common::counter;
 use lb_userspace::{
     fixtures::{self, Frame, POOL, RS1_MAC, RS2_MAC, VIP, XDP_PASS, XDP_TX},
@@ -52,7 +52,6 @@ fn truncated_frames_pass_untouched() {
 
 #[test]
 fn a_flow_keeps_its_real_server() {
-    pin_to_cpu0();
     let mut inst = instance();
     for sport in [41000u16, 41001, 41002, 41003] {
         let first = pool_macs(&mut inst, std::iter::once(sport))[0];
@@ -71,7 +70,6 @@ fn a_flow_keeps_its_real_server() {
 
 #[test]
 fn round_robin_alternates_over_new_flows() {
-    pin_to_cpu0();
     let mut inst = instance();
     let macs = pool_macs(&mut inst, 42000..42010);
     for pair in macs.windows(2) {

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{Instance, client, pin_to_cpu0, syn_from};
+use common::{Instance, client, syn_from};
 use lb_common::{counter, tcp};
 use lb_userspace::{
     fixtures::{Frame, RS1, RS1_IP, RS1_MAC, RS2, RS2_IP, RS2_MAC, VIP, XDP_DROP, XDP_PASS, XDP_TX},
@@ -52,7 +52,6 @@ fn share(macs: &[[u8; 6]], mac: [u8; 6]) -> f64 {
 
 #[test]
 fn wrr_two_to_three_is_exact_and_interleaved() {
-    pin_to_cpu0();
     let mut inst = two_reals(web(80), sched(Scheduler::Wrr), [2, 3]);
     let macs: Vec<[u8; 6]> = (0..5000u32).map(|i| inst.forwarded_to(&syn_from(client(i), 1024, VIP, 80))).collect();
     assert_eq!(macs.iter().filter(|m| **m == RS1_MAC).count(), 2000);
@@ -65,7 +64,6 @@ fn wrr_two_to_three_is_exact_and_interleaved() {
 
 #[test]
 fn weight_zero_is_quiescent() {
-    pin_to_cpu0();
     let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
     let first = establish(&mut inst, client(1), 1000, 80);
     assert_eq!(first, RS1_MAC);
@@ -151,7 +149,6 @@ fn maglev_moves_about_one_nth_when_a_real_leaves() {
 
 #[test]
 fn persistence_spans_connections_ports_and_the_netmask() {
-    pin_to_cpu0();
     let group = ServiceId::Fwmark(1);
     let opts = ServiceOptions {
         persistence: Some(Persistence { timeout: 300, netmask: Ipv4Addr::new(255, 255, 255, 0).into() }),
@@ -171,19 +168,21 @@ fn persistence_spans_connections_ports_and_the_netmask() {
     // Another network is scheduled: round robin's next real.
     let bob = inst.forwarded_to(&syn_from(Ipv4Addr::new(172, 16, 6, 10), 1000, VIP, 80));
     assert_ne!(bob, first);
-    // Templates outlive idle time only up to the timeout; the sweep removes them.
+    // Templates outlive idle time only up to the timeout; the sweep removes them. As
+    // in IPVS, a template is re-armed when the last connection it placed goes: it
+    // lives its timeout from then.
     inst.age_templates(301);
     inst.age_connections(10_000);
     let report = inst.sweep();
-    assert_eq!(report.templates_expired, 2);
-    assert_eq!(report.conns_expired, 7);
+    assert_eq!((report.conns_expired, report.templates_expired), (7, 0));
+    inst.age_templates(301);
+    assert_eq!(inst.sweep().templates_expired, 2);
     let again: Vec<_> = (0..4).map(|i| inst.forwarded_to(&syn_from(alice, 3000 + i, VIP, 80))).collect();
     assert!(again.iter().all(|m| *m == again[0]), "a fresh template holds again");
 }
 
 #[test]
 fn least_connection_family_uses_live_counts() {
-    pin_to_cpu0();
     // lc: rs1 holds an established connection (overhead 256); new SYNs go to rs2 even
     // as its half-open connections (overhead 1 each) pile up.
     let mut inst = two_reals(web(80), sched(Scheduler::Lc), [1, 1]);
@@ -236,7 +235,6 @@ fn destination_hashing_follows_the_vip() {
 
 #[test]
 fn upper_threshold_stops_new_connections() {
-    pin_to_cpu0();
     let mut inst = Instance::empty();
     ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).unwrap();
     ops::add_real(&mut inst.maps, web(80), RS1_IP, RealOptions { weight: 1, u_threshold: 2, l_threshold: 1, ..Default::default() }, RS1).unwrap();
@@ -298,7 +296,6 @@ fn idle_connections_expire_by_their_state_timeout() {
 
 #[test]
 fn full_connection_table_refuses_new_flows_only() {
-    pin_to_cpu0();
     let mut inst = Instance::with_sizes(&[("CONNS", 8)]);
     ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).unwrap();
     ops::add_real(&mut inst.maps, web(80), RS1_IP, weight(1), RS1).unwrap();
@@ -320,7 +317,6 @@ fn full_connection_table_refuses_new_flows_only() {
 
 #[test]
 fn removed_real_flows_wait_for_it_or_expire_as_configured() {
-    pin_to_cpu0();
     let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
     establish(&mut inst, client(1), 1000, 80);
     assert_eq!(establish(&mut inst, client(2), 1000, 80), RS2_MAC);
@@ -361,7 +357,6 @@ fn removed_real_flows_wait_for_it_or_expire_as_configured() {
 /// and a new connection finds no service.
 #[test]
 fn a_service_removed_and_added_back_keeps_its_id_and_its_flows() {
-    pin_to_cpu0();
     let mut inst = Instance::empty();
     ops::add_service(&mut inst.maps, web(8080), sched(Scheduler::Rr)).unwrap();
     ops::add_real(&mut inst.maps, web(8080), RS1_IP, weight(1), RS1).unwrap();
@@ -403,7 +398,6 @@ fn a_service_removed_and_added_back_keeps_its_id_and_its_flows() {
 
 #[test]
 fn udp_one_packet_scheduling_balances_every_datagram() {
-    pin_to_cpu0();
     let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP.into(), port: 53 });
     let mut inst = two_reals(dns, ServiceOptions { one_packet: true, ..sched(Scheduler::Rr) }, [1, 1]);
     let macs: Vec<_> = (0..6).map(|_| inst.forwarded_to(&Frame::udp(VIP, 53, 5353))).collect();
@@ -413,4 +407,257 @@ fn udp_one_packet_scheduling_balances_every_datagram() {
     let mut inst = two_reals(dns, sched(Scheduler::Rr), [1, 1]);
     let macs: Vec<_> = (0..4).map(|_| inst.forwarded_to(&Frame::udp(VIP, 53, 5353))).collect();
     assert!(macs.iter().all(|m| *m == macs[0]));
+}
+
+/// A persistent rr service over rs1 and rs2 (timeout 300 s, one client per template).
+fn persistent_pair() -> Instance {
+    let opts = ServiceOptions {
+        persistence: Some(Persistence { timeout: 300, netmask: Ipv4Addr::BROADCAST.into() }),
+        ..sched(Scheduler::Rr)
+    };
+    two_reals(web(80), opts, [1, 1])
+}
+
+/// The client's template: (real id, live connections it placed).
+fn template_of(inst: &Instance) -> Vec<(u32, u64)> {
+    inst.maps.persist.iter().map(|e| e.unwrap().1).map(|e| (e.real_id, e.n_control)).collect()
+}
+
+fn other(mac: [u8; 6]) -> [u8; 6] {
+    if mac == RS1_MAC { RS2_MAC } else { RS1_MAC }
+}
+
+fn ip_of(mac: [u8; 6]) -> Ipv4Addr {
+    if mac == RS1_MAC { RS1_IP } else { RS2_IP }
+}
+
+#[test]
+fn template_to_a_failed_or_removed_real_is_rescheduled() {
+    // IPVS's ip_vs_check_template: a template whose real is no longer available is
+    // dropped and the client scheduled afresh (keepalived removes a failed real).
+    let mut inst = persistent_pair();
+    let alice = client(1);
+    let first = establish(&mut inst, alice, 1000, 80);
+    ops::set_real_health(&mut inst.maps, web(80), ip_of(first).into(), false).unwrap();
+    let second = inst.forwarded_to(&syn_from(alice, 1001, VIP, 80));
+    assert_eq!(second, other(first), "never to the failed real");
+    // The new template holds, also once the first real is back.
+    ops::set_real_health(&mut inst.maps, web(80), ip_of(first).into(), true).unwrap();
+    for sport in 1002..1006 {
+        assert_eq!(inst.forwarded_to(&syn_from(alice, sport, VIP, 80)), second);
+    }
+    // The established connection on the failed-then-recovered real carried on.
+    let data = Frame { tcp_flags: tcp::FLAG_ACK | 0x08, ..syn_from(alice, 1000, VIP, 80) };
+    assert_eq!(inst.forwarded_to(&data), first);
+    // Removed: likewise.
+    ops::remove_real(&mut inst.maps, web(80), ip_of(second)).unwrap();
+    assert_eq!(inst.forwarded_to(&syn_from(alice, 1010, VIP, 80)), first);
+    assert_eq!(inst.maps.persist.iter().count(), 1, "one template per client");
+}
+
+#[test]
+fn template_on_the_sorry_server_returns_to_the_reals() {
+    let mut inst = persistent_pair();
+    ops::set_sorry_server(&mut inst.maps, web(80), Some((RS3_IP.into(), RS3))).unwrap();
+    let (alice, bob) = (client(1), client(2));
+    let bobs = inst.forwarded_to(&syn_from(bob, 1000, VIP, 80));
+    // Both reals fail: the sorry server serves, also clients with a template.
+    for ip in [RS1_IP, RS2_IP] {
+        ops::set_real_health(&mut inst.maps, web(80), ip.into(), false).unwrap();
+    }
+    ops::set_sorry_active(&mut inst.maps, web(80), true).unwrap();
+    assert_eq!(inst.forwarded_to(&syn_from(bob, 1001, VIP, 80)), RS3_MAC);
+    assert_eq!(inst.forwarded_to(&syn_from(alice, 1000, VIP, 80)), RS3_MAC);
+    // The reals recover: templates on the sorry server end (keepalived removes it).
+    for ip in [RS1_IP, RS2_IP] {
+        ops::set_real_health(&mut inst.maps, web(80), ip.into(), true).unwrap();
+    }
+    ops::set_sorry_active(&mut inst.maps, web(80), false).unwrap();
+    for (who, sport) in [(alice, 2000), (bob, 2000), (alice, 2001), (bob, 2001)] {
+        let mac = inst.forwarded_to(&syn_from(who, sport, VIP, 80));
+        assert!(mac == RS1_MAC || mac == RS2_MAC, "{who} back on a real, not the sorry server");
+    }
+    // Quorum lost while the reals are up (keepalived removes them, adds the sorry
+    // server): a template to a real gives way too.
+    ops::set_sorry_active(&mut inst.maps, web(80), true).unwrap();
+    assert_eq!(inst.forwarded_to(&syn_from(bob, 3000, VIP, 80)), RS3_MAC);
+    let _ = bobs;
+}
+
+#[test]
+fn template_lives_while_its_connections_do() {
+    let mut inst = persistent_pair();
+    let alice = client(1);
+    let first = establish(&mut inst, alice, 1000, 80);
+    assert_eq!(template_of(&inst).iter().map(|t| t.1).collect::<Vec<_>>(), [1], "it placed one connection");
+    // Idle past its timeout, but its ESTABLISHED connection (900 s) lives: IPVS keeps the
+    // template (it controls a connection), so the next connection still follows it
+    // (rr alone would pick the other real).
+    inst.age_templates(301);
+    assert_eq!(inst.sweep().templates_expired, 0);
+    assert_eq!(establish(&mut inst, alice, 1001, 80), first);
+    assert_eq!(template_of(&inst)[0].1, 2);
+    // A connection that ends (RST: CLOSE, 10 s) and expires gives its count back.
+    let rst = Frame { tcp_flags: tcp::FLAG_RST, ..syn_from(alice, 1001, VIP, 80) };
+    inst.forwarded_to(&rst);
+    inst.age_connections(11);
+    assert_eq!(inst.sweep().conns_expired, 1);
+    assert_eq!(template_of(&inst)[0].1, 1);
+    // The last one goes: the template is re-armed for its timeout, then expires.
+    inst.age_connections(1000);
+    inst.age_templates(1000);
+    assert_eq!(inst.sweep().conns_expired, 1);
+    assert_eq!(template_of(&inst), [(template_of(&inst)[0].0, 0)]);
+    inst.age_templates(299);
+    assert_eq!(inst.sweep().templates_expired, 0, "re-armed when its last connection went");
+    assert_eq!(inst.forwarded_to(&syn_from(alice, 1002, VIP, 80)), first, "still followed");
+    inst.age_connections(1000);
+    assert_eq!(inst.sweep().conns_expired, 1);
+    inst.age_templates(301);
+    assert_eq!(inst.sweep().templates_expired, 1);
+    assert_eq!(inst.maps.persist.iter().count(), 0);
+    assert_eq!(inst.load(web(80), ip_of(first)), (0, 0));
+}
+
+#[test]
+fn quiescent_template_kept_by_default_expired_on_request() {
+    let mut inst = persistent_pair();
+    let alice = client(1);
+    let first = establish(&mut inst, alice, 1000, 80);
+    ops::edit_real(&mut inst.maps, web(80), ip_of(first), weight(0)).unwrap();
+    // IPVS's default (expire_quiescent_template = 0): the persistent client stays.
+    assert_eq!(inst.forwarded_to(&syn_from(alice, 1001, VIP, 80)), first);
+    let mut s = ops::settings(&inst.maps).unwrap();
+    s.expire_quiescent_template = 1;
+    ops::set_settings(&mut inst.maps, s).unwrap();
+    assert_eq!(inst.forwarded_to(&syn_from(alice, 1002, VIP, 80)), other(first));
+}
+
+/// Moves the calling thread to `cpu`.
+fn run_on_cpu(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "moving to CPU {cpu}");
+    }
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+#[test]
+fn round_robin_keeps_one_order_across_cpus() {
+    // IPVS has one rr/wrr position per service: new connections alternate whichever
+    // CPU their SYN is handled on. Each SYN here runs on the next CPU in turn.
+    let cpus = online_cpus();
+    assert!(cpus >= 2, "this test needs two CPUs to show one order across them (found {cpus})");
+    let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
+    let macs: Vec<_> = (0..40u32)
+        .map(|i| {
+            run_on_cpu(i as usize % cpus);
+            inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80))
+        })
+        .collect();
+    for (i, pair) in macs.chunks(2).enumerate() {
+        assert_eq!(pair, [RS1_MAC, RS2_MAC], "connections {} and {} (CPUs {} and {})", 2 * i, 2 * i + 1, (2 * i) % cpus, (2 * i + 1) % cpus);
+    }
+    // wrr 1:2 likewise: one smooth sequence over all CPUs.
+    let mut inst = two_reals(web(80), sched(Scheduler::Wrr), [1, 2]);
+    let macs: Vec<_> = (0..30u32)
+        .map(|i| {
+            run_on_cpu((i as usize / 2) % cpus);
+            inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80))
+        })
+        .collect();
+    assert_eq!(macs.iter().filter(|m| **m == RS1_MAC).count(), 10);
+    assert_eq!(macs.split(|m| *m != RS2_MAC).map(<[_]>::len).max(), Some(2), "smooth: rs2 at most twice in a row");
+    assert_eq!(macs.split(|m| *m != RS1_MAC).map(<[_]>::len).max(), Some(1));
+}
+
+#[test]
+fn racing_first_packets_make_one_entry_and_reach_one_real() {
+    // The first packets of one flow handled on two CPUs at once: one entry (inserted only
+    // if absent; the loser follows it), one real, one count. Two threads on two CPUs send
+    // the same new UDP flows, released together by a barrier for each flow.
+    use std::sync::{Barrier, atomic::{AtomicBool, Ordering}};
+    use aya::programs::{TestRun, TestRunOptions};
+    let cpus = online_cpus();
+    assert!(cpus >= 2, "this test needs two CPUs to race on (found {cpus})");
+    let dns = ServiceId::Addr(Service { proto: Proto::Udp, vip: VIP.into(), port: 53 });
+    let mut inst = two_reals(dns, sched(Scheduler::Rr), [1, 1]);
+    const FLOWS: u16 = 3000;
+    let frames: Vec<Vec<u8>> = (0..FLOWS).map(|i| Frame::udp(VIP, 53, 10_000 + i).bytes()).collect();
+    let prog: &aya::programs::Xdp = lb_userspace::loader::xdp(&mut inst.ebpf, lb_userspace::loader::BALANCE_PROGRAM).unwrap();
+    let barrier = Barrier::new(2);
+    let failed = AtomicBool::new(false);
+    let outcomes: Vec<Vec<(u32, [u8; 6])>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let (frames, barrier, failed) = (&frames, &barrier, &failed);
+                s.spawn(move || {
+                    run_on_cpu(t);
+                    frames
+                        .iter()
+                        .map(|f| {
+                            barrier.wait();
+                            let mut out = vec![0u8; f.len() + 64];
+                            let opts = TestRunOptions { data_in: Some(f), data_out: Some(&mut out), repeat: 1, ..Default::default() };
+                            match prog.test_run(opts) {
+                                Ok(r) => (r.return_value, out[0..6].try_into().unwrap()),
+                                Err(_) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    (u32::MAX, [0; 6])
+                                }
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(!failed.load(Ordering::Relaxed), "BPF_PROG_TEST_RUN failed");
+    let raced_out = inst.counter(counter::DROP_CONN_RACE);
+    for (i, (a, b)) in outcomes[0].iter().zip(&outcomes[1]).enumerate() {
+        if a.0 == XDP_TX && b.0 == XDP_TX {
+            assert_eq!(a.1, b.1, "flow {i}: its two first packets reached two reals");
+        } else {
+            assert!(a.0 == XDP_DROP || b.0 == XDP_DROP, "flow {i}: verdicts {} and {}", a.0, b.0);
+        }
+    }
+    // One entry per flow, counted once.
+    assert_eq!(inst.maps.conns.iter().count(), FLOWS as usize);
+    let (a1, i1) = inst.load(dns, RS1_IP);
+    let (a2, i2) = inst.load(dns, RS2_IP);
+    assert_eq!((a1 + a2, i1 + i2), (0, FLOWS as u64), "InActConn over both reals ({raced_out} packets dropped racing)");
+}
+
+#[test]
+fn first_packet_meeting_an_entry_being_removed_is_dropped_and_counted() {
+    // The loser of a creation race looks the flow up again; if that entry is being
+    // removed at that instant (claimed: state GONE), the packet is dropped and counted,
+    // and nothing else changes (the client retransmits). The claimed entry is placed by
+    // hand here: on a live system its claimer removes it a moment later.
+    let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
+    let syn = syn_from(client(1), 1000, VIP, 80);
+    let key = lb_common::FlowKey {
+        src: lb_common::addr::from_v4(client(1).octets()),
+        dst: lb_common::addr::from_v4(VIP.octets()),
+        sport: 1000u16.to_be_bytes(),
+        dport: 80u16.to_be_bytes(),
+        proto: lb_common::PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let claimed = lb_common::ConnEntry { state: tcp::GONE, last_seen_ns: ops::monotonic_ns(), ..Default::default() };
+    inst.maps.conns.insert(key, claimed, 0).unwrap();
+    assert_eq!(inst.run(&syn.bytes()).0, XDP_DROP);
+    assert_eq!(inst.counter(counter::DROP_CONN_RACE), 1);
+    assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((0, 0), (0, 0)), "nothing counted");
+    assert!(ops::connections(&inst.maps).unwrap().is_empty(), "an entry being removed is not listed");
+    // Once it is gone, the retransmitted SYN is scheduled as usual (the dropped one
+    // took rs1's turn).
+    inst.maps.conns.remove(&key).unwrap();
+    assert_eq!(inst.forwarded_to(&syn), RS2_MAC);
+    assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((0, 0), (0, 1)));
 }

@@ -135,15 +135,6 @@ impl Instance {
     }
 }
 
-/// Keeps this thread on one CPU: round robin's cursor is per CPU.
-pub fn pin_to_cpu0() {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-    }
-}
-
 /// A client address, distinct per `i`.
 pub fn client(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0xac10_0000 + i) // 172.16.x.y
