@@ -63,6 +63,7 @@ fn quick_bench_covers_every_case_and_proves_its_paths() {
     for want in ["NAT, reply, established flow", "NAT, inbound, new flow", "TUN, established flow", "DR, 802.1Q-tagged, established flow"] {
         assert!(covered(want).is_some(), "{want} measured");
     }
+    assert!(f.method_check_drop_ns.is_finite(), "the method check ran");
     assert_eq!(f.targets.len(), 5);
     assert!(f.targets[..4].iter().all(|t| t.measured.is_some()), "the first four targets are ratios of this run");
 

@@ -4,10 +4,11 @@
 //!
 //! A test run repeats the program on one buffer without restoring it, so every case runs
 //! under the bench wrapper (`xlb_bench_balance`: restore the original frame, then
-//! tail-call slot 0 of its program array), and the restore-only program's time is
-//! subtracted: ns/packet = wrapper − restore-only + bare XDP_DROP. Slot 0 holds xlb's
-//! `xlb_balance` for xlb's rows and Katran's `balancer_ingress` for Katran's, so both
-//! carry the same one tail call. Counters read around every measured run prove that every
+//! tail-call the timed slot of its program array), and the restore-only program's time is
+//! subtracted: ns/packet = wrapper − restore-only + bare XDP_DROP. The timed slot holds
+//! xlb's `xlb_balance` for xlb's rows and Katran's `balancer_ingress` for Katran's; the
+//! restore-only program makes the same one tail call, into a bare XDP_DROP, so the tail
+//! call cancels out for both (checked each round with a bare XDP_DROP in the timed slot). Counters read around every measured run prove that every
 //! iteration took the intended path: xlb's verdict counters, per-real new connections and
 //! connection entries; Katran's own `stats`, `reals_stats` and LRUs.
 //!
@@ -348,6 +349,9 @@ pub struct FastpathResults {
     pub rounds: usize,
     pub bare_drop_ns: f64,
     pub bare_swap_tx_ns: f64,
+    /// The method's check: the same arithmetic with the bare XDP_DROP program in the timed
+    /// slot; it should give `bare_drop_ns` (the tail call cancels out).
+    pub method_check_drop_ns: f64,
     pub rows: Vec<Row>,
     pub katran: KatranResults,
     pub coverage: Vec<Coverage>,
@@ -455,8 +459,10 @@ pub struct Harness {
     /// The wrapper's tail-call slot. Kept open: the kernel empties a program array when
     /// its last user fd closes.
     slot: ProgramArray<MapData>,
-    /// xlb's balancer, what slot 0 holds unless another program is being timed.
+    /// xlb's balancer, what the timed slot holds unless another program is being timed.
     balancer: ProgramFd,
+    /// The bare XDP_DROP program (the restore-only program's tail call; the method check).
+    pub drop: ProgramFd,
     /// (scheduler name, its service) for each scheduler.
     pub scheduler_services: Vec<(&'static str, Service)>,
 }
@@ -484,7 +490,9 @@ impl Harness {
         let mut slot: ProgramArray<MapData> =
             ebpf.take_map(names::BALANCER_SLOT_MAP).context("the object has no bench balancer slot")?.try_into()?;
         let balancer = loader::xdp(&mut ebpf, loader::BALANCE_PROGRAM)?.fd()?.try_clone()?;
-        slot.set(0, &balancer, 0)?;
+        slot.set(names::BALANCER_SLOT, &balancer, 0)?;
+        let drop = loader::xdp(&mut ebpf, names::DROP_PROGRAM)?.fd()?.try_clone()?;
+        slot.set(names::RESTORE_SLOT, &drop, 0)?;
         fixtures::install_services(&mut maps)?;
         let mut tables = fixtures::all_cases();
         if nat_tun {
@@ -503,7 +511,7 @@ impl Harness {
             ops::add_real(&mut maps, id, RS2_IP, one, fixtures::RS2)?;
             scheduler_services.push((name, svc));
         }
-        let mut harness = Self { ebpf, maps, frame, slot, balancer, scheduler_services };
+        let mut harness = Self { ebpf, maps, frame, slot, balancer, drop, scheduler_services };
         harness.replay(&tables)?;
         Ok(harness)
     }
@@ -511,7 +519,7 @@ impl Harness {
     /// Puts `program` in the wrapper's tail-call slot (None: xlb's balancer).
     pub fn tail_call(&mut self, program: Option<&ProgramFd>) -> Result<()> {
         let program = program.unwrap_or(&self.balancer);
-        self.slot.set(0, program, 0).context("setting the bench wrapper's tail-call slot")?;
+        self.slot.set(names::BALANCER_SLOT, program, 0).context("setting the bench wrapper's tail-call slot")?;
         Ok(())
     }
 
@@ -1012,7 +1020,16 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
     for round in 0..opts.rounds {
         let drop = h.run(names::DROP_PROGRAM, &items[0].input, Vary::default(), opts.repeat)?.ns;
         let swap_tx = h.run(names::SWAP_TX_PROGRAM, &items[0].input, Vary::default(), opts.repeat)?.ns;
-        bare.push(RoundTimes { wrapper: 0.0, restore: 0.0, drop, swap_tx });
+        let drop_fd = h.drop.try_clone()?;
+        h.tail_call(Some(&drop_fd))?;
+        let check_restore = h.run(names::RESTORE_PROGRAM, &items[0].input, Vary::default(), opts.repeat);
+        let check = h.run(names::BALANCE_PROGRAM, &items[0].input, Vary::default(), opts.repeat);
+        h.tail_call(None)?;
+        let (check_restore, check) = (check_restore?, check?);
+        if check.verdict != XDP_DROP {
+            bail!("the wrapper with a bare XDP_DROP in its slot returned {}", check.verdict);
+        }
+        bare.push(RoundTimes { wrapper: check.ns, restore: check_restore.ns, drop, swap_tx });
         // Each round starts elsewhere in the list, so no row always follows the same one.
         for u in (0..units).map(|u| (u + round * 5) % units) {
             if u < katran_items.len() {
@@ -1066,6 +1083,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
         rounds: opts.rounds,
         bare_drop_ns: RoundTimes::median_of(&bare, |t| t.drop),
         bare_swap_tx_ns: RoundTimes::median_of(&bare, |t| t.swap_tx),
+        method_check_drop_ns: RoundTimes::median_of(&bare, |t| t.ns_per_packet()),
         rows,
         katran: KatranResults {
             object,

@@ -80,14 +80,15 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     let _ = writeln!(md, "## 1. Fast path: BPF_PROG_TEST_RUN of every path, Katran beside it\n");
     let _ = writeln!(
         md,
-        "{} rounds × {} iterations per run (new flows: xlb {}, Katran {}), xlb's and Katran's runs interleaved in every round. A test run does not restore the frame between iterations, so each case runs under a wrapper program that restores the original frame (length and bytes, from a map) and then tail-calls slot 0 of a program array, which holds xlb's `xlb_balance` for xlb's rows and Katran's `balancer_ingress` for Katran's: both carry the same one tail call. A restore-only program is timed in the same round and subtracted, and the bare XDP_DROP time (the test run's own cost per iteration, which any program pays) added back: **ns/packet = wrapper − restore-only + bare XDP_DROP**. For new flows the wrapper writes a fresh client source address every iteration; every made-up flow is then looked up in the connection table (Katran: its LRU) and taken out, so no table ever evicts. Established rows time a data segment of a connection whose handshake (SYN, the real's SYN-ACK where the director sees it, ACK) ran once before: its entry must be ESTABLISHED before and after every run. Per-iteration time is the wall clock around the syscall when it agrees with the kernel's whole-ns figure, else the kernel's figure. × floor: × the bare swap-MACs-XDP_TX program; × Katran: × Katran's same kind of path (established / new flow, same family); both medians of per-round ratios.\n",
+        "{} rounds × {} iterations per run (new flows: xlb {}, Katran {}), xlb's and Katran's runs interleaved in every round. A test run does not restore the frame between iterations, so each case runs under a wrapper program that restores the original frame (length and bytes, from a map) and then tail-calls a program array's slot, which holds xlb's `xlb_balance` for xlb's rows and Katran's `balancer_ingress` for Katran's. A restore-only program, the same restoring and the same one tail call into a bare XDP_DROP, is timed in the same round and subtracted, and the bare XDP_DROP time (the test run's own cost per iteration, which any program pays) added back: **ns/packet = wrapper − restore-only + bare XDP_DROP**. For new flows the wrapper writes a fresh client source address every iteration; every made-up flow is then looked up in the connection table (Katran: its LRU) and taken out, so no table ever evicts. Established rows time a data segment of a connection whose handshake (SYN, the real's SYN-ACK where the director sees it, ACK) ran once before: its entry must be ESTABLISHED before and after every run. Per-iteration time is the wall clock around the syscall when it agrees with the kernel's whole-ns figure, else the kernel's figure. × floor: × the bare swap-MACs-XDP_TX program; × Katran: × Katran's same kind of path (established / new flow, same family); both medians of per-round ratios.\n",
         f.rounds, f.repeat, f.new_flow_repeat, k.new_flow_repeat
     );
     let _ = writeln!(
         md,
-        "Baselines in the same rounds: bare XDP_DROP **{} ns**, bare swap-MACs-XDP_TX (the floor) **{} ns** per packet.\n",
+        "Baselines in the same rounds: bare XDP_DROP **{} ns**, bare swap-MACs-XDP_TX (the floor) **{} ns** per packet. Method check: with the bare XDP_DROP in the timed slot, the same arithmetic gives **{} ns** (the tail call cancels out).\n",
         ns(f.bare_drop_ns),
-        ns(f.bare_swap_tx_ns)
+        ns(f.bare_swap_tx_ns),
+        ns(f.method_check_drop_ns)
     );
     let _ = writeln!(md, "### Targets (issue 12, point 2), this run\n");
     let _ = writeln!(md, "| Target | Result | Decided by |");
