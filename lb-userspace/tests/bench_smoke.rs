@@ -64,6 +64,11 @@ fn quick_bench_covers_every_case_and_proves_its_paths() {
         assert!(covered(want).is_some(), "{want} measured");
     }
     assert!(f.method_check_drop_ns.is_finite(), "the method check ran");
+    assert_eq!(f.growth.rows.len(), 4, "xlb and Katran, few and many live flows");
+    for r in &f.growth.rows {
+        assert!(r.proof_holds, "{} with {} flows: {}", r.balancer, r.flows, r.proof);
+    }
+    assert!(f.growth.xlb_growth.is_finite() && f.growth.katran_growth.is_finite());
     assert_eq!(f.targets.len(), 5);
     assert!(f.targets[..4].iter().all(|t| t.measured.is_some()), "the first four targets are ratios of this run");
 

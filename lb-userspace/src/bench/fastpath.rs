@@ -325,21 +325,52 @@ pub struct Target {
     pub measured: Option<f64>,
     /// The row that decides it, or why it is not measured.
     pub note: String,
+    /// Why the target is missed whatever the ratio (xlb cannot hold a million flows).
+    #[serde(default)]
+    pub blocker: Option<String>,
 }
 
 impl Target {
     pub fn met(&self) -> Option<bool> {
+        if self.blocker.is_some() {
+            return Some(false);
+        }
         self.measured.map(|m| m <= self.limit)
     }
 
     /// "met", "missed by N×" (measured over the limit), or "not measured".
     pub fn verdict(&self) -> String {
-        match self.measured {
+        let ratio = match self.measured {
             Some(m) if m <= self.limit => format!("met ({m:.2}× ≤ {:.2}×)", self.limit),
             Some(m) => format!("missed by {:.2}× ({m:.2}× against ≤ {:.2}×)", m / self.limit, self.limit),
             None => "not measured".into(),
+        };
+        match &self.blocker {
+            Some(why) => format!("missed: {why}; {ratio}"),
+            None => ratio,
         }
     }
+}
+
+/// Established DR (Katran: an LRU hit) with few and with many live flows, each timed
+/// packet one of them in turn.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GrowthRow {
+    /// "xlb" or "Katran".
+    pub balancer: String,
+    pub flows: u32,
+    pub repeat: u32,
+    pub ns_per_packet: f64,
+    pub proof_holds: bool,
+    pub proof: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Growth {
+    pub rows: Vec<GrowthRow>,
+    /// ns/packet with many flows over ns/packet with few, median of per-round ratios.
+    pub xlb_growth: f64,
+    pub katran_growth: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -355,6 +386,7 @@ pub struct FastpathResults {
     pub rows: Vec<Row>,
     pub katran: KatranResults,
     pub coverage: Vec<Coverage>,
+    pub growth: Growth,
     pub targets: Vec<Target>,
 }
 
@@ -367,7 +399,20 @@ pub struct FastpathOptions {
     pub katran: Option<PathBuf>,
     /// Entries of each of Katran's per-CPU LRUs.
     pub katran_lru_entries: u32,
+    /// Live flows of the growth rows: few, and many ([`MANY_FLOWS`]; xlb: at most what
+    /// its connection table holds without evicting).
+    pub few_flows: u32,
+    pub many_flows: u32,
 }
+
+/// The growth target's live flows (issue 12 point 2).
+pub const FEW_FLOWS: u32 = 1_000;
+pub const MANY_FLOWS: u32 = 1_000_000;
+/// Most flows xlb's connection table (an LRU of [`MAX_CONNS`]) takes without evicting:
+/// three quarters, as its per-CPU free lists hold some back.
+pub const XLB_MOST_FLOWS: u32 = MAX_CONNS / 4 * 3;
+/// Source addresses of the growth rows' flows: 12.0.0.0 (few) and 13.0.0.0 (many).
+const GROWTH_BASES: [u32; 2] = [0x0c00_0000, 0x0d00_0000];
 
 /// Which 4-byte field the wrapper varies to make every iteration a new flow.
 #[derive(Clone, Copy, Debug, Default)]
@@ -396,7 +441,11 @@ fn source_offset(f: &Frame) -> u32 {
 
 /// The source address of the `i`th flow a varied run makes up from `f`.
 fn varied_source(f: &Frame, i: u32) -> IpAddr {
-    let low = NEW_FLOW_BASE.wrapping_add(i);
+    varied_source_from(f, NEW_FLOW_BASE, i)
+}
+
+fn varied_source_from(f: &Frame, base: u32, i: u32) -> IpAddr {
+    let low = base.wrapping_add(i);
     match f.src {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(low)),
         IpAddr::V6(a) => {
@@ -973,7 +1022,7 @@ struct Timed {
 }
 
 pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
-    let object = opts.katran.clone().context(format!(
+    let object = opts.katran.clone().map(|o| o.canonicalize().unwrap_or(o)).context(format!(
         "the fast-path bench times Katran beside xlb: give it Katran's balancer.bpf.o (cargo xtask bench passes {}; or set {})",
         katran::OBJECT_FROM_WORKSPACE,
         katran::OBJECT_ENV
@@ -1074,8 +1123,9 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
             row(item, t, katran_rounds, proof)
         })
         .collect();
+    let growth = growth(&mut h, &mut katran, &katran_fd, opts)?;
     let coverage = coverage(&rows);
-    let targets = targets(&rows);
+    let targets = targets(&rows, &growth, opts);
     let (xlated_insns, jited_bytes) = katran.size;
     Ok(FastpathResults {
         repeat: opts.repeat,
@@ -1094,6 +1144,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
             rows: katran_rows,
         },
         coverage,
+        growth,
         targets,
     })
 }
@@ -1268,7 +1319,7 @@ fn coverage(rows: &[Row]) -> Vec<Coverage> {
 }
 
 /// Issue 12 point 2's targets, as ratios of this run. Each takes the worst row it covers.
-fn targets(rows: &[Row]) -> Vec<Target> {
+fn targets(rows: &[Row], growth: &Growth, opts: &FastpathOptions) -> Vec<Target> {
     let worst = |pred: &dyn Fn(&Row) -> bool, ratio: &dyn Fn(&Row) -> Option<f64>| {
         rows.iter().filter(|r| pred(r)).filter_map(|r| ratio(r).map(|x| (x, r))).max_by(|a, b| a.0.total_cmp(&b.0))
     };
@@ -1277,6 +1328,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
         limit,
         measured: found.map(|(x, _)| x),
         note: found.map_or_else(|| format!("no {what} row measured"), |(_, r)| format!("{} ({})", r.case, r.path.label())),
+        blocker: None,
     };
     let forwarded = |r: &Row| r.counter.starts_with("tx_");
     let not_vip = counter::NAMES[counter::PASS_NOT_VIP as usize];
@@ -1305,13 +1357,124 @@ fn targets(rows: &[Row]) -> Vec<Target> {
             worst(&|r| r.counter == not_vip && r.case.contains("another address"), &|r| Some(r.x_floor)),
             "non-VIP",
         ),
-        Target {
-            target: "with 1M live flows, established DR grows no more than Katran's from 1k to 1M flows".into(),
-            limit: 1.0,
-            measured: None,
-            note: format!(
-                "not measured by this section: xlb's connection table holds {MAX_CONNS} flows (section 4 times DR established up to that); Katran's LRU is not filled to 1M here"
-            ),
-        },
+        growth_target(growth, opts),
     ]
+}
+
+fn growth_target(g: &Growth, opts: &FastpathOptions) -> Target {
+    let flows = |who: &str| g.rows.iter().filter(|r| r.balancer == who).map(|r| r.flows).max().unwrap_or(0);
+    let (xlb_many, katran_many) = (flows("xlb"), flows("Katran"));
+    Target {
+        target: "with 1M live flows, established DR grows no more than Katran's from 1k to 1M flows (ratio of the growths)".into(),
+        limit: 1.0,
+        measured: Some(g.xlb_growth / g.katran_growth),
+        note: format!(
+            "xlb {:.2}× from {} to {xlb_many} flows, Katran {:.2}× from {} to {katran_many} flows",
+            g.xlb_growth, opts.few_flows, g.katran_growth, opts.few_flows
+        ),
+        blocker: (xlb_many < opts.many_flows).then(|| format!("xlb's connection table holds {MAX_CONNS} flows, so it was filled to {xlb_many}, not {}", opts.many_flows)),
+    }
+}
+
+/// Fills the live flows of the growth rows: `n` flows from `base`, each made by a SYN
+/// and (xlb) made ESTABLISHED by the client's ACK; the timed frame is a data segment of
+/// each flow in turn.
+fn fill_xlb(h: &mut Harness, syn: &Frame, base: u32, n: u32) -> Result<()> {
+    let vary = Vary { offset: source_offset(syn), base, count: 0 };
+    let (run, proof) = h.measured(&syn.bytes(), vary, n, counter::TX_DR, true)?;
+    if run.verdict != XDP_TX || !(proof.counted == n as u64 && proof.new_conns == n as u64) {
+        bail!("filling xlb's table with {n} flows: {}", proof.summary());
+    }
+    let (run, proof) = h.measured(&tcp_flags(syn, ACK).bytes(), vary, n, counter::TX_DR, false)?;
+    if run.verdict != XDP_TX || !proof.holds() {
+        bail!("the ACKs of {n} flows: {}", proof.summary());
+    }
+    Ok(())
+}
+
+fn fill_katran(h: &mut Harness, katran: &mut Katran, syn: &Frame, base: u32, n: u32) -> Result<()> {
+    let chunk = KATRAN_NEW_FLOW_ITERATIONS;
+    let mut done = 0;
+    while done < n {
+        let count = chunk.min(n - done);
+        katran.reset_conn_rate()?;
+        let before = katran.counts()?;
+        let vary = Vary { offset: source_offset(syn), base: base + done, count: 0 };
+        let run = h.run(names::BALANCE_PROGRAM, &syn.bytes(), vary, count)?;
+        let d = katran.counts()?.delta(&before);
+        if run.verdict != XDP_TX || d.xdp_tx != count as u64 || d.syn_misses != count as u64 || katran.conn_rate()? != count as u64 {
+            bail!("filling Katran's LRU with {n} flows: XDP_TX +{}, SYN misses +{} of {count}", d.xdp_tx, d.syn_misses);
+        }
+        done += count;
+    }
+    Ok(())
+}
+
+/// Established DR with few and many live flows, xlb and Katran, interleaved by round.
+fn growth(h: &mut Harness, katran: &mut Katran, katran_fd: &ProgramFd, opts: &FastpathOptions) -> Result<Growth> {
+    let syn = Frame::tcp(VIP, fixtures::WEB.port, BENCH_SPORT + 1000);
+    let data = data_of(&syn).bytes();
+    let xlb_many = opts.many_flows.min(XLB_MOST_FLOWS);
+    // (balancer, flows, base)
+    let sets = [("xlb", opts.few_flows, GROWTH_BASES[0]), ("xlb", xlb_many, GROWTH_BASES[1]), ("Katran", opts.few_flows, GROWTH_BASES[0]), ("Katran", opts.many_flows, GROWTH_BASES[1])];
+    for (who, n, base) in sets {
+        if who == "xlb" {
+            fill_xlb(h, &syn, base, n)?;
+        } else {
+            h.tail_call(Some(katran_fd))?;
+            let filled = fill_katran(h, katran, &syn, base, n);
+            h.tail_call(None)?;
+            filled?;
+        }
+    }
+    let mut times: Vec<Vec<RoundTimes>> = vec![Vec::new(); sets.len()];
+    let mut holds = [true; 4];
+    let mut proofs = vec![String::new(); sets.len()];
+    for _ in 0..opts.rounds {
+        let drop = h.run(names::DROP_PROGRAM, &data, Vary::default(), opts.repeat)?.ns;
+        for (i, (who, n, base)) in sets.into_iter().enumerate() {
+            // Every flow of the set at least once.
+            let repeat = opts.repeat.max(n);
+            let vary = Vary { offset: source_offset(&syn), base, count: n };
+            let restore = h.run(names::RESTORE_PROGRAM, &data, vary, repeat)?.ns;
+            let wrapper = if who == "xlb" {
+                let (run, proof) = h.measured(&data, vary, repeat, counter::TX_DR, false)?;
+                holds[i] &= run.verdict == XDP_TX && proof.holds();
+                proofs[i] = proof.summary();
+                run.ns
+            } else {
+                h.tail_call(Some(katran_fd))?;
+                let before = katran.counts();
+                let run = h.run(names::BALANCE_PROGRAM, &data, vary, repeat);
+                h.tail_call(None)?;
+                let (before, run) = (before?, run?);
+                let d = katran.counts()?.delta(&before);
+                let ok = run.verdict == XDP_TX && d.xdp_tx == repeat as u64 && d.lru_lookups == repeat as u64 && d.lru_misses == 0;
+                holds[i] &= ok;
+                proofs[i] = format!("{} XDP_TX +{}/{repeat}, LRU hits +{}, misses +{}", if ok { "✓" } else { "✗" }, d.xdp_tx, d.lru_lookups - d.lru_misses, d.lru_misses);
+                run.ns
+            };
+            times[i].push(RoundTimes { wrapper, restore, drop, swap_tx: f64::NAN });
+        }
+    }
+    // A sample of xlb's many flows is still ESTABLISHED, none evicted.
+    let template = flow_key(&syn);
+    for i in (0..xlb_many).step_by(997) {
+        let key = FlowKey { src: addr::from_ip(varied_source_from(&syn, GROWTH_BASES[1], i)), ..template };
+        holds[1] &= h.maps.conns.get(&key, 0).is_ok_and(|e| e.state == tcp::ESTABLISHED);
+    }
+    let growth_of = |few: usize, many: usize| median(&times[few].iter().zip(&times[many]).map(|(f, m)| m.ns_per_packet() / f.ns_per_packet()).collect::<Vec<_>>());
+    let rows = sets
+        .iter()
+        .enumerate()
+        .map(|(i, (who, n, _))| GrowthRow {
+            balancer: who.to_string(),
+            flows: *n,
+            repeat: opts.repeat.max(*n),
+            ns_per_packet: RoundTimes::median_of(&times[i], |t| t.ns_per_packet()),
+            proof_holds: holds[i],
+            proof: proofs[i].clone(),
+        })
+        .collect();
+    Ok(Growth { rows, xlb_growth: growth_of(0, 1), katran_growth: growth_of(2, 3) })
 }

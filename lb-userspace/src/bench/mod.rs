@@ -93,6 +93,8 @@ impl BenchOptions {
             rounds: if quick { 1 } else { 7 },
             katran: katran::object_path(None),
             katran_lru_entries: lru_entries,
+            few_flows: fastpath::FEW_FLOWS,
+            many_flows: if quick { 20_000 } else { fastpath::MANY_FLOWS },
         };
         // Short runs, many rounds: the interleaving follows the load of a shared machine closely.
         let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 3 }, rounds: if quick { 1 } else { 7 }, connections: 8, ipvs: true };

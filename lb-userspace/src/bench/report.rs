@@ -118,6 +118,18 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
             row.proof.summary(row.kind.new_flow)
         );
     }
+    let g = &f.growth;
+    let _ = writeln!(
+        md,
+        "\n### Live flows\n\nEstablished DR (Katran: an LRU hit) with few and many live flows, the timed packets going through every flow in turn (each flow made by its SYN and, for xlb, the client's ACK before the rounds). Growth, many over few (median of per-round ratios): xlb **{}**, Katran **{}**.\n",
+        ratio(g.xlb_growth),
+        ratio(g.katran_growth)
+    );
+    let _ = writeln!(md, "| Balancer | live flows | iterations per run | ns/packet | counters (last round) |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for r in &g.rows {
+        let _ = writeln!(md, "| {} | {} | {} | {} | {} |", r.balancer, r.flows, r.repeat, ns(r.ns_per_packet), r.proof);
+    }
     let _ = writeln!(md, "\n### xlb\n");
     let _ = writeln!(md, "| Case | Path | ns/packet | × floor | × Katran | × XDP_DROP | balance() alone, ns | counters over all measured iterations |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
