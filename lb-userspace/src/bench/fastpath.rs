@@ -8,7 +8,8 @@
 //! subtracted: ns/packet = wrapper − restore-only + bare XDP_DROP. The timed slot holds
 //! xlb's `xlb_balance` for xlb's rows and Katran's `balancer_ingress` for Katran's; the
 //! restore-only program makes the same one tail call, into a bare XDP_DROP, so the tail
-//! call cancels out for both (checked each round with a bare XDP_DROP in the timed slot). Counters read around every measured run prove that every
+//! call cancels out for both (checked each round with a bare XDP_DROP in the timed slot).
+//! Counters read around every measured run prove that every
 //! iteration took the intended path: xlb's verdict counters, per-real new connections and
 //! connection entries; Katran's own `stats`, `reals_stats` and LRUs.
 //!
@@ -1019,12 +1020,6 @@ impl KatranItem {
     }
 }
 
-/// What a round measured of one row.
-#[derive(Clone, Copy, Debug)]
-struct Timed {
-    times: RoundTimes,
-}
-
 pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
     let object = opts.katran.clone().map(|o| o.canonicalize().unwrap_or(o)).context(format!(
         "the fast-path bench times Katran beside xlb: give it Katran's balancer.bpf.o (cargo xtask bench passes {}; or set {})",
@@ -1092,14 +1087,14 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
                 let result = measure_katran(&mut h, &mut katran, k, repeat);
                 h.tail_call(None)?;
                 let (timed, proof) = result?;
-                katran_times[u].push(RoundTimes { drop, swap_tx, ..timed.times });
+                katran_times[u].push(RoundTimes { drop, swap_tx, ..timed });
                 add_katran_proof(&mut katran_proofs[u], &proof);
             } else {
                 let i = u - katran_items.len();
                 let item = &items[i];
                 let repeat = if item.path == PathKind::NewFlow { new_flow_repeat } else { opts.repeat };
                 let (timed, proof) = measure_item(&mut h, item, repeat)?;
-                times[i].push(RoundTimes { drop, swap_tx, ..timed.times });
+                times[i].push(RoundTimes { drop, swap_tx, ..timed });
                 proofs[i].add(&proof);
             }
         }
@@ -1179,7 +1174,7 @@ fn state_name(state: u8) -> &'static str {
 }
 
 /// One round of one xlb row: restore-only, then the wrapper with the proofs.
-fn measure_item(h: &mut Harness, item: &Item, repeat: u32) -> Result<(Timed, Proof)> {
+fn measure_item(h: &mut Harness, item: &Item, repeat: u32) -> Result<(RoundTimes, Proof)> {
     let vary = item.vary();
     let entry_before = item.entry.as_ref().map(|(key, _)| h.maps.conns.get(key, 0).ok());
     let restore = h.run_on(names::RESTORE_PROGRAM, item.ingress, &item.input, vary, repeat)?.ns;
@@ -1204,11 +1199,12 @@ fn measure_item(h: &mut Harness, item: &Item, repeat: u32) -> Result<(Timed, Pro
         }
         proof.flows_in_table = Some(found);
     }
-    Ok((Timed { times: RoundTimes { wrapper: run.ns, restore, drop: f64::NAN, swap_tx: f64::NAN } }, proof))
+    // The round's baselines are the caller's to fill in.
+    Ok((RoundTimes { wrapper: run.ns, restore, drop: f64::NAN, swap_tx: f64::NAN }, proof))
 }
 
 /// One round of one Katran row, with its own counters as the proof (its README's).
-fn measure_katran(h: &mut Harness, katran: &mut Katran, k: &KatranItem, repeat: u32) -> Result<(Timed, KatranProof)> {
+fn measure_katran(h: &mut Harness, katran: &mut Katran, k: &KatranItem, repeat: u32) -> Result<(RoundTimes, KatranProof)> {
     let vary = k.vary();
     let restore = h.run(names::RESTORE_PROGRAM, &k.input, vary, repeat)?.ns;
     if k.kind.new_flow {
@@ -1248,7 +1244,8 @@ fn measure_katran(h: &mut Harness, katran: &mut Katran, k: &KatranItem, repeat: 
             }
         }
     }
-    Ok((Timed { times: RoundTimes { wrapper: run.ns, restore, drop: f64::NAN, swap_tx: f64::NAN } }, proof))
+    // The round's baselines are the caller's to fill in.
+    Ok((RoundTimes { wrapper: run.ns, restore, drop: f64::NAN, swap_tx: f64::NAN }, proof))
 }
 
 fn add_katran_proof(sum: &mut KatranProof, run: &KatranProof) {
@@ -1483,4 +1480,39 @@ fn growth(h: &mut Harness, katran: &mut Katran, katran_fd: &ProgramFd, opts: &Fa
         })
         .collect();
     Ok(Growth { rows, xlb_growth: growth_of(0, 1), katran_growth: growth_of(2, 3) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(measured: Option<f64>, blocker: Option<&str>) -> Target {
+        Target { target: "t".into(), limit: 0.5, measured, note: String::new(), blocker: blocker.map(String::from) }
+    }
+
+    #[test]
+    fn targets_say_met_or_by_how_much_they_are_missed() {
+        assert_eq!(target(Some(0.4), None).met(), Some(true));
+        assert!(target(Some(0.4), None).verdict().starts_with("met (0.40×"));
+        assert_eq!(target(Some(1.5), None).met(), Some(false));
+        assert!(target(Some(1.5), None).verdict().starts_with("missed by 3.00× (1.50×"));
+        assert_eq!(target(None, None).met(), None);
+        assert_eq!(target(Some(0.1), Some("too small")).met(), Some(false));
+        assert!(target(Some(0.1), Some("too small")).verdict().starts_with("missed: too small; met"));
+    }
+
+    #[test]
+    fn varied_flows_are_the_wrappers_addresses() {
+        let syn4 = Frame::tcp(VIP, 80, 1);
+        assert_eq!(source_offset(&syn4), 26);
+        assert_eq!(varied_source(&syn4, 5), IpAddr::V4(Ipv4Addr::new(11, 0, 0, 5)));
+        let tagged6 = Frame { vlan: vec![(ETH_P_8021Q, 10)], ..Frame::tcp(VIP6, 80, 1) };
+        assert_eq!(source_offset(&tagged6), 14 + 4 + 8 + 12);
+        let IpAddr::V6(a) = varied_source(&tagged6, 1) else { panic!("IPv6") };
+        assert_eq!(a.octets()[12..], (NEW_FLOW_BASE + 1).to_be_bytes());
+        // The bytes the wrapper writes are those of the address computed here.
+        let frame = tagged6.bytes();
+        let at = source_offset(&tagged6) as usize;
+        assert_eq!(frame[at - 12..at], a.octets()[..12]);
+    }
 }

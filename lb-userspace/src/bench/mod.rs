@@ -165,11 +165,12 @@ pub fn write_report(results: &Results, dir: &Path, date: &str, readme: Option<&P
 pub fn to_json(results: &Results) -> Result<String> {
     let mut value = serde_json::to_value(results)?;
     if let Some(obj) = value.as_object_mut()
-        && let Some(serde_json::Value::Object(mut section)) = obj.remove("fastpath")
+        && let Some(serde_json::Value::Object(section)) = obj.get_mut("fastpath")
     {
         let rows = section.remove("rows").unwrap_or_default();
+        let summary = std::mem::take(section);
         obj.insert("fastpath".into(), rows);
-        obj.insert("fastpath_summary".into(), serde_json::Value::Object(section));
+        obj.insert("fastpath_summary".into(), serde_json::Value::Object(summary));
     }
     Ok(serde_json::to_string_pretty(&value)?)
 }
@@ -279,6 +280,16 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn json_without_the_fast_path_reads_back() {
+        let results = Results { quick: true, ..Default::default() };
+        let json = to_json(&results).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(value["fastpath"].is_null() && value.get("fastpath_summary").is_none());
+        let back: Results = serde_json::from_str(&json).unwrap();
+        assert!(back.quick && back.fastpath.is_none());
     }
 
     #[test]
