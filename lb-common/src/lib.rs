@@ -578,8 +578,13 @@ pub mod bench {
 
     /// The bench frame map's name in the eBPF object.
     pub const FRAME_MAP: &str = "BENCH_FRAME";
-    /// The program array whose slot 0 the wrapper tail-calls (the balancer).
+    /// The program array the wrapper and the restore-only program tail-call.
     pub const BALANCER_SLOT_MAP: &str = "BENCH_BALANCER";
+    /// Its slot the wrapper tail-calls: the balancer timed (xlb's or Katran's).
+    pub const BALANCER_SLOT: u32 = 0;
+    /// Its slot the restore-only program tail-calls: a bare XDP_DROP, so the one tail
+    /// call is in the subtracted program too and cancels out.
+    pub const RESTORE_SLOT: u32 = 1;
     /// A bare XDP_DROP program (the cheapest XDP program).
     pub const DROP_PROGRAM: &str = "xlb_bench_drop";
     /// A bare "swap MACs, XDP_TX" program (the cheapest forwarder).

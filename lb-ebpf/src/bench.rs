@@ -2,8 +2,8 @@
 //! bench. BPF_PROG_TEST_RUN runs a program `repeat` times on one buffer and never restores
 //! it, so a path that rewrites the frame would see its own output from iteration 2 on.
 //! `xlb_bench_balance` restores the original frame from BENCH_FRAME before every
-//! `balance()`; `xlb_bench_restore` does exactly the same restoring and nothing else, so
-//! the bench subtracts its cost. Two bare programs give the scale.
+//! `balance()`; `xlb_bench_restore` does exactly the same restoring and the same tail call
+//! (into a bare XDP_DROP), so the bench subtracts both. Two bare programs give the scale.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_store_bytes},
@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::bench::{BenchFrame, FRAME_MAX};
+use lb_common::bench::{BALANCER_SLOT, BenchFrame, FRAME_MAX, RESTORE_SLOT};
 use network_types::eth::EthHdr;
 
 use crate::parse::ptr_at;
@@ -19,10 +19,12 @@ use crate::parse::ptr_at;
 #[map]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
-/// Slot 0: the real `xlb_balance`, which the wrapper tail-calls: a tail call replaces the
-/// wrapper's frame, so the balancer keeps its whole 512-byte stack budget.
+/// Slot [`BALANCER_SLOT`]: the balancer timed (xlb's `xlb_balance`, or Katran's), which
+/// the wrapper tail-calls: a tail call replaces the wrapper's frame, so the balancer keeps
+/// its whole 512-byte stack budget. Slot [`RESTORE_SLOT`]: a bare XDP_DROP, which the
+/// restore-only program tail-calls, so the tail call is subtracted with the restoring.
 #[map]
-static BENCH_BALANCER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static BENCH_BALANCER: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[xdp]
 pub fn xlb_bench_drop(_ctx: XdpContext) -> u32 {
@@ -40,12 +42,16 @@ pub fn xlb_bench_swap_tx(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The wrapper without the balancer: the same restoring and the same one tail call, into
+/// a bare XDP_DROP.
 #[xdp]
 pub fn xlb_bench_restore(ctx: XdpContext) -> u32 {
-    match restore(&ctx) {
-        Ok(()) => xdp_action::XDP_PASS,
-        Err(()) => xdp_action::XDP_ABORTED,
+    if restore(&ctx).is_err() {
+        return xdp_action::XDP_ABORTED;
     }
+    unsafe { BENCH_BALANCER.tail_call(&ctx, RESTORE_SLOT) };
+    // Reached only if the slot is empty.
+    xdp_action::XDP_ABORTED
 }
 
 #[xdp]
@@ -53,7 +59,7 @@ pub fn xlb_bench_balance(ctx: XdpContext) -> u32 {
     if restore(&ctx).is_err() {
         return xdp_action::XDP_ABORTED;
     }
-    unsafe { BENCH_BALANCER.tail_call(&ctx, 0) };
+    unsafe { BENCH_BALANCER.tail_call(&ctx, BALANCER_SLOT) };
     // Reached only if the slot is empty: the bench checks every iteration's path.
     xdp_action::XDP_ABORTED
 }

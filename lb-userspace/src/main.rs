@@ -187,6 +187,10 @@ enum Cmd {
         /// Replace the benchmark table in this README (with --report).
         #[arg(long, requires = "report")]
         readme: Option<PathBuf>,
+        /// Katran's balancer.bpf.o, timed beside xlb in the fast-path section
+        /// (XLB_KATRAN_OBJ overrides it).
+        #[arg(long, value_name = "FILE")]
+        katran_obj: Option<PathBuf>,
         /// Section 3: the JSON a run inside the IPVS VM wrote.
         #[arg(long, requires_all = ["vm_accel", "vm_accel_note"])]
         vm_json: Option<PathBuf>,
@@ -771,9 +775,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Man { dir: Some(dir) } => {
             clap_mangen::generate_to(Cli::command(), &dir).with_context(|| format!("writing man pages to {}", dir.display()))
         }
-        Cmd::Bench { quick, sections, json, report, readme, vm_json, vm_accel, vm_accel_note } => {
+        Cmd::Bench { quick, sections, json, report, readme, katran_obj, vm_json, vm_accel, vm_accel_note } => {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             let mut opts = bench::BenchOptions::all(quick);
+            if let Some(f) = opts.fastpath.as_mut() {
+                f.katran = bench::katran::object_path(katran_obj);
+            }
             let wanted = |s: BenchSection| sections.is_empty() || sections.contains(&s);
             opts.fastpath = opts.fastpath.filter(|_| wanted(BenchSection::Fastpath));
             opts.e2e = opts.e2e.filter(|_| wanted(BenchSection::E2e));
@@ -786,7 +793,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 results.ipvs_vm = Some(bench::VmResults { accel, accel_note, kernel: vm.machine.kernel, e2e });
             }
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, bench::to_json(&results)?).with_context(|| format!("writing {}", path.display()))?;
             }
             if let Some(dir) = report {
                 let md = bench::write_report(&results, &dir, &bench::today(), readme.as_deref())?;

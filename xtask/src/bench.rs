@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: runs `xlb bench` (every section) and writes
-//! bench/results/<date>.md, its chart and README's table. With `--ipvs-vm` it first runs
+//! `cargo xtask bench`: runs `xlb bench` (every section, or `--only SECTION`) and writes
+//! bench/results/<date>.md, its chart, <date>.json and (full runs) README's table. With `--ipvs-vm` it first runs
 //! section 2 inside a VM whose Debian kernel has IPVS (bench/ipvs-vm/), so xlb and IPVS
 //! are compared in the same VM boot.
 
@@ -19,12 +19,23 @@ const BOOT_LIMIT: Duration = Duration::from_secs(90);
 /// The whole VM run, boot to power-off.
 const VM_TIMEOUT_SECS: u32 = 900;
 
-pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool) -> Result<Command> {
+/// Katran's object (GPL-2.0), loaded from the shared anchors at bench time only; the
+/// bench reads XLB_KATRAN_OBJ instead when it is set.
+const KATRAN_OBJECT: &str = "../shared/anchors/katran/balancer.bpf.o";
+
+pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool, only: Option<&str>) -> Result<Command> {
+    if ipvs_vm && only.is_some_and(|s| s != "e2e") {
+        bail!("--ipvs-vm runs the end-to-end section in a VM: it goes with all sections or --only e2e");
+    }
     let mut command = Command::new(xlb);
     command.arg("bench");
     if quick {
         command.arg("--quick");
     }
+    if let Some(section) = only {
+        command.arg("--sections").arg(section);
+    }
+    command.arg("--katran-obj").arg(root.join(KATRAN_OBJECT));
     if ipvs_vm {
         let (results, accel, note) = run_ipvs_vm(root, xlb, quick)?;
         command
@@ -40,7 +51,10 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool) -> Result<Comm
         command.arg("--report").arg(root.join("target/bench-quick"));
     } else {
         command.arg("--report").arg(root.join("bench/results"));
-        command.arg("--readme").arg(root.join("README.md"));
+        // README's table shows every section: only a full run replaces it.
+        if only.is_none() {
+            command.arg("--readme").arg(root.join("README.md"));
+        }
     }
     Ok(command)
 }

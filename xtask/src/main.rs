@@ -70,6 +70,10 @@ enum Task {
         /// and caches the VM in /var/tmp/xlb-ipvs-vm; installs qemu and debootstrap)
         #[arg(long)]
         ipvs_vm: bool,
+        /// Run only this section: fastpath (xlb and Katran through BPF_PROG_TEST_RUN),
+        /// e2e or scale. The results file is written; README's table is left alone.
+        #[arg(long, value_name = "SECTION", value_parser = ["fastpath", "e2e", "scale"])]
+        only: Option<String>,
     },
     /// Run the test suite in release mode (needs root: it loads XDP programs and creates
     /// network namespaces)
@@ -150,10 +154,10 @@ fn main() -> Result<()> {
             iface: None,
             ..
         } => demo(requests, mode),
-        Task::Bench { quick, ipvs_vm } => {
+        Task::Bench { quick, ipvs_vm, only } => {
             require_root_for_xlb("bench")?;
             let xlb = build()?;
-            let command = bench::bench(workspace_root(), &xlb, quick, ipvs_vm)?;
+            let command = bench::bench(workspace_root(), &xlb, quick, ipvs_vm, only.as_deref())?;
             exit_like(wait_through_ctrl_c(command)?)
         }
         Task::Test { args } => test(&args),

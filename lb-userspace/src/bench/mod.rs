@@ -2,12 +2,14 @@
 //! shared machine. Everything compared is measured in the same run, interleaved round
 //! by round, and reported as the median of the rounds.
 //!
-//! - [`fastpath`]: the XDP program per fixture case through BPF_PROG_TEST_RUN.
+//! - [`fastpath`]: every path of the XDP program through BPF_PROG_TEST_RUN, beside
+//!   Katran's ([`katran`]) in the same rounds.
 //! - [`e2e`]: real TCP through namespaces with wrk, xlb against the usual alternatives.
 //! - [`scale`]: connection-table size, service loading, control-plane delay, map memory.
 //! - [`report`]: the markdown results file, its SVG chart and the README table.
 pub mod e2e;
 pub mod fastpath;
+pub mod katran;
 pub mod report;
 pub mod scale;
 
@@ -21,11 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::netns::Netns;
 
-/// Everything one `xlb bench` run measured; sections not run are None.
+/// Everything one `xlb bench` run measured; sections not run are None. Written as JSON by
+/// [`to_json`]; read back only for the end-to-end section (the IPVS VM's results).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     pub machine: Machine,
     pub quick: bool,
+    #[serde(default, skip_deserializing)]
     pub fastpath: Option<fastpath::FastpathResults>,
     pub e2e: Option<e2e::E2eResults>,
     pub scale: Option<scale::ScaleResults>,
@@ -83,7 +87,15 @@ pub struct BenchOptions {
 impl BenchOptions {
     /// Every section, full length (`quick`: tiny counts, figures not meaningful).
     pub fn all(quick: bool) -> Self {
-        let fastpath = fastpath::FastpathOptions { repeat: if quick { 2_000 } else { 200_000 }, rounds: if quick { 1 } else { 7 } };
+        let lru_entries = if quick { 65_536 } else { katran_default_lru_entries() };
+        let fastpath = fastpath::FastpathOptions {
+            repeat: if quick { 2_000 } else { 200_000 },
+            rounds: if quick { 1 } else { 7 },
+            katran: katran::object_path(None),
+            katran_lru_entries: lru_entries,
+            few_flows: fastpath::FEW_FLOWS,
+            many_flows: if quick { 20_000 } else { fastpath::MANY_FLOWS },
+        };
         // Short runs, many rounds: the interleaving follows the load of a shared machine closely.
         let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 3 }, rounds: if quick { 1 } else { 7 }, connections: 8, ipvs: true };
         let (services, reals) = scale::largest_load(100);
@@ -98,13 +110,20 @@ impl BenchOptions {
     }
 }
 
+/// Katran's own per-CPU LRU size: 8,000,000 entries shared by the forwarding CPUs
+/// (KatranLb::initLrus), here every online CPU.
+fn katran_default_lru_entries() -> u32 {
+    let cpus = aya::util::online_cpus().map_or(1, |c| c.len().max(1));
+    8_000_000 / cpus as u32
+}
+
 /// Runs the chosen sections; `xlb` is the binary the namespaces' servers and balancer use.
 pub fn run(xlb: &Path, opts: &BenchOptions) -> Result<Results> {
     let machine = Machine::current();
     let say = |what: &str| println!("xlb bench: {what}");
     let mut results = Results { machine, quick: opts.quick, ..Default::default() };
-    if let Some(o) = opts.fastpath {
-        say("1. fast path, BPF_PROG_TEST_RUN per fixture case");
+    if let Some(o) = &opts.fastpath {
+        say("1. fast path, BPF_PROG_TEST_RUN of every path, Katran beside it");
         results.fastpath = Some(fastpath::run(o)?);
     }
     if let Some(o) = opts.e2e {
@@ -126,7 +145,7 @@ pub fn run(xlb: &Path, opts: &BenchOptions) -> Result<Results> {
 /// with `readme`, replaces its table.
 pub fn write_report(results: &Results, dir: &Path, date: &str, readme: Option<&Path>) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(format!("{date}.json")), serde_json::to_string_pretty(results)?)?;
+    std::fs::write(dir.join(format!("{date}.json")), to_json(results)?)?;
     let chart = format!("{date}.svg");
     std::fs::write(dir.join(&chart), report::svg(results))?;
     let md = dir.join(format!("{date}.md"));
@@ -138,6 +157,22 @@ pub fn write_report(results: &Results, dir: &Path, date: &str, readme: Option<&P
         std::fs::write(readme, report::update_readme(&text, &report::readme_table(results, &linked)))?;
     }
     Ok(md)
+}
+
+/// The results as JSON: as [`Results`] serializes, except that `fastpath` is the array of
+/// xlb's fast-path rows (`case`, `path`, `ns_per_packet`, `x_floor`, `x_katran`, …) and
+/// the rest of the section (baselines, Katran's rows, targets) is `fastpath_summary`.
+pub fn to_json(results: &Results) -> Result<String> {
+    let mut value = serde_json::to_value(results)?;
+    if let Some(obj) = value.as_object_mut()
+        && let Some(serde_json::Value::Object(section)) = obj.get_mut("fastpath")
+    {
+        let rows = section.remove("rows").unwrap_or_default();
+        let summary = std::mem::take(section);
+        obj.insert("fastpath".into(), rows);
+        obj.insert("fastpath_summary".into(), serde_json::Value::Object(summary));
+    }
+    Ok(serde_json::to_string_pretty(&value)?)
 }
 
 /// Today's date (UTC) as YYYY-MM-DD.
@@ -245,6 +280,16 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn json_without_the_fast_path_reads_back() {
+        let results = Results { quick: true, ..Default::default() };
+        let json = to_json(&results).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(value["fastpath"].is_null() && value.get("fastpath_summary").is_none());
+        let back: Results = serde_json::from_str(&json).unwrap();
+        assert!(back.quick && back.fastpath.is_none());
     }
 
     #[test]

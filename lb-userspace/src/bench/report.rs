@@ -70,29 +70,78 @@ pub fn markdown(r: &Results, date: &str, chart: &str) -> String {
     md
 }
 
+/// "1.23×", or "–" for none.
+fn ratio_or_dash(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), ratio)
+}
+
 fn fastpath_section(md: &mut String, f: &FastpathResults) {
-    let _ = writeln!(md, "## 1. Fast path: BPF_PROG_TEST_RUN per fixture case\n");
+    let k = &f.katran;
+    let _ = writeln!(md, "## 1. Fast path: BPF_PROG_TEST_RUN of every path, Katran beside it\n");
     let _ = writeln!(
         md,
-        "{} rounds × {} iterations per run. A test run does not restore the frame between iterations, so each case runs under a wrapper program that restores the original frame (length and bytes, from a map) and then calls `balance()`; a restore-only program is timed in the same round and subtracted, and the bare XDP_DROP time (the test run's own cost per iteration, which any program pays) added back: **ns/packet = wrapper − restore-only + bare XDP_DROP**. For new flows the wrapper also writes a fresh client source address every iteration (at most {} iterations per run, so the connection table never fills), and the table is emptied after the run. Per-iteration time is the wall clock around the syscall when it agrees with the kernel's whole-ns figure, else the kernel's figure.\n",
-        f.rounds, f.repeat, super::fastpath::NEW_FLOW_ITERATIONS
+        "{} rounds × {} iterations per run (new flows: xlb {}, Katran {}), xlb's and Katran's runs interleaved in every round. A test run does not restore the frame between iterations, so each case runs under a wrapper program that restores the original frame (length and bytes, from a map) and then tail-calls a program array's slot, which holds xlb's `xlb_balance` for xlb's rows and Katran's `balancer_ingress` for Katran's. A restore-only program, the same restoring and the same one tail call into a bare XDP_DROP, is timed in the same round and subtracted, and the bare XDP_DROP time (the test run's own cost per iteration, which any program pays) added back: **ns/packet = wrapper − restore-only + bare XDP_DROP**. For new flows the wrapper writes a fresh client source address every iteration; every made-up flow is then looked up in the connection table (Katran: its LRU) and taken out, so no table ever evicts. Established rows time a data segment of a connection whose handshake (SYN, the real's SYN-ACK where the director sees it, ACK) ran once before: its entry must be ESTABLISHED before and after every run. Per-iteration time is the wall clock around the syscall when it agrees with the kernel's whole-ns figure, else the kernel's figure. × floor: × the bare swap-MACs-XDP_TX program; × Katran: × Katran's same kind of path (established / new flow, same family); both medians of per-round ratios.\n",
+        f.rounds, f.repeat, f.new_flow_repeat, k.new_flow_repeat
     );
     let _ = writeln!(
         md,
-        "Baselines in the same rounds: bare XDP_DROP **{} ns**, bare swap-MACs-XDP_TX **{} ns** per packet.\n",
+        "Baselines in the same rounds: bare XDP_DROP **{} ns**, bare swap-MACs-XDP_TX (the floor) **{} ns** per packet. Method check: with the bare XDP_DROP in the timed slot, the same arithmetic gives **{} ns** (the tail call cancels out).\n",
         ns(f.bare_drop_ns),
-        ns(f.bare_swap_tx_ns)
+        ns(f.bare_swap_tx_ns),
+        ns(f.method_check_drop_ns)
     );
-    let _ = writeln!(md, "| Case | Path | ns/packet | × swap-MACs XDP_TX | × XDP_DROP | balance() alone, ns | counters over all measured iterations |");
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "### Targets (issue 12, point 2), this run\n");
+    let _ = writeln!(md, "| Target | Result | Decided by |");
+    let _ = writeln!(md, "|---|---|---|");
+    for t in &f.targets {
+        let _ = writeln!(md, "| {} | {} | {} |", t.target, t.verdict(), t.note);
+    }
+    let _ = writeln!(
+        md,
+        "\n### Katran\n\n`{}` (`balancer_ingress`: {} instructions as the kernel has it, {} bytes JITed), loaded with `bpftool prog loadall`, one VIP per family (xlb's fixture VIPs, port 80) with two reals each, default VIP flags, one LRU of {} entries per CPU; the frames are those of xlb's \"DR, IPv4/IPv6 TCP\" rows. Proof from Katran's own `stats`, `reals_stats` and LRU.\n",
+        k.object.display(),
+        k.xlated_insns,
+        k.jited_bytes,
+        k.lru_entries
+    );
+    let _ = writeln!(md, "| Katran | ns/packet | × floor | × XDP_DROP | balancer_ingress alone, ns | Katran's counters over all measured iterations |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|");
+    for row in &k.rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.case,
+            ns(row.ns_per_packet),
+            ratio(row.x_floor),
+            ratio(row.vs_drop),
+            ns(row.added_ns),
+            row.proof.summary(row.kind.new_flow)
+        );
+    }
+    let g = &f.growth;
+    let _ = writeln!(
+        md,
+        "\n### Live flows\n\nEstablished DR (Katran: an LRU hit) with few and many live flows, the timed packets going through every flow in turn (each flow made by its SYN and, for xlb, the client's ACK before the rounds). Growth, many over few (median of per-round ratios): xlb **{}**, Katran **{}**.\n",
+        ratio(g.xlb_growth),
+        ratio(g.katran_growth)
+    );
+    let _ = writeln!(md, "| Balancer | live flows | iterations per run | ns/packet | counters (last round) |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for r in &g.rows {
+        let _ = writeln!(md, "| {} | {} | {} | {} | {} |", r.balancer, r.flows, r.repeat, ns(r.ns_per_packet), r.proof);
+    }
+    let _ = writeln!(md, "\n### xlb\n");
+    let _ = writeln!(md, "| Case | Path | ns/packet | × floor | × Katran | × XDP_DROP | balance() alone, ns | counters over all measured iterations |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
     for row in &f.rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.case,
             row.path.label(),
             ns(row.ns_per_packet),
-            ratio(row.vs_swap_tx),
+            ratio(row.x_floor),
+            ratio_or_dash(row.x_katran),
             ratio(row.vs_drop),
             ns(row.added_ns),
             row.proof.summary()
@@ -103,7 +152,7 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     let _ = writeln!(md, "|---|---|");
     for c in &f.coverage {
         let measured = match c.row.and_then(|i| f.rows.get(i)) {
-            Some(row) => format!("{} ns/packet ({}, {})", ns(row.ns_per_packet), row.case, row.path.label()),
+            Some(row) => format!("{} ns/packet, {} floor, {} Katran ({}, {})", ns(row.ns_per_packet), ratio(row.x_floor), ratio_or_dash(row.x_katran), row.case, row.path.label()),
             None => "not implemented yet".into(),
         };
         let _ = writeln!(md, "| {} | {} |", c.requested, measured);
@@ -182,16 +231,19 @@ pub fn readme_table(r: &Results, results_file: &str) -> String {
     let _ = writeln!(md, "{README_START}");
     let _ = writeln!(md, "Latest run: [{results_file}]({results_file}) (medians of interleaved rounds on a shared 2-core machine; method there).\n");
     if let Some(f) = &r.fastpath {
-        let _ = writeln!(md, "| Fast path (BPF_PROG_TEST_RUN) | ns/packet | × swap-MACs XDP_TX | × XDP_DROP |");
-        let _ = writeln!(md, "|---|---:|---:|---:|");
-        let _ = writeln!(md, "| bare XDP_DROP / bare swap-MACs XDP_TX | {} / {} | | |", ns(f.bare_drop_ns), ns(f.bare_swap_tx_ns));
+        let _ = writeln!(md, "| Fast path (BPF_PROG_TEST_RUN) | ns/packet | × swap-MACs XDP_TX | × Katran | × XDP_DROP |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        let _ = writeln!(md, "| bare XDP_DROP / bare swap-MACs XDP_TX | {} / {} | | | |", ns(f.bare_drop_ns), ns(f.bare_swap_tx_ns));
+        for k in &f.katran.rows {
+            let _ = writeln!(md, "| Katran: {} | {} | {} | 1.00× | {} |", k.case, ns(k.ns_per_packet), ratio(k.x_floor), ratio(k.vs_drop));
+        }
         for c in &f.coverage {
             match c.row.and_then(|i| f.rows.get(i)) {
                 Some(row) => {
-                    let _ = writeln!(md, "| {} | {} | {} | {} |", c.requested, ns(row.ns_per_packet), ratio(row.vs_swap_tx), ratio(row.vs_drop));
+                    let _ = writeln!(md, "| {} | {} | {} | {} | {} |", c.requested, ns(row.ns_per_packet), ratio(row.x_floor), ratio_or_dash(row.x_katran), ratio(row.vs_drop));
                 }
                 None => {
-                    let _ = writeln!(md, "| {} | not implemented yet | | |", c.requested);
+                    let _ = writeln!(md, "| {} | not implemented yet | | | |", c.requested);
                 }
             }
         }
@@ -253,6 +305,7 @@ struct Panel {
 
 const BAR_COLOR: &str = "#4a7bb7";
 const BASE_COLOR: &str = "#999999";
+const KATRAN_COLOR: &str = "#c8702a";
 
 /// Horizontal bar chart: fast-path ns/packet per requested case (with the baselines),
 /// and requests/s relative to direct per end-to-end target.
@@ -261,6 +314,9 @@ pub fn svg(r: &Results) -> String {
     let mut panels = Vec::new();
     if let Some(f) = &r.fastpath {
         let mut bars = vec![bar("bare XDP_DROP", f.bare_drop_ns, BASE_COLOR), bar("bare swap-MACs XDP_TX", f.bare_swap_tx_ns, BASE_COLOR)];
+        for k in &f.katran.rows {
+            bars.push(bar(&format!("Katran: {}", k.case), k.ns_per_packet, KATRAN_COLOR));
+        }
         for c in &f.coverage {
             if let Some(row) = c.row.and_then(|i| f.rows.get(i)) {
                 bars.push(bar(&c.requested, row.ns_per_packet, BAR_COLOR));
