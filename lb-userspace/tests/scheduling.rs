@@ -438,11 +438,11 @@ fn template_to_a_failed_or_removed_real_is_rescheduled() {
     let mut inst = persistent_pair();
     let alice = client(1);
     let first = establish(&mut inst, alice, 1000, 80);
-    ops::set_real_health(&mut inst.maps, web(80), ip_of(first).into(), false).unwrap();
+    ops::set_real_health(&mut inst.maps, web(80), std::net::IpAddr::from(ip_of(first)), false).unwrap();
     let second = inst.forwarded_to(&syn_from(alice, 1001, VIP, 80));
     assert_eq!(second, other(first), "never to the failed real");
     // The new template holds, also once the first real is back.
-    ops::set_real_health(&mut inst.maps, web(80), ip_of(first).into(), true).unwrap();
+    ops::set_real_health(&mut inst.maps, web(80), std::net::IpAddr::from(ip_of(first)), true).unwrap();
     for sport in 1002..1006 {
         assert_eq!(inst.forwarded_to(&syn_from(alice, sport, VIP, 80)), second);
     }
@@ -463,14 +463,14 @@ fn template_on_the_sorry_server_returns_to_the_reals() {
     let bobs = inst.forwarded_to(&syn_from(bob, 1000, VIP, 80));
     // Both reals fail: the sorry server serves, also clients with a template.
     for ip in [RS1_IP, RS2_IP] {
-        ops::set_real_health(&mut inst.maps, web(80), ip.into(), false).unwrap();
+        ops::set_real_health(&mut inst.maps, web(80), std::net::IpAddr::from(ip), false).unwrap();
     }
     ops::set_sorry_active(&mut inst.maps, web(80), true).unwrap();
     assert_eq!(inst.forwarded_to(&syn_from(bob, 1001, VIP, 80)), RS3_MAC);
     assert_eq!(inst.forwarded_to(&syn_from(alice, 1000, VIP, 80)), RS3_MAC);
     // The reals recover: templates on the sorry server end (keepalived removes it).
     for ip in [RS1_IP, RS2_IP] {
-        ops::set_real_health(&mut inst.maps, web(80), ip.into(), true).unwrap();
+        ops::set_real_health(&mut inst.maps, web(80), std::net::IpAddr::from(ip), true).unwrap();
     }
     ops::set_sorry_active(&mut inst.maps, web(80), false).unwrap();
     for (who, sport) in [(alice, 2000), (bob, 2000), (alice, 2001), (bob, 2001)] {
