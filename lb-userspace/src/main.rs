@@ -692,14 +692,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                     r.health = observe::real_health(r).name().to_string();
                 }
                 show(output, &services, |s| {
-                let format = if stats {
-                    listing::Format::Stats
-                } else if rate {
-                    listing::Format::Rate
-                } else {
-                    listing::Format::Plain
-                };
-                listing::table_with_health(s, format, false)
+                    let format = if stats {
+                        listing::Format::Stats
+                    } else if rate {
+                        listing::Format::Rate
+                    } else {
+                        listing::Format::Plain
+                    };
+                    listing::table_with_health(s, format, false)
                 })
             }
             other => unexpected(other),
