@@ -270,3 +270,14 @@ fn next_hops_come_from_the_kernels_routes_and_neighbours() {
     let err = lookup("10.0.0.2").unwrap_err().to_string();
     assert!(err.contains("is an address of this host"), "{err}");
 }
+
+#[test]
+fn fragment_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    inst.check_cases(&fixtures::fragment_cases());
+    // Each datagram made one connection; its later fragments followed, adding none.
+    let conns = ops::connections(&inst.maps).unwrap();
+    assert_eq!(conns.iter().filter(|c| c.client.ends_with(":47000") || c.client.ends_with(":47004")).count(), 2, "{conns:?}");
+}
