@@ -315,11 +315,14 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> 
 }
 
 /// A packet too big for a TUN real's path (`mtu`) once encapsulated: ICMP
-/// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client,
-/// else dropped.
+/// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client, as
+/// IPVS (ip_vs_xmit.c `ensure_mtu_is_adequate`), which sends packet-too-big for a
+/// first fragment only; a later IPv6 fragment is dropped. IPv4 without DF (fragments
+/// among them) is dropped where IPVS would fragment the outer packet: XDP sends at most
+/// one frame for one.
 #[inline(never)]
 fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
-    if (pkt.v4 && pkt.frag & lb_common::csum::IP_DF == 0) || !tun::quotable(pkt) {
+    if (pkt.v4 && pkt.frag & lb_common::csum::IP_DF == 0) || pkt.later_fragment() || !tun::quotable(pkt) {
         stats::count(counter::DROP_TOO_BIG);
         return xdp_action::XDP_DROP;
     }
