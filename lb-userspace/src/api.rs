@@ -48,6 +48,8 @@ pub struct SettingsChange {
     pub expire_nodest_conn: Option<bool>,
     pub sloppy_tcp: Option<bool>,
     pub icmp_echo: Option<bool>,
+    /// IPVS's conn_reuse_mode (0..=3).
+    pub conn_reuse_mode: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,7 @@ pub struct SettingsView {
     pub udp: u32,
     pub expire_nodest_conn: bool,
     pub sloppy_tcp: bool,
+    pub conn_reuse_mode: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

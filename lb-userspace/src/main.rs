@@ -131,6 +131,11 @@ enum Cmd {
         /// if it holds the VIP).
         #[arg(long, value_parser = parse_switch)]
         icmp_echo: Option<bool>,
+        /// IPVS's conn_reuse_mode, 0 to 3 (default 1): with bit 1, a SYN reusing the
+        /// ports of a connection in TIME_WAIT or CLOSE is scheduled afresh; bit 2 adds
+        /// FIN_WAIT for DR and TUN (ipvs-sysctl.txt).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3))]
+        conn_reuse_mode: Option<u32>,
     },
     /// Show the timeouts (ipvsadm -L --timeout).
     Timeout,
@@ -682,8 +687,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Cmd::Zero => done(call(Request::Zero { service: None })?),
-        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } => {
-            done(call(Request::SetSettings { change: SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo } })?)
+        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo, conn_reuse_mode } => {
+            let change = SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, icmp_echo, conn_reuse_mode };
+            done(call(Request::SetSettings { change })?)
         }
         Cmd::Timeout => match call(Request::Settings)? {
             Reply::Settings(s) => show(output, &s, |s| format!("Timeout (tcp tcpfin udp): {} {} {}\n", s.tcp, s.tcpfin, s.udp)),

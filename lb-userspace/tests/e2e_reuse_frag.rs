@@ -86,6 +86,14 @@ fn nat_port_reuse_after_time_wait_goes_to_the_other_real_at_once() {
     }
     let counters = json(&c.xlb(&["--output", "json", "counters"]).unwrap());
     assert_eq!(counters["drop_nodest"], 0, "{counters}");
+    // The sysctl's range is checked, and a bad value changes nothing.
+    let timeouts = || json(&c.xlb(&["--output", "json", "timeout"]).unwrap());
+    assert_eq!(timeouts()["conn_reuse_mode"], 1, "IPVS's default");
+    let bad = c.xlb_command(&["set", "--conn-reuse-mode", "4"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("0..=3"), "{bad:?}");
+    assert_eq!(timeouts()["conn_reuse_mode"], 1);
+    c.xlb(&["set", "--conn-reuse-mode", "3"]).unwrap();
+    assert_eq!(timeouts()["conn_reuse_mode"], 3);
     assert!(c.stop_balancer().unwrap().success());
 }
 
