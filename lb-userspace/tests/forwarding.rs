@@ -366,3 +366,43 @@ fn conn_reuse_mode_bits_decide_which_finished_entries_a_syn_replaces() {
     assert_eq!(inst.load(dr, RS1_IP), (0, 0));
     assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 2));
 }
+
+/// IPVS leaves a connection its persistence template controls to the template
+/// (`is_new_conn_expected`: "Controlled (FTP DATA or persistence)?"): a SYN on a
+/// finished entry of a persistent service follows it, whatever conn_reuse_mode says.
+#[test]
+fn conn_reuse_mode_leaves_persistent_services_to_their_template() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = Instance::empty();
+    let svc = ops::Service { proto: ops::Proto::Tcp, vip: VIP.into(), port: 93 };
+    let persistence = Some(ops::Persistence { timeout: 300, netmask: "255.255.255.255".parse().unwrap() });
+    let opts = ops::ServiceOptions { scheduler: ops::Scheduler::Fo, persistence, ..Default::default() };
+    ops::add_service(&mut inst.maps, ServiceId::Addr(svc), opts).unwrap();
+    for (ip, weight, mac) in [(RS1_IP, 2, RS1_MAC), (fixtures::RS2_IP, 1, fixtures::RS2_MAC)] {
+        let hop = NextHop { egress: Some(fixtures::PRIVATE_NIC), mac: Some(mac) };
+        ops::add_real(&mut inst.maps, ServiceId::Addr(svc), ip, RealOptions { weight, ..Default::default() }, hop).unwrap();
+    }
+    let sent_to = |inst: &mut Instance, flags| {
+        let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &Frame { tcp_flags: flags, ..Frame::tcp(VIP, 93, 46300) }.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&out[0..6]).unwrap()
+    };
+    for flags in [0x02, 0x10, 0x04] {
+        assert_eq!(sent_to(&mut inst, flags), RS1_MAC);
+    }
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.conn_reuse_mode = 3;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
+    assert_eq!(sent_to(&mut inst, 0x02), RS1_MAC, "a syn on the CLOSE entry of a persistent service follows it");
+    // Followed, not replaced (the template would pick rs1 again): still one connection.
+    let view = inst.service(ServiceId::Addr(svc));
+    assert_eq!(view.reals.iter().map(|r| r.conns).sum::<u64>(), 1, "no new connection was opened: {view:?}");
+    // The same without persistence is a new connection (the test can tell the two apart).
+    ops::edit_service(&mut inst.maps, ServiceId::Addr(svc), ops::ServiceOptions { scheduler: ops::Scheduler::Fo, ..Default::default() }).unwrap();
+    assert_eq!(sent_to(&mut inst, 0x10), RS1_MAC);
+    assert_eq!(sent_to(&mut inst, 0x04), RS1_MAC);
+    assert_eq!(sent_to(&mut inst, 0x02), RS1_MAC);
+    let view = inst.service(ServiceId::Addr(svc));
+    assert_eq!(view.reals.iter().map(|r| r.conns).sum::<u64>(), 2, "rescheduled: a new connection: {view:?}");
+}
