@@ -342,7 +342,9 @@ pub struct Settings {
     pub tcp_timeouts: [u32; tcp::STATE_COUNT],
     pub udp_timeout: u32,
     /// IPVS's expire_nodest_conn: 0 keeps forwarding a removed real's flows to it,
-    /// 1 drops their packets and forgets them.
+    /// 1 drops their packets and forgets them (a real failed by its health check and
+    /// out of the tables too), and schedules afresh a SYN on an entry whose real is
+    /// removed, failed or at weight 0 (ip_vs_core.c `ip_vs_in_hook`).
     pub expire_nodest_conn: u32,
     /// IPVS's sloppy_tcp: 1 lets a TCP packet other than SYN start a connection.
     pub sloppy_tcp: u32,
@@ -430,7 +432,9 @@ pub mod counter {
     pub const DROP_CONN_TABLE_FULL: u32 = 9;
     /// A TCP packet other than SYN with no connection: left to the kernel (which resets it).
     pub const PASS_NO_CONN: u32 = 10;
-    /// A packet of a flow whose real was removed, with expire_nodest_conn set.
+    /// A packet other than a SYN of a flow whose real was removed (or failed its health
+    /// check and left the tables), with expire_nodest_conn set: the flow is forgotten.
+    /// (A SYN there is scheduled afresh instead.)
     pub const DROP_NODEST: u32 = 11;
     /// A client frame translated to a NAT real server and sent.
     pub const TX_NAT: u32 = 12;
@@ -442,8 +446,10 @@ pub mod counter {
     /// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client,
     /// with the MTU left after encapsulation.
     pub const TX_ICMP_TOO_BIG: u32 = 15;
-    /// Too big for the path to a TUN real once encapsulated, IPv4 without DF: dropped
-    /// (the fast path does not fragment).
+    /// Too big for the path to a TUN real once encapsulated, IPv4 without DF (fragments
+    /// among them): dropped (IPVS fragments the outer packet; XDP sends at most one frame
+    /// for one). Also a later IPv6 fragment whose first fit but which does not (IPVS
+    /// answers only a first fragment with packet-too-big).
     pub const DROP_TOO_BIG: u32 = 16;
     /// No route to a TUN real yet: passed unchanged, while the controller looks for one.
     pub const PASS_NO_ROUTE: u32 = 17;

@@ -121,7 +121,9 @@ enum Cmd {
         /// UDP idle timeout, seconds.
         #[arg(long)]
         udp: Option<u32>,
-        /// Drop packets of flows whose real server was removed (IPVS's expire_nodest_conn).
+        /// Drop packets of flows whose real server was removed or failed its check, and
+        /// schedule afresh a SYN on a flow whose real has weight 0 or is gone (IPVS's
+        /// expire_nodest_conn).
         #[arg(long, value_parser = parse_switch)]
         expire_nodest_conn: Option<bool>,
         /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
