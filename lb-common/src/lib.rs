@@ -432,9 +432,9 @@ pub mod counter {
     pub const DROP_CONN_TABLE_FULL: u32 = 9;
     /// A TCP packet other than SYN with no connection: left to the kernel (which resets it).
     pub const PASS_NO_CONN: u32 = 10;
-    /// A packet other than a SYN of a flow whose real was removed (or failed its health
-    /// check and left the tables), with expire_nodest_conn set: the flow is forgotten.
-    /// (A SYN there is scheduled afresh instead.)
+    /// A TCP packet other than a SYN of a flow whose real was removed (or failed its
+    /// health check and left the tables), with expire_nodest_conn set: the flow is
+    /// forgotten. (A SYN there, or a UDP datagram, is scheduled afresh instead.)
     pub const DROP_NODEST: u32 = 11;
     /// A client frame translated to a NAT real server and sent.
     pub const TX_NAT: u32 = 12;

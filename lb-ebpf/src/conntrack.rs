@@ -18,7 +18,7 @@ pub enum Lookup {
     /// No live entry: a new connection. Also a SYN whose old entry was just expired to
     /// be scheduled afresh ([`reschedules`]).
     Miss,
-    /// The flow's real was removed (or failed its check and left the tables) and
+    /// A TCP flow's real was removed (or failed its check and left the tables) and
     /// expire_nodest_conn is set.
     NoDest,
 }
@@ -70,15 +70,20 @@ fn gone(real: &RealEntry, flags: u32) -> bool {
     real.removed() || (real.health_down() && flags & svc_flags::INHIBIT_ON_FAILURE == 0)
 }
 
-/// Whether a new SYN (`syn`: SYN without ACK or RST) on the tuple of entry `c` starts
-/// a new connection, scheduled afresh, rather than following `c` (ip_vs_core.c
-/// `ip_vs_in_hook`): with expire_nodest_conn, when `c`'s real takes no new connections
-/// (weight 0, failed or removed); with conn_reuse_mode, when `c` is finished
-/// (`is_new_conn_expected`: TIME_WAIT or CLOSE; bit 2 adds FIN_WAIT for DR and TUN,
-/// whose directors never see TIME_WAIT) and not persistent (IPVS leaves connections a
-/// template controls alone).
+/// Whether a packet on the tuple of entry `c` starts a new connection, scheduled
+/// afresh, rather than following `c` (ip_vs_core.c `ip_vs_in_hook`). A new SYN (`syn`:
+/// SYN without ACK or RST) does with expire_nodest_conn when `c`'s real takes no new
+/// connections (weight 0, failed or removed), and with conn_reuse_mode when `c` is
+/// finished (`is_new_conn_expected`: TIME_WAIT or CLOSE; bit 2 adds FIN_WAIT for DR and
+/// TUN, whose directors never see TIME_WAIT) and not persistent (IPVS leaves
+/// connections a template controls alone). A UDP datagram does with
+/// expire_nodest_conn when `c`'s real is gone (IPVS expires the entry and schedules
+/// the datagram as a new one).
 #[inline(always)]
 fn reschedules(c: &ConnEntry, real: &RealEntry, flags: u32, syn: bool, settings: &Settings) -> bool {
+    if settings.expire_nodest_conn != 0 && c.state == tcp::UDP && gone(real, flags) {
+        return true;
+    }
     if !syn {
         return false;
     }

@@ -317,7 +317,8 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> 
 /// A packet too big for a TUN real's path (`mtu`) once encapsulated: ICMP
 /// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client, as
 /// IPVS (ip_vs_xmit.c `ensure_mtu_is_adequate`), which sends packet-too-big for a
-/// first fragment only; a later IPv6 fragment is dropped. IPv4 without DF (fragments
+/// first fragment only: a later fragment that gets here (its first fit) is dropped
+/// unanswered. IPv4 without DF (fragments
 /// among them) is dropped where IPVS would fragment the outer packet: XDP sends at most
 /// one frame for one.
 #[inline(never)]

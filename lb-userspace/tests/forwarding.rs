@@ -406,3 +406,36 @@ fn conn_reuse_mode_leaves_persistent_services_to_their_template() {
     let view = inst.service(ServiceId::Addr(svc));
     assert_eq!(view.reals.iter().map(|r| r.conns).sum::<u64>(), 2, "rescheduled: a new connection: {view:?}");
 }
+
+/// expire_nodest_conn and UDP, as IPVS: a datagram of a flow whose real is gone is not
+/// dropped but scheduled afresh (the old entry expired first); without it the flow
+/// keeps its removed real.
+#[test]
+fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = Instance::empty();
+    let svc = ops::Service { proto: ops::Proto::Udp, vip: VIP.into(), port: 94 };
+    let opts = ops::ServiceOptions { scheduler: ops::Scheduler::Fo, ..Default::default() };
+    ops::add_service(&mut inst.maps, ServiceId::Addr(svc), opts).unwrap();
+    for (ip, weight, mac) in [(RS1_IP, 2, RS1_MAC), (fixtures::RS2_IP, 1, fixtures::RS2_MAC)] {
+        let hop = NextHop { egress: Some(fixtures::PRIVATE_NIC), mac: Some(mac) };
+        ops::add_real(&mut inst.maps, ServiceId::Addr(svc), ip, RealOptions { weight, ..Default::default() }, hop).unwrap();
+    }
+    let datagram = Frame::udp(VIP, 94, 46400).bytes();
+    let sent_to = |inst: &mut Instance| {
+        let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &datagram);
+        assert_eq!(verdict, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&out[0..6]).unwrap()
+    };
+    assert_eq!(sent_to(&mut inst), RS1_MAC);
+    ops::remove_real(&mut inst.maps, ServiceId::Addr(svc), RS1_IP).unwrap();
+    assert_eq!(sent_to(&mut inst), RS1_MAC, "expire_nodest_conn off: the flow keeps its removed real");
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.expire_nodest_conn = 1;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
+    assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "expire_nodest_conn on: scheduled afresh");
+    assert_eq!(inst.counter(counter::DROP_NODEST), 0);
+    assert_eq!(inst.load(ServiceId::Addr(svc), fixtures::RS2_IP), (0, 1));
+    assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "and follows its new entry");
+}
