@@ -26,6 +26,8 @@ pub const MAX_REALS: u32 = 65_536;
 pub const MAX_CONNS: u32 = 262_144;
 /// Persistence templates (client network → real).
 pub const MAX_PERSIST: u32 = 65_536;
+/// Fragmented datagrams tracked at once (an LRU map: the oldest are forgotten).
+pub const MAX_FRAGS: u32 = 8192;
 /// VIPs one TUN real server decapsulates for.
 pub const MAX_DECAP_VIPS: u32 = 1024;
 /// u32 slots shared by every service's real list and scheduling table.
@@ -332,6 +334,39 @@ pub struct PersistEntry {
     pub real_ip: [u8; 16],
 }
 
+/// Key of the fragment table: one fragmented IP datagram, as RFC 791 / RFC 8200 name
+/// it (source, destination, protocol, identification; IPv4's 16-bit id is widened).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification or IPv6 Fragment header identification, host order.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the fragment table: what the datagram's first fragment (the one with the
+/// ports) was found to be, for the later fragments to follow (as Cilium's
+/// `ipv4_frag_l4ports`, plus the decision when it went to a real server).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The first fragment's ports, wire order.
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// The real's port and [`forward`] method the first fragment was sent with (a
+    /// client's datagram to a service; unused for a NAT real's reply).
+    pub real_port: [u8; 2],
+    pub forward: u8,
+    /// 1: a client's datagram sent to `real_id`; 0: a NAT real's reply.
+    pub to_real: u8,
+    pub real_id: u32,
+    /// The real's address, so a real id since reused is never followed.
+    pub real_ip: [u8; 16],
+}
+
 /// Global settings (one entry): timeouts as `ipvsadm --set` and IPVS's sysctls.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,7 +375,9 @@ pub struct Settings {
     pub tcp_timeouts: [u32; tcp::STATE_COUNT],
     pub udp_timeout: u32,
     /// IPVS's expire_nodest_conn: 0 keeps forwarding a removed real's flows to it,
-    /// 1 drops their packets and forgets them.
+    /// 1 drops their packets and forgets them (a real failed by its health check and
+    /// out of the tables too), and schedules afresh a SYN on an entry whose real is
+    /// removed, failed or at weight 0 (ip_vs_core.c `ip_vs_in_hook`).
     pub expire_nodest_conn: u32,
     /// IPVS's sloppy_tcp: 1 lets a TCP packet other than SYN start a connection.
     pub sloppy_tcp: u32,
@@ -351,6 +388,12 @@ pub struct Settings {
     /// weight 0, so its clients are scheduled afresh; 0 (IPVS's default) keeps sending
     /// them to the quiescent real.
     pub expire_quiescent_template: u32,
+    /// IPVS's conn_reuse_mode (ipvs-sysctl.txt, ip_vs_core.c `is_new_conn_expected`):
+    /// a SYN on the tuple of a non-persistent connection in TIME_WAIT or CLOSE is
+    /// scheduled afresh when bit 1 (value 1) is set; with bit 2 (value 2) too, also one
+    /// in FIN_WAIT when the director sees only the client's side (DR, TUN). 0: the SYN
+    /// follows the old entry. Default 1, as IPVS.
+    pub conn_reuse_mode: u32,
 }
 
 impl Default for Settings {
@@ -362,6 +405,7 @@ impl Default for Settings {
             sloppy_tcp: 0,
             icmp_echo: 0,
             expire_quiescent_template: 0,
+            conn_reuse_mode: 1,
         }
     }
 }
@@ -407,8 +451,11 @@ pub mod counter {
     /// ethertype, lengths that contradict each other, a TCP data offset under 5 or past
     /// the packet).
     pub const PASS_BAD_HEADER: u32 = 4;
-    /// A fragment (IPv4 MF or offset, IPv6 fragment header): ports are not in every
-    /// fragment, so no fragment is balanced; the kernel gets them all.
+    /// A fragment the fast path cannot place: a later fragment (no ports) whose
+    /// datagram's first fragment was not seen first (the fragment table has no entry),
+    /// or a fragment of ICMP. Passed to the kernel. First fragments (which carry the
+    /// ports) are balanced as whole packets are, and record their decision for the
+    /// later ones, which follow it.
     pub const PASS_FRAGMENT: u32 = 5;
     /// The next hop's MAC is not resolved yet. DR passes the frame unchanged (the
     /// controller resolves the real); NAT and TUN pass the translated or encapsulated
@@ -423,8 +470,9 @@ pub mod counter {
     pub const DROP_CONN_TABLE_FULL: u32 = 9;
     /// A TCP packet other than SYN with no connection: left to the kernel (which resets it).
     pub const PASS_NO_CONN: u32 = 10;
-    /// A packet of a flow whose real was removed (IPVS drops it; expire_nodest_conn also
-    /// forgets the flow).
+    /// A TCP packet other than a SYN of a flow whose real was removed (or failed its
+    /// health check and left the tables), with expire_nodest_conn set: the flow is
+    /// forgotten. (A SYN there, or a UDP datagram, is scheduled afresh instead.)
     pub const DROP_NODEST: u32 = 11;
     /// A client frame translated to a NAT real server and sent.
     pub const TX_NAT: u32 = 12;
@@ -436,8 +484,10 @@ pub mod counter {
     /// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client,
     /// with the MTU left after encapsulation.
     pub const TX_ICMP_TOO_BIG: u32 = 15;
-    /// Too big for the path to a TUN real once encapsulated, IPv4 without DF: dropped
-    /// (the fast path does not fragment).
+    /// Too big for the path to a TUN real once encapsulated, IPv4 without DF (fragments
+    /// among them): dropped (IPVS fragments the outer packet; XDP sends at most one frame
+    /// for one). Also a later IPv6 fragment whose first fit but which does not (IPVS
+    /// answers only a first fragment with packet-too-big).
     pub const DROP_TOO_BIG: u32 = 16;
     /// No route to a TUN real yet: passed unchanged, while the controller looks for one.
     pub const PASS_NO_ROUTE: u32 = 17;
@@ -533,6 +583,8 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const NAT_REPLIES: &str = "NAT_REPLIES";
     pub const VIPS: &str = "VIPS";
+    /// The fragment table: not pinned (a restart forgets datagrams in flight).
+    pub const FRAGS: &str = "FRAGS";
     /// The director's maps (pinned by `xlb run`).
     pub const ALL: [&str; 13] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
@@ -608,6 +660,8 @@ mod pod {
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for PersistEntry {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for RealStats {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }
@@ -628,7 +682,9 @@ mod tests {
         assert_eq!(size_of::<ConnEntry>(), 40);
         assert_eq!(size_of::<NatReply>(), 72);
         assert_eq!(size_of::<ServiceInfo>(), 52);
-        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 5));
+        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 6));
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragEntry>(), 28);
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
     }
 

@@ -7,7 +7,7 @@
 //! here the state moves by compare-and-swap, and only the CPU whose swap succeeded moves
 //! the real's ActiveConn/InActConn counts, so they stay exact. Removal first swaps the
 //! state to [`tcp::GONE`]: exactly one remover wins and learns the state the counts hold.
-use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, tcp};
+use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, ServiceInfo, Settings, forward, svc_flags, tcp};
 
 use crate::{
     atomic,
@@ -24,9 +24,11 @@ const EEXIST: i32 = 17;
 pub enum Lookup {
     /// The flow is known: forward it as its entry says, to this real.
     Hit(ConnEntry, &'static RealEntry),
-    /// No live entry: a new connection.
+    /// No live entry: a new connection. Also a SYN whose old entry was just expired to
+    /// be scheduled afresh ([`reschedules`]).
     Miss,
-    /// The flow's real was removed: drop the packet (the flow is forgotten too if
+    /// The flow's real was removed (or, with expire_nodest_conn, failed its check and
+    /// left the tables): drop the packet (the flow is forgotten too if
     /// expire_nodest_conn is set).
     NoDest,
 }
@@ -116,11 +118,48 @@ fn claim(conn: *mut ConnEntry) -> Option<ConnEntry> {
     Some(c)
 }
 
-/// Finds the client's flow, expiring it if idle too long, and advances its TCP state.
-/// A separate BPF function.
+/// Whether a real is out of its service for good, as IPVS's destination without
+/// IP_VS_DEST_F_AVAILABLE: removed, or failed its health check and taken out of the
+/// tables (keepalived removes it; with inhibit_on_failure it only gets weight 0).
+#[inline(always)]
+fn gone(real: &RealEntry, flags: u32) -> bool {
+    real.removed() || (real.health_down() && flags & svc_flags::INHIBIT_ON_FAILURE == 0)
+}
+
+/// Whether a packet on the tuple of entry `c` starts a new connection, scheduled
+/// afresh, rather than following `c` (ip_vs_core.c `ip_vs_in_hook`). A new SYN (`syn`:
+/// SYN without ACK or RST) does with expire_nodest_conn when `c`'s real takes no new
+/// connections (weight 0, failed or removed), and with conn_reuse_mode when `c` is
+/// finished (`is_new_conn_expected`: TIME_WAIT or CLOSE; bit 2 adds FIN_WAIT for DR and
+/// TUN, whose directors never see TIME_WAIT) and not persistent (IPVS leaves
+/// connections a template controls alone). A UDP datagram does with
+/// expire_nodest_conn when `c`'s real is gone (IPVS expires the entry and schedules
+/// the datagram as a new one).
+#[inline(always)]
+fn reschedules(c: &ConnEntry, real: &RealEntry, flags: u32, syn: bool, settings: &Settings) -> bool {
+    if settings.expire_nodest_conn != 0 && c.state == tcp::UDP && gone(real, flags) {
+        return true;
+    }
+    if !syn {
+        return false;
+    }
+    if settings.expire_nodest_conn != 0 && (real.weight == 0 || real.health_down() || gone(real, flags)) {
+        return true;
+    }
+    let mode = settings.conn_reuse_mode;
+    mode != 0
+        && flags & svc_flags::PERSISTENT == 0
+        && (c.state == tcp::TIME_WAIT
+            || c.state == tcp::CLOSE
+            || (mode & 2 != 0 && c.state == tcp::FIN_WAIT && c.forward != forward::NAT))
+}
+
+/// Finds the client's flow, expiring it if idle too long or if a new SYN
+/// [`reschedules`] it, and advances its TCP state. A separate BPF function.
 #[inline(never)]
-pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> Lookup {
+pub fn lookup(pkt: &Packet, svc: &ServiceInfo, settings: &Settings, now: u64) -> Lookup {
     let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
+    let (service_id, flags) = (svc.id, svc.flags);
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
     let c = unsafe { *conn };
     if c.state == tcp::GONE {
@@ -140,6 +179,12 @@ pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> L
         expire(flow, &c);
         return Lookup::Miss;
     }
+    let syn = flow.proto == PROTO_TCP && tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
+    if reschedules(&c, real, flags, syn, settings) {
+        // The old entry's count leaves with it, before the new one is counted.
+        expire(flow, &c);
+        return Lookup::Miss;
+    }
     if real.removed() {
         // IPVS (ip_vs_in): a destination that is not available drops its connections'
         // packets silently, without restarting their timers; expire_nodest_conn also
@@ -147,6 +192,10 @@ pub fn lookup(pkt: &Packet, service_id: u32, settings: &Settings, now: u64) -> L
         if settings.expire_nodest_conn != 0 {
             expire(flow, &c);
         }
+        return Lookup::NoDest;
+    }
+    if gone(real, flags) && settings.expire_nodest_conn != 0 {
+        expire(flow, &c);
         return Lookup::NoDest;
     }
     advance(conn, &c, flow.proto, client_dir(&c), tcp_flags, now);

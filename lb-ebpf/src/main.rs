@@ -13,6 +13,7 @@ mod atomic;
 mod bench;
 mod conntrack;
 mod decap;
+mod frag;
 mod fwd;
 mod icmp;
 mod maps;
@@ -24,7 +25,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
+    FlowKey, FragEntry, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
@@ -91,6 +92,17 @@ fn try_balance(ctx: &XdpContext) -> Result<u32, ()> {
     }
     // An array's only entry: always there.
     let settings = SETTINGS.get(0).ok_or(())?;
+    if s.pkt.later_fragment() {
+        if !frag::follow(&mut s.pkt, &mut s.frag) {
+            stats::count(counter::PASS_FRAGMENT);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        // A client's datagram follows its first fragment to its real; a NAT real's
+        // reply, now with its ports, is translated back as any reply is.
+        if s.frag.to_real != 0 {
+            return Ok(follow_fragment(ctx, s));
+        }
+    }
     if s.pkt.is_icmp() {
         return Ok(icmp::handle(ctx, s, settings));
     }
@@ -117,14 +129,14 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     let pkt = &s.pkt;
     let key = ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 };
     let Some(&service_id) = (unsafe { SERVICES.get(&key) }) else {
-        return Ok(nat_reply(ctx, pkt, settings, now));
+        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, now));
     };
     let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };
     let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
-    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc.id, settings, now) };
+    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc, settings, now) };
     match lookup {
         Lookup::Hit(c, real) => {
             let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
@@ -162,6 +174,22 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
             Ok(send_to_real(ctx, &s.pkt, real, &target))
         }
     }
+}
+
+/// A later fragment of a client's datagram to a service: to the real its first
+/// fragment went to, by the same method (`s.frag`, filled by `frag::follow`). A
+/// separate BPF function, called from the top: under `balance_flow` the chain would
+/// pass BPF's 512 bytes of stack.
+#[inline(never)]
+fn follow_fragment(ctx: &XdpContext, s: &Scratch) -> u32 {
+    let f = &s.frag;
+    let real = if f.to_real != 0 { unsafe { REALS.get(&f.real_id) } } else { None };
+    let Some(real) = real.filter(|r| r.ip == f.real_ip) else {
+        stats::count(counter::PASS_FRAGMENT);
+        return xdp_action::XDP_PASS;
+    };
+    let target = Target { real_id: f.real_id, method: f.forward, real_port: f.real_port, new_conn: false };
+    send_to_real(ctx, &s.pkt, real, &target)
 }
 
 /// Where a client's frame goes.
@@ -284,6 +312,11 @@ fn to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> u32 
 
 #[inline(always)]
 fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> Result<u32, ()> {
+    if pkt.fragment == parse::FIRST_FRAGMENT {
+        // Here, not in balance_flow: its frame is at the stack budget's edge.
+        let mut f = FragEntry { real_id: t.real_id, real_ip: real.ip, real_port: t.real_port, forward: t.method, to_real: 1, ..Default::default() };
+        frag::remember(pkt, &mut f);
+    }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let sent = match t.method {
         forward::NAT => {
@@ -325,11 +358,15 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> 
 }
 
 /// A packet too big for a TUN real's path (`mtu`) once encapsulated: ICMP
-/// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client,
-/// else dropped.
+/// fragmentation-needed (IPv4 with DF) or ICMPv6 packet-too-big back to the client, as
+/// IPVS (ip_vs_xmit.c `ensure_mtu_is_adequate`), which sends packet-too-big for a
+/// first fragment only: a later fragment that gets here (its first fit) is dropped
+/// unanswered. IPv4 without DF (fragments
+/// among them) is dropped where IPVS would fragment the outer packet: XDP sends at most
+/// one frame for one.
 #[inline(never)]
 fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
-    if (pkt.v4 && pkt.frag & lb_common::csum::IP_DF == 0) || !tun::quotable(pkt) {
+    if (pkt.v4 && pkt.frag & lb_common::csum::IP_DF == 0) || pkt.later_fragment() || !tun::quotable(pkt) {
         stats::count(counter::DROP_TOO_BIG);
         return xdp_action::XDP_DROP;
     }
@@ -347,8 +384,8 @@ fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
 /// VIP and virtual port again and it goes back the way the client's first packet came
 /// (that NIC, that MAC, those VLAN tags). Not inlined: its locals get their own stack frame.
 #[inline(never)]
-fn nat_reply(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
-    match try_nat_reply(ctx, pkt, settings, now) {
+fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, now: u64) -> u32 {
+    match try_nat_reply(ctx, pkt, frag, settings, now) {
         Ok(verdict) => verdict,
         Err(()) => {
             stats::count(counter::PASS_ERROR);
@@ -358,11 +395,16 @@ fn nat_reply(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u
 }
 
 #[inline(always)]
-fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> Result<u32, ()> {
+fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, now: u64) -> Result<u32, ()> {
     let Some((back, real_id)) = conntrack::lookup_reply(&pkt.flow, pkt.tcp_flags, settings, now) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };
+    if pkt.fragment == parse::FIRST_FRAGMENT {
+        // A reply's later fragments need only its ports: they find the connection.
+        frag.to_real = 0;
+        frag::remember(pkt, frag);
+    }
     nat::rewrite(ctx, pkt, nat::End::Source, &back.flow.dst, back.flow.dport)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = fwd::send_back(ctx, pkt.l3(), pkt.v4, back)?;

@@ -1,10 +1,10 @@
 //! Every map of the fast path, declared together. Layouts live in lb-common.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    ConnEntry, FlowKey, MAX_CONNS, MAX_DECAP_VIPS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES,
+    ConnEntry, FlowKey, FragEntry, FragKey, MAX_CONNS, MAX_FRAGS, MAX_DECAP_VIPS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES,
     NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, counter,
     decap_counter,
 };
@@ -45,6 +45,13 @@ pub static CONNS: HashMap<FlowKey, ConnEntry> = HashMap::with_max_entries(MAX_CO
 /// and the way back to the client. Written and removed with the connection entry.
 #[map]
 pub static NAT_REPLIES: HashMap<FlowKey, NatReply> = HashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Fragmented datagrams: (source, destination, IP id, protocol) → what their first
+/// fragment was (its ports, and the real it went to), for the later fragments, which
+/// carry no ports, to follow (Cilium's IPV4_FRAG_DATAGRAMS_MAP). LRU: bounded, the
+/// oldest datagrams forgotten first.
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 /// Persistence templates: client network within a service → real.
 #[map]

@@ -29,6 +29,18 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 
+/// [`Packet::fragment`]: a whole packet (IPv6 atomic fragments included).
+pub const WHOLE: u8 = 0;
+/// The first fragment of a datagram: offset 0, more to come; it carries the ports.
+pub const FIRST_FRAGMENT: u8 = 1;
+/// A later fragment: no transport header; its ports come from the fragment table.
+pub const LATER_FRAGMENT: u8 = 2;
+/// IPv4 "more fragments" flag and fragment offset, within their 16-bit field.
+const IP_OFFSET: u16 = 0x1fff;
+/// IPv6 Fragment header: offset (13 bits, in 8-byte units) and M flag, in bytes 2-3.
+const IPV6_FRAG_OFFSET: u16 = 0xfff8;
+const IPV6_FRAG_MORE: u16 = 0x0001;
+
 /// Pointer to a `T` at `offset` into the frame, or `Err` if the frame is too short.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
@@ -64,8 +76,14 @@ pub struct Packet {
     /// The 5-tuple as sent: addresses in the 16-byte form; protocol TCP, UDP, ICMP or
     /// ICMPv6; ports zero for ICMP. The connection table's key.
     pub flow: FlowKey,
-    /// TCP flags (zero for UDP and ICMP).
+    /// TCP flags (zero for UDP and ICMP, and for a later fragment).
     pub tcp_flags: u8,
+    /// [`WHOLE`], [`FIRST_FRAGMENT`] or [`LATER_FRAGMENT`]; for a later fragment the
+    /// ports in `flow` are zero until the fragment table fills them in.
+    pub fragment: u8,
+    /// The datagram's identification (IPv4's 16 bits, or the IPv6 Fragment header's
+    /// 32) when `fragment` is not [`WHOLE`].
+    pub frag_id: u32,
 }
 
 /// Masks for offsets read back from scratch memory: values loaded from a map are
@@ -87,6 +105,11 @@ impl Packet {
     #[inline(always)]
     pub fn is_icmp(&self) -> bool {
         self.flow.proto == PROTO_ICMP || self.flow.proto == PROTO_ICMPV6
+    }
+
+    #[inline(always)]
+    pub fn later_fragment(&self) -> bool {
+        self.fragment == LATER_FRAGMENT
     }
 }
 
@@ -152,13 +175,34 @@ fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), u32> {
     pkt.id = 0;
     pkt.frag = 0;
     pkt.tcp_flags = 0;
+    pkt.fragment = WHOLE;
+    pkt.frag_id = 0;
     pkt.flow = FlowKey::default();
     let header_len = match ethertype {
         ETH_P_IP => ipv4(ctx, pkt)?,
         ETH_P_IPV6 => ipv6(ctx, pkt)?,
         _ => return Err(counter::PASS_NOT_IP),
     };
+    // ICMP errors are matched by their quote, which a fragment may not hold whole.
+    if pkt.fragment != WHOLE && pkt.is_icmp() {
+        return Err(counter::PASS_FRAGMENT);
+    }
+    if pkt.fragment == LATER_FRAGMENT {
+        return fragment_data(ctx, pkt, header_len);
+    }
     transport(ctx, pkt, header_len)
+}
+
+/// A later fragment's data: no transport header to read, only the lengths to check.
+#[inline(always)]
+fn fragment_data(ctx: &XdpContext, pkt: &Packet, header_len: usize) -> Result<(), u32> {
+    if (pkt.ip_len as usize) < header_len {
+        return Err(counter::PASS_BAD_HEADER);
+    }
+    if ctx.data() + pkt.l3() + pkt.ip_len as usize > ctx.data_end() {
+        return Err(counter::PASS_TRUNCATED);
+    }
+    Ok(())
 }
 
 /// The IPv4 header at `pkt.l3()`; returns its length.
@@ -175,12 +219,13 @@ fn ipv4(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
         return Err(counter::PASS_NOT_TCP_UDP);
     }
     let frag = u16::from_be_bytes(unsafe { (*ip).frags });
-    if frag & IP_MF_AND_OFFSET != 0 {
-        return Err(counter::PASS_FRAGMENT);
-    }
     pkt.flow.proto = proto;
     pkt.frag = frag;
     pkt.id = u16::from_be_bytes(unsafe { (*ip).id });
+    if frag & IP_MF_AND_OFFSET != 0 {
+        pkt.fragment = if frag & IP_OFFSET != 0 { LATER_FRAGMENT } else { FIRST_FRAGMENT };
+        pkt.frag_id = pkt.id as u32;
+    }
     pkt.tos = unsafe { (*ip).tos };
     pkt.ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
     pkt.flow.src = addr::from_v4(unsafe { (*ip).src_addr });
@@ -213,9 +258,28 @@ fn ipv6(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
         let unit = match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => 8,
             IPV6_AUTH => 4,
-            IPV6_FRAGMENT => return Err(counter::PASS_FRAGMENT),
+            IPV6_FRAGMENT => 0,
             _ => break,
         };
+        if unit == 0 {
+            // RFC 8200 4.5: next header, reserved, offset and M, identification.
+            let fh: *const [u8; 8] = ptr_at(ctx, pkt.l3() + len).map_err(|()| counter::PASS_TRUNCATED)?;
+            let f = unsafe { *fh };
+            let offset_more = u16::from_be_bytes([f[2], f[3]]);
+            next = f[0];
+            len += 8;
+            skipped += 1;
+            // Offset 0 without M is an atomic fragment (RFC 6946): a whole packet.
+            if offset_more & (IPV6_FRAG_OFFSET | IPV6_FRAG_MORE) != 0 {
+                pkt.frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                if offset_more & IPV6_FRAG_OFFSET != 0 {
+                    pkt.fragment = LATER_FRAGMENT;
+                    break;
+                }
+                pkt.fragment = FIRST_FRAGMENT;
+            }
+            continue;
+        }
         let ext: *const [u8; 2] = ptr_at(ctx, pkt.l3() + len).map_err(|()| counter::PASS_TRUNCATED)?;
         let e = unsafe { *ext };
         next = e[0];
@@ -223,10 +287,13 @@ fn ipv6(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
         len += (e[1] as usize + if unit == 8 { 1 } else { 2 }) * unit;
         skipped += 1;
     }
+    // A later fragment's next header is that of the data it carries (the transport's).
+    let later = pkt.fragment == LATER_FRAGMENT;
     match next {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => {}
+        _ if later => return Err(counter::PASS_FRAGMENT),
         IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH => return Err(counter::PASS_IPV6_EXTENSIONS),
         IPV6_FRAGMENT => return Err(counter::PASS_FRAGMENT),
-        PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => {}
         _ => return Err(counter::PASS_NOT_TCP_UDP),
     }
     pkt.flow.proto = next;

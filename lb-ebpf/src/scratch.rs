@@ -1,7 +1,7 @@
 //! Per-CPU working memory for the structures of one frame's processing too large for
 //! BPF's 512-byte stack: functions down the call chain take it by reference instead of
 //! copying. XDP processes one frame at a time on a CPU, so one slot per CPU serves.
-use lb_common::{ConnEntry, FlowKey, NatReply};
+use lb_common::{ConnEntry, FlowKey, FragEntry, NatReply};
 
 use crate::{icmp::Inner, maps::SCRATCH, parse::Packet};
 
@@ -15,6 +15,8 @@ pub struct Scratch {
     /// An ICMP error's quoted packet, and its flow turned around.
     pub inner: Inner,
     pub turned: FlowKey,
+    /// A later fragment's record of its datagram (see `frag`).
+    pub frag: FragEntry,
 }
 
 /// This CPU's scratch memory (an array's only slot: always there).

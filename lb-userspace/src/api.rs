@@ -50,6 +50,8 @@ pub struct SettingsChange {
     #[serde(default)]
     pub expire_quiescent_template: Option<bool>,
     pub icmp_echo: Option<bool>,
+    /// IPVS's conn_reuse_mode (0..=3).
+    pub conn_reuse_mode: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +66,8 @@ pub struct SettingsView {
     pub icmp_echo: bool,
     #[serde(default)]
     pub expire_quiescent_template: bool,
+    #[serde(default)]
+    pub conn_reuse_mode: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

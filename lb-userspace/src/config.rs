@@ -9,6 +9,7 @@
 //! sloppy_tcp = false
 //! expire_quiescent_template = false  # true: weight 0 ends persistence templates
 //! icmp_echo = false          # true: the fast path answers ping to VIPs itself
+//! conn_reuse_mode = 1        # IPVS's sysctl, 0 to 3 (default 1)
 //!
 //! [[service]]
 //! proto = "tcp"              # tcp (default) or udp
@@ -42,7 +43,7 @@
 //! The whole file is parsed and checked before anything is applied.
 use std::{collections::HashSet, ops::Range, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use lb_common::{Settings, tcp};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -76,6 +77,7 @@ struct SettingsSection {
     expire_quiescent_template: bool,
     #[serde(default)]
     icmp_echo: bool,
+    conn_reuse_mode: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -170,6 +172,7 @@ pub fn to_toml(cfg: &Config) -> String {
         sloppy_tcp: s.sloppy_tcp != 0,
         expire_quiescent_template: s.expire_quiescent_template != 0,
         icmp_echo: s.icmp_echo != 0,
+        conn_reuse_mode: Some(s.conn_reuse_mode),
     });
     let service = cfg
         .services
@@ -232,6 +235,9 @@ pub fn load(path: &Path) -> Result<Config> {
 /// for the checks made here (a bad address, method, flag, …).
 pub fn parse(text: &str) -> Result<Config> {
     let file: File = toml::from_str(text)?;
+    if let Some(mode) = file.settings.as_ref().and_then(|s| s.conn_reuse_mode) {
+        ensure!(mode <= 3, "settings: conn_reuse_mode {mode} is not 0 to 3 (IPVS's bits 1 and 2)");
+    }
     let settings = file.settings.map(|s| {
         let mut out = Settings::default();
         if let Some(t) = s.tcp {
@@ -247,6 +253,7 @@ pub fn parse(text: &str) -> Result<Config> {
         out.sloppy_tcp = s.sloppy_tcp as u32;
         out.expire_quiescent_template = s.expire_quiescent_template as u32;
         out.icmp_echo = s.icmp_echo as u32;
+        out.conn_reuse_mode = s.conn_reuse_mode.unwrap_or(out.conn_reuse_mode);
         out
     });
     let mut services = Vec::new();
@@ -391,6 +398,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn conn_reuse_mode_is_read_written_back_and_checked() {
+        let cfg = parse("[settings]\nconn_reuse_mode = 3\n").unwrap();
+        assert_eq!(cfg.settings.unwrap().conn_reuse_mode, 3);
+        assert_eq!(parse(&to_toml(&cfg)).unwrap().settings.unwrap().conn_reuse_mode, 3);
+        let err = parse("[settings]\nconn_reuse_mode = 4\n").unwrap_err();
+        assert!(format!("{err:#}").contains("conn_reuse_mode 4 is not 0 to 3"), "{err:#}");
+    }
+
+    #[test]
     fn parses_a_full_file() {
         let cfg = parse(
             r#"
@@ -419,6 +435,7 @@ mod tests {
         assert_eq!(s.tcp_timeouts[tcp::FIN_WAIT as usize], 120);
         assert_eq!((s.udp_timeout, s.expire_nodest_conn, s.sloppy_tcp), (30, 1, 0));
         assert_eq!(s.expire_quiescent_template, 1);
+        assert_eq!(s.conn_reuse_mode, 1, "IPVS's default when the file says nothing");
         let web = &cfg.services[0];
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(web.id, ServiceId::Addr(Service { proto: Proto::Tcp, vip: ip("10.0.0.100"), port: 80 }));

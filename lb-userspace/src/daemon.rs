@@ -647,6 +647,10 @@ pub fn apply_settings_change(s: &mut lb_common::Settings, c: SettingsChange) {
     if let Some(on) = c.icmp_echo {
         s.icmp_echo = on as u32;
     }
+    // Only 0..=3 gets here (the CLI and the config file check it); more bits mean nothing.
+    if let Some(mode) = c.conn_reuse_mode {
+        s.conn_reuse_mode = mode & 3;
+    }
 }
 
 pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
@@ -658,6 +662,7 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
         sloppy_tcp: s.sloppy_tcp != 0,
         icmp_echo: s.icmp_echo != 0,
         expire_quiescent_template: s.expire_quiescent_template != 0,
+        conn_reuse_mode: s.conn_reuse_mode,
     }
 }
 

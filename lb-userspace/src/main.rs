@@ -127,7 +127,9 @@ enum Cmd {
         /// UDP idle timeout, seconds.
         #[arg(long)]
         udp: Option<u32>,
-        /// Drop packets of flows whose real server was removed (IPVS's expire_nodest_conn).
+        /// Drop packets of flows whose real server was removed or failed its check, and
+        /// schedule afresh a SYN on a flow whose real has weight 0 or is gone (IPVS's
+        /// expire_nodest_conn).
         #[arg(long, value_parser = parse_switch)]
         expire_nodest_conn: Option<bool>,
         /// Let a TCP packet other than SYN open a connection (IPVS's sloppy_tcp).
@@ -141,6 +143,11 @@ enum Cmd {
         /// if it holds the VIP).
         #[arg(long, value_parser = parse_switch)]
         icmp_echo: Option<bool>,
+        /// IPVS's conn_reuse_mode, 0 to 3 (default 1): with bit 1, a SYN reusing the
+        /// ports of a connection in TIME_WAIT or CLOSE is scheduled afresh; bit 2 adds
+        /// FIN_WAIT for DR and TUN (ipvs-sysctl.txt).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3))]
+        conn_reuse_mode: Option<u32>,
     },
     /// Show the timeouts (ipvsadm -L --timeout).
     Timeout,
@@ -735,27 +742,29 @@ fn dispatch(cli: Cli) -> Result<()> {
             sloppy_tcp: None,
             expire_quiescent_template: None,
             icmp_echo: None,
+            conn_reuse_mode: None,
         } => {
             // Nothing to change: show what is set.
             match call(Request::Settings)? {
                 Reply::Settings(s) => show(output, &s, |s| {
                     let on = |b: bool| if b { "on" } else { "off" };
                     format!(
-                        "Timeout (tcp tcpfin udp): {} {} {}\nexpire-nodest-conn {}\nsloppy-tcp {}\nexpire-quiescent-template {}\nicmp-echo {}\n",
+                        "Timeout (tcp tcpfin udp): {} {} {}\nexpire-nodest-conn {}\nsloppy-tcp {}\nexpire-quiescent-template {}\nicmp-echo {}\nconn-reuse-mode {}\n",
                         s.tcp,
                         s.tcpfin,
                         s.udp,
                         on(s.expire_nodest_conn),
                         on(s.sloppy_tcp),
                         on(s.expire_quiescent_template),
-                        on(s.icmp_echo)
+                        on(s.icmp_echo),
+                        s.conn_reuse_mode
                     )
                 }),
                 other => unexpected(other),
             }
         }
-        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo } => {
-            let change = SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo };
+        Cmd::Set { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo, conn_reuse_mode } => {
+            let change = SettingsChange { tcp, tcpfin, udp, expire_nodest_conn, sloppy_tcp, expire_quiescent_template, icmp_echo, conn_reuse_mode };
             done(call(Request::SetSettings { change })?)
         }
         Cmd::Timeout => match call(Request::Settings)? {

@@ -5,6 +5,8 @@
 //! life, the decapsulator, and next hops from the kernel.
 mod common;
 
+use std::net::IpAddr;
+
 use common::Instance;
 use lb_common::{addr, counter, decap_counter, map_names, tcp};
 use lb_userspace::{
@@ -269,4 +271,171 @@ fn next_hops_come_from_the_kernels_routes_and_neighbours() {
     assert_eq!(lookup("2001:db8::7").unwrap(), NextHop::default());
     let err = lookup("10.0.0.2").unwrap_err().to_string();
     assert!(err.contains("is an address of this host"), "{err}");
+}
+
+#[test]
+fn fragment_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    inst.check_cases(&fixtures::fragment_cases());
+    // Each datagram made one connection; its later fragments followed, adding none.
+    let conns = ops::connections(&inst.maps).unwrap();
+    assert_eq!(conns.iter().filter(|c| c.client.ends_with(":47000") || c.client.ends_with(":47004")).count(), 2, "{conns:?}");
+}
+
+/// Runs fixture steps in order, each after its change to the tables.
+fn check_steps(inst: &mut Instance, steps: &[fixtures::Step]) {
+    for step in steps {
+        if let Some(before) = step.before {
+            before(&mut inst.maps).unwrap_or_else(|e| panic!("{}: the change before it: {e:#}", step.case.name));
+        }
+        inst.check_cases(std::slice::from_ref(&step.case));
+    }
+}
+
+#[test]
+fn reuse_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = Instance::empty();
+    fixtures::install_reuse_services(&mut inst.maps).unwrap();
+    check_steps(&mut inst, &fixtures::reuse_steps());
+    // The replaced entries' counts left with them: NAT rs1 keeps 46001 (established),
+    // rs2 has the new 46000 (SYN_RECV); DR rs2 has 46100 and 46102, rs1 none (46101
+    // was dropped with its real down).
+    let (nat, dr) = (ServiceId::Addr(fixtures::REUSE_NAT), ServiceId::Addr(fixtures::REUSE_DR));
+    assert_eq!(inst.load(nat, RS1_IP), (1, 0), "NAT rs1: active, inactive");
+    assert_eq!(inst.load(nat, fixtures::RS2_IP), (0, 1), "NAT rs2");
+    assert_eq!(inst.load(dr, RS1_IP), (0, 0), "DR rs1");
+    assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 2), "DR rs2");
+    let conns = ops::connections(&inst.maps).unwrap();
+    let real_of = |sport: u16| conns.iter().find(|c| c.client == format!("{CLIENT_IP}:{sport}")).map(|c| c.real);
+    assert_eq!(real_of(46000), Some(fixtures::RS2_IP.into()), "46000's entry replaced: {conns:?}");
+    assert_eq!(real_of(46100), Some(fixtures::RS2_IP.into()));
+    assert_eq!(real_of(46101), None, "dropped with its real down");
+    assert_eq!(inst.maps.nat_replies.iter().count(), 2, "the old reply entry left with its connection");
+    let view = inst.service(nat);
+    let conns_of = |ip| view.reals.iter().find(|r| r.address == IpAddr::V4(ip)).unwrap().conns;
+    assert_eq!((conns_of(RS1_IP), conns_of(fixtures::RS2_IP)), (2, 1), "connections scheduled per real");
+}
+
+/// conn_reuse_mode as ipvs-sysctl.txt: 0 never reschedules on a finished entry; bit 1
+/// does in TIME_WAIT and CLOSE; bit 2 adds FIN_WAIT for DR and TUN (the last state a
+/// director that sees one side reaches). Persistent services are left alone.
+#[test]
+fn conn_reuse_mode_bits_decide_which_finished_entries_a_syn_replaces() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = Instance::empty();
+    fixtures::install_reuse_services(&mut inst.maps).unwrap();
+    let dr = ServiceId::Addr(fixtures::REUSE_DR);
+    let frame = |sport, flags| Frame { tcp_flags: flags, ..Frame::tcp(VIP, fixtures::REUSE_DR.port, sport) };
+    let sent_to = |inst: &mut Instance, sport, flags| {
+        let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &frame(sport, flags).bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&out[0..6]).unwrap()
+    };
+    let set_mode = |inst: &mut Instance, mode| {
+        let mut s = ops::settings(&inst.maps).unwrap();
+        s.conn_reuse_mode = mode;
+        ops::set_settings(&mut inst.maps, s).unwrap();
+    };
+    let weight = |inst: &mut Instance, w| {
+        ops::edit_real(&mut inst.maps, dr, RS1_IP, RealOptions { weight: w, ..Default::default() }).unwrap();
+    };
+    assert_eq!(ops::settings(&inst.maps).unwrap().conn_reuse_mode, 1, "IPVS's default");
+    // Port 46200 ends in FIN_WAIT (client's fin), 46201 in CLOSE (client's rst), both on rs1.
+    for (sport, last) in [(46200, 0x11), (46201, 0x04)] {
+        for flags in [0x02, 0x10, last] {
+            assert_eq!(sent_to(&mut inst, sport, flags), RS1_MAC);
+        }
+    }
+    weight(&mut inst, 0);
+    set_mode(&mut inst, 0);
+    assert_eq!(sent_to(&mut inst, 46201, 0x02), RS1_MAC, "mode 0: a syn follows a CLOSE entry");
+    // A rst in SYN_RECV keeps it (IPVS's table): established first, then closed.
+    assert_eq!(sent_to(&mut inst, 46201, 0x10), RS1_MAC);
+    assert_eq!(sent_to(&mut inst, 46201, 0x04), RS1_MAC, "back to CLOSE");
+    set_mode(&mut inst, 1);
+    assert_eq!(sent_to(&mut inst, 46200, 0x02), RS1_MAC, "mode 1: FIN_WAIT is not finished for IPVS");
+    assert_eq!(sent_to(&mut inst, 46200, 0x11), RS1_MAC, "back to FIN_WAIT");
+    assert_eq!(sent_to(&mut inst, 46201, 0x02), fixtures::RS2_MAC, "mode 1: a syn on a CLOSE entry is scheduled afresh");
+    set_mode(&mut inst, 3);
+    assert_eq!(sent_to(&mut inst, 46200, 0x02), fixtures::RS2_MAC, "mode 3: and on a DR entry in FIN_WAIT");
+    assert_eq!(inst.load(dr, RS1_IP), (0, 0));
+    assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 2));
+}
+
+/// IPVS leaves a connection its persistence template controls to the template
+/// (`is_new_conn_expected`: "Controlled (FTP DATA or persistence)?"): a SYN on a
+/// finished entry of a persistent service follows it, whatever conn_reuse_mode says.
+#[test]
+fn conn_reuse_mode_leaves_persistent_services_to_their_template() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = Instance::empty();
+    let svc = ops::Service { proto: ops::Proto::Tcp, vip: VIP.into(), port: 93 };
+    let persistence = Some(ops::Persistence { timeout: 300, netmask: "255.255.255.255".parse().unwrap() });
+    let opts = ops::ServiceOptions { scheduler: ops::Scheduler::Fo, persistence, ..Default::default() };
+    ops::add_service(&mut inst.maps, ServiceId::Addr(svc), opts).unwrap();
+    for (ip, weight, mac) in [(RS1_IP, 2, RS1_MAC), (fixtures::RS2_IP, 1, fixtures::RS2_MAC)] {
+        let hop = NextHop { egress: Some(fixtures::PRIVATE_NIC), mac: Some(mac) };
+        ops::add_real(&mut inst.maps, ServiceId::Addr(svc), ip, RealOptions { weight, ..Default::default() }, hop).unwrap();
+    }
+    let sent_to = |inst: &mut Instance, flags| {
+        let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &Frame { tcp_flags: flags, ..Frame::tcp(VIP, 93, 46300) }.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&out[0..6]).unwrap()
+    };
+    for flags in [0x02, 0x10, 0x04] {
+        assert_eq!(sent_to(&mut inst, flags), RS1_MAC);
+    }
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.conn_reuse_mode = 3;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
+    assert_eq!(sent_to(&mut inst, 0x02), RS1_MAC, "a syn on the CLOSE entry of a persistent service follows it");
+    // Followed, not replaced (the template would pick rs1 again): still one connection.
+    let view = inst.service(ServiceId::Addr(svc));
+    assert_eq!(view.reals.iter().map(|r| r.conns).sum::<u64>(), 1, "no new connection was opened: {view:?}");
+    // The same without persistence is a new connection (the test can tell the two apart).
+    ops::edit_service(&mut inst.maps, ServiceId::Addr(svc), ops::ServiceOptions { scheduler: ops::Scheduler::Fo, ..Default::default() }).unwrap();
+    assert_eq!(sent_to(&mut inst, 0x10), RS1_MAC);
+    assert_eq!(sent_to(&mut inst, 0x04), RS1_MAC);
+    assert_eq!(sent_to(&mut inst, 0x02), RS1_MAC);
+    let view = inst.service(ServiceId::Addr(svc));
+    assert_eq!(view.reals.iter().map(|r| r.conns).sum::<u64>(), 2, "rescheduled: a new connection: {view:?}");
+}
+
+/// expire_nodest_conn and UDP, as IPVS: a datagram of a flow whose real is gone is not
+/// dropped but scheduled afresh (the old entry expired first); without it the flow
+/// keeps its removed real.
+#[test]
+fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = Instance::empty();
+    let svc = ops::Service { proto: ops::Proto::Udp, vip: VIP.into(), port: 94 };
+    let opts = ops::ServiceOptions { scheduler: ops::Scheduler::Fo, ..Default::default() };
+    ops::add_service(&mut inst.maps, ServiceId::Addr(svc), opts).unwrap();
+    for (ip, weight, mac) in [(RS1_IP, 2, RS1_MAC), (fixtures::RS2_IP, 1, fixtures::RS2_MAC)] {
+        let hop = NextHop { egress: Some(fixtures::PRIVATE_NIC), mac: Some(mac) };
+        ops::add_real(&mut inst.maps, ServiceId::Addr(svc), ip, RealOptions { weight, ..Default::default() }, hop).unwrap();
+    }
+    let datagram = Frame::udp(VIP, 94, 46400).bytes();
+    let sent_to = |inst: &mut Instance| {
+        let (verdict, out) = inst.run_on(PUBLIC_IFINDEX, &datagram);
+        assert_eq!(verdict, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&out[0..6]).unwrap()
+    };
+    assert_eq!(sent_to(&mut inst), RS1_MAC);
+    ops::remove_real(&mut inst.maps, ServiceId::Addr(svc), RS1_IP).unwrap();
+    assert_eq!(sent_to(&mut inst), RS1_MAC, "expire_nodest_conn off: the flow keeps its removed real");
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.expire_nodest_conn = 1;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
+    assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "expire_nodest_conn on: scheduled afresh");
+    assert_eq!(inst.counter(counter::DROP_NODEST), 0);
+    assert_eq!(inst.load(ServiceId::Addr(svc), fixtures::RS2_IP), (0, 1));
+    assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "and follows its new entry");
 }

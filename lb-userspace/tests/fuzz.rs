@@ -62,7 +62,7 @@ impl Rng {
 
 /// What a frame is, as this file's own parser reads it (any number of VLAN tags, any
 /// number of IPv6 extension headers: it need not be bounded).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Parsed {
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
@@ -76,12 +76,36 @@ struct Parsed {
     quoted: Option<(IpAddr, IpAddr, u16, u16, u8)>,
     /// For IPIP / IPv6-in-IPv6, the inner packet.
     inner: Option<Box<Parsed>>,
+    /// A fragment: its datagram's identification, and whether it is a later one (no
+    /// ports: `sport` and `dport` are unknown).
+    frag: Option<(u32, bool)>,
 }
 
-fn ip_packet(b: &[u8], out: &mut Parsed) -> Option<()> {
+impl Parsed {
+    fn later_fragment(&self) -> bool {
+        matches!(self.frag, Some((_, true)))
+    }
+}
+
+/// A datagram (source, destination, identification, protocol) → the ports of every
+/// first fragment of it seen: where its later fragments may follow.
+type FirstFragments = BTreeMap<(IpAddr, IpAddr, u32, u8), Vec<(u16, u16)>>;
+
+/// `fragments`: whether fragment headers count (not in an ICMP error's quote, which
+/// the fast path reads as it is).
+fn ip_packet(b: &[u8], out: &mut Parsed, fragments: bool) -> Option<()> {
     let version = b.first()? >> 4;
     let (mut proto, l4, src, dst) = if version == 4 {
         let ihl = (b[0] & 0x0f) as usize * 4;
+        // Under 20 bytes the next header would start inside this one (an IPIP packet
+        // with IHL 0 would contain itself): not a packet.
+        if ihl < 20 {
+            return None;
+        }
+        let frag = u16::from_be_bytes(b.get(6..8)?.try_into().ok()?);
+        if fragments && frag & 0x3fff != 0 {
+            out.frag = Some((u16::from_be_bytes(b.get(4..6)?.try_into().ok()?) as u32, frag & 0x1fff != 0));
+        }
         let s: [u8; 4] = b.get(12..16)?.try_into().ok()?;
         let d: [u8; 4] = b.get(16..20)?.try_into().ok()?;
         (*b.get(9)?, ihl, IpAddr::V4(s.into()), IpAddr::V4(d.into()))
@@ -91,8 +115,21 @@ fn ip_packet(b: &[u8], out: &mut Parsed) -> Option<()> {
         (*b.get(6)?, 40, IpAddr::V6(s.into()), IpAddr::V6(d.into()))
     };
     let mut l4 = l4;
-    while version == 6 && matches!(proto, 0 | 43 | 51 | 60) {
+    while version == 6 && matches!(proto, 0 | 43 | 44 | 51 | 60) {
         let (next, len) = (*b.get(l4)?, *b.get(l4 + 1)? as usize);
+        if proto == 44 {
+            // Offset and M; an atomic fragment (neither) is a whole packet.
+            let off = u16::from_be_bytes(b.get(l4 + 2..l4 + 4)?.try_into().ok()?);
+            if fragments && off & 0xfff9 != 0 {
+                out.frag = Some((u32::from_be_bytes(b.get(l4 + 4..l4 + 8)?.try_into().ok()?), off & 0xfff8 != 0));
+            }
+            l4 += 8;
+            proto = next;
+            if out.later_fragment() {
+                break;
+            }
+            continue;
+        }
         // The authentication header counts 4-byte units less two; the others 8-byte units less one.
         l4 += if proto == 51 { (len + 2) * 4 } else { (len + 1) * 8 };
         proto = next;
@@ -100,17 +137,20 @@ fn ip_packet(b: &[u8], out: &mut Parsed) -> Option<()> {
     out.src = Some(src);
     out.dst = Some(dst);
     out.proto = proto;
+    if out.later_fragment() {
+        return Some(());
+    }
     let rest = b.get(l4..)?;
     match proto {
         4 | 41 => {
             let mut inner = Parsed::default();
-            ip_packet(rest, &mut inner)?;
+            ip_packet(rest, &mut inner, true)?;
             out.inner = Some(Box::new(inner));
         }
         1 | 58 => {
             out.icmp_type = Some(*rest.first()?);
             let mut q = Parsed::default();
-            if ip_packet(rest.get(8..)?, &mut q).is_some() {
+            if ip_packet(rest.get(8..)?, &mut q, false).is_some() {
                 out.quoted = Some((q.src?, q.dst?, q.sport, q.dport, q.proto));
             }
         }
@@ -128,7 +168,7 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
     while matches!(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?), ETH_P_8021Q | ETH_P_8021AD) {
         at += 4;
     }
-    ip_packet(frame.get(at + 2..)?, &mut p)?;
+    ip_packet(frame.get(at + 2..)?, &mut p, true)?;
     Some(p)
 }
 
@@ -153,6 +193,25 @@ impl Model {
         Self { reals }
     }
 
+    /// Whether `out`, sent on for `input`, goes where `input`'s service allows; a later
+    /// fragment (no ports), where some first fragment of its datagram would be allowed.
+    fn allows_fragment(&self, input: &Parsed, out: &Parsed, firsts: &FirstFragments) -> Result<(), String> {
+        let Some((id, true)) = input.frag else { return self.allows(input, out) };
+        let (Some(src), Some(dst)) = (input.src, input.dst) else { return Err("forwarded, yet no IP packet".into()) };
+        let Some(ports) = firsts.get(&(src, dst, id, input.proto)) else {
+            return Err("a later fragment sent on, yet no first fragment of its datagram came".into());
+        };
+        let mut why = String::new();
+        for &(sport, dport) in ports {
+            let as_first = Parsed { sport, dport, frag: None, ..input.clone() };
+            match self.allows(&as_first, out) {
+                Ok(()) => return Ok(()),
+                Err(e) => why = e,
+            }
+        }
+        Err(format!("a later fragment, where none of its first fragments may go: {why}"))
+    }
+
     /// Whether `out`, sent on for `input`, goes where `input`'s service allows.
     fn allows(&self, input: &Parsed, out: &Parsed) -> Result<(), String> {
         // Back to the sender: an ICMP echo reply or too-big error from the address it was sent to.
@@ -168,7 +227,8 @@ impl Model {
                 _ => out.dst,
             };
             let ok = reals.iter().any(|&(address, port, mac, _)| {
-                mac == out.dst_mac && real.is_none_or(|r| r == address && (out.inner.is_some() || out.dport == port || port == 0))
+                mac == out.dst_mac
+                    && real.is_none_or(|r| r == address && (out.inner.is_some() || out.later_fragment() || out.dport == port || port == 0))
             });
             return if ok { Ok(()) } else { Err(format!("to a real outside {dst}:{}'s service", input.dport)) };
         }
@@ -188,7 +248,7 @@ impl Model {
         // A NAT real's reply: from the VIP:port of a service that real is in.
         if self.reals.iter().any(|((vip, vport, proto), reals)| {
             Some(*vip) == out.src
-                && *vport == out.sport
+                && (*vport == out.sport || out.later_fragment())
                 && *proto == input.proto
                 && reals.iter().any(|&(a, p, _, m)| m == ops::ForwardMethod::Masq && a == src && (p == input.sport || p == 0))
         }) {
@@ -211,7 +271,8 @@ fn parse_mac(s: &str) -> [u8; 6] {
 
 /// The seeds: every fixture case's input and builder frames of every kind.
 fn corpus() -> Vec<Vec<u8>> {
-    let mut frames: Vec<Vec<u8>> = [fixtures::dr_cases(), fixtures::nat_cases(), fixtures::tun_cases(), fixtures::icmp_cases()]
+    let mut frames: Vec<Vec<u8>> =
+        [fixtures::dr_cases(), fixtures::nat_cases(), fixtures::tun_cases(), fixtures::icmp_cases(), fixtures::fragment_cases()]
         .into_iter()
         .flatten()
         .map(|c| c.input)
@@ -338,6 +399,8 @@ fn hostile_frames_get_allowed_verdicts_go_where_their_service_allows_and_are_cou
     let corpus = corpus();
     let mut rng = Rng(seed | 1);
     let mut by_verdict: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut firsts = FirstFragments::new();
+    let mut followed = 0u64;
     let nics = [0, PUBLIC_IFINDEX, PRIVATE_IFINDEX];
     for n in 0..frames {
         let a = &corpus[rng.below(corpus.len())];
@@ -345,6 +408,13 @@ fn hostile_frames_get_allowed_verdicts_go_where_their_service_allows_and_are_cou
         // Some frames unchanged (they open connections the replies and errors need).
         let frame = if rng.below(8) == 0 { a.clone() } else { mutate(&mut rng, a, b) };
         let ingress = nics[rng.below(nics.len())];
+        // Every first fragment's ports, whatever becomes of it: the fast path records
+        // those it sends on, and a record may outlive later first fragments it passes.
+        if let Some(p) = parse(&frame).filter(|p| matches!(p.frag, Some((_, false)))) {
+            if let (Some(src), Some(dst), Some((id, _))) = (p.src, p.dst, p.frag) {
+                firsts.entry((src, dst, id, p.proto)).or_default().push((p.sport, p.dport));
+            }
+        }
         let (verdict, out) = inst.run_on(ingress, &frame);
         let context = || format!("frame {n} (seed {seed}) on NIC {ingress}: {}", common::hex(&frame));
         assert!(matches!(verdict, XDP_PASS | XDP_DROP | XDP_TX | XDP_REDIRECT), "verdict {verdict} for {}", context());
@@ -354,9 +424,10 @@ fn hostile_frames_get_allowed_verdicts_go_where_their_service_allows_and_are_cou
         }
         let input = parse(&frame).unwrap_or_else(|| panic!("sent on, yet unparseable: {}", context()));
         let output = parse(&out).unwrap_or_else(|| panic!("sent on as an unparseable frame {}: {}", common::hex(&out), context()));
-        if let Err(why) = model.allows(&input, &output) {
+        if let Err(why) = model.allows_fragment(&input, &output, &firsts) {
             panic!("{why}: {}\nsent as {}", context(), common::hex(&out));
         }
+        followed += input.later_fragment() as u64;
     }
     // Every frame is counted once, in a counter of its verdict's kind.
     let counters = ops::counters(&inst.maps).unwrap();
@@ -368,9 +439,10 @@ fn hostile_frames_get_allowed_verdicts_go_where_their_service_allows_and_are_cou
     assert_eq!(kind("drop_"), seen(XDP_DROP), "{counters:?}");
     assert_eq!(kind("tx_"), seen(XDP_TX) + seen(XDP_REDIRECT), "{counters:?}");
     // The run reached the interesting places, not only the parser's refusals.
-    for name in ["tx_dr", "tx_nat", "tx_nat_reply", "tx_tun", "tx_icmp_error", "tx_icmp_echo_reply", "pass_truncated", "pass_bad_header", "pass_vlan_stack"] {
+    for name in ["tx_dr", "tx_nat", "tx_nat_reply", "tx_tun", "tx_icmp_error", "tx_icmp_echo_reply", "pass_truncated", "pass_bad_header", "pass_vlan_stack", "pass_fragment"] {
         let value = counters.iter().find(|(n, _)| *n == name).unwrap().1;
         assert!(value > 0, "no frame counted as {name} in {frames}: {counters:?}");
     }
-    eprintln!("fuzz: {frames} frames, seed {seed}: {by_verdict:?} (2 pass, 1 drop, 3 tx, 4 redirect)");
+    assert!(followed > 0, "no later fragment followed its first in {frames} frames");
+    eprintln!("fuzz: {frames} frames, {followed} later fragments followed, seed {seed}: {by_verdict:?} (2 pass, 1 drop, 3 tx, 4 redirect)");
 }

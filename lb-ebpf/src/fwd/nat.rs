@@ -101,9 +101,18 @@ fn rewrite_at(ctx: &XdpContext, l3: usize, l4: usize, proto: u8, v4: bool, end: 
     Ok(outer)
 }
 
-/// Rewrites one end of a TCP/UDP packet to `ip`:`port`.
+/// Rewrites one end of a TCP/UDP packet to `ip`:`port`. A later fragment has no
+/// transport header: only its address changes (and the IPv4 header checksum); the
+/// transport checksum, in the first fragment, was updated there for the whole datagram.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Packet, end: End, ip: &[u8; 16], port: [u8; 2]) -> Result<(), ()> {
+    if pkt.later_fragment() {
+        let diff = swap_address(ctx, pkt.l3(), pkt.v4, end, ip)?;
+        if pkt.v4 {
+            fix_checksum(ctx, pkt.l3() + 10, diff, false)?;
+        }
+        return Ok(());
+    }
     rewrite_at(ctx, pkt.l3(), pkt.l4(), pkt.flow.proto, pkt.v4, end, ip, port, true)?;
     Ok(())
 }
