@@ -156,7 +156,7 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
             let verdict = open_connection(svc, s, settings, now, &mut target);
             if verdict == RACED {
                 // Another CPU created this flow's entry first: follow it.
-                return match conntrack::lookup(&s.pkt, svc.id, settings, now) {
+                return match conntrack::lookup(&s.pkt, svc, settings, now) {
                     Lookup::Hit(c, real) => {
                         let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
                         Ok(send_to_real(ctx, &s.pkt, real, &target))
