@@ -460,11 +460,13 @@ fn the_readmes_director_block_runs_in_order() {
 }
 
 /// Case 02 (kubernetes #73154): the README's `-S -n > rules && -C && -R < rules`, at once
-/// and with a 2 s gap, while a download is in progress: the download completes intact.
-/// Services are created out of address order (8080 first), so the restore adds them in
-/// another order than they were made: each keeps its id, its reals theirs.
+/// and with a 2 s gap, while a long transfer is in progress: it completes intact. The
+/// transfer is an upload, paced by the client, so its data crosses the director (DR)
+/// for its whole length. Services are created out of address order (8080 first), so the
+/// restore adds them in another order than they were made: each keeps its id, its reals
+/// theirs.
 #[test]
-fn save_clear_restore_keeps_a_download_going() {
+fn save_clear_restore_keeps_a_transfer_going() {
     let mut c = cluster(2);
     c.start_balancer().unwrap();
     for line in [
@@ -479,27 +481,31 @@ fn save_clear_restore_keeps_a_download_going() {
     const SIZE: usize = 6_000_000;
     let dir = std::env::temp_dir().join(format!("xlb-restore-{}", lb_userspace::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let data: Vec<u8> = (0..SIZE as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let file = dir.join("upload");
+    std::fs::write(&file, &data).unwrap();
+    let want = format!("received {SIZE} bytes, fnv1a {:016x}", lb_userspace::httpd::fnv1a(&data));
     for gap in [0u64, 2] {
-        let out = dir.join(format!("download-{gap}"));
-        // About 6 s at 1 MB/s; curl gives up (and fails the test) on any reset.
+        // About 6 s at 1 MB/s; curl gives up (and fails the test) on a reset.
         let mut curl = c.client.command("curl");
-        curl.args(["--silent", "--show-error", "--fail", "--max-time", "60", "--limit-rate", "1M", "-o"])
-            .arg(&out)
-            .arg(format!("http://{VIP}/bytes/{SIZE}"))
+        curl.args(["--silent", "--show-error", "--fail", "--max-time", "60", "--limit-rate", "1M", "-H", "Content-Type: application/octet-stream"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://{VIP}/upload"))
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut download = curl.spawn().unwrap();
+        let mut upload = curl.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_secs(2));
-        assert!(download.try_wait().unwrap().is_none(), "gap {gap} s: the download is still in progress");
+        assert!(upload.try_wait().unwrap().is_none(), "gap {gap} s: the upload is still in progress");
         let rules = ok(&c, "-S -n");
         ok(&c, "-C");
         std::thread::sleep(std::time::Duration::from_secs(gap));
         let (code, _, err) = ipvsadm(&c, "-R", Some(&rules));
         assert_eq!(code, 0, "{err}");
-        let done = download.wait_with_output().unwrap();
-        assert!(done.status.success(), "gap {gap} s: the download failed: {}", String::from_utf8_lossy(&done.stderr));
-        let got = std::fs::read(&out).unwrap();
-        assert_eq!(got.len(), SIZE, "gap {gap} s: the whole download");
-        assert!(got == lb_userspace::httpd::body_of(SIZE), "gap {gap} s: the download is intact");
+        let done = upload.wait_with_output().unwrap();
+        let answer = String::from_utf8_lossy(&done.stdout);
+        assert!(done.status.success(), "gap {gap} s: the upload failed: {}", String::from_utf8_lossy(&done.stderr));
+        assert!(answer.contains(&want), "gap {gap} s: the upload arrived whole and intact: {answer}");
         assert_eq!(ok(&c, "-S -n"), rules, "gap {gap} s: the same rules back");
     }
     let _ = std::fs::remove_dir_all(&dir);
