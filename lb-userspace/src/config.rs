@@ -43,7 +43,7 @@
 //! The whole file is parsed and checked before anything is applied.
 use std::{collections::HashSet, ops::Range, path::Path};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use lb_common::{Settings, tcp};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;

@@ -342,8 +342,12 @@ fn port(name: &str, proto: Proto) -> Option<u16> {
         return Some(p as u16);
     }
     let (n, p) = (CString::new(name).ok()?, CString::new(proto.name().to_ascii_lowercase()).ok()?);
+    // getservbyname's result is one static servent shared by every thread (a daemon
+    // serving requests, tests running in parallel): one caller at a time.
+    static SERVICES_DB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SERVICES_DB.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: both strings are NUL-terminated and live across the call; the result
-    // points into libc's static servent, read at once.
+    // points into libc's static servent, read while the lock is held.
     let ent = unsafe { libc::getservbyname(n.as_ptr(), p.as_ptr()) };
     if ent.is_null() { None } else { Some(u16::from_be(unsafe { (*ent).s_port } as u16)) }
 }
