@@ -123,6 +123,10 @@ struct RealTable {
     u_threshold: u32,
     #[serde(default)]
     l_threshold: u32,
+    /// This real's own check, instead of the service's (keepalived checks per
+    /// real_server: its own connect_ip, misc_path, notify commands…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<HealthConfig>,
 }
 
 fn one() -> u32 {
@@ -140,6 +144,8 @@ pub struct ServiceConfig {
     /// Takes new connections when fewer reals than the health quorum are healthy.
     pub sorry_server: Option<std::net::IpAddr>,
     pub health: Option<HealthConfig>,
+    /// Reals with a check of their own (it replaces `health` for them).
+    pub real_health: std::collections::BTreeMap<RealAddr, HealthConfig>,
 }
 
 /// A checked config: also the daemon's desired state, which it saves in this format.
@@ -189,7 +195,8 @@ pub fn to_toml(cfg: &Config) -> String {
                     .reals
                     .iter()
                     .map(|(rip, ro)| {
-                        if *ro == RealOptions::default() {
+                        let health = svc.real_health.get(rip).cloned();
+                        if *ro == RealOptions::default() && health.is_none() {
                             RealSection::Address(rip.to_string())
                         } else {
                             RealSection::Full(RealTable {
@@ -198,6 +205,7 @@ pub fn to_toml(cfg: &Config) -> String {
                                 weight: ro.weight,
                                 u_threshold: ro.u_threshold,
                                 l_threshold: ro.l_threshold,
+                                health,
                             })
                         }
                     })
@@ -294,16 +302,20 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
     let options = ServiceOptions { scheduler, sched_flags, persistence, one_packet: s.one_packet };
     ops::check_options(id, &options)?;
     let mut reals: Vec<(RealAddr, RealOptions)> = Vec::new();
+    let mut real_health = std::collections::BTreeMap::new();
     for r in &s.reals {
-        let (real, opts) = match r {
-            RealSection::Address(a) => (a.parse::<RealAddr>()?, RealOptions::default()),
+        let (real, opts, health) = match r {
+            RealSection::Address(a) => (a.parse::<RealAddr>()?, RealOptions::default(), None),
             RealSection::Full(t) => {
                 let forward = t.forward.as_deref().map(str::parse::<ForwardMethod>).transpose()?.unwrap_or_default();
                 let opts =
                     RealOptions { forward, weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold };
-                (t.address.parse::<RealAddr>()?, opts)
+                (t.address.parse::<RealAddr>()?, opts, t.health.as_ref())
             }
         };
+        if let Some(h) = health {
+            h.validate(id).with_context(|| format!("the health check of real server {real}"))?;
+        }
         ops::check_real(id, real, &opts).with_context(|| format!("real server {real}"))?;
         ops::check_one_packet(id, options.one_packet, opts.forward)?;
         // As the maps will list it, so that a reload compares like with like.
@@ -311,13 +323,16 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
         if reals.iter().any(|(r, _)| *r == real) {
             bail!("Destination already exists: {real}");
         }
+        if let Some(h) = health {
+            real_health.insert(real, h.clone());
+        }
         reals.push((real, opts));
     }
     let sorry_server = s.sorry_server.as_deref().map(ops::parse_ip).transpose().context("sorry_server")?;
     if let Some(h) = &s.health {
         h.validate(id)?;
     }
-    Ok(ServiceConfig { id, options, frontends, reals, sorry_server, health: s.health.clone() })
+    Ok(ServiceConfig { id, options, frontends, reals, sorry_server, health: s.health.clone(), real_health })
 }
 
 #[cfg(test)]
@@ -479,7 +494,7 @@ mod tests {
         assert!(err(&health("type = \"udp\"")).contains("needs `send`"));
         assert!(err(&health("type = \"tcp\"\npath = \"/\"")).contains("does not apply"));
         assert!(err(&health("type = \"http\"\ninterval = 0")).contains("above 0"));
-        assert!(err(&health("type = \"ping\"")).contains("unknown variant `ping`"));
+        assert!(err(&health("type = \"icmp\"")).contains("unknown variant `icmp`"));
         assert!(err("[[service]]\nfwmark = 2\n[service.health]\ntype = \"tcp\"\n").contains("needs a `port`"));
         assert!(err(overlap).contains("belongs to one service"));
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nproto = \"tcp\"\none_packet = true\n").contains("UDP"));

@@ -8,7 +8,7 @@
 //! detaches and removes the pins. The desired state is saved (write, fsync, rename)
 //! after every change and restored at start.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     io::Write,
     net::{IpAddr, SocketAddr},
@@ -35,7 +35,7 @@ use crate::{
     loader::{self, AttachMode},
     maps::{self, Maps},
     nexthop, observe,
-    ops::{self, ServiceId},
+    ops::{self, RealAddr, ServiceId},
     reconcile, run, web,
 };
 
@@ -46,6 +46,8 @@ pub struct DaemonOptions {
     pub mode: AttachMode,
     /// Config file: applied at start when there is no saved state, and on reload.
     pub config: Option<PathBuf>,
+    /// `config` is a keepalived.conf (`--keepalived-conf`), imported on every read.
+    pub keepalived: bool,
     pub paths: Paths,
     /// Detach and remove the pins when the process is asked to stop (`xlb run`);
     /// otherwise a SIGTERM/SIGINT leaves the fast path running for the next daemon.
@@ -110,11 +112,16 @@ struct Engine {
     rates: Rates,
     /// Health checks by service: part of the desired state, kept here (not in maps).
     health: BTreeMap<ServiceId, HealthConfig>,
+    /// Reals with a check of their own (keepalived checks per real_server).
+    real_checks: BTreeMap<(ServiceId, RealAddr), HealthConfig>,
+    /// Services that lost their quorum (keepalived's quorum_state_up false).
+    quorum_lost: HashSet<ServiceId>,
     checker: Checker,
     real_health: HashMap<(ServiceId, IpAddr), RealHealth>,
     opts_ifaces: Vec<String>,
     paths: Paths,
     config: Option<PathBuf>,
+    keepalived: bool,
     /// Set by `Stop`: detach and unpin on the way out.
     stop_and_detach: bool,
 }
@@ -149,6 +156,8 @@ impl Engine {
         let mut cfg = reconcile::current(&self.maps)?;
         for s in &mut cfg.services {
             s.health = self.health.get(&s.id).cloned();
+            s.real_health =
+                self.real_checks.iter().filter(|((id, _), _)| *id == s.id).map(|((_, r), h)| (*r, h.clone())).collect();
         }
         Ok(cfg)
     }
@@ -160,7 +169,28 @@ impl Engine {
         let changed = new.iter().filter(|(id, h)| self.health.get(id) != Some(h)).count()
             + self.health.keys().filter(|id| !new.contains_key(id)).count();
         self.health = new;
+        let per_real: BTreeMap<(ServiceId, RealAddr), HealthConfig> = cfg
+            .services
+            .iter()
+            .flat_map(|s| s.real_health.iter().map(move |(r, h)| ((s.id, *r), h.clone())))
+            .collect();
+        let changed = changed
+            + per_real.iter().filter(|(k, h)| self.real_checks.get(k) != Some(h)).count()
+            + self.real_checks.keys().filter(|k| !per_real.contains_key(k)).count();
+        self.real_checks = per_real;
         changed
+    }
+
+    /// The check of one real: its own, else its service's.
+    fn check_of(&self, id: ServiceId, ip: IpAddr, port: u16) -> Option<&HealthConfig> {
+        let real = RealAddr { ip, port: Some(port) }.canonical(id);
+        self.real_checks.get(&(id, real)).or_else(|| self.health.get(&id))
+    }
+
+    /// A service's quorum settings (and failure policy): its check's, else the first of
+    /// its reals' own (an import from keepalived gives them all the same).
+    fn policy(&self, id: ServiceId) -> Option<&HealthConfig> {
+        self.health.get(&id).or_else(|| self.real_checks.iter().find(|((s, _), _)| *s == id).map(|(_, h)| h))
     }
 
     /// Runs exactly the checks the desired state asks for, and brings the maps' health
@@ -168,22 +198,21 @@ impl Engine {
     fn sync_health(&mut self) -> Result<()> {
         let services = ops::snapshot(&self.maps)?;
         self.health.retain(|id, _| services.iter().any(|s| s.id == *id));
+        self.real_checks.retain(|(id, _), _| services.iter().any(|s| s.id == *id));
+        self.quorum_lost.retain(|id| services.iter().any(|s| s.id == *id));
         let mut targets = Vec::new();
         for s in &services {
-            match self.health.get(&s.id) {
-                Some(h) => {
-                    ops::set_inhibit_on_failure(&mut self.maps, s.id, h.on_failure == OnFailure::Inhibit)?;
-                    for r in &s.reals {
+            let inhibit = self.policy(s.id).is_some_and(|h| h.on_failure == OnFailure::Inhibit);
+            ops::set_inhibit_on_failure(&mut self.maps, s.id, inhibit)?;
+            for r in &s.reals {
+                match self.check_of(s.id, r.address, r.port) {
+                    Some(h) => {
                         let addr = SocketAddr::new(h.address.unwrap_or(r.address), h.port.unwrap_or(r.port));
                         targets.push(health::Target { service: s.id, real: r.address, addr, config: h.clone() });
                     }
-                }
-                None => {
-                    // No check (any more): nobody may hold a real down.
-                    for r in s.reals.iter().filter(|r| r.health_down) {
-                        ops::set_real_health(&mut self.maps, s.id, r.address, true)?;
-                    }
-                    ops::set_inhibit_on_failure(&mut self.maps, s.id, false)?;
+                    // No check (any more): nobody may hold the real down.
+                    None if r.health_down => ops::set_real_health(&mut self.maps, s.id, r.address, true)?,
+                    None => {}
                 }
             }
         }
@@ -207,8 +236,24 @@ impl Engine {
     fn evaluate_sorry(&mut self, id: ServiceId) -> Result<()> {
         let Some(view) = ops::snapshot(&self.maps)?.into_iter().find(|s| s.id == id) else { return Ok(()) };
         let healthy = view.reals.iter().filter(|r| !r.health_down).count() as u32;
-        let quorum = self.health.get(&id).map_or(1, |h| h.quorum).max(1);
-        let active = view.sorry_server.is_some() && healthy < quorum;
+        let policy = self.policy(id).cloned();
+        let (quorum, hysteresis) = policy.as_ref().map_or((1, 0), |h| (h.quorum.max(1), h.hysteresis));
+        // keepalived's update_quorum_state: lost below quorum - hysteresis (or with no
+        // real left), regained at quorum + hysteresis.
+        let was_lost = self.quorum_lost.contains(&id);
+        let lost = if was_lost { healthy < quorum + hysteresis } else { healthy == 0 || healthy < quorum.saturating_sub(hysteresis) };
+        if lost != was_lost {
+            if lost {
+                self.quorum_lost.insert(id);
+            } else {
+                self.quorum_lost.remove(&id);
+            }
+            let cmd = policy.as_ref().and_then(|h| if lost { h.quorum_down.clone() } else { h.quorum_up.clone() });
+            if let Some(cmd) = cmd {
+                notify_quorum(&cmd, id, if lost { "DOWN" } else { "UP" });
+            }
+        }
+        let active = view.sorry_server.is_some() && lost;
         if ops::set_sorry_active(&mut self.maps, id, active)? {
             let sorry = view.sorry_server.map_or("-".into(), |s| s.to_string());
             if active {
@@ -255,7 +300,11 @@ impl Engine {
             if changed {
                 let state = if ev.up { "UP" } else { "DOWN" };
                 tracing::warn!("{} of {} is {state}: {}", ev.real, ev.service, ev.reason);
-                let cmd = self.health.get(&ev.service).and_then(|h| if ev.up { h.notify_up.clone() } else { h.notify_down.clone() });
+                let port = ops::snapshot(&self.maps).ok().and_then(|v| {
+                    v.into_iter().find(|s| s.id == ev.service)?.reals.into_iter().find(|r| r.address == ev.real).map(|r| r.port)
+                });
+                let check = port.and_then(|p| self.check_of(ev.service, ev.real, p)).or_else(|| self.health.get(&ev.service));
+                let cmd = check.and_then(|h| if ev.up { h.notify_up.clone() } else { h.notify_down.clone() });
                 if let Some(cmd) = cmd {
                     notify(&cmd, ev.service, ev.real, state);
                 }
@@ -273,8 +322,8 @@ impl Engine {
 
     fn fill_health(&self, services: &mut [ops::ServiceView]) {
         for s in services {
-            let checked = self.health.contains_key(&s.id);
             for r in &mut s.reals {
+                let checked = self.check_of(s.id, r.address, r.port).is_some();
                 match self.real_health.get(&(s.id, r.address)).filter(|_| checked) {
                     Some(h) => {
                         r.health = if h.up { "up" } else { "down" }.into();
@@ -338,6 +387,7 @@ impl Engine {
                 let settings = Some(ops::settings(maps)?);
                 let changes = reconcile::apply(maps, &Config { settings, services: Vec::new() })?;
                 self.health.clear();
+                self.real_checks.clear();
                 return Ok(Reply::Changes(changes));
             }
             Request::SetHealth { service, health } => {
@@ -378,7 +428,7 @@ impl Engine {
                 let Some(path) = &self.config else {
                     bail!("xlb was started without --config: there is no file to reload (use `xlb apply FILE`)")
                 };
-                let cfg = config::load(path)?;
+                let cfg = load_config(path, self.keepalived)?;
                 let mut changes = reconcile::apply(maps, &cfg)?;
                 changes.health_checks_changed = self.adopt_health(&cfg);
                 return Ok(Reply::Changes(changes));
@@ -427,6 +477,23 @@ impl Engine {
 }
 
 /// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
+/// Runs a quorum_up / quorum_down command (XLB_SERVICE and XLB_STATE UP or DOWN set).
+fn notify_quorum(cmd: &str, service: ServiceId, state: &str) {
+    let spawned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("XLB_SERVICE", service.to_string())
+        .env("XLB_STATE", state)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::warn!("quorum command `{cmd}`: {e}"),
+    }
+}
+
 fn notify(cmd: &str, service: ServiceId, real: IpAddr, state: &str) {
     let spawned = std::process::Command::new("sh")
         .arg("-c")
@@ -578,11 +645,23 @@ pub fn detach_and_unpin(pin_dir: &Path) {
     maps::unpin_all(pin_dir);
 }
 
+/// The config file: xlb's TOML, or a keepalived.conf imported (its notes logged).
+fn load_config(path: &Path, keepalived: bool) -> Result<Config> {
+    if !keepalived {
+        return config::load(path);
+    }
+    let import = crate::keepalived::load(path)?;
+    for w in &import.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(import.config)
+}
+
 pub fn run(opts: DaemonOptions) -> Result<()> {
     run::install_stop_handler();
     unsafe { libc::signal(libc::SIGHUP, on_hup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     // Parse the config before touching anything: a bad file changes nothing.
-    let file_config = opts.config.as_deref().map(config::load).transpose()?;
+    let file_config = opts.config.as_deref().map(|p| load_config(p, opts.keepalived)).transpose()?;
     let saved = if opts.paths.state.exists() {
         Some(config::load(&opts.paths.state).context("the saved state is unreadable; fix or remove it")?)
     } else {
@@ -614,11 +693,14 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         ebpf,
         rates: Rates::default(),
         health: BTreeMap::new(),
+        real_checks: BTreeMap::new(),
+        quorum_lost: HashSet::new(),
         checker: Checker::new()?,
         real_health: HashMap::new(),
         opts_ifaces: opts.ifaces.clone(),
         paths: opts.paths.clone(),
         config: opts.config.clone(),
+        keepalived: opts.keepalived,
         stop_and_detach: false,
     }));
     {
