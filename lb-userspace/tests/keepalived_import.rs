@@ -79,7 +79,7 @@ fn nat_with_http_get_and_port_mapping() {
     assert_eq!(h.notify_down.as_deref(), Some("/usr/local/bin/rs-state 192.168.100.12 down"));
     // The check goes to the NAT real's own port: nothing to override.
     assert_eq!(h.port, None);
-    assert!(warnings(&i).is_empty(), "{:?}", warnings(&i));
+    assert_eq!(warnings(&i), ["nat-http.conf:7: sorry_server port 8080: xlb's sorry server takes the service's port (80)"]);
 }
 
 #[test]
