@@ -235,8 +235,9 @@ impl Engine {
     /// healthy, and back to the reals when enough are.
     fn evaluate_sorry(&mut self, id: ServiceId) -> Result<()> {
         let Some(view) = ops::snapshot(&self.maps)?.into_iter().find(|s| s.id == id) else { return Ok(()) };
-        let healthy = view.reals.iter().filter(|r| !r.health_down).count() as u32;
         let policy = self.policy(id).cloned();
+        let by_weight = policy.as_ref().is_some_and(|h| h.quorum_weight);
+        let healthy: u32 = view.reals.iter().filter(|r| !r.health_down).map(|r| if by_weight { r.weight } else { 1 }).sum();
         let (quorum, hysteresis) = policy.as_ref().map_or((1, 0), |h| (h.quorum.max(1), h.hysteresis));
         // keepalived's update_quorum_state: lost below quorum - hysteresis (or with no
         // real left), regained at quorum + hysteresis.
@@ -257,9 +258,10 @@ impl Engine {
         if ops::set_sorry_active(&mut self.maps, id, active)? {
             let sorry = view.sorry_server.map_or("-".into(), |s| s.to_string());
             if active {
-                tracing::warn!("{id}: {healthy} healthy real(s), quorum {quorum}: sorry server {sorry} takes new connections");
+                let unit = if by_weight { "of healthy reals' weight" } else { "healthy real(s)" };
+                tracing::warn!("{id}: {healthy} {unit}, quorum {quorum}: sorry server {sorry} takes new connections");
             } else {
-                tracing::info!("{id}: {healthy} healthy real(s): new connections go to the reals again");
+                tracing::info!("{id}: quorum regained: new connections go to the reals again");
             }
         }
         Ok(())

@@ -151,6 +151,10 @@ pub struct HealthConfig {
     /// `quorum + hysteresis` (keepalived's `hysteresis`).
     #[serde(default, skip_serializing_if = "checkers::is_zero")]
     pub hysteresis: u32,
+    /// The quorum is a total of the healthy reals' weights, as keepalived's, rather
+    /// than a number of reals (an import from keepalived sets it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quorum_weight: bool,
     /// Commands run when the service gains / loses its quorum (keepalived's
     /// `quorum_up` / `quorum_down`), with XLB_SERVICE set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,6 +197,7 @@ impl HealthConfig {
             dns_name: None,
             helo_name: None,
             hysteresis: 0,
+            quorum_weight: false,
             quorum_up: None,
             quorum_down: None,
         }

@@ -221,3 +221,54 @@ fn nat_corpus_file_applied_a_failing_real_leaves_and_returns() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// keepalived's quorum: the healthy reals' total weight; below quorum - hysteresis the
+/// sorry server takes new connections and quorum_down runs, from quorum + hysteresis the
+/// reals take them again and quorum_up runs (ipwrapper.c update_quorum_state).
+#[test]
+fn quorum_hysteresis_sorry_server_and_quorum_commands() {
+    require_root();
+    let tmp = TempDir::new("quorum");
+    let mut c = DrCluster::build(Path::new(XLB), 3, AttachMode::Auto).expect("build the namespace cluster");
+    let log = tmp.0.join("quorum.log");
+    let check = |w: u32, i: usize| {
+        format!("  real_server {} 80 {{\n    weight {w}\n    TCP_CHECK {{\n      connect_timeout 1\n      retry 0\n    }}\n  }}\n", rip(i))
+    };
+    let text = format!(
+        "virtual_server {VIP} 80 {{\n  delay_loop 0.5\n  lb_algo rr\n  lb_kind DR\n  sorry_server {} 80\n  quorum 2\n  hysteresis 1\n  quorum_up \"sh -c 'echo up >> {l}'\"\n  quorum_down \"sh -c 'echo down >> {l}'\"\n{}{}}}\n",
+        rip(2),
+        check(2, 0),
+        check(1, 1),
+        l = log.display()
+    );
+    let conf = tmp.0.join("keepalived.conf");
+    std::fs::write(&conf, &text).unwrap();
+    c.start_balancer_with(&["--keepalived-conf", conf.to_str().unwrap()]).unwrap();
+    let ask = || c.curl("/").ok().map(|b| b.trim().to_string());
+    until(Duration::from_secs(10), ask, |s| ["rs1", "rs2"].iter().all(|n| s.iter().any(|x| x.as_deref() == Some(*n))));
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // rs2 (weight 1) down: weight 2 left, not below 2 - 1: quorum kept.
+    c.stop_http(1).unwrap();
+    let ask = || c.curl("/").ok().map(|b| b.trim().to_string());
+    until(Duration::from_secs(10), ask, |s| last_from(s, 6, &["rs1"]));
+    assert_eq!(log_text(), "", "no quorum change yet");
+    // rs1 down too: weight 0, quorum lost: the sorry server (rs3) answers.
+    c.stop_http(0).unwrap();
+    let ask = || c.curl("/").ok().map(|b| b.trim().to_string());
+    until(Duration::from_secs(10), ask, |s| last_from(s, 4, &["rs3"]));
+    assert_eq!(log_text(), "down\n");
+    // rs1 back: weight 2 is below 2 + 1: still lost (hysteresis).
+    c.start_http(0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let list = json(&c.xlb(&["--output", "json", "list"]).unwrap());
+    assert_eq!(real(&list, &rip(0).to_string())["health"], "up", "{list}");
+    let ask = || c.curl("/").ok().map(|b| b.trim().to_string());
+    until(Duration::from_secs(5), ask, |s| last_from(s, 4, &["rs3"]));
+    assert_eq!(log_text(), "down\n");
+    // rs2 back: weight 3, quorum regained: the reals again, quorum_up ran.
+    c.start_http(1).unwrap();
+    let ask = || c.curl("/").ok().map(|b| b.trim().to_string());
+    until(Duration::from_secs(10), ask, |s| last_from(s, 4, &["rs1", "rs2"]));
+    assert_eq!(log_text(), "down\nup\n");
+}

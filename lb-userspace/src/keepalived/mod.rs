@@ -482,6 +482,7 @@ impl Importer {
                 h.notify_down = notify_down;
                 h.quorum = policy.quorum.max(1);
                 h.hysteresis = policy.hysteresis;
+                h.quorum_weight = true;
                 h.quorum_up = policy.quorum_up.clone();
                 h.quorum_down = policy.quorum_down.clone();
                 h.validate(id).map_err(|e| err(&c.at, format!("{}: {e:#}", c.keyword)))?;
