@@ -336,7 +336,8 @@ fn hostname() -> String {
 async fn ping(t: &Target) -> Result<()> {
     let dst = t.addr.ip();
     let src = t.config.bindto;
-    let wait = Duration::from_secs_f64(t.config.timeout);
+    // A little under the check's timeout, so that the ICMP error is the one reported.
+    let wait = Duration::from_secs_f64(t.config.timeout * 0.9);
     tokio::task::spawn_blocking(move || ping_blocking(dst, src, wait)).await?
 }
 
