@@ -79,7 +79,13 @@ fn nat_with_http_get_and_port_mapping() {
     assert_eq!(h.notify_down.as_deref(), Some("/usr/local/bin/rs-state 192.168.100.12 down"));
     // The check goes to the NAT real's own port: nothing to override.
     assert_eq!(h.port, None);
-    assert_eq!(warnings(&i), ["nat-http.conf:7: sorry_server port 8080: xlb's sorry server takes the service's port (80)"]);
+    assert_eq!(
+        warnings(&i),
+        [
+            "nat-http.conf:7: sorry_server port 8080: xlb's sorry server takes the service's port (80)",
+            "nat-http.conf:2: sorry_server: xlb reaches its sorry server by direct routing (it holds the VIP, on the service's port), not by this service's NAT or TUN",
+        ]
+    );
 }
 
 #[test]

@@ -385,6 +385,9 @@ impl Importer {
             Some(Some(first)) if checks.iter().all(|c| c.as_ref() == Some(first)) => (Some(first.clone()), BTreeMap::new()),
             _ => (None, reals.iter().zip(&checks).filter_map(|((a, _), c)| c.clone().map(|c| (*a, c))).collect()),
         };
+        if sorry.is_some() && forward != ForwardMethod::Route {
+            self.warn(&n.at, "sorry_server: xlb reaches its sorry server by direct routing (it holds the VIP, on the service's port), not by this service's NAT or TUN");
+        }
         if health.is_none() && real_health.is_empty() {
             if sorry.is_some() {
                 self.warn(&n.at, "a sorry_server without checkers: it takes over only when no real is left");
