@@ -385,6 +385,10 @@ impl Importer {
             Some(Some(first)) if checks.iter().all(|c| c.as_ref() == Some(first)) => (Some(first.clone()), BTreeMap::new()),
             _ => (None, reals.iter().zip(&checks).filter_map(|((a, _), c)| c.clone().map(|c| (*a, c))).collect()),
         };
+        let policies: BTreeSet<bool> = checks.iter().flatten().map(|h| h.on_failure == OnFailure::Inhibit).collect();
+        if policies.len() > 1 {
+            self.warn(&n.at, "inhibit_on_failure on some reals only: xlb sets it per service, from the first checked real");
+        }
         if sorry.is_some() && forward != ForwardMethod::Route {
             self.warn(&n.at, "sorry_server: xlb reaches its sorry server by direct routing (it holds the VIP, on the service's port), not by this service's NAT or TUN");
         }

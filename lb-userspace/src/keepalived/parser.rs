@@ -127,10 +127,99 @@ fn words(line: &str, at: &Loc) -> Result<Vec<Tok>> {
 #[derive(Debug)]
 struct Located(Tok, Loc);
 
+/// What lib/parser.c does to a line before splitting it: `@ID` lines belong to the
+/// instance ID only, `@^ID` lines to every other one (xlb is the instance named by the
+/// host's short name, keepalived's default for `-i`); `$NAME=VALUE` defines a
+/// parameter, and `$NAME` / `${NAME}` are replaced by its value afterwards.
+struct Preprocess {
+    instance: String,
+    defs: Vec<(String, String)>,
+}
+
+impl Preprocess {
+    fn new() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Self { instance: host.trim().split('.').next().unwrap_or_default().to_string(), defs: Vec::new() }
+    }
+
+    /// The line to read, or None for a line this instance skips (or a definition).
+    fn line(&mut self, line: &str, at: &Loc) -> Result<Option<String>> {
+        let t = line.trim_start();
+        let mut line = line.to_string();
+        if let Some(rest) = t.strip_prefix('@') {
+            let (id, body) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let mine = match id.strip_prefix('^') {
+                Some(not) => not != self.instance,
+                None => id == self.instance,
+            };
+            if !mine {
+                return Ok(None);
+            }
+            line = body.to_string();
+        }
+        let t = line.trim_start();
+        if let Some(def) = t.strip_prefix('$') {
+            if let Some((name, value)) = def.split_once('=') {
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    if value.trim_end().ends_with('\\') {
+                        bail!("{at}: multi-line definitions are not supported");
+                    }
+                    let value = self.expand(value.trim());
+                    self.defs.retain(|(n, _)| n != name);
+                    self.defs.push((name.to_string(), value));
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(self.expand(&line)))
+    }
+
+    fn expand(&self, line: &str) -> String {
+        if !line.contains('$') || self.defs.is_empty() {
+            return line.to_string();
+        }
+        let mut out = line.to_string();
+        // Longest names first, so that $AB is not taken for $A followed by B.
+        let mut defs: Vec<&(String, String)> = self.defs.iter().collect();
+        defs.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+        for (name, value) in defs {
+            out = out.replace(&format!("${{{name}}}", name = name), value);
+            let mut res = String::new();
+            let mut rest = out.as_str();
+            let pat = format!("${name}");
+            while let Some(i) = rest.find(&pat) {
+                let after = &rest[i + pat.len()..];
+                res.push_str(&rest[..i]);
+                if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    res.push_str(&pat);
+                } else {
+                    res.push_str(value);
+                }
+                rest = after;
+            }
+            res.push_str(rest);
+            out = res;
+        }
+        out
+    }
+}
+
 fn tokenize(file: Arc<Path>, text: &str, depth: usize, out: &mut Vec<Located>, warnings: &mut Vec<Warning>) -> Result<()> {
+    tokenize_with(file, text, depth, out, warnings, &mut Preprocess::new())
+}
+
+fn tokenize_with(
+    file: Arc<Path>,
+    text: &str,
+    depth: usize,
+    out: &mut Vec<Located>,
+    warnings: &mut Vec<Warning>,
+    pre: &mut Preprocess,
+) -> Result<()> {
     for (i, line) in text.lines().enumerate() {
         let at = Loc { file: file.clone(), line: i + 1 };
-        let toks = words(line, &at)?;
+        let Some(line) = pre.line(line, &at)? else { continue };
+        let toks = words(&line, &at)?;
         if let [Tok::Word(kw), Tok::Word(pattern)] = toks.as_slice() {
             if kw == "include" {
                 if depth >= MAX_INCLUDE_DEPTH {
@@ -143,7 +232,7 @@ fn tokenize(file: Arc<Path>, text: &str, depth: usize, out: &mut Vec<Located>, w
                 }
                 for p in paths {
                     let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{at}: include {}: {e}", p.display()))?;
-                    tokenize(Arc::from(p.as_path()), &text, depth + 1, out, warnings)?;
+                    tokenize_with(Arc::from(p.as_path()), &text, depth + 1, out, warnings, pre)?;
                 }
                 continue;
             }
@@ -258,6 +347,20 @@ mod tests {
         assert_eq!(rs.keyword, "real_server");
         let misc = &rs.block.as_ref().unwrap()[0];
         assert_eq!(misc.block.as_ref().unwrap()[0].args, vec!["/bin/check one#two".to_string()]);
+    }
+
+    #[test]
+    fn definitions_and_instance_lines() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let me = host.trim().split('.').next().unwrap();
+        let nodes = parse(&format!(
+            "$VIP=10.0.0.1\n$PORT=80\n$VIPS=x\nvirtual_server $VIP ${{PORT}} {{\n  @{me} lb_algo rr\n  @not-{me} lb_algo wrr\n  @^{me} lb_kind NAT\n  @^not-{me} lb_kind DR\n  notify_up \"$VIPS $PORTX\"\n}}\n"
+        ))
+        .unwrap();
+        let vs = &nodes[0];
+        assert_eq!(vs.args, ["10.0.0.1", "80"]);
+        let body: Vec<String> = vs.block.as_ref().unwrap().iter().map(|n| format!("{} {}", n.keyword, n.args.join(" "))).collect();
+        assert_eq!(body, ["lb_algo rr", "lb_kind DR", "notify_up x $PORTX"]);
     }
 
     #[test]
