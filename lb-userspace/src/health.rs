@@ -86,6 +86,10 @@ pub struct HealthConfig {
     pub send: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+    /// udp: silence is health too; only an ICMP error (port unreachable) fails, as
+    /// keepalived's UDP_CHECK without `require_reply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply_optional: bool,
     /// exec: `sh -c` command, with XLB_REAL, XLB_PORT and XLB_SERVICE set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -175,6 +179,7 @@ impl HealthConfig {
             md5: None,
             send: None,
             expect: None,
+            reply_optional: false,
             command: None,
             dynamic: false,
             interval: default_interval(),

@@ -309,3 +309,29 @@ fn checker_options_are_checked() {
     // A PING_CHECK needs no port, even for a firewall-mark service.
     config(CheckKind::Ping).validate(ServiceId::Fwmark(3)).unwrap();
 }
+
+#[test]
+fn udp_check_without_require_reply_fails_only_on_an_icmp_error() {
+    for bind in ["127.0.0.1:0", "[::1]:0"] {
+        // Bound, silent: healthy, as keepalived's UDP_CHECK without require_reply.
+        let silent = UdpSocket::bind(bind).unwrap();
+        let c = HealthConfig { send: Some("hi".into()), reply_optional: true, timeout: 0.5, ..config(CheckKind::Udp) };
+        health::check_now(&target(silent.local_addr().unwrap(), c.clone())).unwrap();
+        // Nothing bound: the port unreachable fails it.
+        let closed = UdpSocket::bind(bind).unwrap().local_addr().unwrap();
+        assert!(err(health::check_now(&target(closed, c.clone()))).contains("no UDP answer"));
+        // An answer is fine too.
+        let sock = UdpSocket::bind(bind).unwrap();
+        let addr = sock.local_addr().unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        health::check_now(&target(addr, c)).unwrap();
+    }
+    let svc = ServiceId::Addr(Service { proto: Proto::Udp, vip: Ipv4Addr::new(10, 0, 0, 1).into(), port: 53 });
+    let both = HealthConfig { send: Some("x".into()), expect: Some("y".into()), reply_optional: true, ..config(CheckKind::Udp) };
+    assert!(format!("{:#}", both.validate(svc).unwrap_err()).contains("with `expect`"));
+}

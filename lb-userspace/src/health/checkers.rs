@@ -76,9 +76,15 @@ pub(super) fn validate(h: &HealthConfig) -> Result<()> {
         ("dns_name", h.dns_name.is_some(), h.kind == CheckKind::Dns),
         ("helo_name", h.helo_name.is_some(), h.kind == CheckKind::Smtp),
         ("bind_port", h.bind_port.is_some(), h.bindto.is_some()),
+        ("reply_optional", h.reply_optional, h.kind == CheckKind::Udp && h.expect.is_none()),
     ] {
         if set && !allowed {
-            bail!("health `{field}` does not apply to a {:?} check{}", h.kind, if field == "bind_port" { " without `bindto`" } else { "" });
+            let why = match field {
+                "bind_port" => " without `bindto`",
+                "reply_optional" => " with `expect`",
+                _ => "",
+            };
+            bail!("health `{field}` does not apply to a {:?} check{why}", h.kind);
         }
     }
     if !h.urls.is_empty() && (h.path.is_some() || h.status.is_some() || h.contains.is_some() || h.md5.is_some()) {
@@ -153,6 +159,7 @@ pub(super) async fn check(t: &Target) -> Option<Result<Option<u32>>> {
             http(t).await
         }
         CheckKind::Tcp if c.bindto.is_some() => connect(t).await.map(drop),
+        CheckKind::Udp if c.reply_optional || c.bindto.is_some() => udp(t).await,
         _ => return None,
     };
     Some(r.map(|()| None))
@@ -279,6 +286,31 @@ async fn dns(t: &Target) -> Result<()> {
             0 => return Ok(()),
             rcode => bail!("DNS {qtype} {name}: RCODE {rcode}"),
         }
+    }
+}
+
+/// A UDP request (keepalived's UDP_CHECK): the reply must start with `expect`; with
+/// `reply_optional`, no reply within the timeout is health, an ICMP error is not.
+async fn udp(t: &Target) -> Result<()> {
+    let c = &t.config;
+    let sock = udp_socket(t).await?;
+    sock.send(c.send.as_deref().unwrap_or_default().as_bytes()).await.with_context(|| format!("sending to {}", t.addr))?;
+    let mut buf = vec![0u8; 65_536];
+    // Leave a little of the check's time to tell silence from an error.
+    let wait = Duration::from_secs_f64(c.timeout * 0.9);
+    match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => {
+            if let Some(expect) = &c.expect {
+                if !buf[..n].starts_with(expect.as_bytes()) {
+                    bail!("UDP answer does not start with {expect:?}");
+                }
+            }
+            Ok(())
+        }
+        // A connected socket reports the ICMP port unreachable its datagram got.
+        Ok(Err(e)) => Err(e).with_context(|| format!("no UDP answer from {}", t.addr)),
+        Err(_) if c.reply_optional => Ok(()),
+        Err(_) => bail!("no UDP answer from {} within {:.1} s", t.addr, wait.as_secs_f64()),
     }
 }
 

@@ -611,9 +611,8 @@ impl Importer {
             // keepalived sends an empty datagram without `payload`.
             h.send = Some(text(&c.at, payload.unwrap_or_default())?);
             h.expect = reply.map(|r| text(&c.at, r)).transpose()?;
-            if h.expect.is_none() {
-                self.warn(&c.at, "UDP_CHECK without require_reply: xlb still waits for a reply (keepalived fails only on an ICMP error)");
-            }
+            // Without require_reply keepalived fails a real only on an ICMP error.
+            h.reply_optional = h.expect.is_none();
         }
         // Where keepalived's check connects: connect_port, else the real's port. xlb's
         // check goes to the real's port in the maps (a NAT real's own, else the
