@@ -165,6 +165,12 @@ pub struct HealthConfig {
     pub quorum_up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_down: Option<String>,
+    /// More checks of the same real, run after this one at each interval (each with its
+    /// own `timeout`; without `address`/`port`, the real's): the real is healthy while
+    /// all pass, as with several checkers in a keepalived real_server. Only their check
+    /// fields count (kind, address, port, timeout, what to send and expect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<HealthConfig>,
 }
 
 impl HealthConfig {
@@ -205,6 +211,7 @@ impl HealthConfig {
             quorum_weight: false,
             quorum_up: None,
             quorum_down: None,
+            also: Vec::new(),
         }
     }
 
@@ -258,7 +265,7 @@ impl HealthConfig {
                 bail!("health `path` must start with /");
             }
         }
-        checkers::validate(self)
+        checkers::validate(self, service)
     }
 }
 

@@ -335,3 +335,20 @@ fn udp_check_without_require_reply_fails_only_on_an_icmp_error() {
     let both = HealthConfig { send: Some("x".into()), expect: Some("y".into()), reply_optional: true, ..config(CheckKind::Udp) };
     assert!(format!("{:#}", both.validate(svc).unwrap_err()).contains("with `expect`"));
 }
+
+#[test]
+fn also_checks_must_pass_too() {
+    let (addr, _) = http_server("127.0.0.1:0");
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let http = HealthConfig { urls: vec![url("/ok", None)], ..config(CheckKind::Http) };
+    let exec = |cmd: &str| HealthConfig { command: Some(cmd.into()), ..config(CheckKind::Exec) };
+    let with = |also: Vec<HealthConfig>| HealthConfig { also, ..config(CheckKind::Tcp) };
+    health::check_now(&target(addr, with(vec![http.clone(), exec("true")]))).unwrap();
+    let e = err(health::check_now(&target(addr, with(vec![http.clone(), exec("exit 1")]))));
+    assert!(e.contains("Exec check") && e.contains("exited with 1"), "{e}");
+    // An also check with a port of its own goes there.
+    let e = err(health::check_now(&target(addr, with(vec![HealthConfig { port: Some(closed.port()), ..config(CheckKind::Tcp) }]))));
+    assert!(e.contains(&format!("connect to {closed}")), "{e}");
+    // The main check failing fails it first.
+    assert!(err(health::check_now(&target(closed, with(vec![exec("true")])))).contains("connect to"));
+}

@@ -223,3 +223,22 @@ fn the_import_command_prints_the_toml_and_notes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("k.conf:1: this block is never closed"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn several_checkers_on_a_real_all_count() {
+    let dir = tmpdir("also");
+    let f = write(
+        &dir,
+        "k.conf",
+        "virtual_server 10.0.0.1 80 {\n  lb_kind DR\n  delay_loop 5\n  real_server 10.0.0.2 80 {\n    TCP_CHECK {\n      connect_port 81\n    }\n    MISC_CHECK {\n      misc_path /bin/true\n    }\n    HTTP_GET {\n      url {\n        path /\n      }\n      delay_loop 9\n    }\n  }\n}\n",
+    );
+    let i = keepalived::load(&f).unwrap();
+    let h = i.config.services[0].health.as_ref().unwrap();
+    assert_eq!((h.kind, h.port), (CheckKind::Tcp, Some(81)));
+    let also: Vec<(CheckKind, Option<u16>)> = h.also.iter().map(|a| (a.kind, a.port)).collect();
+    assert_eq!(also, [(CheckKind::Exec, None), (CheckKind::Http, Some(80))], "the HTTP check names the real's port");
+    assert_eq!(warnings(&i), ["k.conf:11: HTTP_GET: its delay_loop differs from TCP_CHECK's; xlb runs both at TCP_CHECK's"]);
+    // And it reads back as `xlb apply` takes it.
+    assert_eq!(config::parse(&i.toml()).unwrap(), i.config);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

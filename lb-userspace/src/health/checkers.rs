@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use super::{CheckKind, HealthConfig, Target};
+use crate::ops::ServiceId;
 
 pub(crate) fn is_zero(v: &u32) -> bool {
     *v == 0
@@ -67,7 +68,13 @@ pub fn parse_status_codes(s: &str) -> Result<Vec<(u16, u16)>> {
 const DNS_TYPES: [(&str, u16); 8] =
     [("A", 1), ("NS", 2), ("CNAME", 5), ("SOA", 6), ("PTR", 12), ("MX", 15), ("TXT", 16), ("AAAA", 28)];
 
-pub(super) fn validate(h: &HealthConfig) -> Result<()> {
+pub(super) fn validate(h: &HealthConfig, service: ServiceId) -> Result<()> {
+    for (i, a) in h.also.iter().enumerate() {
+        if !a.also.is_empty() {
+            bail!("health `also` checks have no `also` of their own");
+        }
+        a.validate(service).with_context(|| format!("health `also` #{}", i + 1))?;
+    }
     let http = matches!(h.kind, CheckKind::Http | CheckKind::Https);
     for (field, set, allowed) in [
         ("urls", !h.urls.is_empty(), http),
@@ -123,12 +130,34 @@ pub(super) fn validate(h: &HealthConfig) -> Result<()> {
     Ok(())
 }
 
-/// One attempt, bounded by the check's timeout.
+/// One attempt, bounded by the check's timeout (and those of its `also` checks).
 async fn attempt(t: &Target) -> Result<Option<u32>> {
-    match tokio::time::timeout(Duration::from_secs_f64(t.config.timeout), super::check_once(t)).await {
+    let budget = t.config.timeout + t.config.also.iter().map(|a| a.timeout).sum::<f64>();
+    match tokio::time::timeout(Duration::from_secs_f64(budget), super::check_once(t)).await {
         Ok(r) => r,
-        Err(_) => Err(anyhow::anyhow!("no answer within {} s", t.config.timeout)),
+        Err(_) => Err(anyhow::anyhow!("no answer within {budget} s")),
     }
+}
+
+/// The check, then its `also` checks in turn, each within its own timeout; the first
+/// failure fails the whole. The dynamic weight is the first one an exec check set.
+async fn with_also(t: &Target) -> Result<Option<u32>> {
+    let mut main = t.clone();
+    let also = std::mem::take(&mut main.config.also);
+    let mut weight = Box::pin(super::check_once(&main)).await?;
+    for a in also {
+        let addr = std::net::SocketAddr::new(a.address.unwrap_or(t.real), a.port.unwrap_or(t.addr.port()));
+        let kind = a.kind;
+        let timeout = a.timeout;
+        let sub = Target { service: t.service, real: t.real, addr, config: a };
+        let r = match tokio::time::timeout(Duration::from_secs_f64(timeout), Box::pin(super::check_once(&sub))).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer within {timeout} s")),
+        };
+        let w = r.with_context(|| format!("{kind:?} check"))?;
+        weight = weight.or(w);
+    }
+    Ok(weight)
 }
 
 /// One check as keepalived counts it: a failed attempt on an up real is tried again
@@ -151,6 +180,9 @@ pub(super) async fn with_retries(t: &Target, up: bool) -> Result<Option<u32>> {
 /// The checks this module runs; None leaves the check to health.rs's own.
 pub(super) async fn check(t: &Target) -> Option<Result<Option<u32>>> {
     let c = &t.config;
+    if !c.also.is_empty() {
+        return Some(with_also(t).await);
+    }
     let r = match c.kind {
         CheckKind::Dns => dns(t).await,
         CheckKind::Smtp => smtp(t).await,

@@ -473,18 +473,25 @@ impl Importer {
             _ => RealAddr::from(rip),
         };
         ops::check_real(id, addr, &opts).map_err(|e| err(&r.at, format!("real_server {addr}: {e:#}")))?;
-        if checkers.len() > 1 {
-            for extra in &checkers[1..] {
-                self.warn(&extra.at, format!("{}: xlb runs one check per real (the first, {}); this one is ignored", extra.keyword, checkers[0].keyword));
-            }
-        }
+        let xlb_port = match id {
+            ServiceId::Addr(s) => Some(addr.port.unwrap_or(s.port)),
+            ServiceId::Fwmark(_) => None,
+        };
         let check = match checkers.first() {
             Some(c) => {
-                let xlb_port = match id {
-                    ServiceId::Addr(s) => Some(addr.port.unwrap_or(s.port)),
-                    ServiceId::Fwmark(_) => None,
-                };
                 let mut h = self.checker(c, rport, xlb_port, &inherit)?;
+                // Further checkers run after the first, at its interval; each names its
+                // port, as an `also` check cannot know the real's.
+                for extra in checkers.iter().skip(1) {
+                    let mut a = self.checker(extra, rport, xlb_port, &inherit)?;
+                    if a.port.is_none() && !matches!(a.kind, CheckKind::Exec | CheckKind::Ping) {
+                        a.port = xlb_port;
+                    }
+                    if a.interval != h.interval {
+                        self.warn(&extra.at, format!("{}: its delay_loop differs from {}'s; xlb runs both at {}'s", extra.keyword, c.keyword, c.keyword));
+                    }
+                    h.also.push(a);
+                }
                 h.notify_up = notify_up;
                 h.notify_down = notify_down;
                 h.quorum = policy.quorum.max(1);
