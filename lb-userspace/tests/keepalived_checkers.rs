@@ -330,6 +330,9 @@ fn udp_check_without_require_reply_fails_only_on_an_icmp_error() {
             }
         });
         health::check_now(&target(addr, c)).unwrap();
+        // Request and expected answer, over either family (a socket of the real's).
+        let asked = HealthConfig { send: Some("hi there".into()), expect: Some("hi".into()), ..config(CheckKind::Udp) };
+        health::check_now(&target(addr, asked)).unwrap();
     }
     let svc = ServiceId::Addr(Service { proto: Proto::Udp, vip: Ipv4Addr::new(10, 0, 0, 1).into(), port: 53 });
     let both = HealthConfig { send: Some("x".into()), expect: Some("y".into()), reply_optional: true, ..config(CheckKind::Udp) };

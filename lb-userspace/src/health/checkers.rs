@@ -1,7 +1,8 @@
 //! The checks keepalived has and xlb's first checkers lacked: several URLs per HTTP
 //! check with status code ranges and `virtualhost` (Host header and TLS SNI), `retry`
-//! with `delay_before_retry`, a source address (`bindto`), and the DNS_CHECK,
-//! SMTP_CHECK and PING_CHECK kinds (keepalived/check/check_{http,dns,smtp,ping}.c).
+//! with `delay_before_retry`, a source address (`bindto`), UDP checks of either address
+//! family (with keepalived's reply-optional mode), and the DNS_CHECK, SMTP_CHECK and
+//! PING_CHECK kinds (keepalived/check/check_{http,dns,smtp,ping,udp}.c).
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
@@ -191,7 +192,8 @@ pub(super) async fn check(t: &Target) -> Option<Result<Option<u32>>> {
             http(t).await
         }
         CheckKind::Tcp if c.bindto.is_some() => connect(t).await.map(drop),
-        CheckKind::Udp if c.reply_optional || c.bindto.is_some() => udp(t).await,
+        // Every UDP check: the socket takes the real's address family (IPv6 reals too).
+        CheckKind::Udp => udp(t).await,
         _ => return None,
     };
     Some(r.map(|()| None))
@@ -342,7 +344,7 @@ async fn udp(t: &Target) -> Result<()> {
         // A connected socket reports the ICMP port unreachable its datagram got.
         Ok(Err(e)) => Err(e).with_context(|| format!("no UDP answer from {}", t.addr)),
         Err(_) if c.reply_optional => Ok(()),
-        Err(_) => bail!("no UDP answer from {} within {:.1} s", t.addr, wait.as_secs_f64()),
+        Err(_) => bail!("no answer within {:.1} s from {}", wait.as_secs_f64(), t.addr),
     }
 }
 
