@@ -55,10 +55,14 @@ fn dr_with_tcp_check() {
     let h = svc.health.as_ref().unwrap();
     assert_eq!((h.kind, h.interval, h.timeout, h.retry, h.delay_before_retry), (CheckKind::Tcp, 6.0, 3.0, 3, Some(3.0)));
     assert!(svc.real_health.is_empty());
+    // global_defs' lvs_timeouts are ipvsadm --set's.
+    let s = i.config.settings.unwrap();
+    assert_eq!((s.tcp_timeouts[lb_common::tcp::ESTABLISHED as usize], s.tcp_timeouts[lb_common::tcp::FIN_WAIT as usize], s.udp_timeout), (7200, 60, 60));
     // global_defs and VRRP: one note.
     let w = warnings(&i);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with("dr-tcp.conf:4: global_defs, vrrp_instance left to keepalived"), "{w:?}");
+    assert!(w[0].ends_with("(global_defs' lvs_timeouts are imported as settings)"), "{w:?}");
 }
 
 #[test]

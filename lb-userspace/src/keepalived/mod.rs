@@ -145,8 +145,16 @@ impl Importer {
             }
         }
         let mut services: Vec<ServiceConfig> = Vec::new();
+        let mut settings = None;
         for n in nodes {
             match n.keyword.as_str() {
+                "global_defs" => {
+                    // IPVS's timeouts are xlb's business; the rest of global_defs is not.
+                    for g in n.block.as_deref().unwrap_or_default().iter().filter(|g| g.keyword == "lvs_timeouts") {
+                        settings = Some(self.lvs_timeouts(g, settings.unwrap_or_default())?);
+                    }
+                    left.push(n);
+                }
                 "virtual_server_group" => {}
                 "virtual_server" => {
                     let used: BTreeSet<u32> = services
@@ -166,11 +174,15 @@ impl Importer {
             let kinds: Vec<&str> = kinds.into_iter().collect();
             self.warn(
                 &first.at,
-                format!("{} left to keepalived: xlb balances and checks; VRRP and the addresses stay keepalived's job", kinds.join(", ")),
+                format!(
+                    "{} left to keepalived: xlb balances and checks; VRRP and the addresses stay keepalived's job{}",
+                    kinds.join(", "),
+                    if cfg_has_timeouts(nodes) { " (global_defs' lvs_timeouts are imported as settings)" } else { "" }
+                ),
             );
         }
         // The same checks as `xlb apply`: duplicate services, overlapping frontends.
-        let cfg = Config { settings: None, services };
+        let cfg = Config { settings, services };
         let text = config::to_toml(&cfg);
         config::parse(&text)?;
         Ok(cfg)
@@ -402,6 +414,22 @@ impl Importer {
         }
         let svc = ServiceConfig { id, options, frontends, reals, sorry_server: sorry, health, real_health };
         Ok(Some(svc))
+    }
+
+    /// `lvs_timeouts tcp N tcpfin N udp N` (global_defs): ipvsadm --set's timeouts.
+    fn lvs_timeouts(&mut self, g: &Node, mut s: lb_common::Settings) -> Result<lb_common::Settings> {
+        let mut words = g.args.iter();
+        while let Some(k) = words.next() {
+            let v = words.next().ok_or_else(|| err(&g.at, format!("lvs_timeouts {k} needs a number of seconds")))?;
+            let secs: u32 = v.parse().map_err(|_| err(&g.at, format!("lvs_timeouts {k} {v}: not a whole number of seconds")))?;
+            match k.as_str() {
+                "tcp" => s.tcp_timeouts[lb_common::tcp::ESTABLISHED as usize] = secs,
+                "tcpfin" => s.tcp_timeouts[lb_common::tcp::FIN_WAIT as usize] = secs,
+                "udp" => s.udp_timeout = secs,
+                other => bail!("{}: lvs_timeouts {other}: tcp, tcpfin or udp", g.at),
+            }
+        }
+        Ok(s)
     }
 
     fn method(&mut self, c: &Node) -> Result<ForwardMethod> {
@@ -660,6 +688,10 @@ impl Importer {
         }
         Ok(u)
     }
+}
+
+fn cfg_has_timeouts(nodes: &[Node]) -> bool {
+    nodes.iter().filter(|n| n.keyword == "global_defs").any(|n| n.block.as_deref().unwrap_or_default().iter().any(|g| g.keyword == "lvs_timeouts"))
 }
 
 /// Whether a `virtual_server fwmark M` anywhere in the file uses mark `m`.
