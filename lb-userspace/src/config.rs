@@ -31,6 +31,11 @@
 //! netmask = "64"             # IPv6: a prefix length (or an IPv6 netmask)
 //! reals = ["2001:db8::11", { address = "[2001:db8::12]:80" }]
 //!
+//! [[service]]                # a real with a check of its own (keepalived: per real_server)
+//! vip = "10.0.0.100"
+//! port = 25
+//! reals = [{ address = "10.0.0.31", health = { type = "exec", command = "/etc/xlb/mx 10.0.0.31", dynamic = true } }]
+//!
 //! [[service]]                # a group: several VIP:ports, one set of reals
 //! fwmark = 1
 //! frontends = ["tcp:10.0.0.100:80", "tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8010"]
@@ -466,6 +471,26 @@ mod tests {
         let v6 = "[[service]]\nvip = \"2001:db8::100\"\nport = 80\n";
         assert!(err(&format!("{v6}reals = [\"10.0.0.2\"]\n")).contains("a real server serves its service's address family"));
         assert!(err(&format!("{v6}persistent = 60\nnetmask = \"255.255.255.0\"\n")).contains("other address family"));
+    }
+
+    #[test]
+    fn reals_may_have_a_check_of_their_own() {
+        let text = r#"
+            [[service]]
+            vip = "10.0.0.100"
+            port = 25
+            reals = ["10.0.0.30", { address = "10.0.0.31", health = { type = "exec", command = "/etc/xlb/mx 10.0.0.31", dynamic = true } }]
+            "#;
+        let cfg = parse(text).unwrap();
+        let svc = &cfg.services[0];
+        assert!(svc.health.is_none());
+        let real: RealAddr = "10.0.0.31".parse().unwrap();
+        assert_eq!(svc.real_health.keys().collect::<Vec<_>>(), [&real]);
+        assert!(svc.real_health[&real].dynamic);
+        assert_eq!(parse(&to_toml(&cfg)).unwrap(), cfg);
+        let bad = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\nreals = [{ address = \"10.0.0.2\", health = { type = \"exec\" } }]\n";
+        let e = format!("{:#}", parse(bad).unwrap_err());
+        assert!(e.contains("the health check of real server 10.0.0.2") && e.contains("needs `command`"), "{e}");
     }
 
     #[test]
