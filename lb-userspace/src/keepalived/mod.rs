@@ -62,8 +62,8 @@ struct Importer {
 
 #[derive(Clone, Default)]
 struct Group {
-    /// (address, first port, last port); the protocol comes from the virtual_server.
-    addrs: Vec<(IpAddr, u16, u16)>,
+    /// (VIP, port); the protocol comes from the virtual_server.
+    addrs: Vec<(IpAddr, u16)>,
     fwmarks: Vec<u32>,
 }
 
@@ -161,9 +161,7 @@ impl Importer {
                         .iter()
                         .filter_map(|s| if let ServiceId::Fwmark(m) = s.id { Some(m) } else { None })
                         .collect();
-                    if let Some(s) = self.virtual_server(n, &used, nodes)? {
-                        services.push(s);
-                    }
+                    services.push(self.virtual_server(n, &used, nodes)?);
                 }
                 kw if left_to_keepalived(kw) => left.push(n),
                 _ => self.unknown(n, "the top level"),
@@ -230,7 +228,7 @@ impl Importer {
             };
             let mut a = first;
             loop {
-                g.addrs.push((a, p, p));
+                g.addrs.push((a, p));
                 if a == last {
                     break;
                 }
@@ -243,7 +241,7 @@ impl Importer {
         Ok(g)
     }
 
-    fn virtual_server(&mut self, n: &Node, used_marks: &BTreeSet<u32>, all: &[Node]) -> Result<Option<ServiceConfig>> {
+    fn virtual_server(&mut self, n: &Node, used_marks: &BTreeSet<u32>, all: &[Node]) -> Result<ServiceConfig> {
         let body = n.block.as_deref().unwrap_or_default();
         let proto = match body.iter().rev().find(|c| c.keyword == "protocol") {
             Some(p) => match arg(p, 0, "TCP or UDP")?.to_ascii_uppercase().as_str() {
@@ -279,7 +277,7 @@ impl Importer {
                     Some(m) => *m,
                     None => (1..).find(|m| !used_marks.contains(m) && !mark_taken(all, *m)).unwrap_or(1),
                 };
-                let frontends = g.addrs.iter().map(|(vip, p, _)| Service { proto, vip: *vip, port: *p }).collect();
+                let frontends = g.addrs.iter().map(|(vip, p)| Service { proto, vip: *vip, port: *p }).collect();
                 (ServiceId::Fwmark(mark), frontends)
             }
             Some(addr) => {
@@ -369,11 +367,8 @@ impl Importer {
         if !flags.is_empty() {
             options.sched_flags = ops::parse_sched_flags(&flags.join(",")).map_err(|e| err(&n.at, e))?;
         }
-        if let Some(g) = granularity {
-            if timeout.is_none() {
-                self.warn(&n.at, "persistence_granularity without persistence_timeout: ignored, as IPVS does");
-            }
-            let _ = g;
+        if granularity.is_some() && timeout.is_none() {
+            self.warn(&n.at, "persistence_granularity without persistence_timeout: ignored, as IPVS does");
         }
         options.persistence = timeout.map(|t| Persistence { timeout: t, netmask: granularity.unwrap_or(ops::ONE_CLIENT) });
         ops::check_options(id, &options).map_err(|e| err(&n.at, e))?;
@@ -412,8 +407,7 @@ impl Importer {
                 self.warn(&n.at, "quorum settings without checkers: ignored");
             }
         }
-        let svc = ServiceConfig { id, options, frontends, reals, sorry_server: sorry, health, real_health };
-        Ok(Some(svc))
+        Ok(ServiceConfig { id, options, frontends, reals, sorry_server: sorry, health, real_health })
     }
 
     /// `lvs_timeouts tcp N tcpfin N udp N` (global_defs): ipvsadm --set's timeouts.
