@@ -428,7 +428,7 @@ impl Engine {
             }
             Request::Reload => {
                 let Some(path) = &self.config else {
-                    bail!("xlb was started without --config: there is no file to reload (use `xlb apply FILE`)")
+                    bail!("xlb was started without --config or --keepalived-conf: there is no file to reload (use `xlb apply FILE`)")
                 };
                 let cfg = load_config(path, self.keepalived)?;
                 let mut changes = reconcile::apply(maps, &cfg)?;
@@ -478,8 +478,8 @@ impl Engine {
     }
 }
 
-/// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
-/// Runs a quorum_up / quorum_down command (XLB_SERVICE and XLB_STATE UP or DOWN set).
+/// Runs a quorum_up / quorum_down command (XLB_SERVICE and XLB_STATE UP or DOWN set)
+/// without waiting for it.
 fn notify_quorum(cmd: &str, service: ServiceId, state: &str) {
     let spawned = std::process::Command::new("sh")
         .arg("-c")
@@ -496,6 +496,7 @@ fn notify_quorum(cmd: &str, service: ServiceId, state: &str) {
     }
 }
 
+/// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
 fn notify(cmd: &str, service: ServiceId, real: IpAddr, state: &str) {
     let spawned = std::process::Command::new("sh")
         .arg("-c")
