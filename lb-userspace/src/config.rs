@@ -131,7 +131,7 @@ struct RealTable {
     /// This real's own check, instead of the service's (keepalived checks per
     /// real_server: its own connect_ip, misc_path, notify commands…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    health: Option<HealthConfig>,
+    health: Option<Box<HealthConfig>>,
 }
 
 fn one() -> u32 {
@@ -200,7 +200,7 @@ pub fn to_toml(cfg: &Config) -> String {
                     .reals
                     .iter()
                     .map(|(rip, ro)| {
-                        let health = svc.real_health.get(rip).cloned();
+                        let health = svc.real_health.get(rip).cloned().map(Box::new);
                         if *ro == RealOptions::default() && health.is_none() {
                             RealSection::Address(rip.to_string())
                         } else {
@@ -315,7 +315,7 @@ fn service(s: &ServiceSection) -> Result<ServiceConfig> {
                 let forward = t.forward.as_deref().map(str::parse::<ForwardMethod>).transpose()?.unwrap_or_default();
                 let opts =
                     RealOptions { forward, weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold };
-                (t.address.parse::<RealAddr>()?, opts, t.health.as_ref())
+                (t.address.parse::<RealAddr>()?, opts, t.health.as_deref())
             }
         };
         if let Some(h) = health {

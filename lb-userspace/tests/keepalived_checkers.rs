@@ -35,7 +35,10 @@ fn err(r: anyhow::Result<Option<u32>>) -> String {
 
 /// An HTTP server: /ok 200, /gone 404, /broken 503, anything else echoes the request's
 /// Host header. Records each connection's Host header (empty without a request) and peer.
-fn http_server(bind: &str) -> (SocketAddr, Arc<Mutex<Vec<(String, SocketAddr)>>>) {
+/// (Host header, peer) of each connection.
+type Seen = Arc<Mutex<Vec<(String, SocketAddr)>>>;
+
+fn http_server(bind: &str) -> (SocketAddr, Seen) {
     let listener = TcpListener::bind(bind).unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -105,28 +105,26 @@ pub(super) fn validate(h: &HealthConfig, service: ServiceId) -> Result<()> {
         if let Some(s) = &u.status {
             parse_status_codes(s).with_context(|| format!("health url {}", u.path))?;
         }
-        if let Some(md5) = &u.md5 {
-            if md5.len() != 32 || !md5.chars().all(|c| c.is_ascii_hexdigit()) {
-                bail!("health url {}: `md5` must be 32 hex digits", u.path);
-            }
+        if let Some(md5) = &u.md5
+            && (md5.len() != 32 || !md5.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            bail!("health url {}: `md5` must be 32 hex digits", u.path);
         }
     }
-    if let Some(t) = &h.dns_type {
-        if !DNS_TYPES.iter().any(|(n, _)| n.eq_ignore_ascii_case(t)) {
-            bail!("health `dns_type` {t} is not one of A, NS, CNAME, SOA, PTR, MX, TXT, AAAA");
-        }
+    if let Some(t) = &h.dns_type
+        && !DNS_TYPES.iter().any(|(n, _)| n.eq_ignore_ascii_case(t))
+    {
+        bail!("health `dns_type` {t} is not one of A, NS, CNAME, SOA, PTR, MX, TXT, AAAA");
     }
-    if let Some(d) = h.delay_before_retry {
-        if !(d > 0.0 && d <= 86_400.0) {
-            bail!("health `delay_before_retry` must be a number of seconds above 0");
-        }
+    if let Some(d) = h.delay_before_retry
+        && !(d > 0.0 && d <= 86_400.0)
+    {
+        bail!("health `delay_before_retry` must be a number of seconds above 0");
     }
-    if let Some(b) = h.bindto {
-        if let Some(a) = h.address {
-            if a.is_ipv4() != b.is_ipv4() {
-                bail!("health `bindto` {b} is of another address family than the checked address {a}");
-            }
-        }
+    if let (Some(b), Some(a)) = (h.bindto, h.address)
+        && a.is_ipv4() != b.is_ipv4()
+    {
+        bail!("health `bindto` {b} is of another address family than the checked address {a}");
     }
     Ok(())
 }
@@ -245,10 +243,10 @@ async fn http(t: &Target) -> Result<()> {
         if !ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
             bail!("{}: HTTP status {status}, expected {}", u.path, u.status.as_deref().unwrap_or("200-299"));
         }
-        if let Some(needle) = &u.contains {
-            if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-                bail!("{}: body does not contain {needle:?}", u.path);
-            }
+        if let Some(needle) = &u.contains
+            && !String::from_utf8_lossy(&body).contains(needle.as_str())
+        {
+            bail!("{}: body does not contain {needle:?}", u.path);
         }
         if let Some(md5) = &u.md5 {
             use md5::Digest;
@@ -334,10 +332,10 @@ async fn udp(t: &Target) -> Result<()> {
     let wait = Duration::from_secs_f64(c.timeout * 0.9);
     match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
         Ok(Ok(n)) => {
-            if let Some(expect) = &c.expect {
-                if !buf[..n].starts_with(expect.as_bytes()) {
-                    bail!("UDP answer does not start with {expect:?}");
-                }
+            if let Some(expect) = &c.expect
+                && !buf[..n].starts_with(expect.as_bytes())
+            {
+                bail!("UDP answer does not start with {expect:?}");
             }
             Ok(())
         }

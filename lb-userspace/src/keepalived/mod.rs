@@ -335,10 +335,10 @@ impl Importer {
                 ),
                 "sorry_server" => {
                     let a = ip(c, arg(c, 0, "an address")?)?;
-                    if let (Some(p), ServiceId::Addr(s)) = (c.args.get(1), id) {
-                        if port(c, p)? != s.port {
-                            self.warn(&c.at, format!("sorry_server port {p}: xlb's sorry server takes the service's port ({})", s.port));
-                        }
+                    if let (Some(p), ServiceId::Addr(s)) = (c.args.get(1), id)
+                        && port(c, p)? != s.port
+                    {
+                        self.warn(&c.at, format!("sorry_server port {p}: xlb's sorry server takes the service's port ({})", s.port));
                     }
                     sorry = Some(a);
                 }
@@ -709,7 +709,7 @@ fn script(n: &Node) -> Result<String> {
 /// keepalived's UDP_CHECK payloads are hex strings.
 fn hex(n: &Node) -> Result<Vec<u8>> {
     let s: String = n.args.concat();
-    if s.len() % 2 != 0 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("{}: {} `{s}` is not a string of hex digits", n.at, n.keyword);
     }
     Ok((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("checked")).collect())

@@ -158,18 +158,18 @@ impl Preprocess {
             line = body.to_string();
         }
         let t = line.trim_start();
-        if let Some(def) = t.strip_prefix('$') {
-            if let Some((name, value)) = def.split_once('=') {
-                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    if value.trim_end().ends_with('\\') {
-                        bail!("{at}: multi-line definitions are not supported");
-                    }
-                    let value = self.expand(value.trim());
-                    self.defs.retain(|(n, _)| n != name);
-                    self.defs.push((name.to_string(), value));
-                    return Ok(None);
-                }
+        if let Some(def) = t.strip_prefix('$')
+            && let Some((name, value)) = def.split_once('=')
+            && !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            if value.trim_end().ends_with('\\') {
+                bail!("{at}: multi-line definitions are not supported");
             }
+            let value = self.expand(value.trim());
+            self.defs.retain(|(n, _)| n != name);
+            self.defs.push((name.to_string(), value));
+            return Ok(None);
         }
         Ok(Some(self.expand(&line)))
     }
@@ -220,22 +220,22 @@ fn tokenize_with(
         let at = Loc { file: file.clone(), line: i + 1 };
         let Some(line) = pre.line(line, &at)? else { continue };
         let toks = words(&line, &at)?;
-        if let [Tok::Word(kw), Tok::Word(pattern)] = toks.as_slice() {
-            if kw == "include" {
-                if depth >= MAX_INCLUDE_DEPTH {
-                    bail!("{at}: includes nest deeper than {MAX_INCLUDE_DEPTH} (does a file include itself?)");
-                }
-                let dir = file.parent().unwrap_or(Path::new("."));
-                let paths = glob(pattern, dir).map_err(|e| anyhow::anyhow!("{at}: include {pattern}: {e}"))?;
-                if paths.is_empty() {
-                    warnings.push(Warning { at: at.clone(), message: format!("include: no file matches `{pattern}`") });
-                }
-                for p in paths {
-                    let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{at}: include {}: {e}", p.display()))?;
-                    tokenize_with(Arc::from(p.as_path()), &text, depth + 1, out, warnings, pre)?;
-                }
-                continue;
+        if let [Tok::Word(kw), Tok::Word(pattern)] = toks.as_slice()
+            && kw == "include"
+        {
+            if depth >= MAX_INCLUDE_DEPTH {
+                bail!("{at}: includes nest deeper than {MAX_INCLUDE_DEPTH} (does a file include itself?)");
             }
+            let dir = file.parent().unwrap_or(Path::new("."));
+            let paths = glob(pattern, dir).map_err(|e| anyhow::anyhow!("{at}: include {pattern}: {e}"))?;
+            if paths.is_empty() {
+                warnings.push(Warning { at: at.clone(), message: format!("include: no file matches `{pattern}`") });
+            }
+            for p in paths {
+                let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{at}: include {}: {e}", p.display()))?;
+                tokenize_with(Arc::from(p.as_path()), &text, depth + 1, out, warnings, pre)?;
+            }
+            continue;
         }
         out.extend(toks.into_iter().map(|t| Located(t, at.clone())));
         out.push(Located(Tok::EndOfLine, at));
