@@ -33,6 +33,11 @@
 //! netmask = "64"             # IPv6: a prefix length (or an IPv6 netmask)
 //! reals = ["2001:db8::11", { address = "[2001:db8::12]:80" }]
 //!
+//! [[service]]                # a real with a check of its own (keepalived: per real_server)
+//! vip = "10.0.0.100"
+//! port = 25
+//! reals = [{ address = "10.0.0.31", health = { type = "exec", command = "/etc/xlb/mx 10.0.0.31", dynamic = true } }]
+//!
 //! [[service]]                # a group: several VIP:ports, one set of reals
 //! fwmark = 1
 //! frontends = ["tcp:10.0.0.100:80", "tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8010"]
@@ -136,6 +141,10 @@ struct RealTable {
     u_threshold: u32,
     #[serde(default)]
     l_threshold: u32,
+    /// This real's own check, instead of the service's (keepalived checks per
+    /// real_server: its own connect_ip, misc_path, notify commands…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<Box<HealthConfig>>,
 }
 
 fn one() -> u32 {
@@ -153,6 +162,8 @@ pub struct ServiceConfig {
     /// Takes new connections when fewer reals than the health quorum are healthy.
     pub sorry_server: Option<std::net::IpAddr>,
     pub health: Option<HealthConfig>,
+    /// Reals with a check of their own (it replaces `health` for them).
+    pub real_health: std::collections::BTreeMap<RealAddr, HealthConfig>,
 }
 
 /// A checked config: also the daemon's desired state, which it saves in this format.
@@ -204,7 +215,8 @@ pub fn to_toml(cfg: &Config) -> String {
                     .reals
                     .iter()
                     .map(|(rip, ro)| {
-                        unplaced(if *ro == RealOptions::default() {
+                        let health = svc.real_health.get(rip).cloned().map(Box::new);
+                        unplaced(if *ro == RealOptions::default() && health.is_none() {
                             RealSection::Address(rip.to_string())
                         } else {
                             RealSection::Full(RealTable {
@@ -213,6 +225,7 @@ pub fn to_toml(cfg: &Config) -> String {
                                 weight: ro.weight,
                                 u_threshold: ro.u_threshold,
                                 l_threshold: ro.l_threshold,
+                                health,
                             })
                         })
                     })
@@ -363,23 +376,30 @@ fn service(s: &ServiceSection, whole: Range<usize>) -> Placed<ServiceConfig> {
     // Most of what check_options refuses is about the netmask (its family).
     ops::check_options(id, &options).at(netmask.map_or(whole.clone(), |m| m.1))?;
     let mut reals: Vec<(RealAddr, RealOptions)> = Vec::new();
+    let mut real_health = std::collections::BTreeMap::new();
     for r in &s.reals {
         let at = r.span();
-        let (real, opts) = match r.get_ref() {
-            RealSection::Address(a) => (a.parse::<RealAddr>().at(at.clone())?, RealOptions::default()),
+        let (real, opts, health) = match r.get_ref() {
+            RealSection::Address(a) => (a.parse::<RealAddr>().at(at.clone())?, RealOptions::default(), None),
             RealSection::Full(t) => {
                 let forward = t.forward.as_deref().map(str::parse::<ForwardMethod>).transpose().at(at.clone())?.unwrap_or_default();
                 let opts =
                     RealOptions { forward, weight: t.weight, u_threshold: t.u_threshold, l_threshold: t.l_threshold };
-                (t.address.parse::<RealAddr>().at(at.clone())?, opts)
+                (t.address.parse::<RealAddr>().at(at.clone())?, opts, t.health.as_deref())
             }
         };
+        if let Some(h) = health {
+            h.validate(id).with_context(|| format!("the health check of real server {real}")).at(at.clone())?;
+        }
         ops::check_real(id, real, &opts).with_context(|| format!("real server {real}")).at(at.clone())?;
         ops::check_one_packet(id, options.one_packet, opts.forward).at(at.clone())?;
         // As the maps will list it, so that a reload compares like with like.
         let real = real.canonical(id);
         if reals.iter().any(|(r, _)| *r == real) {
             return refuse(at, format!("Destination already exists: {real}"));
+        }
+        if let Some(h) = health {
+            real_health.insert(real, h.clone());
         }
         reals.push((real, opts));
     }
@@ -390,7 +410,15 @@ fn service(s: &ServiceSection, whole: Range<usize>) -> Placed<ServiceConfig> {
     if let Some(h) = &s.health {
         h.get_ref().validate(id).at(h.span())?;
     }
-    Ok(ServiceConfig { id, options, frontends, reals, sorry_server, health: s.health.as_ref().map(|h| h.get_ref().clone()) })
+    Ok(ServiceConfig {
+        id,
+        options,
+        frontends,
+        reals,
+        sorry_server,
+        health: s.health.as_ref().map(|h| h.get_ref().clone()),
+        real_health,
+    })
 }
 
 #[cfg(test)]
@@ -539,6 +567,26 @@ mod tests {
     }
 
     #[test]
+    fn reals_may_have_a_check_of_their_own() {
+        let text = r#"
+            [[service]]
+            vip = "10.0.0.100"
+            port = 25
+            reals = ["10.0.0.30", { address = "10.0.0.31", health = { type = "exec", command = "/etc/xlb/mx 10.0.0.31", dynamic = true } }]
+            "#;
+        let cfg = parse(text).unwrap();
+        let svc = &cfg.services[0];
+        assert!(svc.health.is_none());
+        let real: RealAddr = "10.0.0.31".parse().unwrap();
+        assert_eq!(svc.real_health.keys().collect::<Vec<_>>(), [&real]);
+        assert!(svc.real_health[&real].dynamic);
+        assert_eq!(parse(&to_toml(&cfg)).unwrap(), cfg);
+        let bad = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\nreals = [{ address = \"10.0.0.2\", health = { type = \"exec\" } }]\n";
+        let e = format!("{:#}", parse(bad).unwrap_err());
+        assert!(e.contains("the health check of real server 10.0.0.2") && e.contains("needs `command`"), "{e}");
+    }
+
+    #[test]
     fn default_scheduler_is_wlc_as_in_ipvs() {
         let cfg = parse("[[service]]\nvip = \"10.0.0.1\"\nport = 80\n").unwrap();
         assert_eq!(cfg.services[0].options.scheduler, Scheduler::Wlc);
@@ -595,7 +643,7 @@ mod tests {
         assert!(err(&health("type = \"udp\"")).contains("needs `send`"));
         assert!(err(&health("type = \"tcp\"\npath = \"/\"")).contains("does not apply"));
         assert!(err(&health("type = \"http\"\ninterval = 0")).contains("above 0"));
-        assert!(err(&health("type = \"ping\"")).contains("unknown variant `ping`"));
+        assert!(err(&health("type = \"icmp\"")).contains("unknown variant `icmp`"));
         assert!(err("[[service]]\nfwmark = 2\n[service.health]\ntype = \"tcp\"\n").contains("needs a `port`"));
         assert!(err(overlap).contains("belongs to one service"));
         assert!(err("[[service]]\nvip = \"10.0.0.1\"\nport = 80\nproto = \"tcp\"\none_packet = true\n").contains("UDP"));

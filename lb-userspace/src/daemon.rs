@@ -8,7 +8,7 @@
 //! detaches and removes the pins. The desired state is saved (write, fsync, rename)
 //! after every change and restored at start.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     io::Write,
     net::{IpAddr, SocketAddr},
@@ -47,6 +47,8 @@ pub struct DaemonOptions {
     pub mode: AttachMode,
     /// Config file: applied at start when there is no saved state, and on reload.
     pub config: Option<PathBuf>,
+    /// `config` is a keepalived.conf (`--keepalived-conf`), imported on every read.
+    pub keepalived: bool,
     pub paths: Paths,
     /// Detach and remove the pins when the process is asked to stop (`xlb run`);
     /// otherwise a SIGTERM/SIGINT leaves the fast path running for the next daemon.
@@ -123,6 +125,10 @@ struct Engine {
     rates: Rates,
     /// Health checks by service: part of the desired state, kept here (not in maps).
     health: BTreeMap<ServiceId, HealthConfig>,
+    /// Reals with a check of their own (keepalived checks per real_server).
+    real_checks: BTreeMap<(ServiceId, RealAddr), HealthConfig>,
+    /// Services that lost their quorum (keepalived's quorum_state_up false).
+    quorum_lost: HashSet<ServiceId>,
     checker: Checker,
     real_health: HashMap<RealKey, RealHealth>,
     /// The configured weight of each real whose weight in the maps a dynamic check set:
@@ -132,6 +138,7 @@ struct Engine {
     opts_ifaces: Vec<String>,
     paths: Paths,
     config: Option<PathBuf>,
+    keepalived: bool,
     /// Set by `Stop`: detach and unpin on the way out.
     stop_and_detach: bool,
 }
@@ -172,6 +179,8 @@ impl Engine {
                     opts.weight = *w;
                 }
             }
+            s.real_health =
+                self.real_checks.iter().filter(|((id, _), _)| *id == s.id).map(|((_, r), h)| (*r, h.clone())).collect();
         }
         Ok(cfg)
     }
@@ -212,9 +221,10 @@ impl Engine {
     fn restore_health(&mut self, desired: &Config) -> Result<()> {
         let running = ops::snapshot(&self.maps)?;
         for s in &desired.services {
-            let Some(h) = &s.health else { continue };
             let Some(view) = running.iter().find(|v| v.id == s.id) else { continue };
             for (addr, opts) in &s.reals {
+                // The real's own check (keepalived's per-real checkers), else its service's.
+                let Some(h) = s.real_health.get(addr).or(s.health.as_ref()) else { continue };
                 let key = real_key(s.id, *addr);
                 let Some(r) = view.reals.iter().find(|r| r.address == key.1 && r.port == key.2) else { continue };
                 let weight = (h.dynamic && r.weight != opts.weight).then_some(r.weight);
@@ -268,7 +278,28 @@ impl Engine {
         let changed = new.iter().filter(|(id, h)| self.health.get(id) != Some(h)).count()
             + self.health.keys().filter(|id| !new.contains_key(id)).count();
         self.health = new;
+        let per_real: BTreeMap<(ServiceId, RealAddr), HealthConfig> = cfg
+            .services
+            .iter()
+            .flat_map(|s| s.real_health.iter().map(move |(r, h)| ((s.id, *r), h.clone())))
+            .collect();
+        let changed = changed
+            + per_real.iter().filter(|(k, h)| self.real_checks.get(k) != Some(h)).count()
+            + self.real_checks.keys().filter(|k| !per_real.contains_key(k)).count();
+        self.real_checks = per_real;
         changed
+    }
+
+    /// The check of one real: its own, else its service's.
+    fn check_of(&self, id: ServiceId, ip: IpAddr, port: u16) -> Option<&HealthConfig> {
+        let real = RealAddr { ip, port: Some(port) }.canonical(id);
+        self.real_checks.get(&(id, real)).or_else(|| self.health.get(&id))
+    }
+
+    /// A service's quorum settings (and failure policy): its check's, else the first of
+    /// its reals' own (an import from keepalived gives them all the same).
+    fn policy(&self, id: ServiceId) -> Option<&HealthConfig> {
+        self.health.get(&id).or_else(|| self.real_checks.iter().find(|((s, _), _)| *s == id).map(|(_, h)| h))
     }
 
     /// Runs exactly the checks the desired state asks for, and brings the maps' health
@@ -284,26 +315,27 @@ impl Engine {
     fn sync_health(&mut self) -> Result<()> {
         let services = ops::snapshot(&self.maps)?;
         self.health.retain(|id, _| services.iter().any(|s| s.id == *id));
+        self.real_checks.retain(|(id, _), _| services.iter().any(|s| s.id == *id));
+        self.quorum_lost.retain(|id| services.iter().any(|s| s.id == *id));
         let mut targets = Vec::new();
         let vips: Vec<IpAddr> = services.iter().flat_map(|s| s.frontends.iter().map(|f| f.vip)).collect();
         let mut sources: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
         for s in &services {
-            match self.health.get(&s.id) {
-                Some(h) => {
-                    ops::set_inhibit_on_failure(&mut self.maps, s.id, h.on_failure == OnFailure::Inhibit)?;
-                    for r in &s.reals {
+            let inhibit = self.policy(s.id).is_some_and(|h| h.on_failure == OnFailure::Inhibit);
+            ops::set_inhibit_on_failure(&mut self.maps, s.id, inhibit)?;
+            for r in &s.reals {
+                match self.check_of(s.id, r.address, r.port) {
+                    Some(h) => {
                         let addr = SocketAddr::new(h.address.unwrap_or(r.address), h.port.unwrap_or(r.port));
                         let source = *sources.entry(addr.ip()).or_insert_with(|| nexthop::check_source(addr.ip(), &vips));
                         let config = h.clone();
                         targets.push(health::Target { service: s.id, real: r.address, port: r.port, addr, source, config });
                     }
-                }
-                None => {
-                    // No check (any more): nobody may hold a real down.
-                    for r in s.reals.iter().filter(|r| r.health_down) {
-                        ops::set_real_health(&mut self.maps, s.id, RealAddr { ip: r.address, port: Some(r.port) }, true)?;
+                    // No check (any more): nobody may hold the real down.
+                    None if r.health_down => {
+                        ops::set_real_health(&mut self.maps, s.id, RealAddr { ip: r.address, port: Some(r.port) }, true)?
                     }
-                    ops::set_inhibit_on_failure(&mut self.maps, s.id, false)?;
+                    None => {}
                 }
             }
         }
@@ -353,15 +385,33 @@ impl Engine {
     /// healthy, and back to the reals when enough are.
     fn evaluate_sorry(&mut self, id: ServiceId) -> Result<()> {
         let Some(view) = ops::snapshot(&self.maps)?.into_iter().find(|s| s.id == id) else { return Ok(()) };
-        let healthy = view.reals.iter().filter(|r| !r.health_down).count() as u32;
-        let quorum = self.health.get(&id).map_or(1, |h| h.quorum).max(1);
-        let active = view.sorry_server.is_some() && healthy < quorum;
+        let policy = self.policy(id).cloned();
+        let by_weight = policy.as_ref().is_some_and(|h| h.quorum_weight);
+        let healthy: u32 = view.reals.iter().filter(|r| !r.health_down).map(|r| if by_weight { r.weight } else { 1 }).sum();
+        let (quorum, hysteresis) = policy.as_ref().map_or((1, 0), |h| (h.quorum.max(1), h.hysteresis));
+        // keepalived's update_quorum_state: lost below quorum - hysteresis (or with no
+        // real left), regained at quorum + hysteresis.
+        let was_lost = self.quorum_lost.contains(&id);
+        let lost = if was_lost { healthy < quorum + hysteresis } else { healthy == 0 || healthy < quorum.saturating_sub(hysteresis) };
+        if lost != was_lost {
+            if lost {
+                self.quorum_lost.insert(id);
+            } else {
+                self.quorum_lost.remove(&id);
+            }
+            let cmd = policy.as_ref().and_then(|h| if lost { h.quorum_down.clone() } else { h.quorum_up.clone() });
+            if let Some(cmd) = cmd {
+                notify_quorum(&cmd, id, if lost { "DOWN" } else { "UP" });
+            }
+        }
+        let active = view.sorry_server.is_some() && lost;
         if ops::set_sorry_active(&mut self.maps, id, active)? {
             let sorry = view.sorry_server.map_or("-".into(), |s| s.to_string());
             if active {
-                tracing::warn!("{id}: {healthy} healthy real(s), quorum {quorum}: sorry server {sorry} takes new connections");
+                let unit = if by_weight { "of healthy reals' weight" } else { "healthy real(s)" };
+                tracing::warn!("{id}: {healthy} {unit}, quorum {quorum}: sorry server {sorry} takes new connections");
             } else {
-                tracing::info!("{id}: {healthy} healthy real(s): new connections go to the reals again");
+                tracing::info!("{id}: quorum regained: new connections go to the reals again");
             }
         }
         Ok(())
@@ -413,7 +463,8 @@ impl Engine {
             if changed {
                 let state = if ev.up { "UP" } else { "DOWN" };
                 tracing::warn!("{shown} of {} is {state}: {}", ev.service, ev.reason);
-                let cmd = self.health.get(&ev.service).and_then(|h| if ev.up { h.notify_up.clone() } else { h.notify_down.clone() });
+                let check = self.check_of(ev.service, ev.real, ev.port);
+                let cmd = check.and_then(|h| if ev.up { h.notify_up.clone() } else { h.notify_down.clone() });
                 if let Some(cmd) = cmd {
                     notify(&cmd, ev.service, ev.real, ev.port, state);
                 }
@@ -431,8 +482,8 @@ impl Engine {
 
     fn fill_health(&self, services: &mut [ops::ServiceView]) {
         for s in services {
-            let checked = self.health.contains_key(&s.id);
             for r in &mut s.reals {
+                let checked = self.check_of(s.id, r.address, r.port).is_some();
                 match self.real_health.get(&(s.id, r.address, r.port)).filter(|_| checked) {
                     Some(h) => {
                         r.health = if h.up { "up" } else { "down" }.into();
@@ -512,6 +563,7 @@ impl Engine {
                 let changes = reconcile::apply(maps, &Config { settings, services: Vec::new() })?;
                 self.health.clear();
                 self.configured_weight.clear();
+                self.real_checks.clear();
                 return Ok(Reply::Changes(changes));
             }
             Request::SetHealth { service, health } => {
@@ -548,9 +600,9 @@ impl Engine {
             }
             Request::Reload => {
                 let Some(path) = &self.config else {
-                    bail!("xlb was started without --config: there is no file to reload (use `xlb apply FILE`)")
+                    bail!("xlb was started without --config or --keepalived-conf: there is no file to reload (use `xlb apply FILE`)")
                 };
-                let cfg = config::load(path)?;
+                let cfg = load_config(path, self.keepalived)?;
                 return Ok(Reply::Changes(self.apply_config(&cfg)?));
             }
             Request::List => {
@@ -602,6 +654,24 @@ impl Engine {
         if let Err(e) = self.rates.sample(&self.maps) {
             tracing::warn!("sampling rates: {e:#}");
         }
+    }
+}
+
+/// Runs a quorum_up / quorum_down command (XLB_SERVICE and XLB_STATE UP or DOWN set)
+/// without waiting for it.
+fn notify_quorum(cmd: &str, service: ServiceId, state: &str) {
+    let spawned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("XLB_SERVICE", service.to_string())
+        .env("XLB_STATE", state)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::warn!("quorum command `{cmd}`: {e}"),
     }
 }
 
@@ -768,11 +838,23 @@ pub fn detach_and_unpin(pin_dir: &Path) {
     maps::unpin_all(pin_dir);
 }
 
+/// The config file: xlb's TOML, or a keepalived.conf imported (its notes logged).
+fn load_config(path: &Path, keepalived: bool) -> Result<Config> {
+    if !keepalived {
+        return config::load(path);
+    }
+    let import = crate::keepalived::load(path)?;
+    for w in &import.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(import.config)
+}
+
 pub fn run(opts: DaemonOptions) -> Result<()> {
     run::install_stop_handler();
     unsafe { libc::signal(libc::SIGHUP, on_hup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     // Parse the config before touching anything: a bad file changes nothing.
-    let file_config = opts.config.as_deref().map(config::load).transpose()?;
+    let file_config = opts.config.as_deref().map(|p| load_config(p, opts.keepalived)).transpose()?;
     let saved = if opts.paths.state.exists() {
         Some(config::load(&opts.paths.state).context("the saved state is unreadable; fix or remove it")?)
     } else {
@@ -816,12 +898,15 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         ebpf,
         rates: Rates::default(),
         health: BTreeMap::new(),
+        real_checks: BTreeMap::new(),
+        quorum_lost: HashSet::new(),
         checker: Checker::new()?,
         real_health: HashMap::new(),
         configured_weight: HashMap::new(),
         opts_ifaces: opts.ifaces.clone(),
         paths: opts.paths.clone(),
         config: opts.config.clone(),
+        keepalived: opts.keepalived,
         stop_and_detach: false,
     }));
     {

@@ -21,6 +21,8 @@ use tokio::{
 
 use crate::ops::ServiceId;
 
+pub mod checkers;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
@@ -29,6 +31,12 @@ pub enum CheckKind {
     Https,
     Udp,
     Exec,
+    /// DNS query, answered without error (keepalived's DNS_CHECK).
+    Dns,
+    /// SMTP greeting and HELO answered 2xx (keepalived's SMTP_CHECK).
+    Smtp,
+    /// ICMP echo answered (keepalived's PING_CHECK).
+    Ping,
 }
 
 /// What happens to a real whose check fails (keepalived's default is to remove it;
@@ -78,6 +86,10 @@ pub struct HealthConfig {
     pub send: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+    /// udp: silence is health too; only an ICMP error (port unreachable) fails, as
+    /// keepalived's UDP_CHECK without `require_reply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply_optional: bool,
     /// exec: `sh -c` command, with XLB_REAL, XLB_PORT and XLB_SERVICE set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -111,6 +123,54 @@ pub struct HealthConfig {
     pub notify_up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_down: Option<String>,
+    /// http/https: several URLs, each fetched in turn, all must pass (keepalived's `url`
+    /// blocks); instead of `path`, `status`, `contains`, `md5`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<checkers::Url>,
+    /// http/https: the Host header and the TLS server name (keepalived's `virtualhost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtualhost: Option<String>,
+    /// Attempts after a failed one, `delay_before_retry` seconds apart, before a check
+    /// of an up real counts as failed (keepalived's `retry`, once `nb_get_retry`).
+    #[serde(default, skip_serializing_if = "checkers::is_zero")]
+    pub retry: u32,
+    /// Seconds between those attempts (default 1, as keepalived's TCP_CHECK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_before_retry: Option<f64>,
+    /// Source address and port of the check's connection (keepalived's `bindto`, `bind_port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bindto: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_port: Option<u16>,
+    /// dns: the query's type (A, AAAA, NS, CNAME, SOA, MX, TXT, PTR; default SOA) and
+    /// name (default `.`), as keepalived's DNS_CHECK `type` and `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// smtp: the name sent in HELO (keepalived's `helo_name`; default the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
+    /// Quorum is lost below `quorum - hysteresis` healthy reals and regained at
+    /// `quorum + hysteresis` (keepalived's `hysteresis`).
+    #[serde(default, skip_serializing_if = "checkers::is_zero")]
+    pub hysteresis: u32,
+    /// The quorum is a total of the healthy reals' weights, as keepalived's, rather
+    /// than a number of reals (an import from keepalived sets it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quorum_weight: bool,
+    /// Commands run when the service gains / loses its quorum (keepalived's
+    /// `quorum_up` / `quorum_down`), with XLB_SERVICE set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_down: Option<String>,
+    /// More checks of the same real, run after this one at each interval (each with its
+    /// own `timeout`; without `address`/`port`, the real's): the real is healthy while
+    /// all pass, as with several checkers in a keepalived real_server. Only their check
+    /// fields count (kind, address, port, timeout, what to send and expect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<HealthConfig>,
 }
 
 impl HealthConfig {
@@ -125,6 +185,7 @@ impl HealthConfig {
             md5: None,
             send: None,
             expect: None,
+            reply_optional: false,
             command: None,
             dynamic: false,
             interval: default_interval(),
@@ -137,6 +198,20 @@ impl HealthConfig {
             quorum: 1,
             notify_up: None,
             notify_down: None,
+            urls: Vec::new(),
+            virtualhost: None,
+            retry: 0,
+            delay_before_retry: None,
+            bindto: None,
+            bind_port: None,
+            dns_type: None,
+            dns_name: None,
+            helo_name: None,
+            hysteresis: 0,
+            quorum_weight: false,
+            quorum_up: None,
+            quorum_down: None,
+            also: Vec::new(),
         }
     }
 
@@ -156,7 +231,7 @@ impl HealthConfig {
         if self.rise == 0 || self.fall == 0 {
             bail!("health `rise` and `fall` must be at least 1");
         }
-        if matches!(service, ServiceId::Fwmark(_)) && self.port.is_none() && self.kind != CheckKind::Exec {
+        if matches!(service, ServiceId::Fwmark(_)) && self.port.is_none() && !matches!(self.kind, CheckKind::Exec | CheckKind::Ping) {
             bail!("the health check of {service} needs a `port` (a firewall-mark service has no single port)");
         }
         let http = matches!(self.kind, CheckKind::Http | CheckKind::Https);
@@ -190,7 +265,7 @@ impl HealthConfig {
                 bail!("health `path` must start with /");
             }
         }
-        Ok(())
+        checkers::validate(self, service)
     }
 }
 
@@ -343,10 +418,7 @@ async fn run_target(t: Target, begin: Verdict, generation: u64, events: mpsc::Se
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let outcome = match tokio::time::timeout(Duration::from_secs_f64(c.timeout), check_once(&t)).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("no answer within {} s", c.timeout)),
-        };
+        let outcome = checkers::with_retries(&t, up).await;
         match outcome {
             Ok(dynamic) => {
                 passed += 1;
@@ -379,6 +451,9 @@ async fn run_target(t: Target, begin: Verdict, generation: u64, events: mpsc::Se
 
 /// One check. Ok carries the dynamic weight an exec check set, if any.
 async fn check_once(t: &Target) -> Result<Option<u32>> {
+    if let Some(outcome) = checkers::check(t).await {
+        return outcome;
+    }
     let c = &t.config;
     match c.kind {
         CheckKind::Tcp => {
@@ -428,6 +503,7 @@ async fn check_once(t: &Target) -> Result<Option<u32>> {
                 None => bail!("check command was killed by a signal"),
             }
         }
+        CheckKind::Dns | CheckKind::Smtp | CheckKind::Ping => unreachable!("checkers::check runs these"),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod health;
 pub mod httpd;
 pub mod ipvsadm;
+pub mod keepalived;
 pub mod listing;
 pub mod loader;
 pub mod maps;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use lb_userspace::{
     api::{self, Paths, Reply, Request, SettingsChange},
-    bench, daemon, demo, httpd, ipvsadm,
+    bench, daemon, demo, httpd, ipvsadm, keepalived,
     listing::{self, Output},
     loader::{self, AttachMode},
     observe, offline,
@@ -43,6 +43,10 @@ struct DaemonArgs {
     /// TOML config: the state at first start, and what SIGHUP / `xlb reload` re-applies.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A keepalived.conf instead of --config: its virtual_servers, reals and checkers
+    /// (as `xlb import keepalived` reads them), re-read on SIGHUP / `xlb reload`.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    keepalived_conf: Option<PathBuf>,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9810; off by default).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -66,7 +70,16 @@ enum Cmd {
     /// (after SIGTERM or kill -9), detach and unpin from the pins alone.
     Stop,
     /// Make the whole configuration be FILE (only the differences are applied).
-    Apply { file: PathBuf },
+    Apply {
+        #[arg(required_unless_present = "keepalived_conf")]
+        file: Option<PathBuf>,
+        /// Apply a keepalived.conf (as `xlb import keepalived` reads it) instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "file")]
+        keepalived_conf: Option<PathBuf>,
+    },
+    /// Print another tool's configuration as xlb's config (TOML, as `xlb apply` takes it).
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Re-apply the daemon's --config file (as SIGHUP does).
     Reload,
     /// The daemon's interfaces, files and counts; with no daemon running, what its pins
@@ -302,6 +315,12 @@ enum BenchSection {
     Fastpath,
     E2e,
     Scale,
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// xlb import keepalived /etc/keepalived/keepalived.conf > xlb.toml (notes on stderr)
+    Keepalived { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -600,7 +619,9 @@ fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String
 
 fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemon::DaemonOptions {
     let web = web::WebOptions { metrics: args.metrics_listen, status: args.status_listen, public: args.listen_public };
-    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config: args.config, paths, detach_on_exit, web }
+    let keepalived = args.keepalived_conf.is_some();
+    let config = args.config.or(args.keepalived_conf);
+    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config, keepalived, paths, detach_on_exit, web }
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -636,9 +657,25 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             None => done(call(Request::Stop)?),
         },
-        Cmd::Apply { file } => {
+        Cmd::Apply { file: Some(file), .. } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             done(call(Request::Apply { config: text, origin: file.display().to_string() })?)
+        }
+        Cmd::Apply { file: None, keepalived_conf } => {
+            let file = keepalived_conf.context("give FILE or --keepalived-conf FILE")?;
+            let import = keepalived::load(&file)?;
+            for w in &import.warnings {
+                eprintln!("xlb: {w}");
+            }
+            done(call(Request::Apply { config: import.toml(), origin: file.display().to_string() })?)
+        }
+        Cmd::Import(ImportCmd::Keepalived { file }) => {
+            let import = keepalived::load(&file)?;
+            for w in &import.warnings {
+                eprintln!("xlb: {w}");
+            }
+            print!("{}", import.toml());
+            Ok(())
         }
         Cmd::Reload => done(call(Request::Reload)?),
         Cmd::Status => match call(Request::Status)? {

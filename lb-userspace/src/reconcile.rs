@@ -37,6 +37,7 @@ pub fn current(maps: &Maps) -> Result<Config> {
             sorry_server: v.sorry_server,
             // Health checks live in the daemon, which adds them to its saved state.
             health: None,
+            real_health: Default::default(),
         })
         .collect();
     Ok(Config { settings: Some(ops::settings(maps)?), services })

@@ -663,6 +663,35 @@ impl NatCluster {
         self.director_processes.stop()
     }
 
+    /// `xlb run` with extra arguments (for example `--keepalived-conf FILE`).
+    pub fn start_balancer_with(&mut self, extra: &[&str]) -> Result<Vec<String>> {
+        let (nics, ports): (&[&str], &[&str]) = match self.layout {
+            NatLayout::TwoNics => (&[NIC, PRIVATE_NIC], &["p-dir", "p-dir-priv"]),
+            NatLayout::OneArm => (&[NIC], &["p-dir"]),
+        };
+        self.director_processes.start("run", &self.director, &self.switch, nics, ports, extra)
+    }
+
+    /// Sends `signal` to the running `xlb run`.
+    pub fn signal_balancer(&self, signal: i32) -> Result<()> {
+        self.director_processes.signal(signal)
+    }
+
+    /// Stops real server `index`'s HTTP server (as if the service died).
+    pub fn stop_http(&mut self, index: usize) -> Result<()> {
+        let what = format!("HTTP server on {}", self.reals[index].name);
+        let children = &mut self.director_processes.children;
+        let pos = children.iter().position(|c| c.what == what).with_context(|| format!("{what} is not running"))?;
+        children.remove(pos).kill_hard()
+    }
+
+    /// Starts real server `index`'s HTTP server again (on NAT_REAL_PORT).
+    pub fn start_http(&mut self, index: usize) -> Result<()> {
+        let guard = start_http(&self.director_processes.xlb, &self.reals[index], NAT_REAL_PORT)?;
+        self.director_processes.children.push(guard);
+        Ok(())
+    }
+
     /// ipvsadm -A -t VIP:80 -s rr; ipvsadm -a -t VIP:80 -r RIP:8080 -m for each real.
     pub fn configure_service(&self) -> Result<()> {
         let service = format!("{NAT_VIP}:80");
