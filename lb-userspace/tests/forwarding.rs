@@ -407,9 +407,9 @@ fn conn_reuse_mode_leaves_persistent_services_to_their_template() {
     assert_eq!(view.reals.iter().map(|r| r.conns).sum::<u64>(), 2, "rescheduled: a new connection: {view:?}");
 }
 
-/// expire_nodest_conn and UDP, as IPVS: a datagram of a flow whose real is gone is not
-/// dropped but scheduled afresh (the old entry expired first); without it the flow
-/// keeps its removed real.
+/// expire_nodest_conn and UDP, as IPVS (ip_vs_in: a destination not available): a
+/// datagram of a flow whose real is gone is scheduled afresh with it (the old entry
+/// expired first); without it the datagram is dropped silently and the flow kept.
 #[test]
 fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
     let net = director_net();
@@ -430,12 +430,13 @@ fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
     };
     assert_eq!(sent_to(&mut inst), RS1_MAC);
     ops::remove_real(&mut inst.maps, ServiceId::Addr(svc), RS1_IP).unwrap();
-    assert_eq!(sent_to(&mut inst), RS1_MAC, "expire_nodest_conn off: the flow keeps its removed real");
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &datagram).0, lb_userspace::fixtures::XDP_DROP, "expire_nodest_conn off: dropped");
+    assert_eq!(inst.counter(counter::DROP_NODEST), 1);
     let mut settings = ops::settings(&inst.maps).unwrap();
     settings.expire_nodest_conn = 1;
     ops::set_settings(&mut inst.maps, settings).unwrap();
     assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "expire_nodest_conn on: scheduled afresh");
-    assert_eq!(inst.counter(counter::DROP_NODEST), 0);
+    assert_eq!(inst.counter(counter::DROP_NODEST), 1, "no more drops");
     assert_eq!(inst.load(ServiceId::Addr(svc), fixtures::RS2_IP), (0, 1));
     assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "and follows its new entry");
 }

@@ -246,7 +246,7 @@ fn the_daemon_says_which_state_it_starts_from() {
     c.xlb(&["set", "--icmp-echo", "on"]).unwrap();
     assert_eq!(
         c.xlb(&["set"]).unwrap(),
-        "Timeout (tcp tcpfin udp): 900 120 300\nexpire-nodest-conn off\nsloppy-tcp off\nicmp-echo on\n"
+        "Timeout (tcp tcpfin udp): 900 120 300\nexpire-nodest-conn off\nsloppy-tcp off\nexpire-quiescent-template off\nicmp-echo on\nconn-reuse-mode 1\n"
     );
     let _ = std::fs::remove_file(&file);
 }
