@@ -285,7 +285,15 @@ const CARGO_FUZZ_FLAGS: &[&str] = &["--sanitizer", "none", "--debug-assertions"]
 /// seeds (fuzz/seeds/TARGET, read-only) and the corpus it grows (fuzz/corpus/TARGET).
 /// A failing input lands in fuzz/artifacts/TARGET/; every target runs even when one
 /// fails, and the command fails if any did.
+///
+/// Each target runs in a network namespace of its own with no interfaces up: ipvsadm's
+/// grammar resolves host names (gethostbyname), and names the fuzzer invents must not
+/// become DNS queries. /etc/hosts and /etc/services still answer, as on a director.
 fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
+    require_root(
+        "the parser fuzzers run in a network namespace of their own (host names never leave \
+         the machine): run as root",
+    )?;
     setup::ensure_cargo_fuzz()?;
     for name in only {
         if !PARSER_TARGETS.contains(&name.as_str()) {
@@ -322,11 +330,21 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
         let seeds = fuzz_dir.join("seeds").join(target);
         std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
         println!("xtask: fuzzing {target} for {seconds} s (seeds: {})", seeds.display());
-        let mut command = cargo_fuzz(&["run", target]);
+        let artifacts = fuzz_dir.join("artifacts").join(target);
+        std::fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
+        // cargo-fuzz's layout: fuzz/target/<host triple>/release/TARGET.
+        let binary = fuzz_dir
+            .join("target")
+            .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+            .join("release")
+            .join(target);
+        let mut command = cmd("unshare");
         command
+            .args(["--net", "--"])
+            .arg(&binary)
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .arg(&corpus)
             .arg(&seeds)
-            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             // An input that takes seconds is a hang worth reporting.
             .arg("-timeout=10")
@@ -341,10 +359,10 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
     println!("xtask: parser fuzzing took {:.0?}", started.elapsed());
     if !failed.is_empty() {
         bail!(
-            "parser fuzz targets failed: {}; replay one with `cargo +nightly fuzz run {} TARGET \
-             fuzz/artifacts/TARGET/crash-…` (AYA_BUILD_SKIP=1)",
+            "parser fuzz targets failed: {}; replay one with `unshare --net \
+             fuzz/target/{}-unknown-linux-gnu/release/TARGET fuzz/artifacts/TARGET/crash-…`",
             failed.join(", "),
-            CARGO_FUZZ_FLAGS.join(" ")
+            std::env::consts::ARCH
         );
     }
     Ok(())
