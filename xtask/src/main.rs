@@ -267,6 +267,8 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 /// The parser fuzz targets, fuzz/fuzz_targets/NAME.rs (fuzz/Cargo.toml's [[bin]]s).
+/// A new parser (keepalived.conf's, once lb-userspace has it) adds a target file, its
+/// [[bin]], seeds in fuzz/seeds/NAME/ and its name here.
 const PARSER_TARGETS: &[&str] = &[
     "ipvsadm_args",
     "ipvsadm_restore",
@@ -275,6 +277,11 @@ const PARSER_TARGETS: &[&str] = &[
     "packet_logic",
     "tables",
 ];
+
+/// Where the fuzz targets are built: outside the checkout, so that a fresh clone (CI)
+/// on the same machine reuses the instrumented dependencies (a cold build is the
+/// longest part of a short fuzzing run).
+const FUZZ_TARGET_DIR: &str = "/var/tmp/xlb-fuzz-target";
 
 /// cargo-fuzz's options for every build and run: no sanitizer (safe Rust: ASan finds
 /// nothing the borrow checker has not, and costs time) and debug assertions on, so an
@@ -315,6 +322,7 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
             .args(["+nightly", "fuzz"])
             .args(args)
             .args(CARGO_FUZZ_FLAGS)
+            .args(["--target-dir", FUZZ_TARGET_DIR])
             .current_dir(root)
             .env("AYA_BUILD_SKIP", "1");
         command
@@ -332,9 +340,8 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
         println!("xtask: fuzzing {target} for {seconds} s (seeds: {})", seeds.display());
         let artifacts = fuzz_dir.join("artifacts").join(target);
         std::fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
-        // cargo-fuzz's layout: fuzz/target/<host triple>/release/TARGET.
-        let binary = fuzz_dir
-            .join("target")
+        // cargo-fuzz's layout: <target dir>/<host triple>/release/TARGET.
+        let binary = Path::new(FUZZ_TARGET_DIR)
             .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
             .join("release")
             .join(target);
@@ -360,7 +367,7 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
     if !failed.is_empty() {
         bail!(
             "parser fuzz targets failed: {}; replay one with `unshare --net \
-             fuzz/target/{}-unknown-linux-gnu/release/TARGET fuzz/artifacts/TARGET/crash-…`",
+             {FUZZ_TARGET_DIR}/{}-unknown-linux-gnu/release/TARGET fuzz/artifacts/TARGET/crash-…`",
             failed.join(", "),
             std::env::consts::ARCH
         );
