@@ -358,6 +358,10 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
             .arg("-max_len=16384")
             .arg("-print_final_stats=1");
         let status = wait_through_ctrl_c(command)?;
+        // libFuzzer's exit status after Ctrl-C (its -interrupted_exitcode).
+        if status.code() == Some(72) {
+            bail!("interrupted while fuzzing {target}");
+        }
         if !status.success() {
             println!("xtask: {target} FAILED; the input is in fuzz/artifacts/{target}/");
             failed.push(*target);
@@ -407,8 +411,12 @@ fn wait_through_ctrl_c(mut command: Command) -> Result<ExitStatus> {
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let status = child
         .wait()
-        .context("waiting for the child process failed")?;
-    Ok(status)
+        .context("waiting for the child process failed");
+    // Back to the default, so that the next child (the parser fuzz targets run one
+    // after another) does not inherit an ignored SIGINT.
+    // SAFETY: as above, no handler code.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    status
 }
 
 /// Exits with the child's status: its exit code, or 128+N if signal N killed it.
