@@ -1444,6 +1444,29 @@ pub(crate) mod tests {
         );
     }
 
+    /// Found by the ipvsadm_restore fuzz target (fuzz/): the maps keep an IPv6 mask of
+    /// /96 or longer IPv4-mapped, so `-M 99` listed back as 224.0.0.0 and -S wrote
+    /// `-M 224.0.0.0` for an IPv6 service, a line -R refuses.
+    #[test]
+    fn save_writes_a_long_ipv6_netmask_as_a_prefix_length() {
+        let tls = ServiceId::Addr(Service { proto: Proto::Tcp, vip: v6("fd00:77::200"), port: 443 });
+        // What ops::snapshot lists after `-A -t [fd00:77::200]:443 -p 299 -M 99`.
+        let listed = ServiceOptions { persistence: Some(Persistence { timeout: 299, netmask: "224.0.0.0".parse().unwrap() }), ..Default::default() };
+        let saved = save(&[view(tls, listed, vec![real(v6("fd00:77::7"), 443, ForwardMethod::Route, 1)])]);
+        assert_eq!(saved, "-A -t [fd00:77::200]:443 -s wlc -p 299 -M 99\n-a -t [fd00:77::200]:443 -r [fd00:77::7]:443 -g -w 1\n");
+        let restored = restore_requests(&saved).expect("-S output restores");
+        match &restored[0] {
+            (1, Request::AddService { service, options }) => {
+                assert_eq!(*service, tls);
+                assert_eq!(options.persistence, Some(Persistence { timeout: 299, netmask: IpAddr::V6(Ipv6Addr::from(u128::MAX << 29)) }));
+            }
+            other => panic!("line 1 restores to {other:?}"),
+        }
+        // /96 exactly is 0.0.0.0 in the IPv4-mapped form.
+        let slash96 = ServiceOptions { persistence: Some(Persistence { timeout: 1, netmask: "0.0.0.0".parse().unwrap() }), ..Default::default() };
+        assert_eq!(save(&[view(tls, slash96, vec![])]), "-A -t [fd00:77::200]:443 -s wlc -p 1 -M 96\n");
+    }
+
     /// A small deterministic generator (xorshift64*), so failures reproduce.
     struct Rng(u64);
 

@@ -50,6 +50,10 @@ pub fn netmask_text(s: &ServiceView) -> Option<String> {
     let p = s.persistence?;
     match p.netmask {
         IpAddr::V4(m) if m == Ipv4Addr::BROADCAST => None,
+        // The maps keep masks IPv4-mapped, so an IPv6 one of /96 or longer reads back
+        // as IPv4 (ServiceOptions::from_info): an IPv6 service's is still a prefix
+        // length, the only form ipvsadm -M takes for IPv6.
+        IpAddr::V4(m) if is_ipv6(s) => Some((96 + u32::from(m).leading_ones()).to_string()),
         IpAddr::V4(m) => Some(m.to_string()),
         IpAddr::V6(m) => match u128::from(m).leading_ones() {
             128 => None,

@@ -86,7 +86,10 @@ enum Task {
     },
     /// Fuzz the fast path: millions of random and mutated frames through the real XDP
     /// object (BPF_PROG_TEST_RUN), every verdict, destination and counter checked
-    /// (needs root; the test suite runs a short version of the same)
+    /// (needs root; the test suite runs a short version of the same). With --parsers:
+    /// coverage-guided fuzzing (cargo-fuzz, libFuzzer) of every parser instead
+    #[command(after_help = "Parser targets (fuzz/fuzz_targets): ipvsadm_args, ipvsadm_restore, \
+                      config_toml, api_request, packet_logic, tables")]
     Fuzz {
         /// Frames to send
         #[arg(long, default_value_t = 10_000_000)]
@@ -94,6 +97,15 @@ enum Task {
         /// Random seed (a failure prints the seed that replays it)
         #[arg(long)]
         seed: Option<u64>,
+        /// Run the parser fuzz targets (fuzz/) instead of the fast path's frames
+        #[arg(long, conflicts_with_all = ["frames", "seed"])]
+        parsers: bool,
+        /// With --parsers: seconds each target runs
+        #[arg(long, default_value_t = 60, requires = "parsers")]
+        seconds: u64,
+        /// With --parsers: only this target (repeat for several)
+        #[arg(long = "target", value_name = "TARGET", requires = "parsers")]
+        targets: Vec<String>,
     },
 }
 
@@ -161,7 +173,8 @@ fn main() -> Result<()> {
             exit_like(wait_through_ctrl_c(command)?)
         }
         Task::Test { args } => test(&args),
-        Task::Fuzz { frames, seed } => fuzz(frames, seed),
+        Task::Fuzz { parsers: true, seconds, targets, .. } => fuzz_parsers(seconds, &targets),
+        Task::Fuzz { frames, seed, .. } => fuzz(frames, seed),
     }
 }
 
@@ -235,6 +248,10 @@ fn demo(requests: Option<u64>, mode: Option<Mode>) -> Result<()> {
     exit_like(wait_through_ctrl_c(command)?)
 }
 
+/// Seconds each parser fuzz target runs in the full test suite (`cargo xtask test`
+/// without arguments, as CI runs it).
+const CI_PARSER_FUZZ_SECONDS: u64 = 20;
+
 fn test(args: &[String]) -> Result<()> {
     require_root(
         "the test suite loads XDP programs and creates network namespaces: run it as root",
@@ -246,7 +263,125 @@ fn test(args: &[String]) -> Result<()> {
         .args(args)
         .current_dir(workspace_root())
         .env("RUST_BACKTRACE", "1");
-    exit_like(wait_through_ctrl_c(command)?)
+    let status = wait_through_ctrl_c(command)?;
+    if !status.success() || !args.is_empty() {
+        return exit_like(status);
+    }
+    // The whole suite (CI) also runs every parser fuzz target for a bounded time.
+    fuzz_parsers(CI_PARSER_FUZZ_SECONDS, &[])
+}
+
+/// The parser fuzz targets, fuzz/fuzz_targets/NAME.rs (fuzz/Cargo.toml's [[bin]]s).
+/// A new parser (keepalived.conf's, once lb-userspace has it) adds a target file, its
+/// [[bin]], seeds in fuzz/seeds/NAME/ and its name here.
+const PARSER_TARGETS: &[&str] = &[
+    "ipvsadm_args",
+    "ipvsadm_restore",
+    "config_toml",
+    "api_request",
+    "packet_logic",
+    "tables",
+];
+
+/// Where the fuzz targets are built: outside the checkout, so that a fresh clone (CI)
+/// on the same machine reuses the instrumented dependencies (a cold build is the
+/// longest part of a short fuzzing run).
+const FUZZ_TARGET_DIR: &str = "/var/tmp/xlb-fuzz-target";
+
+/// cargo-fuzz's options for every build and run: no sanitizer (safe Rust: ASan finds
+/// nothing the borrow checker has not, and costs time) and debug assertions on, so an
+/// arithmetic overflow is a crash.
+const CARGO_FUZZ_FLAGS: &[&str] = &["--sanitizer", "none", "--debug-assertions"];
+
+/// Builds the parser fuzz targets, then runs each for `seconds` with its checked-in
+/// seeds (fuzz/seeds/TARGET, read-only) and the corpus it grows (fuzz/corpus/TARGET).
+/// A failing input lands in fuzz/artifacts/TARGET/; every target runs even when one
+/// fails, and the command fails if any did.
+///
+/// Each target runs in a network namespace of its own with no interfaces up: ipvsadm's
+/// grammar resolves host names (gethostbyname), and names the fuzzer invents must not
+/// become DNS queries. /etc/hosts and /etc/services still answer, as on a director.
+fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
+    require_root(
+        "the parser fuzzers run in a network namespace of their own (host names never leave \
+         the machine): run as root",
+    )?;
+    setup::ensure_cargo_fuzz()?;
+    for name in only {
+        if !PARSER_TARGETS.contains(&name.as_str()) {
+            bail!("no parser fuzz target `{name}`; the targets: {}", PARSER_TARGETS.join(", "));
+        }
+    }
+    let targets: Vec<&str> = PARSER_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == t))
+        .collect();
+    let root = workspace_root();
+    let fuzz_dir = root.join("fuzz");
+    // lb-userspace's build.rs would build the eBPF object with the fuzzer's flags; the
+    // parsers do not need it (an empty object keeps include_bytes! compiling).
+    let cargo_fuzz = |args: &[&str]| {
+        let mut command = cmd("cargo");
+        command
+            .args(["+nightly", "fuzz"])
+            .args(args)
+            .args(CARGO_FUZZ_FLAGS)
+            .args(["--target-dir", FUZZ_TARGET_DIR])
+            .current_dir(root)
+            .env("AYA_BUILD_SKIP", "1");
+        command
+    };
+    let started = std::time::Instant::now();
+    if !cargo_fuzz(&["build"]).status().context("failed to start cargo fuzz")?.success() {
+        bail!("building the parser fuzz targets failed");
+    }
+    println!("xtask: fuzz targets built in {:.0?}", started.elapsed());
+    let mut failed = Vec::new();
+    for target in &targets {
+        let corpus = fuzz_dir.join("corpus").join(target);
+        let seeds = fuzz_dir.join("seeds").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        println!("xtask: fuzzing {target} for {seconds} s (seeds: {})", seeds.display());
+        let artifacts = fuzz_dir.join("artifacts").join(target);
+        std::fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
+        // cargo-fuzz's layout: <target dir>/<host triple>/release/TARGET.
+        let binary = Path::new(FUZZ_TARGET_DIR)
+            .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+            .join("release")
+            .join(target);
+        let mut command = cmd("unshare");
+        command
+            .args(["--net", "--"])
+            .arg(&binary)
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(&corpus)
+            .arg(&seeds)
+            .arg(format!("-max_total_time={seconds}"))
+            // An input that takes seconds is a hang worth reporting.
+            .arg("-timeout=10")
+            .arg("-max_len=16384")
+            .arg("-print_final_stats=1");
+        let status = wait_through_ctrl_c(command)?;
+        // libFuzzer's exit status after Ctrl-C (its -interrupted_exitcode).
+        if status.code() == Some(72) {
+            bail!("interrupted while fuzzing {target}");
+        }
+        if !status.success() {
+            println!("xtask: {target} FAILED; the input is in fuzz/artifacts/{target}/");
+            failed.push(*target);
+        }
+    }
+    println!("xtask: parser fuzzing took {:.0?}", started.elapsed());
+    if !failed.is_empty() {
+        bail!(
+            "parser fuzz targets failed: {}; replay one with `unshare --net \
+             {FUZZ_TARGET_DIR}/{}-unknown-linux-gnu/release/TARGET fuzz/artifacts/TARGET/crash-…`",
+            failed.join(", "),
+            std::env::consts::ARCH
+        );
+    }
+    Ok(())
 }
 
 fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
@@ -281,8 +416,12 @@ fn wait_through_ctrl_c(mut command: Command) -> Result<ExitStatus> {
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let status = child
         .wait()
-        .context("waiting for the child process failed")?;
-    Ok(status)
+        .context("waiting for the child process failed");
+    // Back to the default, so that the next child (the parser fuzz targets run one
+    // after another) does not inherit an ignored SIGINT.
+    // SAFETY: as above, no handler code.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    status
 }
 
 /// Exits with the child's status: its exit code, or 128+N if signal N killed it.

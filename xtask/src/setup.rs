@@ -179,6 +179,25 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// The cargo-fuzz release the parser fuzz targets (fuzz/) are built and run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz builds and runs the parser fuzz targets (libFuzzer) on nightly; installed
+/// only when they run (`cargo xtask fuzz --parsers`, the full `cargo xtask test`).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    let version = output_of(cmd("cargo").args(["+nightly", "fuzz", "--version"])).unwrap_or_default();
+    if version.contains(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    let spec = format!("cargo-fuzz@{CARGO_FUZZ_VERSION}");
+    println!("xtask: installing {spec} (runs the parser fuzz targets)");
+    let installed = succeeds(cmd("cargo").args(["+nightly", "install", &spec, "--locked"]))?;
+    if !installed {
+        bail!("installing cargo-fuzz failed; the parser fuzzing needs it: cargo +nightly install {spec} --locked");
+    }
+    Ok(())
+}
+
 /// Whether `name` is an executable file in our (child) PATH or the sbin directories.
 fn command_exists(name: &str) -> bool {
     env::split_paths(child_path())
