@@ -272,8 +272,8 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 /// The parser fuzz targets, fuzz/fuzz_targets/NAME.rs (fuzz/Cargo.toml's [[bin]]s).
-/// A new parser (keepalived.conf's, once lb-userspace has it) adds a target file, its
-/// [[bin]], seeds in fuzz/seeds/NAME/ and its name here.
+/// A new parser adds a target file, its [[bin]], seeds in fuzz/seeds/NAME/ and its name
+/// here.
 const PARSER_TARGETS: &[&str] = &[
     "ipvsadm_args",
     "ipvsadm_restore",
@@ -281,6 +281,7 @@ const PARSER_TARGETS: &[&str] = &[
     "api_request",
     "packet_logic",
     "tables",
+    "keepalived_conf",
 ];
 
 /// Where the fuzz targets are built: outside the checkout, so that a fresh clone (CI)
