@@ -660,37 +660,34 @@ impl Engine {
 /// Runs a quorum_up / quorum_down command (XLB_SERVICE and XLB_STATE UP or DOWN set)
 /// without waiting for it.
 fn notify_quorum(cmd: &str, service: ServiceId, state: &str) {
-    let spawned = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("XLB_SERVICE", service.to_string())
-        .env("XLB_STATE", state)
-        .stdin(std::process::Stdio::null())
-        .spawn();
-    match spawned {
-        Ok(mut child) => {
-            std::thread::spawn(move || child.wait());
-        }
-        Err(e) => tracing::warn!("quorum command `{cmd}`: {e}"),
-    }
+    spawn_detached("quorum", cmd, &[("XLB_SERVICE", service.to_string()), ("XLB_STATE", state.to_string())]);
 }
 
 /// Runs a notify command (keepalived's notify_up/notify_down) without waiting for it.
 fn notify(cmd: &str, service: ServiceId, real: IpAddr, port: u16, state: &str) {
+    let env = [
+        ("XLB_SERVICE", service.to_string()),
+        ("XLB_REAL", real.to_string()),
+        ("XLB_PORT", port.to_string()),
+        ("XLB_STATE", state.to_string()),
+    ];
+    spawn_detached("notify", cmd, &env);
+}
+
+/// `sh -c cmd` with `env` set, reaped by a thread of its own: the daemon never waits
+/// for an operator's script.
+fn spawn_detached(what: &str, cmd: &str, env: &[(&str, String)]) {
     let spawned = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
-        .env("XLB_SERVICE", service.to_string())
-        .env("XLB_REAL", real.to_string())
-        .env("XLB_PORT", port.to_string())
-        .env("XLB_STATE", state)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .spawn();
     match spawned {
         Ok(mut child) => {
             std::thread::spawn(move || child.wait());
         }
-        Err(e) => tracing::warn!("notify command `{cmd}`: {e}"),
+        Err(e) => tracing::warn!("{what} command `{cmd}`: {e}"),
     }
 }
 

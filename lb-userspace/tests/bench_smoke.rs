@@ -20,7 +20,9 @@ fn quick_bench_covers_every_case_and_proves_its_paths() {
     let mut opts = BenchOptions::all(true);
     // Katran's object where `cargo xtask bench` finds it (XLB_KATRAN_OBJ overrides it).
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let object = katran::object_path(Some(workspace.join(katran::OBJECT_FROM_WORKSPACE))).unwrap();
+    let object = katran::object_path(katran::locate_object(&workspace)).unwrap_or_else(|| {
+        panic!("Katran's object (shared/anchors/katran/balancer.bpf.o beside {} or above it, or ${}) is missing: the fast-path bench times it beside xlb", workspace.display(), katran::OBJECT_ENV)
+    });
     assert!(object.is_file(), "Katran's object {} is missing: the fast-path bench times it beside xlb", object.display());
     opts.fastpath.as_mut().expect("section 1 in the options").katran = Some(object);
     let results = bench::run(Path::new(XLB), &opts).expect("quick bench");

@@ -19,9 +19,19 @@ const BOOT_LIMIT: Duration = Duration::from_secs(90);
 /// The whole VM run, boot to power-off.
 const VM_TIMEOUT_SECS: u32 = 900;
 
-/// Katran's object (GPL-2.0), loaded from the shared anchors at bench time only; the
-/// bench reads XLB_KATRAN_OBJ instead when it is set.
-const KATRAN_OBJECT: &str = "../shared/anchors/katran/balancer.bpf.o";
+/// Katran's object (GPL-2.0), loaded from the shared anchors at bench time only: beside
+/// the checkout or a folder above it, else the machine's /work/shared (the bench reads
+/// XLB_KATRAN_OBJ instead when it is set; lb-userspace's `bench::katran::locate_object`
+/// looks in the same places).
+fn katran_object(root: &Path) -> std::path::PathBuf {
+    const BELOW_SHARED: &str = "shared/anchors/katran/balancer.bpf.o";
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    root.ancestors()
+        .map(|dir| dir.join(BELOW_SHARED))
+        .chain(std::iter::once(Path::new("/work").join(BELOW_SHARED)))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| root.join("..").join(BELOW_SHARED))
+}
 
 pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool, only: Option<&str>) -> Result<Command> {
     if ipvs_vm && only.is_some_and(|s| s != "e2e") {
@@ -35,7 +45,7 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool, only: Option<&
     if let Some(section) = only {
         command.arg("--sections").arg(section);
     }
-    command.arg("--katran-obj").arg(root.join(KATRAN_OBJECT));
+    command.arg("--katran-obj").arg(katran_object(root));
     if ipvs_vm {
         let (results, accel, note) = run_ipvs_vm(root, xlb, quick)?;
         command

@@ -37,6 +37,20 @@ pub fn object_path(given: Option<PathBuf>) -> Option<PathBuf> {
     std::env::var_os(OBJECT_ENV).map(PathBuf::from).or(given)
 }
 
+/// Where the project's shared anchors hold Katran's object for a checkout at `workspace`:
+/// `shared/anchors/katran/balancer.bpf.o` beside the checkout or beside any folder above
+/// it (a checkout is `main/` next to `shared/`; a CI clone may lie deeper or elsewhere),
+/// else in the machine's project folder `/work/shared`. None if none of them has it.
+pub fn locate_object(workspace: &Path) -> Option<PathBuf> {
+    const BELOW_SHARED: &str = "anchors/katran/balancer.bpf.o";
+    let workspace = workspace.canonicalize().unwrap_or_else(|_| workspace.to_path_buf());
+    workspace
+        .ancestors()
+        .map(|dir| dir.join("shared").join(BELOW_SHARED))
+        .chain(std::iter::once(Path::new("/work/shared").join(BELOW_SHARED)))
+        .find(|p| p.is_file())
+}
+
 /// Katran's `balancer_consts.h` defaults the object was built with (its README).
 const MAX_VIPS: u32 = 512;
 /// `stats` slots of the global counters: `MAX_VIPS + n`.
