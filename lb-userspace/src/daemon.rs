@@ -37,7 +37,7 @@ use crate::{
     nexthop, observe,
     ops::{self, RealAddr, RealOptions, ServiceId},
     reconcile::{self, Changes},
-    run, web,
+    run, sd_notify, web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -847,6 +847,14 @@ fn load_config(path: &Path, keepalived: bool) -> Result<Config> {
     Ok(import.config)
 }
 
+/// Tells systemd `state`; a failure is only logged: the service itself works on, and
+/// systemd's start timeout reports a missing READY=1.
+fn sd_notify_or_warn(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("could not notify systemd of {:?}: {e}", state.lines().next().unwrap_or_default());
+    }
+}
+
 pub fn run(opts: DaemonOptions) -> Result<()> {
     run::install_stop_handler();
     unsafe { libc::signal(libc::SIGHUP, on_hup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
@@ -944,6 +952,10 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         opts.paths.state.display()
     );
     std::io::stdout().flush()?;
+    // systemd's Type=notify: the unit is started only now, with the fast path attached,
+    // the configuration applied and the API answering (sd_notify(3)).
+    let status = format!("STATUS=attached to {}", opts.ifaces.join(", "));
+    sd_notify_or_warn(&format!("READY=1\n{status}"));
 
     let mut next_tick = Instant::now();
     let detach = loop {
@@ -968,6 +980,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
             next_tick = Instant::now() + TICK;
         }
     };
+    sd_notify_or_warn("STOPPING=1");
     done.store(true, Ordering::SeqCst);
     let _ = api_thread.join();
     drop(web_server); // its threads hold the engine too

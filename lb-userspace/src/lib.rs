@@ -24,6 +24,7 @@ pub mod realserver;
 pub mod reconcile;
 pub mod rtnl;
 pub mod run;
+pub mod sd_notify;
 pub mod tables;
 pub mod testbed;
 pub mod top;

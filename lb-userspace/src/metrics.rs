@@ -5,7 +5,7 @@
 //! from one snapshot instead of keeping metric objects in step with the maps.
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::Registry,
 };
 
@@ -15,6 +15,17 @@ use crate::observe::{Health, Snapshot, real_health, service_label};
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
+
+/// `xlb_build_info`'s labels: `version` (the crate's), `revision` (the git commit built,
+/// "unknown" outside a git checkout; Prometheus's own build_info names it so) and
+/// `aya_version` (the aya crate that loads the fast path, from Cargo.lock).
+pub fn build_info() -> [(&'static str, &'static str); 3] {
+    let revision = match env!("XLB_GIT_COMMIT") {
+        "" => "unknown",
+        commit => commit,
+    };
+    [("version", env!("CARGO_PKG_VERSION")), ("revision", revision), ("aya_version", env!("XLB_AYA_VERSION"))]
+}
 
 /// Counters and gauges registered under one name (counters get `_total` appended).
 struct Families<'r> {
@@ -77,6 +88,10 @@ pub fn exposition(snapshot: &Snapshot) -> String {
         "Size of the connection table (new connections are dropped when full)",
         snapshot.conntrack_capacity,
     );
+    // An OpenMetrics info family: `# TYPE xlb_build info`, sample `xlb_build_info{…} 1`
+    // (Prometheus stores it as a gauge of 1, as its own *_build_info).
+    let build: Vec<(&str, String)> = build_info().iter().map(|&(k, v)| (k, v.to_string())).collect();
+    f.registry.register("xlb_build", "The running xlb's version, git revision and aya version", Info::new(build));
     let attach = f.gauge("xlb_attach_mode", "1 per interface the fast path is attached to, labelled with the XDP mode (native, skb)");
 
     for service in &snapshot.services {
@@ -180,6 +195,7 @@ mod tests {
             ("xlb_verdicts", "counter"),
             ("xlb_conntrack_capacity", "gauge"),
             ("xlb_attach_mode", "gauge"),
+            ("xlb_build", "info"),
         ] {
             assert!(text.contains(&format!("# TYPE {family} {kind}\n")), "{family} {kind}:\n{text}");
         }
@@ -208,6 +224,14 @@ mod tests {
             ("xlb_conntrack_entries".into(), "8"),
             ("xlb_conntrack_capacity".into(), "262144"),
             (r#"xlb_attach_mode{interface="eth0",mode="skb"}"#.into(), "1"),
+            (
+                format!(
+                    r#"xlb_build_info{{version="{}",revision="{}",aya_version="0.14.0"}}"#,
+                    env!("CARGO_PKG_VERSION"),
+                    build_info()[1].1
+                ),
+                "1",
+            ),
         ] {
             assert_eq!(s.get(&sample).map(String::as_str), Some(value), "{sample}:\n{text}");
         }

@@ -217,6 +217,36 @@ fn metrics_count_real_traffic_and_cover_the_dashboard() {
     assert!(err.contains("xlb top needs a terminal"), "{err}");
 }
 
+/// Two NAT reals on one address (ports 8080 and 8081) are two series, labelled
+/// `address:port` as configs name them; `xlb_build_info` names the build.
+#[test]
+fn metrics_tell_nat_reals_on_one_address_apart_and_name_the_build() {
+    let mut c = cluster();
+    c.start_daemon(&["--metrics-listen", METRICS]).unwrap();
+    c.xlb(&["service", "add", "tcp", "10.99.0.100:80"]).unwrap();
+    for (port, weight) in [(8080, "2"), (8081, "5")] {
+        c.xlb(&["real", "add", "tcp", "10.99.0.100:80", &format!("{}:{port}", rip(0)), "-m", "-w", weight]).unwrap();
+    }
+    let text = get(&c, &format!("http://{METRICS}/metrics"));
+    let s = samples(&text);
+    let weights: BTreeMap<&str, u64> =
+        s.iter().filter(|(k, _)| k.starts_with("xlb_real_weight{")).map(|(k, v)| (k.as_str(), *v)).collect();
+    let label = |port: u16| format!("xlb_real_weight{{service=\"{SERVICE}\",real=\"{}:{port}\"}}", rip(0));
+    assert_eq!(weights, BTreeMap::from([(label(8080).as_str(), 2), (label(8081).as_str(), 5)]), "{text}");
+
+    // The revision is the commit this binary was built from (HEAD: cargo rebuilds on a
+    // new commit), "unknown" outside a git checkout.
+    let head = std::process::Command::new("git").args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]).output().unwrap();
+    let revision = if head.status.success() { String::from_utf8(head.stdout).unwrap().trim().to_string() } else { "unknown".into() };
+    let build = format!(
+        "xlb_build_info{{version=\"{}\",revision=\"{revision}\",aya_version=\"0.14.0\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(s.get(&build), Some(&1), "{build}:\n{text}");
+    assert_eq!(types(&text).get("xlb_build").map(String::as_str), Some("info"), "OpenMetrics info family:\n{text}");
+    assert_eq!(s.keys().filter(|k| k.starts_with("xlb_build")).count(), 1, "{text}");
+}
+
 /// A directory under cargo's test scratch space, removed on drop.
 struct ScratchDir(PathBuf);
 

@@ -2,12 +2,18 @@
 //! and the real-server unit's commands run (as systemd would expand them from the
 //! shipped /etc/default file) by the real binary in a fresh network namespace.
 use std::{
-    fs,
+    fs, io,
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
+    time::Duration,
 };
 
-use lb_userspace::netns::{self, Netns};
+use lb_userspace::{
+    loader::AttachMode,
+    netns::{self, Netns},
+    testbed::{DrCluster, rip},
+};
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
 /// Where README.md's "Install as a service" puts the binary.
@@ -64,7 +70,10 @@ fn units_have_their_keys_and_the_documented_binary() {
         }
     }
     let director = unit("xlb.service");
-    assert_eq!(value(&director, "Service", "Type"), "simple");
+    // Readiness by sd_notify (tests/observability.rs receives it from a real daemon);
+    // the default NotifyAccess=main takes it from the daemon only, not from its checks.
+    assert_eq!(value(&director, "Service", "Type"), "notify");
+    assert!(values(&director, "Service", "NotifyAccess").iter().all(|v| v == "main"), "NotifyAccess stays main");
     assert!(value(&director, "Service", "ExecStart").starts_with("/usr/local/bin/xlb daemon --iface ${IFACE} --config ${CONFIG}"));
     let real = unit("xlb-realserver.service");
     assert_eq!(value(&real, "Service", "Type"), "oneshot");
@@ -173,5 +182,72 @@ struct TeardownOnDrop<'a>(&'a Netns);
 impl Drop for TeardownOnDrop<'_> {
     fn drop(&mut self) {
         let _ = self.0.command(XLB).args(["realserver", "teardown"]).output();
+    }
+}
+
+/// One sd_notify datagram, as text.
+fn receive(socket: &UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no {what} from the daemon on its NOTIFY_SOCKET: {e}"));
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+/// `Type=notify` as systemd runs it: the daemon started with $NOTIFY_SOCKET naming a
+/// datagram socket this test owns. READY=1 must come once the service from --config is
+/// in the maps (listed the moment READY=1 arrives), STOPPING=1 on SIGTERM; a config
+/// file that is refused sends nothing.
+#[test]
+fn daemon_notifies_ready_once_the_config_is_applied_and_stopping_on_sigterm() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates namespaces and attaches XDP: run it as root (cargo xtask test)");
+    let c = DrCluster::build(Path::new(XLB), 1, AttachMode::Skb).expect("build the namespace cluster");
+    let dir = std::env::temp_dir().join(format!("xlb-notify-{}", netns::run_id()));
+    fs::create_dir_all(&dir).unwrap();
+    let _cleanup = RemoveDir(dir.clone());
+    let notify_socket = dir.join("notify");
+    let socket = UnixDatagram::bind(&notify_socket).unwrap();
+    let daemon = |config: &Path| {
+        let mut cmd = c.xlb_command(&["daemon", "--iface", "eth0", "--mode", "skb", "--config", config.to_str().unwrap()]);
+        cmd.env("NOTIFY_SOCKET", &notify_socket).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd
+    };
+
+    let bad = dir.join("bad.toml");
+    fs::write(&bad, "[[service]]\nvip = \"10.99.0.100\"\nport = \"eighty\"\nreals = [\"10.99.0.11\"]\n").unwrap();
+    let out = daemon(&bad).output().unwrap();
+    assert!(!out.status.success(), "a bad config file is refused");
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let err = socket.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(matches!(&err, Err(e) if e.kind() == io::ErrorKind::WouldBlock), "a refused start notifies nothing: {err:?}");
+    socket.set_nonblocking(false).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+
+    let config = dir.join("xlb.toml");
+    fs::write(&config, format!("[[service]]\nvip = \"10.99.0.100\"\nport = 80\nscheduler = \"rr\"\nreals = [\"{}\"]\n", rip(0))).unwrap();
+    let mut child = Stopped(daemon(&config).spawn().unwrap());
+    let ready = receive(&socket, "READY=1");
+    // Listed before anything else happens: READY=1 came after the configuration was applied.
+    let list: serde_json::Value = serde_json::from_str(&c.xlb(&["--output", "json", "list"]).unwrap()).unwrap();
+    let lines: Vec<&str> = ready.lines().collect();
+    assert_eq!(lines.first(), Some(&"READY=1"), "{ready:?}");
+    assert!(lines.contains(&"STATUS=attached to eth0"), "{ready:?}");
+    let reals = list[0]["reals"].as_array().unwrap_or_else(|| panic!("the configured service is listed at READY=1: {list}"));
+    assert_eq!(reals.iter().map(|r| r["address"].as_str().unwrap()).collect::<Vec<_>>(), [rip(0).to_string()], "{list}");
+    assert!(c.director.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"), "the fast path is attached at READY=1");
+
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert_eq!(receive(&socket, "STOPPING=1"), "STOPPING=1");
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "the daemon stops cleanly on SIGTERM: {status}");
+}
+
+/// The daemon, stopped with SIGINT and reaped if the test ends early.
+struct Stopped(Child);
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+            let _ = self.0.wait();
+        }
     }
 }
