@@ -143,7 +143,8 @@ fn reschedules(c: &ConnEntry, real: &RealEntry, flags: u32, syn: bool, settings:
     if !syn {
         return false;
     }
-    if settings.expire_nodest_conn != 0 && (real.weight == 0 || real.health_down() || gone(real, flags)) {
+    // Weight 0, failed (inhibited or not) or removed: the real takes no new connections.
+    if settings.expire_nodest_conn != 0 && (real.weight == 0 || real.health_down() || real.removed()) {
         return true;
     }
     let mode = settings.conn_reuse_mode;
@@ -167,22 +168,22 @@ pub fn lookup(pkt: &Packet, svc: &ServiceInfo, settings: &Settings, now: u64) ->
         return Lookup::Miss;
     }
     if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) || c.service_id != service_id {
-        expire(flow, &c);
+        expire(flow);
         return Lookup::Miss;
     }
     let Some(real) = (unsafe { REALS.get(&c.real_id) }) else {
-        expire(flow, &c);
+        expire(flow);
         return Lookup::Miss;
     };
     if real.ip != c.real_ip {
         // The id now names another server: never send this flow there.
-        expire(flow, &c);
+        expire(flow);
         return Lookup::Miss;
     }
     let syn = flow.proto == PROTO_TCP && tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
     if reschedules(&c, real, flags, syn, settings) {
         // The old entry's count leaves with it, before the new one is counted.
-        expire(flow, &c);
+        expire(flow);
         return Lookup::Miss;
     }
     if real.removed() {
@@ -190,12 +191,12 @@ pub fn lookup(pkt: &Packet, svc: &ServiceInfo, settings: &Settings, now: u64) ->
         // packets silently, without restarting their timers; expire_nodest_conn also
         // forgets them. Added back, the real takes them back.
         if settings.expire_nodest_conn != 0 {
-            expire(flow, &c);
+            expire(flow);
         }
         return Lookup::NoDest;
     }
     if gone(real, flags) && settings.expire_nodest_conn != 0 {
-        expire(flow, &c);
+        expire(flow);
         return Lookup::NoDest;
     }
     advance(conn, &c, flow.proto, client_dir(&c), tcp_flags, now);
@@ -214,7 +215,7 @@ pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u6
         return None;
     }
     if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) {
-        expire(&back.flow, &c);
+        expire(&back.flow);
         return None;
     }
     advance(conn, &c, back.flow.proto, tcp::dir::OUTPUT, tcp_flags, now);
@@ -266,7 +267,7 @@ pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
 /// count and its template's, exactly once: the remover is the CPU whose claim swapped
 /// the state to [`tcp::GONE`], and the count comes off the state it swapped from.
 #[inline(always)]
-pub fn expire(flow: &FlowKey, _seen: &ConnEntry) -> bool {
+pub fn expire(flow: &FlowKey) -> bool {
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return false };
     match claim(conn) {
         Some(c) => {

@@ -25,7 +25,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FlowKey, FragEntry, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
+    ConnEntry, FlowKey, FragEntry, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
@@ -76,7 +76,7 @@ pub fn xlb_expire(ctx: XdpContext) -> u32 {
     let Some(c) = (unsafe { CONNS.get(&flow) }) else { return xdp_action::XDP_DROP };
     let c = *c;
     let now = unsafe { bpf_ktime_get_ns() };
-    if now.saturating_sub(c.last_seen_ns) > conntrack::timeout_ns(c.state, settings) && conntrack::expire(&flow, &c) {
+    if now.saturating_sub(c.last_seen_ns) > conntrack::timeout_ns(c.state, settings) && conntrack::expire(&flow) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -138,10 +138,7 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
     let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc, settings, now) };
     match lookup {
-        Lookup::Hit(c, real) => {
-            let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
-            Ok(send_to_real(ctx, pkt, real, &target))
-        }
+        Lookup::Hit(c, real) => Ok(send_to_real(ctx, pkt, real, &Target::following(&c))),
         Lookup::NoDest => {
             stats::count(counter::DROP_NODEST);
             Ok(xdp_action::XDP_DROP)
@@ -157,10 +154,7 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
             if verdict == RACED {
                 // Another CPU created this flow's entry first: follow it.
                 return match conntrack::lookup(&s.pkt, svc, settings, now) {
-                    Lookup::Hit(c, real) => {
-                        let target = Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false };
-                        Ok(send_to_real(ctx, &s.pkt, real, &target))
-                    }
+                    Lookup::Hit(c, real) => Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c))),
                     _ => {
                         stats::count(counter::DROP_CONN_RACE);
                         Ok(xdp_action::XDP_DROP)
@@ -199,6 +193,14 @@ struct Target {
     method: u8,
     real_port: [u8; 2],
     new_conn: bool,
+}
+
+impl Target {
+    /// Where a known connection's packets go: as its entry recorded.
+    #[inline(always)]
+    fn following(c: &ConnEntry) -> Self {
+        Target { real_id: c.real_id, method: c.forward, real_port: c.real_port, new_conn: false }
+    }
 }
 
 /// [`open_connection`]'s answer when it filled the target (not an XDP verdict).
