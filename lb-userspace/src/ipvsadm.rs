@@ -1368,31 +1368,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn real(address: IpAddr, port: u16, forward: ForwardMethod, weight: u32) -> RealView {
-        RealView {
-            id: 0,
-            address,
-            port,
-            forward,
-            weight,
-            u_threshold: 0,
-            l_threshold: 0,
-            mac: None,
-            ifindex: 0,
-            active_conns: 0,
-            inactive_conns: 0,
-            packets: 0,
-            bytes: 0,
-            conns: 0,
-            health_down: false,
-            health: String::new(),
-            health_reason: String::new(),
-            health_changes: 0,
-            out_packets: 0,
-            out_bytes: 0,
-            cps: 0,
-            in_pps: 0,
-            in_bps: 0,
-        }
+        RealView::configured(address, port, forward, weight)
     }
 
     pub(crate) fn view(id: ServiceId, opts: ServiceOptions, reals: Vec<RealView>) -> ServiceView {

@@ -120,31 +120,7 @@ fn real_name(r: &RealView) -> String {
 
 /// Totals of a service (sum of its reals), as IPVS keeps them per service.
 fn totals(s: &ServiceView) -> RealView {
-    let mut t = RealView {
-        id: 0,
-        address: std::net::Ipv4Addr::UNSPECIFIED.into(),
-        weight: 0,
-        u_threshold: 0,
-        l_threshold: 0,
-        port: 0,
-        forward: crate::ops::ForwardMethod::Route,
-        mac: None,
-        ifindex: 0,
-        out_packets: 0,
-        out_bytes: 0,
-        health_down: false,
-        health: String::new(),
-        health_reason: String::new(),
-        health_changes: 0,
-        active_conns: 0,
-        inactive_conns: 0,
-        packets: 0,
-        bytes: 0,
-        conns: 0,
-        cps: 0,
-        in_pps: 0,
-        in_bps: 0,
-    };
+    let mut t = RealView::configured(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, crate::ops::ForwardMethod::Route, 0);
     for r in &s.reals {
         t.packets += r.packets;
         t.bytes += r.bytes;

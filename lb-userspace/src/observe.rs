@@ -177,30 +177,18 @@ pub(crate) mod tests {
     pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
 
     pub fn real(last_octet: u8, conns: u64, packets: u64, bytes: u64) -> RealView {
+        let address = Ipv4Addr::new(10, 99, 0, last_octet).into();
         RealView {
             id: last_octet as u32,
-            address: Ipv4Addr::new(10, 99, 0, last_octet).into(),
-            weight: 1,
-            u_threshold: 0,
-            l_threshold: 0,
-            port: 80,
-            forward: crate::ops::ForwardMethod::Route,
-            out_packets: 0,
-            out_bytes: 0,
             mac: Some("02:00:00:00:00:01".into()),
             ifindex: 2,
-            health_down: false,
             health: "-".into(),
-            health_reason: String::new(),
-            health_changes: 0,
             active_conns: 1,
             inactive_conns: 2,
             packets,
             bytes,
             conns,
-            cps: 0,
-            in_pps: 0,
-            in_bps: 0,
+            ..RealView::configured(address, 80, crate::ops::ForwardMethod::Route, 1)
         }
     }
 

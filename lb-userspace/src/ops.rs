@@ -1195,6 +1195,38 @@ pub struct RealView {
     pub in_bps: u64,
 }
 
+impl RealView {
+    /// A real as configured (`address`, `port`, `forward`, `weight`), with no next hop,
+    /// no counts and no health verdict: what a listing shows before any traffic.
+    pub fn configured(address: IpAddr, port: u16, forward: ForwardMethod, weight: u32) -> Self {
+        RealView {
+            id: 0,
+            address,
+            port,
+            forward,
+            weight,
+            u_threshold: 0,
+            l_threshold: 0,
+            mac: None,
+            ifindex: 0,
+            active_conns: 0,
+            inactive_conns: 0,
+            packets: 0,
+            bytes: 0,
+            conns: 0,
+            health_down: false,
+            health: String::new(),
+            health_reason: String::new(),
+            health_changes: 0,
+            out_packets: 0,
+            out_bytes: 0,
+            cps: 0,
+            in_pps: 0,
+            in_bps: 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceView {
     pub id: ServiceId,

@@ -21,9 +21,14 @@ fn config(kind: CheckKind) -> HealthConfig {
     HealthConfig { timeout: 2.0, ..HealthConfig::new(kind) }
 }
 
-/// An HTTP/1.0 server answering every request with `status` and `body`.
+/// An HTTP/1.0 server on 127.0.0.1 answering every request with `status` and `body`.
 fn http_server(status: u16, body: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    http_server_on("127.0.0.1:0", status, body)
+}
+
+/// An HTTP/1.0 server bound to `bind` answering every request with `status` and `body`.
+fn http_server_on(bind: &str, status: u16, body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -169,18 +174,5 @@ fn udp_request_response_ipv6() {
 
 /// An HTTP/1.0 server on [::1] answering 200.
 fn http_server6() -> SocketAddr {
-    let listener = TcpListener::bind("[::1]:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let mut s = stream;
-            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        }
-    });
-    addr
+    http_server_on("[::1]:0", 200, "ok")
 }
