@@ -13,6 +13,8 @@ mod atomic;
 mod bench;
 mod conntrack;
 mod decap;
+#[cfg(feature = "diagnostics")]
+mod diag;
 mod frag;
 mod fwd;
 mod icmp;
@@ -39,7 +41,11 @@ use crate::{
 /// The load balancer, attached to the director's NICs.
 #[xdp]
 pub fn xlb_balance(ctx: XdpContext) -> u32 {
-    balance(&ctx)
+    let verdict = balance(&ctx);
+    // Fast-path log and `xlb trace` (off: one load and a branch).
+    #[cfg(feature = "diagnostics")]
+    diag::after_frame();
+    verdict
 }
 
 /// The whole balancing decision for one frame: the verdict, with the frame rewritten
@@ -355,7 +361,7 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> 
     };
     let verdict = fwd::send(ctx, &real.mac, &real.src_mac, real.ifindex)?;
     stats::count_real(t.real_id, bytes, t.new_conn);
-    stats::count(sent);
+    stats::count_sent(sent, t.new_conn);
     Ok(verdict)
 }
 

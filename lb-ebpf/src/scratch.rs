@@ -17,6 +17,9 @@ pub struct Scratch {
     pub turned: FlowKey,
     /// A later fragment's record of its datagram (see `frag`).
     pub frag: FragEntry,
+    /// The frame's verdict counter, for the diagnostics (see `diag`).
+    #[cfg(feature = "diagnostics")]
+    pub verdict: u32,
 }
 
 /// This CPU's scratch memory (an array's only slot: always there).

@@ -28,4 +28,5 @@ pub mod sd_notify;
 pub mod tables;
 pub mod testbed;
 pub mod top;
+pub mod trace;
 pub mod web;
