@@ -48,11 +48,12 @@ impl log::Log for TracingLog {
     fn log(&self, record: &log::Record<'_>) {
         let message = record.args();
         match record.level() {
-            log::Level::Error => tracing::error!(target: "fastpath", "{message}"),
-            log::Level::Warn => tracing::warn!(target: "fastpath", "{message}"),
-            log::Level::Info => tracing::info!(target: "fastpath", "{message}"),
-            log::Level::Debug => tracing::debug!(target: "fastpath", "{message}"),
-            log::Level::Trace => tracing::trace!(target: "fastpath", "{message}"),
+            // "fastpath:" in the text too: the daemon's log shows no targets.
+            log::Level::Error => tracing::error!(target: "fastpath", "fastpath: {message}"),
+            log::Level::Warn => tracing::warn!(target: "fastpath", "fastpath: {message}"),
+            log::Level::Info => tracing::info!(target: "fastpath", "fastpath: {message}"),
+            log::Level::Debug => tracing::debug!(target: "fastpath", "fastpath: {message}"),
+            log::Level::Trace => tracing::trace!(target: "fastpath", "fastpath: {message}"),
         }
     }
 
