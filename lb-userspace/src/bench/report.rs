@@ -130,6 +130,17 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     for r in &g.rows {
         let _ = writeln!(md, "| {} | {} | {} | {} | {} |", r.balancer, r.flows, r.repeat, ns(r.ns_per_packet), r.proof);
     }
+    let d = &f.diagnostics;
+    let _ = writeln!(
+        md,
+        "\n### Fast-path diagnostics\n\n{}, in the same rounds: the object built without the diagnostics (aya-log calls, `xlb trace`'s hook), the object as xlb loads it, and with `xlb trace` on but matching no frame. × without: median of per-round ratios.\n",
+        d.case
+    );
+    let _ = writeln!(md, "| Object | ns/packet | × floor | × without | counters over all measured iterations |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for r in &d.rows {
+        let _ = writeln!(md, "| {} | {} | {} | {} | {} |", r.variant, ns(r.ns_per_packet), ratio(r.x_floor), ratio(r.x_without), r.proof.summary());
+    }
     let _ = writeln!(md, "\n### xlb\n");
     let _ = writeln!(md, "| Case | Path | ns/packet | × floor | × Katran | × XDP_DROP | balance() alone, ns | counters over all measured iterations |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
