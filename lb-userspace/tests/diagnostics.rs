@@ -13,7 +13,10 @@ use std::{
 use common::Instance;
 use lb_common::{FlowKey, TraceEvent, addr, counter, trace};
 use lb_userspace::{
-    fixtures::{self, CLIENT_IP, Frame, POOL, RS1_IP, VIP, WEB, XDP_DROP, XDP_PASS, XDP_TX},
+    fixtures::{
+        self, CLIENT_IP, DIRECTOR_PRIVATE_MAC, Frame, NAT_WEB, POOL, PRIVATE_IFINDEX, PUBLIC_IFINDEX, RS1_IP, RS1_MAC, VIP, WEB, XDP_DROP,
+        XDP_PASS, XDP_REDIRECT, XDP_TX,
+    },
     loader::{self, LogLevel},
     maps::Maps,
     ops::{self, ServiceId},
@@ -153,6 +156,38 @@ fn trace_without_filter_reports_unparsed_frames_and_drops() {
     assert!(err.to_string().contains("already on"), "{err}");
     assert!(session.current().unwrap().enabled != 0);
     drop(session);
+}
+
+#[test]
+fn trace_reports_a_nat_reply_under_its_clients_flow() {
+    let net = fixtures::DirectorNet::create().expect("create the fixture namespace");
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    fixtures::install_nat_tun_services(&mut inst.maps).expect("install the NAT services");
+    let mut session = Session::take(&mut inst.ebpf).expect("trace maps");
+    // The service filter: the reply comes from the real's address and port, yet is the
+    // service's traffic.
+    let filter = Filter { client: Some(IpAddr::V4(CLIENT_IP)), service: Some(SocketAddr::new(IpAddr::V4(VIP), NAT_WEB.port)) };
+    session.start(&filter).unwrap();
+    let syn = Frame::tcp(VIP, NAT_WEB.port, 45000);
+    let reply = Frame { tcp_flags: 0x12, ..syn.reply_from(RS1_IP, 8080, RS1_MAC, DIRECTOR_PRIVATE_MAC) };
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn.bytes()).0, XDP_REDIRECT);
+    assert_eq!(inst.run_on(PRIVATE_IFINDEX, &reply.bytes()).0, XDP_REDIRECT);
+    let events = drain(&mut session);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let lines: Vec<Line> = events.iter().map(|e| Line::new(e, 0)).collect();
+    for (line, reason) in lines.iter().zip(["tx_nat", "tx_nat_reply"]) {
+        assert_eq!(line.client.as_deref(), Some("172.30.0.50:45000"));
+        assert_eq!(line.service.as_deref(), Some("10.0.0.100:81"));
+        assert_eq!(line.real.as_deref(), Some("10.0.0.11:8080"));
+        assert_eq!(line.reason, reason);
+    }
+    assert!(lines[0].new_conn && !lines[0].reply);
+    assert!(!lines[1].new_conn && lines[1].reply);
+    // The state after the reply, as the table holds it (SYN_RECV: IPVS's OUTPUT table).
+    let conn = inst.maps.conns.get(&flow_of(&syn), 0).expect("the connection");
+    assert_eq!(events[1].state, conn.state);
+    assert_eq!(lines[1].state, Some("SYN_RECV"));
 }
 
 /// Collects aya-log's records.
