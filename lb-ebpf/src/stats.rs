@@ -6,8 +6,8 @@ use lb_common::tcp;
 
 use crate::maps::{COUNTERS, REAL_LOAD, REAL_STATS};
 
-/// Counts a frame's verdict (or an event): the one place per frame where the
-/// diagnostics (aya-log, `xlb trace`) look at it.
+/// Counts a frame's verdict (or an event), and notes the verdict for the diagnostics
+/// (aya-log, `xlb trace`), which look at it once the frame is done.
 #[inline(always)]
 pub fn count(reason: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(reason) {
