@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -67,6 +67,65 @@ impl Drop for Trace {
     }
 }
 
+/// `xlb run --fastpath-log info` on the director, its log (stderr) collected.
+struct Balancer {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Balancer {
+    fn start(c: &DrCluster) -> Balancer {
+        let mut cmd = c.xlb_command(&["run", "--iface", "eth0", "--mode", "skb", "--fastpath-log", "info"]);
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start xlb run");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let balancer = Balancer { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("ready") => break,
+                Ok(_) => {}
+                Err(_) => panic!("xlb run did not become ready; its log: {:#?}", balancer.log.lock().unwrap()),
+            }
+        }
+        balancer
+    }
+
+    /// Waits up to 5 s for a log line containing every one of `parts`.
+    fn wait_for(&self, parts: &[&str]) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return Some(l.clone());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The value of `key=` in a trace line.
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split(' ').find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('='))).unwrap_or_else(|| panic!("no {key} in {line}"))
@@ -75,8 +134,8 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 #[test]
 fn trace_prints_a_clients_decisions_beside_xlb_run() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates namespaces and attaches XDP: run it as root (cargo xtask test)");
-    let mut c = DrCluster::build(Path::new(XLB), 2, AttachMode::Skb).expect("build the namespace cluster");
-    c.start_balancer_with(&["--fastpath-log", "info"]).expect("start xlb run");
+    let c = DrCluster::build(Path::new(XLB), 2, AttachMode::Skb).expect("build the namespace cluster");
+    let balancer = Balancer::start(&c);
     c.configure_service().expect("configure the service");
 
     let trace = Trace::start(&c, &["--client", &CIP.to_string()]);
@@ -99,12 +158,19 @@ fn trace_prints_a_clients_decisions_beside_xlb_run() {
     assert_eq!(new.len(), 2, "{lines:#?}");
     assert_eq!(field(new[0], "real"), format!("{}:80", rip(0)));
     assert_eq!(field(new[1], "real"), format!("{}:80", rip(1)));
-    for conn in new {
+    for conn in &new {
         let client = field(conn, "client");
         let later: Vec<&String> = lines.iter().filter(|l| field(l, "client") == client && !l.ends_with(" new")).collect();
         assert!(!later.is_empty(), "no later packet of {client}: {lines:#?}");
         assert!(later.iter().all(|l| field(l, "real") == field(conn, "real")), "{lines:#?}");
         assert!(later.iter().any(|l| field(l, "state") == "ESTABLISHED"), "{lines:#?}");
+    }
+    // The fast path's own records, in xlb run's log: each new connection and its real.
+    for (conn, real) in new.iter().zip([rip(0), rip(1)]) {
+        let client = field(conn, "client").replace(&format!("{CIP}:"), &format!("::ffff:{CIP}:"));
+        let want = format!("new connection {client} -> ::ffff:{VIP}:80 scheduled to real ::ffff:{real}");
+        let line = balancer.wait_for(&["INFO", "fastpath: ", &want]);
+        assert!(line.is_some(), "no `{want}` in xlb run's log: {:#?}", balancer.log.lock().unwrap());
     }
     // Stopped, it left the switch off.
     let session = Session::open(&c.pin_dir).expect("the pinned trace maps");
@@ -127,5 +193,5 @@ fn trace_prints_a_clients_decisions_beside_xlb_run() {
         assert_eq!(v["reason"], "tx_dr", "{l}");
         assert!(v["time"].as_str().unwrap().ends_with('Z'), "{l}");
     }
-    c.stop_balancer().unwrap();
+    drop(balancer);
 }
