@@ -159,6 +159,24 @@ fn trace_without_filter_reports_unparsed_frames_and_drops() {
 }
 
 #[test]
+fn trace_matches_an_ipv6_client_and_service() {
+    let mut inst = instance();
+    let mut session = Session::take(&mut inst.ebpf).expect("trace maps");
+    let web6 = SocketAddr::new(fixtures::WEB6.vip, fixtures::WEB6.port);
+    session.start(&Filter { client: Some(IpAddr::V6(fixtures::CLIENT_IP6)), service: Some(web6) }).unwrap();
+    // The same client port to the IPv4 service: not this trace's.
+    assert_eq!(inst.run(&Frame::tcp(VIP, WEB.port, 46000).bytes()).0, XDP_TX);
+    assert_eq!(inst.run(&Frame::tcp(fixtures::VIP6, fixtures::WEB6.port, 46000).bytes()).0, XDP_TX);
+    let events = drain(&mut session);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let line = Line::new(&events[0], 0);
+    assert_eq!(line.client.as_deref(), Some("[fd00:30::50]:46000"));
+    assert_eq!(line.service.as_deref(), Some("[fd00:10::100]:80"));
+    assert_eq!(line.real.as_deref(), Some("[fd00:10::11]:80"));
+    assert!(line.new_conn);
+}
+
+#[test]
 fn trace_reports_a_nat_reply_under_its_clients_flow() {
     let net = fixtures::DirectorNet::create().expect("create the fixture namespace");
     let _inside = net.enter().unwrap();
