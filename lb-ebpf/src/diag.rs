@@ -11,7 +11,9 @@
 //! the balancing chain's 512 bytes), only when one of them is on.
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use aya_log_ebpf::{debug, info, macro_support::{Level, level_enabled}, warn};
-use lb_common::{ConnEntry, FlowKey, TraceConfig, TraceEvent, counter, trace};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{ConnEntry, FlowKey, TraceConfig, TraceEvent, addr, counter, trace};
 
 use crate::{
     maps::{CONNS, NAT_REPLIES, TRACE, TRACE_EVENTS},
@@ -154,6 +156,12 @@ fn emit(reason: u32, flags: u8, client: &FlowKey, conn: Option<&ConnEntry>) {
     entry.submit(0);
 }
 
+/// An address in the 16-byte form as the record shows it: IPv4 as IPv4.
+#[inline(always)]
+fn ip(a: &[u8; 16]) -> IpAddr {
+    if addr::is_v4(a) { IpAddr::V4(Ipv4Addr::from(addr::v4(a))) } else { IpAddr::V6(Ipv6Addr::from(*a)) }
+}
+
 /// The aya-log records: drops (warn), passes that need the operator's attention and new
 /// connections (info), every other verdict (debug). Few arguments each: every one is
 /// copied into the record by the program.
@@ -161,28 +169,28 @@ fn emit(reason: u32, flags: u8, client: &FlowKey, conn: Option<&ConnEntry>) {
 fn log(reason: u32, parsed: bool, new_conn: bool, client: &FlowKey, conn: Option<&ConnEntry>) {
     let port = u16::from_be_bytes(client.dport);
     match reason {
-        counter::DROP_NO_REAL => warn!(&(), "drop_no_real: no available real server for {:i}:{} (client {:i})", client.dst, port, client.src),
-        counter::DROP_CONN_TABLE_FULL => warn!(&(), "drop_conn_table_full: new connection from {:i} to {:i}:{} dropped", client.src, client.dst, port),
-        counter::DROP_NODEST => warn!(&(), "drop_nodest: the real of {:i} -> {:i}:{} is gone (expire_nodest_conn)", client.src, client.dst, port),
-        counter::DROP_TOO_BIG => warn!(&(), "drop_too_big: frame from {:i} to {:i}:{} too big for the tunnel", client.src, client.dst, port),
-        counter::DROP_NAT_CLASH | counter::DROP_CONN_RACE => warn!(&(), "drop (counter {}): {:i} -> {:i}:{}", reason, client.src, client.dst, port),
+        counter::DROP_NO_REAL => warn!(&(), "drop_no_real: no available real server for {:i}:{} (client {:i})", ip(&client.dst), port, ip(&client.src)),
+        counter::DROP_CONN_TABLE_FULL => warn!(&(), "drop_conn_table_full: new connection from {:i} to {:i}:{} dropped", ip(&client.src), ip(&client.dst), port),
+        counter::DROP_NODEST => warn!(&(), "drop_nodest: the real of {:i} -> {:i}:{} is gone (expire_nodest_conn)", ip(&client.src), ip(&client.dst), port),
+        counter::DROP_TOO_BIG => warn!(&(), "drop_too_big: frame from {:i} to {:i}:{} too big for the tunnel", ip(&client.src), ip(&client.dst), port),
+        counter::DROP_NAT_CLASH | counter::DROP_CONN_RACE => warn!(&(), "drop (counter {}): {:i} -> {:i}:{}", reason, ip(&client.src), ip(&client.dst), port),
         counter::PASS_NEIGH_UNRESOLVED => {
             let real = match conn {
-                Some(c) => c.real_ip,
-                None => [0; 16],
+                Some(c) => ip(&c.real_ip),
+                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             };
-            info!(&(), "pass_neigh_unresolved: real {:i} has no MAC yet; {:i} -> {:i}:{} passed to the kernel", real, client.src, client.dst, port)
+            info!(&(), "pass_neigh_unresolved: real {:i} has no MAC yet; {:i} -> {:i}:{} passed to the kernel", real, ip(&client.src), ip(&client.dst), port)
         }
-        counter::PASS_NO_ROUTE => info!(&(), "pass_no_route: no route to the tunnel real yet; {:i} -> {:i}:{} passed", client.src, client.dst, port),
+        counter::PASS_NO_ROUTE => info!(&(), "pass_no_route: no route to the tunnel real yet; {:i} -> {:i}:{} passed", ip(&client.src), ip(&client.dst), port),
         counter::PASS_BAD_HEADER | counter::PASS_TRUNCATED => info!(&(), "pass_bad_header: malformed or truncated headers (counter {}): passed to the kernel", reason),
         _ if new_conn => {
             let real = match conn {
-                Some(c) => c.real_ip,
-                None => [0; 16],
+                Some(c) => ip(&c.real_ip),
+                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             };
-            info!(&(), "new connection {:i}:{} -> {:i}:{} scheduled to real {:i}", client.src, u16::from_be_bytes(client.sport), client.dst, port, real)
+            info!(&(), "new connection {:i}:{} -> {:i}:{} scheduled to real {:i}", ip(&client.src), u16::from_be_bytes(client.sport), ip(&client.dst), port, real)
         }
-        _ if parsed => debug!(&(), "verdict (counter {}): {:i} -> {:i}:{}", reason, client.src, client.dst, port),
+        _ if parsed => debug!(&(), "verdict (counter {}): {:i} -> {:i}:{}", reason, ip(&client.src), ip(&client.dst), port),
         _ => debug!(&(), "verdict {} for a frame not parsed", reason),
     }
 }

@@ -241,7 +241,7 @@ fn fastpath_log_at_info_records_a_new_connection() {
     let got = records.0.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, log::Level::Info);
-    assert_eq!(got[0].1, "new connection ::ffff:172.30.0.50:44000 -> ::ffff:10.0.0.100:80 scheduled to real ::ffff:10.0.0.11");
+    assert_eq!(got[0].1, "new connection 172.30.0.50:44000 -> 10.0.0.100:80 scheduled to real 10.0.0.11");
     // An established packet is below info: no record.
     assert_eq!(inst.run(&Frame { tcp_flags: 0x10, ..Frame::tcp(VIP, WEB.port, 44000) }.bytes()).0, XDP_TX);
     logger.flush();
@@ -259,7 +259,23 @@ fn fastpath_log_at_warn_records_drops_only() {
     let got = records.0.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, log::Level::Warn);
-    assert!(got[0].1.starts_with("drop_no_real: no available real server for ::ffff:10.0.0.100:90"), "{got:?}");
+    assert!(got[0].1.starts_with("drop_no_real: no available real server for 10.0.0.100:90"), "{got:?}");
+}
+
+#[test]
+fn fastpath_log_at_trace_records_every_frame() {
+    let (mut inst, mut logger, records) = logging_instance(LogLevel::Trace);
+    assert_eq!(inst.run(&Frame::tcp(VIP, WEB.port, 44300).bytes()).0, XDP_TX);
+    assert_eq!(inst.run(&Frame { tcp_flags: 0x10, ..Frame::tcp(VIP, WEB.port, 44300) }.bytes()).0, XDP_TX);
+    assert_eq!(inst.run(&Frame::tcp(VIP, WEB.port, 44300).bytes()[..14 + 20 + 4]).0, XDP_PASS);
+    logger.flush();
+    let got = records.0.lock().unwrap().clone();
+    let want = [
+        (log::Level::Info, "new connection 172.30.0.50:44300 -> 10.0.0.100:80 scheduled to real 10.0.0.11".to_string()),
+        (log::Level::Debug, format!("verdict (counter {}): 172.30.0.50 -> 10.0.0.100:80", counter::TX_DR)),
+        (log::Level::Info, format!("pass_bad_header: malformed or truncated headers (counter {}): passed to the kernel", counter::PASS_TRUNCATED)),
+    ];
+    assert_eq!(got, want);
 }
 
 #[test]
