@@ -17,7 +17,7 @@
 
 use arbitrary::Arbitrary;
 use lb_common::hash::{MH_TABLE_SIZE, SH_TABLE_SIZE};
-use lb_userspace::tables;
+use xlb_core::tables;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -190,7 +190,7 @@ fn workspace_root() -> &'static Path {
 fn build() -> Result<PathBuf> {
     let root = workspace_root();
     let status = cmd("cargo")
-        .args(["build", "--release", "-p", "lb-userspace"])
+        .args(["build", "--release", "-p", "xlb-core"])
         .current_dir(root)
         .status()
         .context("failed to start cargo")?;

@@ -4,7 +4,7 @@
 //! without it.
 use std::path::Path;
 
-use lb_userspace::{
+use xlb_core::{
     httpd,
     loader::AttachMode,
     testbed::{DrCluster, NAT_REAL_PORT, NAT_VIP6, NatCluster, NatLayout, VIP6},
@@ -22,7 +22,7 @@ fn json(text: &str) -> serde_json::Value {
 
 /// A file of `len` pseudo-random bytes to upload (the caller removes it).
 fn upload_file(len: u32) -> (std::path::PathBuf, Vec<u8>) {
-    let path = std::env::temp_dir().join(format!("xlb-upload6-{}", lb_userspace::netns::run_id()));
+    let path = std::env::temp_dir().join(format!("xlb-upload6-{}", xlb_core::netns::run_id()));
     let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&path, &bytes).unwrap();
     (path, bytes)

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{
+use xlb_core::{
     api::Paths,
     loader::AttachMode,
     netns::{self, Netns},

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use lb_userspace::{
+use xlb_core::{
     api::{self, Paths, Reply, Request, SettingsChange},
     bench, daemon, demo, httpd, ipvsadm, keepalived,
     listing::{self, Output},
@@ -912,7 +912,7 @@ fn show_counters(output: Output, counters: Vec<(String, u64)>) -> Result<()> {
 }
 
 /// What `apply`/`reload` changed, in words: "services added 1, reals changed 2".
-fn changes_text(changes: &lb_userspace::reconcile::Changes) -> String {
+fn changes_text(changes: &xlb_core::reconcile::Changes) -> String {
     let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(changes) else { return format!("{changes:?}") };
     let said: Vec<String> = fields
         .iter()

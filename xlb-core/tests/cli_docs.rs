@@ -32,7 +32,7 @@ fn man_page_is_roff_with_the_subcommands() {
 
 #[test]
 fn man_dir_gets_a_page_per_subcommand() {
-    let dir = std::env::temp_dir().join(format!("xlb-man-{}", lb_userspace::netns::run_id()));
+    let dir = std::env::temp_dir().join(format!("xlb-man-{}", xlb_core::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new(XLB).arg("man").arg("--dir").arg(&dir).output().unwrap();
     let pages: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -65,7 +65,7 @@ fn readme_examples_are_what_the_cli_takes() {
         // The command up to a shell operator or comment.
         let command = rest.split(['#', '>', '<', '&', ';']).next().unwrap();
         let args: Vec<String> = command.split_whitespace().map(String::from).collect();
-        if let Err(e) = lb_userspace::ipvsadm::parse(&args) {
+        if let Err(e) = xlb_core::ipvsadm::parse(&args) {
             panic!("README: `xlb ipvsadm{command}` is refused: {}", e.message);
         }
         checked += 1;
@@ -232,7 +232,7 @@ fn every_xlb_command_in_the_readme_is_one_xlb_accepts() {
             }
             // ipvsadm's words go through xlb's ipvsadm parser as well.
             if words.get(1).map(String::as_str) == Some("ipvsadm") {
-                if let Err(e) = lb_userspace::ipvsadm::parse(&words[2..]) {
+                if let Err(e) = xlb_core::ipvsadm::parse(&words[2..]) {
                     refused.push(format!("{line}\n  as {words:?}: ipvsadm: {e:?}"));
                 }
             }

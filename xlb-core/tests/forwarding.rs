@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use common::Instance;
 use lb_common::{addr, counter, decap_counter, map_names, tcp};
-use lb_userspace::{
+use xlb_core::{
     fixtures::{
         self, CLIENT_IP, DIP, DIRECTOR_PRIVATE_MAC, DirectorNet, Frame, NAT_WEB, PRIVATE_IFINDEX, PUBLIC_IFINDEX, RS1_IP, RS1_MAC,
         VIP, XDP_PASS, XDP_REDIRECT, internet_checksum,
@@ -430,7 +430,7 @@ fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
     };
     assert_eq!(sent_to(&mut inst), RS1_MAC);
     ops::remove_real(&mut inst.maps, ServiceId::Addr(svc), RS1_IP).unwrap();
-    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &datagram).0, lb_userspace::fixtures::XDP_DROP, "expire_nodest_conn off: dropped");
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &datagram).0, xlb_core::fixtures::XDP_DROP, "expire_nodest_conn off: dropped");
     assert_eq!(inst.counter(counter::DROP_NODEST), 1);
     let mut settings = ops::settings(&inst.maps).unwrap();
     settings.expire_nodest_conn = 1;

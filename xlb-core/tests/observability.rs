@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_common::counter;
-use lb_userspace::{
+use xlb_core::{
     api::Paths,
     loader::AttachMode,
     testbed::{DrCluster, rip},
@@ -283,7 +283,7 @@ fn chromium(c: &DrCluster, profile: &Path, action: &str, url: &str) -> String {
         "--virtual-time-budget=5000",
     ]);
     cmd.arg(format!("--user-data-dir={}", profile.display())).arg(action).arg(url);
-    lb_userspace::netns::run(&mut cmd).unwrap_or_else(|e| panic!("chromium {action}: {e:#}"))
+    xlb_core::netns::run(&mut cmd).unwrap_or_else(|e| panic!("chromium {action}: {e:#}"))
 }
 
 /// (r, g, b) of "#rrggbb".

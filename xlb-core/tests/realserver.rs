@@ -3,7 +3,7 @@
 //! fails (never skips) without it.
 use std::process::Output;
 
-use lb_userspace::netns::{self, Netns};
+use xlb_core::netns::{self, Netns};
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
 

@@ -17,7 +17,7 @@ use std::{
 
 use common::Instance;
 use lb_common::counter;
-use lb_userspace::{
+use xlb_core::{
     fixtures::{
         self, DirectorNet, ETH_P_8021AD, ETH_P_8021Q, Frame, Icmp, PRIVATE_IFINDEX, PRIVATE_NIC, PUBLIC_IFINDEX, VIP, VIP6,
         XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -30,7 +30,7 @@ use lb_userspace::{
 const FUZZ_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 200);
 const FUZZ_PORTS: std::ops::Range<u16> = 1000..1012;
 
-fn install_distinct_services(maps: &mut lb_userspace::maps::Maps) {
+fn install_distinct_services(maps: &mut xlb_core::maps::Maps) {
     for (i, port) in FUZZ_PORTS.enumerate() {
         let forward = [ForwardMethod::Route, ForwardMethod::Masq, ForwardMethod::Tunnel][i % 3];
         let svc = ServiceId::Addr(Service { proto: Proto::Tcp, vip: FUZZ_VIP.into(), port });

@@ -3,7 +3,7 @@
 //! took the intended path. No timing is asserted.
 use std::path::Path;
 
-use lb_userspace::{
+use xlb_core::{
     bench::{
         self, BenchOptions,
         fastpath::{self, KatranKind, PathKind},

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{
+use xlb_core::{
     loader::AttachMode,
     testbed::{DrCluster, ECHO_PORT, VIP},
 };
@@ -155,7 +155,7 @@ fn the_sorry_server_serves_while_no_real_is_healthy() {
     c.start_balancer().unwrap();
     let svc = web(&c, &["10.99.0.11", "10.99.0.12"]);
     c.xlb(&["sorry", "set", "tcp", &svc, "10.99.0.13"]).unwrap();
-    let log = std::env::temp_dir().join(format!("xlb-notify-{}", lb_userspace::netns::run_id()));
+    let log = std::env::temp_dir().join(format!("xlb-notify-{}", xlb_core::netns::run_id()));
     let notify = format!("echo \"$XLB_REAL $XLB_STATE\" >> {}", log.display());
     // Same check, now with notify commands.
     let i = INTERVAL.to_string();
@@ -272,7 +272,7 @@ fn a_down_real_stays_down_when_its_check_is_set_again() {
 /// check's first verdict, before the daemon's loop has taken it in.
 #[test]
 fn two_applies_in_quick_succession_leave_health_to_the_checks() {
-    use lb_userspace::api::{self, Paths, Request};
+    use xlb_core::api::{self, Paths, Request};
     let mut c = cluster(2);
     c.start_balancer().unwrap();
     let config = |status: u16| {
@@ -305,7 +305,7 @@ fn two_applies_in_quick_succession_leave_health_to_the_checks() {
 #[test]
 fn dynamic_weights_and_verdicts_survive_reload_and_restart() {
     let mut c = cluster(2);
-    let dir = std::env::temp_dir().join(format!("xlb-dynamic-{}", lb_userspace::netns::run_id()));
+    let dir = std::env::temp_dir().join(format!("xlb-dynamic-{}", xlb_core::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exit_code = |real: &str, code: u32| std::fs::write(dir.join(format!("exit-{real}")), code.to_string()).unwrap();
     exit_code("10.99.0.11", 7); // up, weight 5
@@ -386,7 +386,7 @@ fn two_nat_reals_on_one_address_are_checked_apart() {
 /// reals hold the VIP: checks must come from the director's own address.
 #[test]
 fn udp_and_http_checks_reach_ipv6_reals() {
-    use lb_userspace::testbed::{VIP6, spawn_until_ready};
+    use xlb_core::testbed::{VIP6, spawn_until_ready};
     let mut c = cluster(2);
     c.start_balancer().unwrap();
     let responder = "import signal,socket,sys\nsignal.signal(signal.SIGINT,signal.SIG_DFL)\n\

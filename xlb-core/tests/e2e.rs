@@ -2,7 +2,7 @@
 //! veth in native and in SKB mode. Needs root; fails (never skips) without it.
 use std::{path::Path, process::Command};
 
-use lb_userspace::{
+use xlb_core::{
     loader::AttachMode,
     testbed::{self, DrCluster, VIP},
 };
@@ -166,7 +166,7 @@ impl Drop for TempDir {
     }
 }
 fn tempdir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!("xlb-test-{}", lb_userspace::netns::run_id()));
+    let dir = std::env::temp_dir().join(format!("xlb-test-{}", xlb_core::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
 }

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use lb_userspace::{
+use xlb_core::{
     loader::AttachMode,
     netns::{self, Netns},
     testbed::{DrCluster, rip},

@@ -4,7 +4,7 @@
 //! (never skips) without it.
 use std::{path::Path, process::Command, time::Duration};
 
-use lb_userspace::{
+use xlb_core::{
     loader::{self, AttachMode},
     netns::{self, Netns},
     testbed::{DrCluster, spawn_until_ready},
@@ -22,7 +22,7 @@ fn blackholes(ns: &Netns, iface: &str) -> Option<String> {
     loader::native_blackholes(iface).unwrap()
 }
 
-fn pass_stub(ns: &Netns, iface: &str) -> lb_userspace::testbed::ChildGuard {
+fn pass_stub(ns: &Netns, iface: &str) -> xlb_core::testbed::ChildGuard {
     let mut cmd = ns.command(XLB);
     cmd.args(["xdp-pass-stub", "--iface", iface]);
     spawn_until_ready("XDP pass stub", cmd, Duration::from_secs(20)).unwrap().0

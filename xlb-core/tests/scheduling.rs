@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use common::{Instance, client, syn_from};
 use lb_common::{counter, tcp};
-use lb_userspace::{
+use xlb_core::{
     fixtures::{Frame, RS1, RS1_IP, RS1_MAC, RS2, RS2_IP, RS2_MAC, VIP, XDP_DROP, XDP_PASS, XDP_TX},
     ops::{self, NextHop, Persistence, Proto, RealOptions, Scheduler, Service, ServiceId, ServiceOptions},
 };
@@ -588,7 +588,7 @@ fn racing_first_packets_make_one_entry_and_reach_one_real() {
     let mut inst = two_reals(dns, sched(Scheduler::Rr), [1, 1]);
     const FLOWS: u16 = 3000;
     let frames: Vec<Vec<u8>> = (0..FLOWS).map(|i| Frame::udp(VIP, 53, 10_000 + i).bytes()).collect();
-    let prog: &aya::programs::Xdp = lb_userspace::loader::xdp(&mut inst.ebpf, lb_userspace::loader::BALANCE_PROGRAM).unwrap();
+    let prog: &aya::programs::Xdp = xlb_core::loader::xdp(&mut inst.ebpf, xlb_core::loader::BALANCE_PROGRAM).unwrap();
     let barrier = Barrier::new(2);
     let failed = AtomicBool::new(false);
     let outcomes: Vec<Vec<(u32, [u8; 6])>> = std::thread::scope(|s| {

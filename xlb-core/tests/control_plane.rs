@@ -9,7 +9,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use lb_userspace::{
+use xlb_core::{
     api::Paths,
     loader::AttachMode,
     testbed::{DrCluster, ECHO_PORT, VIP},
@@ -295,7 +295,7 @@ fn a_connection_survives_kill_9_and_restart_of_the_daemon() {
 #[test]
 fn a_connection_survives_config_reloads_that_change_other_reals() {
     let mut c = cluster(3);
-    let dir = std::env::temp_dir().join(format!("xlb-reload-{}", lb_userspace::netns::run_id()));
+    let dir = std::env::temp_dir().join(format!("xlb-reload-{}", xlb_core::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("xlb.toml");
     let write = |reals: &str| {
@@ -354,7 +354,7 @@ fn dest_fwd(addr: &str, forward: &str, weight: u32) -> String {
 /// `--persistent-conn` as IPVS shows it.
 #[test]
 fn ipvsadm_ipv6_save_clear_restore_gives_back_the_listing() {
-    use lb_userspace::testbed::{VIP6, rip, rip6};
+    use xlb_core::testbed::{VIP6, rip, rip6};
     let mut c = cluster(2);
     c.start_balancer().unwrap();
     let (r1, r2) = (rip6(0), rip6(1));
@@ -440,7 +440,7 @@ fn ipvsadm_ipv6_save_clear_restore_gives_back_the_listing() {
 /// test bed's VIP and real for the README's addresses; `[…]` optional parts left out).
 #[test]
 fn the_readmes_director_block_runs_in_order() {
-    use lb_userspace::testbed::rip;
+    use xlb_core::testbed::rip;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let intro = readme.find("other `xlb` commands on the same machine change it").expect("the director section");
     let start = intro + readme[intro..].find("```sh\n").unwrap() + "```sh\n".len();
@@ -479,12 +479,12 @@ fn save_clear_restore_keeps_a_transfer_going() {
         ok(&c, line);
     }
     const SIZE: usize = 6_000_000;
-    let dir = std::env::temp_dir().join(format!("xlb-restore-{}", lb_userspace::netns::run_id()));
+    let dir = std::env::temp_dir().join(format!("xlb-restore-{}", xlb_core::netns::run_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let data: Vec<u8> = (0..SIZE as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let file = dir.join("upload");
     std::fs::write(&file, &data).unwrap();
-    let want = format!("received {SIZE} bytes, fnv1a {:016x}", lb_userspace::httpd::fnv1a(&data));
+    let want = format!("received {SIZE} bytes, fnv1a {:016x}", xlb_core::httpd::fnv1a(&data));
     for gap in [0u64, 2] {
         // About 6 s at 1 MB/s; curl gives up (and fails the test) on a reset.
         let mut curl = c.client.command("curl");

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use lb_userspace::{
+use xlb_core::{
     loader::AttachMode,
     netns::Netns,
     testbed::{DrCluster, NAT_REAL_PORT, NAT_VIP, NatCluster, NatLayout, VIP, VIP6, nat_rip},

@@ -7,7 +7,7 @@ use std::{
     thread,
 };
 
-use lb_userspace::{
+use xlb_core::{
     health::{self, CheckKind, HealthConfig, Target},
     ops::{Proto, Service, ServiceId},
 };

@@ -1,7 +1,7 @@
 //! `xlbadm`: `xlb ipvsadm` under a name of its own, for scripts that call ipvsadm.
 use std::path::PathBuf;
 
-use lb_userspace::{api::Paths, ipvsadm, listing::Output, maps::DEFAULT_PIN_DIR};
+use xlb_core::{api::Paths, ipvsadm, listing::Output, maps::DEFAULT_PIN_DIR};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use lb_userspace::{
+use xlb_core::{
     config,
     health::{CheckKind, OnFailure},
     keepalived,
@@ -164,7 +164,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xlb-ka-{tag}-{}", lb_userspace::netns::run_id()));
+    let d = std::env::temp_dir().join(format!("xlb-ka-{tag}-{}", xlb_core::netns::run_id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

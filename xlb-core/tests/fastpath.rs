@@ -4,7 +4,7 @@ mod common;
 
 use common::Instance;
 use lb_common::counter;
-use lb_userspace::{
+use xlb_core::{
     fixtures::{self, Frame, POOL, RS1_MAC, RS2_MAC, VIP, XDP_PASS, XDP_TX},
     ops::{self, NextHop, RealOptions, ServiceId},
 };

@@ -3,7 +3,7 @@
 //! native and SKB mode. Needs root; fails (never skips) without it.
 use std::path::{Path, PathBuf};
 
-use lb_userspace::{
+use xlb_core::{
     httpd,
     loader::AttachMode,
     testbed::{DrCluster, NAT_REAL_PORT, NatCluster, NatLayout, nat_rip},
@@ -36,7 +36,7 @@ impl UploadFile {
                 state as u8
             })
             .collect();
-        let path = std::env::temp_dir().join(format!("xlb-upload-{}", lb_userspace::netns::run_id()));
+        let path = std::env::temp_dir().join(format!("xlb-upload-{}", xlb_core::netns::run_id()));
         std::fs::write(&path, &bytes).unwrap();
         Self { path, fnv1a: httpd::fnv1a(&bytes) }
     }
@@ -58,7 +58,7 @@ fn counters(text: &str) -> serde_json::Value {
     json(text)
 }
 
-fn attached(director: &lb_userspace::netns::Netns, nic: &str) -> bool {
+fn attached(director: &xlb_core::netns::Netns, nic: &str) -> bool {
     director.ip(&["link", "show", nic]).unwrap().contains("xdp")
 }
 

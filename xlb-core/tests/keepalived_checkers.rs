@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{
+use xlb_core::{
     health::{self, CheckKind, Checker, HealthConfig, Target, checkers::Url},
     netns::Netns,
     ops::{Proto, Service, ServiceId},
@@ -273,7 +273,7 @@ fn smtp_check_greeting_and_helo() {
 #[test]
 fn ping_check_ipv4_and_ipv6() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the failing half runs in a namespace: run as root (cargo xtask test)");
-    let ns = Netns::create(&format!("xlb-{}-ping", lb_userspace::netns::run_id())).unwrap();
+    let ns = Netns::create(&format!("xlb-{}-ping", xlb_core::netns::run_id())).unwrap();
     ns.ip(&["link", "set", "lo", "up"]).unwrap();
     let ping = |ip: IpAddr| {
         let ns_path = ns.path();

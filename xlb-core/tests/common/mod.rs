@@ -9,7 +9,7 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use lb_common::counter;
-use lb_userspace::{
+use xlb_core::{
     fixtures::{Case, Expected, Frame, XDP_TX},
     loader,
     maps::Maps,

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{
+use xlb_core::{
     loader::AttachMode,
     testbed::{DrCluster, NAT_VIP, NatCluster, NatLayout, VIP, nat_rip, rip},
 };
@@ -68,7 +68,7 @@ fn fast(text: &str) -> String {
 struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("xlb-ka-e2e-{tag}-{}", lb_userspace::netns::run_id()));
+        let d = std::env::temp_dir().join(format!("xlb-ka-e2e-{tag}-{}", xlb_core::netns::run_id()));
         std::fs::create_dir_all(&d).unwrap();
         TempDir(d)
     }
