@@ -1,4 +1,4 @@
-//! The scheduling tables the controller precomputes (lb-userspace/src/tables.rs).
+//! The scheduling tables the controller precomputes (xlb-core/src/tables.rs).
 //!
 //! Properties:
 //! - mh (Maglev): every one of the MH_TABLE_SIZE slots is filled with a real of weight

@@ -1,14 +1,11 @@
-//! xlb's controller library: everything the `xlb` binary does, usable by tests.
+//! xlb's core library: the model and its map sync, loader, next hops, health checks,
+//! API types, config and importers, the daemon; everything the `xlb` binary does.
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod decap;
-pub mod demo;
 pub mod ebpf;
-pub mod fixtures;
 pub mod health;
-pub mod httpd;
 pub mod ipvsadm;
 pub mod keepalived;
 pub mod listing;
@@ -26,6 +23,5 @@ pub mod rtnl;
 pub mod run;
 pub mod sd_notify;
 pub mod tables;
-pub mod testbed;
 pub mod top;
 pub mod web;
