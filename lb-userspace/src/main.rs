@@ -211,6 +211,16 @@ enum Cmd {
         /// (XLB_KATRAN_OBJ overrides it).
         #[arg(long, value_name = "FILE")]
         katran_obj: Option<PathBuf>,
+        /// Fast path: only the rows whose "case (path)" contains TEXT (repeatable; skips
+        /// the live-flows rows). For profiling one path.
+        #[arg(long = "case", value_name = "TEXT")]
+        cases: Vec<String>,
+        /// Fast path: rounds (default 7; --quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Fast path: iterations per test run (default 200000; --quick 2000).
+        #[arg(long)]
+        repeat: Option<u32>,
         /// Section 3: the JSON a run inside the IPVS VM wrote.
         #[arg(long, requires_all = ["vm_accel", "vm_accel_note"])]
         vm_json: Option<PathBuf>,
@@ -821,11 +831,14 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Man { dir: Some(dir) } => {
             clap_mangen::generate_to(Cli::command(), &dir).with_context(|| format!("writing man pages to {}", dir.display()))
         }
-        Cmd::Bench { quick, sections, json, report, readme, katran_obj, vm_json, vm_accel, vm_accel_note } => {
+        Cmd::Bench { quick, sections, json, report, readme, katran_obj, cases, rounds, repeat, vm_json, vm_accel, vm_accel_note } => {
             let xlb = std::env::current_exe().context("locating the xlb binary")?;
             let mut opts = bench::BenchOptions::all(quick);
             if let Some(f) = opts.fastpath.as_mut() {
                 f.katran = bench::katran::object_path(katran_obj);
+                f.cases = cases;
+                f.rounds = rounds.unwrap_or(f.rounds).max(1);
+                f.repeat = repeat.unwrap_or(f.repeat).max(1);
             }
             let wanted = |s: BenchSection| sections.is_empty() || sections.contains(&s);
             opts.fastpath = opts.fastpath.filter(|_| wanted(BenchSection::Fastpath));
