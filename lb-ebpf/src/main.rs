@@ -125,35 +125,53 @@ fn balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
 
 #[inline(always)]
 fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32, ()> {
-    let now = unsafe { bpf_ktime_get_ns() };
     let pkt = &s.pkt;
-    let key = ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 };
-    let Some(&service_id) = (unsafe { SERVICES.get(&key) }) else {
-        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, now));
+    // 8-byte aligned on the stack, the key is built with word stores (its own type is
+    // byte-aligned, which makes the compiler copy the address a byte at a time).
+    let key = Aligned(ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 });
+    let Some(&service_id) = (unsafe { SERVICES.get(&key.0) }) else {
+        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, conntrack::coarse_now()));
     };
-    let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
-        stats::count(counter::PASS_NOT_VIP);
-        return Ok(xdp_action::XDP_PASS);
+    // The service's flags matter to a known TCP flow only in rare cases (a SYN on its
+    // tuple, a failed real): conntrack::lookup then reads them itself. UDP needs them
+    // first (one-packet scheduling keeps no entry).
+    let flags = if pkt.flow.proto == PROTO_UDP {
+        let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
+            stats::count(counter::PASS_NOT_VIP);
+            return Ok(xdp_action::XDP_PASS);
+        };
+        svc.flags as u64
+    } else {
+        conntrack::FLAGS_UNKNOWN
     };
-    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
-    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc, settings, now) };
+    let one_packet = pkt.flow.proto == PROTO_UDP && flags & svc_flags::ONE_PACKET as u64 != 0;
+    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, service_id, flags, settings) };
     match lookup {
         Lookup::Hit(c, real) => Ok(send_to_real(ctx, pkt, real, &Target::following(&c))),
         Lookup::NoDest => {
             stats::count(counter::DROP_NODEST);
             Ok(xdp_action::XDP_DROP)
         }
-        Lookup::Miss if svc.flags & svc_flags::TRASHED != 0 => {
-            // Kept only for its connections: a new flow finds no service (IPVS).
-            stats::count(counter::PASS_NOT_VIP);
-            Ok(xdp_action::XDP_PASS)
-        }
         Lookup::Miss => {
+            // A new flow (rarer): the service read again, not kept from above, where
+            // the verifier could not follow a pointer kept only for UDP.
+            let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
+                stats::count(counter::PASS_NOT_VIP);
+                return Ok(xdp_action::XDP_PASS);
+            };
+            if svc.flags & svc_flags::TRASHED != 0 {
+                // Kept only for its connections: a new flow finds no service (IPVS).
+                stats::count(counter::PASS_NOT_VIP);
+                return Ok(xdp_action::XDP_PASS);
+            }
+            // The fine clock for a new connection: its persistence template's tag is
+            // made from it.
+            let now = unsafe { bpf_ktime_get_ns() };
             let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
             let verdict = open_connection(svc, s, settings, now, &mut target);
             if verdict == RACED {
                 // Another CPU created this flow's entry first: follow it.
-                return match conntrack::lookup(&s.pkt, svc, settings, now) {
+                return match conntrack::lookup(&s.pkt, svc.id, svc.flags as u64, settings) {
                     Lookup::Hit(c, real) => Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c))),
                     _ => {
                         stats::count(counter::DROP_CONN_RACE);
@@ -169,6 +187,10 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
         }
     }
 }
+
+/// A stack value at an 8-byte boundary.
+#[repr(C, align(8))]
+struct Aligned<T>(T);
 
 /// A later fragment of a client's datagram to a service: to the real its first
 /// fragment went to, by the same method (`s.frag`, filled by `frag::follow`). A
