@@ -9,11 +9,11 @@
 //! state to [`tcp::GONE`]: exactly one remover wins and learns the state the counts hold.
 use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, svc_flags, tcp};
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use crate::{
     atomic,
-    maps::{CONNS, NAT_REPLIES, REALS, SERVICE_INFO},
+    maps::{CONNS, NAT_REPLIES, REALS, SCRATCH, SERVICE_INFO},
     parse::Packet,
     persist, stats,
 };
@@ -46,13 +46,23 @@ pub enum Created {
 }
 
 /// CLOCK_MONOTONIC at the kernel's last tick (bpf_ktime_get_coarse_ns): the clock of a
-/// known flow's packets. It reads the timekeeper's cached time, not the clock source,
-/// and moves once per tick (1–10 ms), so a flow's idle stamp is rewritten at most once
-/// per tick ([`advance`]): no write to the shared entry on every packet. Idle timeouts
-/// are in seconds; a stamp a tick old changes none of them.
+/// known flow's packets. It moves once per tick (1–10 ms), so a flow's idle stamp is
+/// rewritten at most once per tick ([`advance`]): no write to the shared entry on every
+/// packet. Each CPU keeps the value with the tick it was read in (jiffies, which the
+/// verifier inlines to one load): within a tick no helper is called at all. Idle
+/// timeouts are in seconds; a stamp a tick old changes none of them.
 #[inline(always)]
 pub fn coarse_now() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let tick = unsafe { bpf_jiffies64() };
+    // Through a raw pointer: callers hold a reference to another part of the scratch.
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return unsafe { bpf_ktime_get_coarse_ns() } };
+    unsafe {
+        if (*s).clock_tick != tick || (*s).clock_ns == 0 {
+            (*s).clock_ns = bpf_ktime_get_coarse_ns();
+            (*s).clock_tick = tick;
+        }
+        (*s).clock_ns
+    }
 }
 
 #[inline(always)]
@@ -243,12 +253,12 @@ pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) ->
     Lookup::Hit(c, real)
 }
 
-/// Finds the connection a NAT real server's reply (`reply`: its 5-tuple as sent)
-/// belongs to and advances its state through IPVS's OUTPUT table. Returns the reply
-/// entry (the client's flow, the way back) and the real's id.
+/// The connection of a NAT real server's reply, whose entry in the reply table is
+/// `back` (the client's flow, the way back): advances its state through IPVS's OUTPUT
+/// table. Returns the real's id, or None if the connection has gone or is idle too long.
 #[inline(always)]
-pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u64) -> Option<(&'static NatReply, u32)> {
-    let back = unsafe { NAT_REPLIES.get(reply)? };
+pub fn lookup_reply(back: &NatReply, tcp_flags: u8, settings: &Settings) -> Option<u32> {
+    let now = coarse_now();
     let conn = CONNS.get_ptr_mut(&back.flow)?;
     let c = unsafe { *conn };
     if c.state == tcp::GONE {
@@ -259,7 +269,7 @@ pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u6
         return None;
     }
     advance(conn, &c, back.flow.proto, tcp::dir::OUTPUT, tcp_flags, now);
-    Some((back, c.real_id))
+    Some(c.real_id)
 }
 
 /// The entry of a new flow of `service_id` to `real` (at `real_port`, wire order), its

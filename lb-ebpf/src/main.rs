@@ -25,13 +25,13 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    ConnEntry, FlowKey, FragEntry, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
+    ConnEntry, FlowKey, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
     conntrack::{Created, Lookup},
     fwd::{nat, tun},
-    maps::{CONNS, REALS, SERVICE_INFO, SERVICES, SETTINGS},
+    maps::{CONNS, NAT_REPLIES, REALS, SERVICE_INFO, SERVICES, SETTINGS},
     parse::Packet,
     scratch::Scratch,
 };
@@ -130,7 +130,13 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     // byte-aligned, which makes the compiler copy the address a byte at a time).
     let key = Aligned(ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 });
     let Some(&service_id) = (unsafe { SERVICES.get(&key.0) }) else {
-        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, conntrack::coarse_now()));
+        // For no service: a NAT real's reply, or (most such frames) none of ours, which
+        // leaves here without a further call.
+        let Some(back) = (unsafe { NAT_REPLIES.get(&pkt.flow) }) else {
+            stats::count(counter::PASS_NOT_VIP);
+            return Ok(xdp_action::XDP_PASS);
+        };
+        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, back));
     };
     // The service's flags matter to a known TCP flow only in rare cases (a SYN on its
     // tuple, a failed real): conntrack::lookup then reads them itself. UDP needs them
@@ -408,8 +414,8 @@ fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
 /// VIP and virtual port again and it goes back the way the client's first packet came
 /// (that NIC, that MAC, those VLAN tags). Not inlined: its locals get their own stack frame.
 #[inline(never)]
-fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, now: u64) -> u32 {
-    match try_nat_reply(ctx, pkt, frag, settings, now) {
+fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, back: &'static NatReply) -> u32 {
+    match try_nat_reply(ctx, pkt, frag, settings, back) {
         Ok(verdict) => verdict,
         Err(()) => {
             stats::count(counter::PASS_ERROR);
@@ -419,8 +425,8 @@ fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Se
 }
 
 #[inline(always)]
-fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, now: u64) -> Result<u32, ()> {
-    let Some((back, real_id)) = conntrack::lookup_reply(&pkt.flow, pkt.tcp_flags, settings, now) else {
+fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, back: &'static NatReply) -> Result<u32, ()> {
+    let Some(real_id) = conntrack::lookup_reply(back, pkt.tcp_flags, settings) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };

@@ -150,8 +150,8 @@ pub fn link(ctx: &XdpContext) -> Result<(u16, usize, [u8; 8], u8), u32> {
 
 /// Parses a frame down to its TCP/UDP ports or its ICMP header, into `pkt` (per-CPU
 /// scratch memory: too large for the stack). Returns [`PARSED`], or the counter index of
-/// the reason the frame is not balanced. A separate BPF function: its temporaries get
-/// their own stack frame.
+/// the reason the frame is not balanced. A separate BPF function: inlined, its
+/// temporaries would take stack room the deepest call chain (new connections) has not.
 #[inline(never)]
 pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     match try_parse(ctx, pkt) {
