@@ -153,6 +153,15 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     let one_packet = pkt.flow.proto == PROTO_UDP && flags & svc_flags::ONE_PACKET as u64 != 0;
     let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, service_id, flags, settings) };
     match lookup {
+        Lookup::Hit(c, real) if c.forward != forward::NAT && c.forward != forward::TUN && pkt.fragment == parse::WHOLE && real.mac_valid() => {
+            // DR's common packet, sent from here: to_real's call and return cost more
+            // than the work (to_real's DR branch does the same).
+            let bytes = (ctx.data_end() - ctx.data()) as u64;
+            let verdict = fwd::send(ctx, &real.mac, &real.src_mac, real.ifindex)?;
+            stats::count_real(c.real_id, bytes, false);
+            stats::count(counter::TX_DR);
+            Ok(verdict)
+        }
         Lookup::Hit(c, real) => Ok(send_to_real(ctx, pkt, real, &Target::following(&c))),
         Lookup::NoDest => {
             stats::count(counter::DROP_NODEST);
