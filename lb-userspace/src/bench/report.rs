@@ -283,7 +283,9 @@ pub fn earlier_end_to_end(readme: &str) -> Option<String> {
     let start = readme.find(README_START)?;
     let end = readme[start..].find(README_END)? + start;
     let block = &readme[start..end];
-    let link = block.lines().find_map(|l| l.strip_prefix("Latest run: ").or_else(|| l.strip_prefix("End to end from an earlier run: ")))?;
+    // Kept before by a fast-path-only run: still from that earlier run.
+    let earlier = block.lines().find_map(|l| l.strip_prefix("End to end from an earlier run: "));
+    let link = earlier.or_else(|| block.lines().find_map(|l| l.strip_prefix("Latest run: ")))?;
     let link = link.split(" (").next().unwrap_or(link).trim_end_matches(['.', ':']);
     let first = block.find("\n| End to end")? + 1;
     Some(format!("End to end from an earlier run: {link}.\n\n{}", &block[first..]))
