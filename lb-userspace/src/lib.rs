@@ -25,6 +25,7 @@ pub mod reconcile;
 pub mod rtnl;
 pub mod run;
 pub mod sd_notify;
+pub mod sizes;
 pub mod tables;
 pub mod testbed;
 pub mod top;

@@ -59,11 +59,16 @@ pub fn load_with_sizes(sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
 }
 
 /// Loads the object with every map pinned in `dir`: maps already pinned there (a
-/// daemon restart) are reused with their contents, the others are created and pinned.
-pub fn load_pinned(dir: &Path) -> Result<Ebpf> {
+/// daemon restart) are reused with their contents and their size (the kernel cannot
+/// resize a map: see [`crate::sizes::pinned_size_differences`]), the others are
+/// created at `sizes` and pinned.
+pub fn load_pinned(dir: &Path, sizes: &crate::sizes::TableSizes) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, dir.join(name));
+    }
+    for (name, size) in sizes.overrides() {
+        loader.map_max_entries(name, size);
     }
     load_programs(&mut loader)
 }

@@ -13,7 +13,7 @@ use lb_userspace::{
     maps::DEFAULT_PIN_DIR,
     health::{self, HealthConfig},
     ops::{self, Persistence, RealOptions, ServiceId, ServiceOptions},
-    realserver, run, top, web,
+    realserver, run, sizes, top, web,
 };
 use serde::Serialize;
 
@@ -57,6 +57,17 @@ struct DaemonArgs {
     /// no authentication).
     #[arg(long)]
     listen_public: bool,
+    /// Connection-table entries (CONNS, NAT_REPLIES and the half-open tables get this
+    /// size each). Sizes apply to tables created at this start: a restart adopting
+    /// pinned tables keeps their sizes (and says so).
+    #[arg(long, value_name = "N", default_value_t = lb_common::MAX_CONNS)]
+    max_conns: u32,
+    /// Service ids (virtual services and fwmark groups).
+    #[arg(long, value_name = "N", default_value_t = lb_common::MAX_SERVICES)]
+    max_services: u32,
+    /// Real-server ids over all services.
+    #[arg(long, value_name = "N", default_value_t = lb_common::MAX_REALS)]
+    max_reals: u32,
 }
 
 #[derive(Subcommand)]
@@ -617,11 +628,13 @@ fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String
     Ok(())
 }
 
-fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemon::DaemonOptions {
+fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> Result<daemon::DaemonOptions> {
     let web = web::WebOptions { metrics: args.metrics_listen, status: args.status_listen, public: args.listen_public };
     let keepalived = args.keepalived_conf.is_some();
     let config = args.config.or(args.keepalived_conf);
-    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config, keepalived, paths, detach_on_exit, web }
+    let sizes = sizes::TableSizes { max_conns: args.max_conns, max_services: args.max_services, max_reals: args.max_reals };
+    sizes.check()?;
+    Ok(daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config, keepalived, paths, detach_on_exit, web, sizes })
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -647,8 +660,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         anyhow::bail!("no xlb daemon runs for {}", paths.pin_dir.display());
     }
     match cli.command {
-        Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)),
-        Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)),
+        Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)?),
+        Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)?),
         // With no daemon (SIGTERM, kill -9), from the pins alone.
         Cmd::Stop => match offline::daemon_absent(&paths.socket) {
             Some(reason) => {
@@ -681,14 +694,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Status => match call(Request::Status)? {
             Reply::Status(s) => show(output, &s, |s| {
                 format!(
-                    "pid {}\ninterfaces {}\npin dir {}\nstate file {}\nconfig file {}\nservices {}\nconnections {}\n",
+                    "pid {}\ninterfaces {}\npin dir {}\nstate file {}\nconfig file {}\nservices {}\nconnections {}\nhalf-open connections {}\ntables (entries, estimated kernel memory):\n{}\n",
                     s.pid,
                     s.interfaces.join(", "),
                     s.pin_dir.display(),
                     s.state_file.display(),
                     s.config_file.as_ref().map_or("-".into(), |p| p.display().to_string()),
                     s.services,
-                    s.connections
+                    s.connections,
+                    s.half_open_connections,
+                    sizes::report_lines(&s.tables).join("\n")
                 )
             }),
             other => unexpected(other),
