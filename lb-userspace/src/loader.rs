@@ -58,6 +58,11 @@ pub fn load_with_sizes(sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
     load_programs(&mut loader)
 }
 
+/// As [`load`], with the tables at `sizes` (the bench: the product's default sizes).
+pub fn load_sized(sizes: &crate::sizes::TableSizes) -> Result<Ebpf> {
+    load_with_sizes(&sizes.overrides())
+}
+
 /// Loads the object with every map pinned in `dir`: maps already pinned there (a
 /// daemon restart) are reused with their contents and their size (the kernel cannot
 /// resize a map: see [`crate::sizes::pinned_size_differences`]), the others are

@@ -182,7 +182,7 @@ fn maglev_rebuilds(sizes: &[u32]) -> String {
 fn load_times(sizes: &[(u32, u32)]) -> Result<Vec<LoadRow>> {
     let mut rows = Vec::new();
     for &(services, reals) in sizes {
-        let mut ebpf = loader::load()?;
+        let mut ebpf = loader::load_sized(&crate::sizes::TableSizes::default())?;
         let mut maps = Maps::take(&mut ebpf, None)?;
         let target = fixtures::RS1;
         let start = Instant::now();
