@@ -626,6 +626,10 @@ impl Harness {
             // An entry the LRU evicted meanwhile is gone anyway.
             let _ = self.maps.conns.remove(&key);
         }
+        let keys: Vec<_> = self.maps.half_open.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            let _ = self.maps.half_open.remove(&key);
+        }
         Ok(())
     }
 
@@ -1388,7 +1392,7 @@ fn growth_target(g: &Growth, opts: &FastpathOptions) -> Target {
 /// Fills the live flows of the growth rows: `n` flows from `base`, each made by a SYN
 /// and (xlb) made ESTABLISHED by the client's ACK; the timed frame is a data segment of
 /// each flow in turn.
-fn fill_xlb(h: &mut Harness, syn: &Frame, base: u32, n: u32) -> Result<()> {
+pub fn fill_xlb(h: &mut Harness, syn: &Frame, base: u32, n: u32) -> Result<()> {
     let mut done = 0;
     while done < n {
         let count = FILL_CHUNK.min(n - done);
