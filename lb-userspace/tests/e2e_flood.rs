@@ -181,3 +181,33 @@ fn syn_flood_twice_the_table_neither_stops_new_connections_nor_breaks_establishe
     );
     c.stop_balancer().expect("stop xlb run");
 }
+
+/// Sizes apply to tables made at start: a restart adopting the pinned tables (and their
+/// connections) keeps their sizes and says so; a size out of range is refused before
+/// anything is attached.
+#[test]
+fn a_restart_keeps_the_pinned_table_sizes_and_says_so() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the end-to-end tests create namespaces and attach XDP: run them as root (cargo xtask test)");
+    let mut c = DrCluster::build(Path::new(XLB), 1, AttachMode::Auto).expect("build the namespace cluster");
+    let refused = c.xlb_command(&["run", "--iface", "eth0", "--max-conns", "0"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--max-conns 0 is out of range"), "{refused:?}");
+    assert!(!c.director.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"), "nothing attached");
+
+    c.start_daemon(&["--max-conns", "4096", "--max-reals", "1024"]).expect("start xlb daemon");
+    c.configure_service().unwrap();
+    assert_eq!(c.curl("/").unwrap().trim(), "rs1");
+    c.kill_balancer().unwrap();
+    let lines = c.start_daemon(&["--max-conns", "8192"]).expect("restart xlb daemon");
+    for (map, pinned, asked) in [("CONNS", 4096, 8192), ("HALF_OPEN", 4096, 8192), ("REALS", 1024, 131_072)] {
+        let said = format!("{map} keeps its pinned size of {pinned} entries, not the {asked} asked for");
+        assert!(lines.iter().any(|l| l.contains(&said)), "{said:?} in {lines:?}");
+    }
+    let status = json(&c.xlb(&["--output", "json", "status"]).unwrap());
+    let conns = status["tables"].as_array().unwrap().iter().find(|t| t["name"] == "CONNS").unwrap().clone();
+    assert_eq!(conns["max_entries"], 4096, "{status}");
+    // 4096 entries of a 40-byte key and value, plus the kernel's 48-byte element.
+    assert_eq!(conns["bytes"], 4096 * (48 + 40 + 40), "{status}");
+    assert_eq!(c.curl("/").unwrap().trim(), "rs1", "the adopted tables serve");
+    c.xlb(&["stop"]).unwrap();
+}
