@@ -254,10 +254,11 @@ pub struct FlowKey {
 pub struct ConnEntry {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet.
     pub last_seen_ns: u64,
-    pub real_id: u32,
     /// The real's address when the flow was scheduled; a real id since reused by another
-    /// server no longer matches, so the flow is never sent to the wrong machine.
+    /// server no longer matches, so the flow is never sent to the wrong machine. At an
+    /// 8-byte offset: the fast path copies and compares it a word at a time.
     pub real_ip: [u8; 16],
+    pub real_id: u32,
     /// [`tcp`] state, or [`tcp::UDP`].
     pub state: u8,
     /// [`forward`] method the flow was scheduled with (a real's method may be edited).
@@ -272,15 +273,16 @@ pub struct ConnEntry {
 }
 
 /// Offset of the 8-byte word the fast path compare-and-swaps to move a connection's
-/// state (BPF's cmpxchg takes 64-bit words on every CPU version): the last 4 bytes of
-/// `real_ip`, then `state`, `forward` and `real_port`. All but `state` are fixed once
-/// the entry is made; `state` is byte [`CONN_STATE_IN_WORD`] of the word.
+/// state (BPF's cmpxchg takes 64-bit words on every CPU version): `real_id`, then
+/// `state`, `forward` and `real_port`. All but `state` are fixed once the entry is
+/// made; `state` is byte [`CONN_STATE_IN_WORD`] of the word.
 pub const CONN_STATE_WORD: usize = core::mem::offset_of!(ConnEntry, state) - 4;
 pub const CONN_STATE_IN_WORD: usize = 4;
 const _: () = {
     use core::mem::offset_of;
     assert!(CONN_STATE_WORD % 8 == 0);
-    assert!(offset_of!(ConnEntry, real_ip) + 16 == offset_of!(ConnEntry, state));
+    assert!(offset_of!(ConnEntry, real_ip) % 8 == 0);
+    assert!(offset_of!(ConnEntry, real_id) + 4 == offset_of!(ConnEntry, state));
     assert!(offset_of!(ConnEntry, forward) == offset_of!(ConnEntry, state) + 1);
     assert!(offset_of!(ConnEntry, real_port) == offset_of!(ConnEntry, state) + 2);
 };

@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 /// Serves forever; prints `ready` once listening so a parent process can wait for it.
 pub fn serve(name: &str, listen: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
-    println!("ready: {name} serving HTTP on {listen}");
+    // The bound address, so a caller that asked for port 0 learns the port.
+    println!("ready: {name} serving HTTP on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -28,7 +29,7 @@ pub fn serve(name: &str, listen: SocketAddr) -> Result<()> {
 /// "NAME: line", for as long as the client keeps the connection open.
 pub fn serve_echo(name: &str, listen: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
-    println!("ready: {name} echoing lines on {listen}");
+    println!("ready: {name} echoing lines on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };

@@ -259,9 +259,14 @@ fn test(args: &[String]) -> Result<()> {
     require_root(
         "the test suite loads XDP programs and creates network namespaces: run it as root",
     )?;
-    // The tests spawn xlb-testkit (test servers, XDP stubs), which `cargo test` does not
-    // build: no test of its own package runs it.
-    build()?;
+    // The tests spawn xlb-testkit (test servers, XDP stubs): `cargo test` builds it in the
+    // same invocation because xlb-testkit has integration tests of its own (a separate
+    // `cargo build` first would compile xlb-core a second time, with other features).
+    // A filtered run (`-- --test NAME`) selects no xlb-testkit test, so build the
+    // binaries first there.
+    if !args.is_empty() {
+        build()?;
+    }
     // The default members already leave out lb-ebpf, which only builds for BPF.
     let mut command = cmd("cargo");
     command
