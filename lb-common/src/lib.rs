@@ -15,15 +15,29 @@ pub mod tcp;
 
 /// Frontend keys (VIP:port:protocol entries), over all services.
 pub const MAX_FRONTENDS: u32 = 65_536;
-/// Virtual services (a plain VIP:port service, or a group sharing reals and persistence).
-pub const MAX_SERVICES: u32 = 4096;
+/// Virtual services (a plain VIP:port service, or a group sharing reals and persistence):
+/// the default of `--max-services`, the size the service-id maps (SERVICE_INFO,
+/// RR_CURSORS) get at load. Ids run from 0 to the size less one; the fast path never
+/// compares an id with this constant (an id past a map's size misses its lookup).
+pub const MAX_SERVICES: u32 = 16_384;
 /// Real servers in one service.
 pub const MAX_REALS_PER_SERVICE: u32 = 1024;
-/// Real-server ids over all services.
-pub const MAX_REALS: u32 = 65_536;
-/// Entries in the connection table. When it is full, new connections are dropped and
-/// counted; established ones are never evicted.
-pub const MAX_CONNS: u32 = 262_144;
+/// Real-server ids over all services: the default of `--max-reals`, the size of the
+/// real-id maps (REALS, REAL_LOAD, REAL_STATS), enough for 10,000 services × 10 reals
+/// and 1,000 × 100.
+pub const MAX_REALS: u32 = 131_072;
+/// Entries in the connection table: the default of `--max-conns`, the size of CONNS,
+/// NAT_REPLIES and the half-open tables (HALF_OPEN, HALF_OPEN_REPLIES). When CONNS is
+/// full, new connections are dropped at their handshake's end and counted; established
+/// ones are never evicted. Half-open entries (a SYN seen, the client's handshake not
+/// completed) live in LRU tables, so a SYN flood evicts only other half-open entries.
+pub const MAX_CONNS: u32 = 1 << 20;
+/// The sizes the object declares (and tests get from a plain load): smaller than the
+/// daemon's defaults, which it sets at load (`--max-conns` …), so a test that loads the
+/// object does not preallocate a million entries.
+pub const OBJECT_MAX_CONNS: u32 = 262_144;
+pub const OBJECT_MAX_SERVICES: u32 = 4096;
+pub const OBJECT_MAX_REALS: u32 = 65_536;
 /// Persistence templates (client network → real).
 pub const MAX_PERSIST: u32 = 65_536;
 /// Fragmented datagrams tracked at once (an LRU map: the oldest are forgotten).
@@ -523,7 +537,19 @@ pub mod counter {
 
     /// Event: the persistence table is full: a connection was scheduled without a template.
     pub const PERSIST_TABLE_FULL: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// Event: a TCP SYN opened a half-open entry (in the LRU half-open table, not yet
+    /// in the connection table or the real's counts). A SYN flood shows here.
+    pub const HALF_OPEN_CREATED: u32 = 28;
+    /// Event: a client completed its handshake (its first packet after the SYN): the
+    /// half-open entry moved to the connection table, keeping its real.
+    pub const HALF_OPEN_PROMOTED: u32 = 29;
+    /// Event: a retransmitted SYN followed its half-open entry to the same real.
+    pub const HALF_OPEN_SYN_AGAIN: u32 = 30;
+    /// Event: a half-open entry found idle past its state's timeout or with its real
+    /// gone: forgotten, the packet treated as a new flow's. (Entries the LRU evicts
+    /// under a flood are not seen again: a late ACK of one counts as pass_no_conn.)
+    pub const HALF_OPEN_STALE: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -555,6 +581,10 @@ pub mod counter {
         "pass_icmp",
         "drop_conn_race",
         "persist_table_full",
+        "half_open_created",
+        "half_open_promoted",
+        "half_open_syn_again",
+        "half_open_stale",
     ];
 }
 
@@ -589,13 +619,22 @@ pub mod map_names {
     /// event ring buffer ([`crate::TraceEvent`] records).
     pub const TRACE: &str = "TRACE";
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// Half-open TCP connections (LRU) and, for NAT, their reply entries (LRU).
+    pub const HALF_OPEN: &str = "HALF_OPEN";
+    pub const HALF_OPEN_REPLIES: &str = "HALF_OPEN_REPLIES";
     /// The fragment table: not pinned (a restart forgets datagrams in flight).
     pub const FRAGS: &str = "FRAGS";
     /// The director's maps (pinned by `xlb run`).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
-        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS,
+        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS, HALF_OPEN, HALF_OPEN_REPLIES,
     ];
+    /// Maps sized by `--max-conns`.
+    pub const BY_CONNS: [&str; 4] = [CONNS, NAT_REPLIES, HALF_OPEN, HALF_OPEN_REPLIES];
+    /// Maps indexed by service id, sized by `--max-services`.
+    pub const BY_SERVICES: [&str; 2] = [SERVICE_INFO, RR_CURSORS];
+    /// Maps indexed by real id, sized by `--max-reals`.
+    pub const BY_REALS: [&str; 3] = [REALS, REAL_LOAD, REAL_STATS];
     /// A TUN real server's decapsulator maps (pinned by `xlb realserver setup --mode tun`).
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";

@@ -7,15 +7,32 @@
 //! here the state moves by compare-and-swap, and only the CPU whose swap succeeded moves
 //! the real's ActiveConn/InActConn counts, so they stay exact. Removal first swaps the
 //! state to [`tcp::GONE`]: exactly one remover wins and learns the state the counts hold.
-use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, svc_flags, tcp};
-
+//!
+//! SYN flood: a TCP connection is half-open from the client's SYN until its next packet
+//! (the handshake's ACK, or data) and lives meanwhile in the LRU table HALF_OPEN (NAT:
+//! its reply entry in HALF_OPEN_REPLIES), as Katran and Cilium keep new flows in LRU
+//! tables. Spoofed SYNs, which never complete a handshake, evict only each other (and
+//! at worst a real client's half-open entry, whose retransmitted SYN is scheduled
+//! again); CONNS, a plain hash, gets the entry when the handshake completes
+//! ([`half_open`], "promotion", keeping the real), so an established connection is
+//! never evicted or misrouted. Half-open entries are not in the reals'
+//! ActiveConn/InActConn counts: an eviction is not seen, so it could not take a count
+//! back. IPVS counts a SYN_RECV connection as InActConn; here it is counted from its
+//! promotion on (lc/wlc see only connections whose client answered). UDP has no
+//! handshake: its flows go to CONNS at once, as before.
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use lb_common::{
+    CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, ServiceInfo, Settings, counter, forward,
+    svc_flags, tcp,
+};
 
 use crate::{
     atomic,
-    maps::{CONNS, NAT_REPLIES, REALS, SCRATCH, SERVICE_INFO},
+    maps::{CONNS, HALF_OPEN, HALF_OPEN_REPLIES, NAT_REPLIES, REALS, SCRATCH, SERVICE_INFO},
     parse::Packet,
-    persist, stats,
+    persist,
+    scratch::Scratch,
+    stats,
 };
 
 /// BPF_NOEXIST: insert only if the key is absent.
@@ -259,7 +276,10 @@ pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) ->
 #[inline(always)]
 pub fn lookup_reply(back: &NatReply, tcp_flags: u8, settings: &Settings) -> Option<u32> {
     let now = coarse_now();
-    let conn = CONNS.get_ptr_mut(&back.flow)?;
+    let Some(conn) = CONNS.get_ptr_mut(&back.flow) else {
+        // A half-open connection's reply entry (the real's SYN-ACK).
+        return lookup_half_open_reply(back, tcp_flags, settings, now);
+    };
     let c = unsafe { *conn };
     if c.state == tcp::GONE {
         return None;
@@ -337,4 +357,156 @@ fn release(flow: &FlowKey, c: &ConnEntry, with_reply: bool) {
     }
     stats::load_add(c.real_id, c.state, u64::MAX);
     persist::release(c.service_id, &flow.src, c.template);
+}
+
+/// What [`half_open`] found for a client packet that has no connection entry.
+pub enum HalfOpen {
+    /// No half-open entry (or a stale one, now forgotten): a new flow.
+    None,
+    /// Forward to the entry's real: a retransmitted SYN, or the packet that completed
+    /// the handshake (the connection is in CONNS now). The entry is in `Scratch::conn`
+    /// (returned by value it would take stack room the chain has not).
+    Follow(&'static RealEntry),
+    /// Another CPU promoted this flow first: follow its CONNS entry.
+    Raced,
+    /// Drop the packet, counted under this reason.
+    Drop(u32),
+}
+
+/// The way back to the client (NAT's reply entry) from the client's packet.
+#[inline(always)]
+fn way_back(pkt: &Packet, back: &mut NatReply) {
+    // Field by field: built whole, it would take stack room the chain has not.
+    back.flow = pkt.flow;
+    back.client_mac = pkt.src_mac;
+    back.local_mac = pkt.dst_mac;
+    back.ifindex = pkt.ingress;
+    back.vlan = pkt.vlan;
+    back.vlan_count = pkt.vlan_count;
+}
+
+/// Records a new TCP connection's SYN in the half-open table (NAT: and its reply entry,
+/// overwriting an older one of the same tuple: the latest SYN's). Never full: the LRU
+/// evicts its oldest half-open entry. [`Created::Exists`]: another CPU's SYN of the
+/// same flow came first. A separate BPF function.
+#[inline(never)]
+pub fn create_half_open(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
+    let nat = entry.forward == forward::NAT;
+    if nat && holds_reply(&entry.reply_key(flow), flow) {
+        return Created::Clash;
+    }
+    if let Err(e) = HALF_OPEN.insert(flow, entry, NOEXIST) {
+        return if e == -EEXIST { Created::Exists } else { Created::Full };
+    }
+    if nat {
+        let _ = HALF_OPEN_REPLIES.insert(&entry.reply_key(flow), back, 0);
+    }
+    stats::count(counter::HALF_OPEN_CREATED);
+    Created::Ok
+}
+
+/// NAT: whether another live connection, or half-open one, than `flow`'s holds the
+/// reply tuple `reply` (the same client port to two VIPs sharing a NAT real).
+#[inline(always)]
+fn holds_reply(reply: &FlowKey, flow: &FlowKey) -> bool {
+    if unsafe { NAT_REPLIES.get(reply) }.is_some() {
+        return true;
+    }
+    let Some(other) = (unsafe { HALF_OPEN_REPLIES.get(reply) }) else { return false };
+    let o = &other.flow;
+    if o.src == flow.src && o.dst == flow.dst && o.sport == flow.sport && o.dport == flow.dport {
+        return false; // its own, left by an earlier SYN
+    }
+    unsafe { HALF_OPEN.get(o) }.is_some_and(|h| h.real_ip == reply.src && h.real_port == reply.sport)
+}
+
+#[inline(always)]
+fn forget_half_open(flow: &FlowKey, c: &ConnEntry) {
+    let _ = HALF_OPEN.remove(flow);
+    if c.forward == forward::NAT {
+        let _ = HALF_OPEN_REPLIES.remove(&c.reply_key(flow));
+    }
+}
+
+/// A client packet with no connection entry: its half-open entry, if it has one. A
+/// retransmitted SYN follows it; any other packet completes the handshake and moves the
+/// entry to CONNS with the same real (counted in the real's load from now on; a
+/// persistent service's template is made now, if the SYN found none, so spoofed SYNs
+/// make no templates). An entry idle past its state's timeout, of another service, or
+/// whose real is gone or is another server now, is forgotten. A separate BPF function.
+#[inline(never)]
+pub fn half_open(s: &mut Scratch, svc: &ServiceInfo, settings: &Settings, now: u64) -> HalfOpen {
+    let Scratch { pkt, back, conn, .. } = s;
+    let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
+    let Some(e) = HALF_OPEN.get_ptr_mut(flow) else { return HalfOpen::None };
+    let mut c = unsafe { *e };
+    let live = now.saturating_sub(c.last_seen_ns) <= timeout_ns(c.state, settings) && c.service_id == svc.id;
+    let real = if live { unsafe { REALS.get(&c.real_id) } } else { None };
+    let Some(real) = real.filter(|r| r.ip == c.real_ip && !gone(r, svc.flags)) else {
+        forget_half_open(flow, &c);
+        stats::count(counter::HALF_OPEN_STALE);
+        return HalfOpen::None;
+    };
+    if c.forward == forward::NAT {
+        way_back(pkt, back);
+    }
+    if tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN {
+        unsafe { (*e).last_seen_ns = now };
+        if c.forward == forward::NAT {
+            // Its reply entry may have been evicted apart from it.
+            let _ = HALF_OPEN_REPLIES.insert(&c.reply_key(flow), back, 0);
+        }
+        stats::count(counter::HALF_OPEN_SYN_AGAIN);
+        *conn = c;
+        return HalfOpen::Follow(real);
+    }
+    c.state = tcp::next_state(client_dir(&c), c.state, tcp_flags);
+    c.last_seen_ns = now;
+    if svc.flags & svc_flags::PERSISTENT != 0 && c.template == 0 {
+        // IPVS makes the template at the SYN; here at the handshake's end, so that
+        // spoofed SYNs neither fill the template table nor pin clients. If another
+        // connection of this client made one for another real meanwhile, this one
+        // stays on its real, outside the template.
+        let t = persist::remember(svc, &flow.src, c.real_id, &c.real_ip, now);
+        c.template = if t.real_id == c.real_id { t.tag } else { 0 };
+    }
+    persist::hold(svc, &flow.src, c.template);
+    match create(flow, &c, back) {
+        Created::Ok => {
+            forget_half_open(flow, &c);
+            stats::count(counter::HALF_OPEN_PROMOTED);
+            *conn = c;
+            HalfOpen::Follow(real)
+        }
+        Created::Exists => {
+            persist::release(svc.id, &flow.src, c.template);
+            HalfOpen::Raced
+        }
+        Created::Full => {
+            persist::release(svc.id, &flow.src, c.template);
+            HalfOpen::Drop(counter::DROP_CONN_TABLE_FULL)
+        }
+        Created::Clash => {
+            // The entry's removal gave its template count back.
+            forget_half_open(flow, &c);
+            HalfOpen::Drop(counter::DROP_NAT_CLASH)
+        }
+    }
+}
+
+/// A NAT real's reply whose reply entry is a half-open connection's (the real's
+/// SYN-ACK). Its state moves, uncounted (half-open entries are not in the reals'
+/// counts). A separate BPF function.
+#[inline(never)]
+fn lookup_half_open_reply(back: &NatReply, tcp_flags: u8, settings: &Settings, now: u64) -> Option<u32> {
+    let e = HALF_OPEN.get_ptr_mut(&back.flow)?;
+    let c = unsafe { *e };
+    if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) {
+        return None;
+    }
+    unsafe {
+        (*e).state = tcp::next_state(tcp::dir::OUTPUT, c.state, tcp_flags);
+        (*e).last_seen_ns = now;
+    }
+    Some(c.real_id)
 }

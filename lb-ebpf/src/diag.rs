@@ -11,7 +11,6 @@
 //! the balancing chain's 512 bytes), only when one of them is on.
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use aya_log_ebpf::{debug, info, macro_support::{Level, level_enabled}, warn};
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{ConnEntry, FlowKey, TraceConfig, TraceEvent, addr, counter, trace};
 
@@ -156,10 +155,29 @@ fn emit(reason: u32, flags: u8, client: &FlowKey, conn: Option<&ConnEntry>) {
     entry.submit(0);
 }
 
-/// An address in the 16-byte form as the record shows it: IPv4 as IPv4.
+/// An IPv4 address in the 16-byte form as the word aya-log prints as IPv4 (`{:i}` on a
+/// u32). A register value: an `IpAddr` built on the stack would be stored at an odd
+/// offset (its payload follows a one-byte tag), which the verifier refuses now that the
+/// object allows misaligned access.
 #[inline(always)]
-fn ip(a: &[u8; 16]) -> IpAddr {
-    if addr::is_v4(a) { IpAddr::V4(Ipv4Addr::from(addr::v4(a))) } else { IpAddr::V6(Ipv6Addr::from(*a)) }
+fn v4_word(a: &[u8; 16]) -> u32 {
+    u32::from_be_bytes(addr::v4(a))
+}
+
+/// One record in the flow's own family: addresses written `[expr]` (a `&[u8; 16]`) are
+/// shown as IPv4 (a u32) for an IPv4 flow and as IPv6 (the 16 bytes) otherwise.
+macro_rules! by_family {
+    ($v4:expr, $level:ident, $fmt:literal $(, $arg:tt)*) => {
+        if $v4 {
+            $level!(&(), $fmt $(, by_family!(@4 $arg))*)
+        } else {
+            $level!(&(), $fmt $(, by_family!(@6 $arg))*)
+        }
+    };
+    (@4 [$a:expr]) => { v4_word($a) };
+    (@6 [$a:expr]) => { *$a };
+    (@4 $e:tt) => { $e };
+    (@6 $e:tt) => { $e };
 }
 
 /// The aya-log records: drops (warn), passes that need the operator's attention and new
@@ -168,29 +186,29 @@ fn ip(a: &[u8; 16]) -> IpAddr {
 #[inline(always)]
 fn log(reason: u32, parsed: bool, new_conn: bool, client: &FlowKey, conn: Option<&ConnEntry>) {
     let port = u16::from_be_bytes(client.dport);
+    let sport = u16::from_be_bytes(client.sport);
+    let v4 = addr::is_v4(&client.src);
+    // The real's address (none known: the unspecified address of the flow's family).
+    const NONE: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+    let real: &[u8; 16] = match conn {
+        Some(c) => &c.real_ip,
+        None => &NONE,
+    };
     match reason {
-        counter::DROP_NO_REAL => warn!(&(), "drop_no_real: no available real server for {:i}:{} (client {:i})", ip(&client.dst), port, ip(&client.src)),
-        counter::DROP_CONN_TABLE_FULL => warn!(&(), "drop_conn_table_full: new connection from {:i} to {:i}:{} dropped", ip(&client.src), ip(&client.dst), port),
-        counter::DROP_NODEST => warn!(&(), "drop_nodest: the real of {:i} -> {:i}:{} is gone (expire_nodest_conn)", ip(&client.src), ip(&client.dst), port),
-        counter::DROP_TOO_BIG => warn!(&(), "drop_too_big: frame from {:i} to {:i}:{} too big for the tunnel", ip(&client.src), ip(&client.dst), port),
-        counter::DROP_NAT_CLASH | counter::DROP_CONN_RACE => warn!(&(), "drop (counter {}): {:i} -> {:i}:{}", reason, ip(&client.src), ip(&client.dst), port),
+        counter::DROP_NO_REAL => by_family!(v4, warn, "drop_no_real: no available real server for {:i}:{} (client {:i})", [&client.dst], port, [&client.src]),
+        counter::DROP_CONN_TABLE_FULL => by_family!(v4, warn, "drop_conn_table_full: new connection from {:i} to {:i}:{} dropped", [&client.src], [&client.dst], port),
+        counter::DROP_NODEST => by_family!(v4, warn, "drop_nodest: the real of {:i} -> {:i}:{} is gone (expire_nodest_conn)", [&client.src], [&client.dst], port),
+        counter::DROP_TOO_BIG => by_family!(v4, warn, "drop_too_big: frame from {:i} to {:i}:{} too big for the tunnel", [&client.src], [&client.dst], port),
+        counter::DROP_NAT_CLASH | counter::DROP_CONN_RACE => by_family!(v4, warn, "drop (counter {}): {:i} -> {:i}:{}", reason, [&client.src], [&client.dst], port),
         counter::PASS_NEIGH_UNRESOLVED => {
-            let real = match conn {
-                Some(c) => ip(&c.real_ip),
-                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            };
-            info!(&(), "pass_neigh_unresolved: real {:i} has no MAC yet; {:i} -> {:i}:{} passed to the kernel", real, ip(&client.src), ip(&client.dst), port)
+            by_family!(v4, info, "pass_neigh_unresolved: real {:i} has no MAC yet; {:i} -> {:i}:{} passed to the kernel", [real], [&client.src], [&client.dst], port)
         }
-        counter::PASS_NO_ROUTE => info!(&(), "pass_no_route: no route to the tunnel real yet; {:i} -> {:i}:{} passed", ip(&client.src), ip(&client.dst), port),
+        counter::PASS_NO_ROUTE => by_family!(v4, info, "pass_no_route: no route to the tunnel real yet; {:i} -> {:i}:{} passed", [&client.src], [&client.dst], port),
         counter::PASS_BAD_HEADER | counter::PASS_TRUNCATED => info!(&(), "pass_bad_header: malformed or truncated headers (counter {}): passed to the kernel", reason),
         _ if new_conn => {
-            let real = match conn {
-                Some(c) => ip(&c.real_ip),
-                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            };
-            info!(&(), "new connection {:i}:{} -> {:i}:{} scheduled to real {:i}", ip(&client.src), u16::from_be_bytes(client.sport), ip(&client.dst), port, real)
+            by_family!(v4, info, "new connection {:i}:{} -> {:i}:{} scheduled to real {:i}", [&client.src], sport, [&client.dst], port, [real])
         }
-        _ if parsed => debug!(&(), "verdict (counter {}): {:i} -> {:i}:{}", reason, ip(&client.src), ip(&client.dst), port),
+        _ if parsed => by_family!(v4, debug, "verdict (counter {}): {:i} -> {:i}:{}", reason, [&client.src], [&client.dst], port),
         _ => debug!(&(), "verdict {} for a frame not parsed", reason),
     }
 }

@@ -31,9 +31,9 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{Created, Lookup},
+    conntrack::{Created, HalfOpen, Lookup},
     fwd::{nat, tun},
-    maps::{CONNS, NAT_REPLIES, REALS, SERVICE_INFO, SERVICES, SETTINGS},
+    maps::{CONNS, HALF_OPEN_REPLIES, NAT_REPLIES, REALS, SERVICE_INFO, SERVICES, SETTINGS},
     parse::Packet,
     scratch::Scratch,
 };
@@ -138,7 +138,13 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     let Some(&service_id) = (unsafe { SERVICES.get(&key.0) }) else {
         // For no service: a NAT real's reply, or (most such frames) none of ours, which
         // leaves here without a further call.
-        let Some(back) = (unsafe { NAT_REPLIES.get(&pkt.flow) }) else {
+        let mut back = unsafe { NAT_REPLIES.get(&pkt.flow) };
+        if back.is_none() && pkt.flow.proto == PROTO_TCP && pkt.tcp_flags & tcp::FLAG_SYN != 0 {
+            // A real's SYN-ACK to a half-open connection (only a SYN-ACK looks further:
+            // other frames for no VIP pay no second lookup).
+            back = unsafe { HALF_OPEN_REPLIES.get(&pkt.flow) };
+        }
+        let Some(back) = back else {
             stats::count(counter::PASS_NOT_VIP);
             return Ok(xdp_action::XDP_PASS);
         };
@@ -174,37 +180,58 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
             Ok(xdp_action::XDP_DROP)
         }
         Lookup::Miss => {
-            // A new flow (rarer): the service read again, not kept from above, where
-            // the verifier could not follow a pointer kept only for UDP.
+            // A new flow, or a half-open one's (rarer): the service read again, not kept
+            // from above, where the verifier could not follow a pointer kept only for UDP.
             let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
                 stats::count(counter::PASS_NOT_VIP);
                 return Ok(xdp_action::XDP_PASS);
             };
-            if svc.flags & svc_flags::TRASHED != 0 {
-                // Kept only for its connections: a new flow finds no service (IPVS).
-                stats::count(counter::PASS_NOT_VIP);
-                return Ok(xdp_action::XDP_PASS);
-            }
             // The fine clock for a new connection: its persistence template's tag is
             // made from it.
             let now = unsafe { bpf_ktime_get_ns() };
-            let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
-            let verdict = open_connection(svc, s, settings, now, &mut target);
-            if verdict == RACED {
-                // Another CPU created this flow's entry first: follow it.
-                return match conntrack::lookup(&s.pkt, svc.id, svc.flags as u64, settings) {
-                    Lookup::Hit(c, real) => Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c))),
-                    _ => {
-                        stats::count(counter::DROP_CONN_RACE);
-                        Ok(xdp_action::XDP_DROP)
+            // A half-open TCP connection's packet: its retransmitted SYN, or the one
+            // completing its handshake (promotion to CONNS). Followed here, not in a
+            // function of its own: another frame in the chain to `to_real` would pass
+            // BPF's 512 bytes of stack.
+            let tcp = s.pkt.flow.proto == PROTO_TCP;
+            let mut raced = false;
+            if tcp {
+                match conntrack::half_open(s, svc, settings, now) {
+                    HalfOpen::None => {}
+                    HalfOpen::Follow(real) => return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&s.conn))),
+                    HalfOpen::Raced => raced = true,
+                    HalfOpen::Drop(reason) => {
+                        stats::count(reason);
+                        return Ok(xdp_action::XDP_DROP);
                     }
-                };
+                }
             }
-            if verdict != SCHEDULED {
-                return Ok(verdict);
+            if !raced {
+                if svc.flags & svc_flags::TRASHED != 0 {
+                    // Kept only for its connections: a new flow finds no service (IPVS).
+                    stats::count(counter::PASS_NOT_VIP);
+                    return Ok(xdp_action::XDP_PASS);
+                }
+                let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
+                let verdict = open_connection(svc, s, settings, now, &mut target);
+                if verdict != RACED {
+                    if verdict != SCHEDULED {
+                        return Ok(verdict);
+                    }
+                    let real = unsafe { REALS.get(&target.real_id) }.ok_or(())?;
+                    return Ok(send_to_real(ctx, &s.pkt, real, &target));
+                }
             }
-            let real = unsafe { REALS.get(&target.real_id) }.ok_or(())?;
-            Ok(send_to_real(ctx, &s.pkt, real, &target))
+            // Another CPU created this flow's entry first (its connection, or its
+            // half-open entry): follow it.
+            if let Lookup::Hit(c, real) = conntrack::lookup(&s.pkt, svc.id, svc.flags as u64, settings) {
+                return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c)));
+            }
+            if tcp && !raced && let HalfOpen::Follow(real) = conntrack::half_open(s, svc, settings, now) {
+                return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&s.conn)));
+            }
+            stats::count(counter::DROP_CONN_RACE);
+            Ok(xdp_action::XDP_DROP)
         }
     }
 }
@@ -265,6 +292,10 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         stats::count(counter::PASS_NO_CONN);
         return xdp_action::XDP_PASS;
     }
+    // A TCP SYN opens a half-open entry (see conntrack): CONNS gets the connection when
+    // the client completes the handshake. Sloppy TCP's mid-stream packets and UDP go to
+    // CONNS at once.
+    let half_open = pkt.flow.proto == PROTO_TCP && syn_only;
     let persistent = svc.flags & svc_flags::PERSISTENT != 0;
     let mut template = if persistent { persist::lookup(svc, &pkt.flow.src, settings, now) } else { None };
     let chosen = match template {
@@ -275,7 +306,8 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         stats::count(counter::DROP_NO_REAL);
         return xdp_action::XDP_DROP;
     };
-    if persistent && template.is_none() {
+    // A half-open connection's template is made at its promotion (a spoofed SYN makes none).
+    if persistent && template.is_none() && !half_open {
         // IPVS makes the template before the connection (ip_vs_sched_persist).
         let Some(real) = (unsafe { REALS.get(&real_id) }) else {
             stats::count(counter::DROP_NO_REAL);
@@ -298,10 +330,7 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
     let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
     if !one_packet {
         conntrack::new_entry(conn, flow, pkt.tcp_flags, svc.id, real_id, real, real_port, now);
-        // The template counts the connection before it is visible (another CPU may
-        // expire it), and gets it back if it is not made.
         conn.template = tag;
-        persist::hold(svc, &pkt.flow.src, tag);
         // Field by field: built whole, it would take stack room the chain has not.
         back.flow = *flow;
         back.client_mac = pkt.src_mac;
@@ -309,6 +338,26 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         back.ifindex = pkt.ingress;
         back.vlan = pkt.vlan;
         back.vlan_count = pkt.vlan_count;
+        if half_open {
+            // The template is held at the promotion (an evicted entry could not give it back).
+            match conntrack::create_half_open(flow, conn, back) {
+                Created::Ok => {}
+                Created::Exists => return RACED,
+                Created::Full => {
+                    stats::count(counter::DROP_CONN_TABLE_FULL);
+                    return xdp_action::XDP_DROP;
+                }
+                Created::Clash => {
+                    stats::count(counter::DROP_NAT_CLASH);
+                    return xdp_action::XDP_DROP;
+                }
+            }
+            *target = Target { real_id, method: real.forward, real_port, new_conn: true };
+            return SCHEDULED;
+        }
+        // The template counts the connection before it is visible (another CPU may
+        // expire it), and gets it back if it is not made.
+        persist::hold(svc, &pkt.flow.src, tag);
         match conntrack::create(flow, conn, back) {
             Created::Ok => {}
             Created::Exists => {

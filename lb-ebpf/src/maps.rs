@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    ConnEntry, FlowKey, FragEntry, FragKey, MAX_CONNS, MAX_FRAGS, MAX_DECAP_VIPS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES,
+    ConnEntry, FlowKey, FragEntry, FragKey, MAX_DECAP_VIPS, MAX_FRAGS, MAX_FRONTENDS, MAX_PERSIST, OBJECT_MAX_CONNS, OBJECT_MAX_REALS,
+    OBJECT_MAX_SERVICES,
     NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, TraceConfig,
     counter, decap_counter, trace,
 };
@@ -22,7 +23,7 @@ pub static VIPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_FRONTEND
 
 /// Service id → service. Replaced whole on every change (atomic for the fast path).
 #[map]
-pub static SERVICE_INFO: HashMap<u32, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICE_INFO: HashMap<u32, ServiceInfo> = HashMap::with_max_entries(OBJECT_MAX_SERVICES, 0);
 
 /// Real-id lists and scheduling tables of every service, at the offsets ServiceInfo names.
 #[map]
@@ -30,21 +31,34 @@ pub static POOL: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
 
 /// Real id → real server (a hash map: updates replace the entry atomically).
 #[map]
-pub static REALS: HashMap<u32, RealEntry> = HashMap::with_max_entries(MAX_REALS, 0);
+pub static REALS: HashMap<u32, RealEntry> = HashMap::with_max_entries(OBJECT_MAX_REALS, 0);
 
 /// Real id → live connection counts, shared by all CPUs (atomic adds).
 #[map]
-pub static REAL_LOAD: Array<RealLoad> = Array::with_max_entries(MAX_REALS, 0);
+pub static REAL_LOAD: Array<RealLoad> = Array::with_max_entries(OBJECT_MAX_REALS, 0);
 
 /// Client flow → its real and TCP state. A plain hash, not LRU: when full, new
 /// connections are refused rather than established ones evicted and misrouted.
 #[map]
-pub static CONNS: HashMap<FlowKey, ConnEntry> = HashMap::with_max_entries(MAX_CONNS, 0);
+pub static CONNS: HashMap<FlowKey, ConnEntry> = HashMap::with_max_entries(OBJECT_MAX_CONNS, 0);
 
 /// NAT: a real server's reply 5-tuple (RIP:port → client) → the client's flow in CONNS
 /// and the way back to the client. Written and removed with the connection entry.
 #[map]
-pub static NAT_REPLIES: HashMap<FlowKey, NatReply> = HashMap::with_max_entries(MAX_CONNS, 0);
+pub static NAT_REPLIES: HashMap<FlowKey, NatReply> = HashMap::with_max_entries(OBJECT_MAX_CONNS, 0);
+
+/// Half-open TCP connections: a client's SYN was scheduled, its handshake not completed
+/// yet. LRU: a flood of spoofed SYNs evicts only other half-open entries, never an
+/// established connection (CONNS gets the entry when the client's next packet
+/// completes the handshake). Not in the reals' ActiveConn/InActConn counts (an
+/// eviction could not take a count back).
+#[map]
+pub static HALF_OPEN: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(OBJECT_MAX_CONNS, 0);
+
+/// NAT: the reply entries of half-open connections (the real's SYN-ACK finds its
+/// client by it), LRU as HALF_OPEN; moved to NAT_REPLIES with the connection.
+#[map]
+pub static HALF_OPEN_REPLIES: LruHashMap<FlowKey, NatReply> = LruHashMap::with_max_entries(OBJECT_MAX_CONNS, 0);
 
 /// Fragmented datagrams: (source, destination, IP id, protocol) → what their first
 /// fragment was (its ports, and the real it went to), for the later fragments, which
@@ -64,11 +78,11 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Round-robin position per service, shared by every CPU (compare-and-swap): one
 /// order of new connections, as IPVS has.
 #[map]
-pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+pub static RR_CURSORS: Array<u64> = Array::with_max_entries(OBJECT_MAX_SERVICES, 0);
 
 /// Real id → traffic counters.
 #[map]
-pub static REAL_STATS: PerCpuArray<RealStats> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+pub static REAL_STATS: PerCpuArray<RealStats> = PerCpuArray::with_max_entries(OBJECT_MAX_REALS, 0);
 
 /// Per-CPU scratch memory for what the stack cannot hold (see `scratch`).
 #[map]

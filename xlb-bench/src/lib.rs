@@ -103,7 +103,7 @@ impl BenchOptions {
         let scale = scale::ScaleOptions {
             repeat: fastpath.repeat,
             rounds: if quick { 1 } else { 5 },
-            flow_counts: if quick { vec![1_000] } else { vec![1_000, 100_000, lb_common::MAX_CONNS] },
+            flow_counts: if quick { vec![1_000] } else { vec![1_000, 100_000, fastpath::MANY_FLOWS] },
             load_sizes: if quick { vec![(2, 10)] } else { vec![(10, 100), (services, reals)] },
             add_real_trials: if quick { 1 } else { 5 },
         };

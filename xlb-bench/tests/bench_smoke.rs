@@ -128,3 +128,15 @@ fn quick_bench_covers_every_case_and_proves_its_paths() {
     }
     assert!(report::svg(&results).starts_with("<svg"));
 }
+
+/// Issue 12's "a million live flows work", without the whole bench: the bench's harness
+/// (the tables at the daemon's default sizes) takes 1,000,000 established flows.
+#[test]
+fn a_million_live_flows_fill_the_default_table() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench loads XDP programs: run it as root (cargo xtask test)");
+    let mut h = fastpath::Harness::load().expect("the bench harness");
+    fastpath::fill_live_flows(&mut h, fastpath::MANY_FLOWS).expect("a million live flows");
+    // Besides the fixture table's own connection (the harness checks it at load).
+    let conns = h.maps.conns.keys().count();
+    assert!((fastpath::MANY_FLOWS as usize..fastpath::MANY_FLOWS as usize + 16).contains(&conns), "{conns} connections");
+}

@@ -79,6 +79,12 @@ pub struct StatusView {
     pub config_file: Option<PathBuf>,
     pub services: usize,
     pub connections: usize,
+    /// Half-open TCP connections (a SYN seen, the handshake not completed).
+    #[serde(default)]
+    pub half_open_connections: usize,
+    /// Each map's size and estimated kernel memory.
+    #[serde(default)]
+    pub tables: Vec<crate::sizes::MapMemory>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

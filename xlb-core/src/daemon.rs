@@ -30,6 +30,7 @@ use lb_common::{RealStats, map_names, tcp};
 
 use crate::{
     api::{self, Paths, Reply, Request, Response, SettingsChange, SettingsView, StatusView},
+    sizes::{self, MapMemory, TableSizes},
     config::{self, Config},
     health::{self, Checker, HealthConfig, OnFailure, RealKey, Verdict},
     loader::{self, AttachMode},
@@ -57,6 +58,8 @@ pub struct DaemonOptions {
     pub web: web::WebOptions,
     /// The fast path's aya-log level (`--fastpath-log`): its records go to tracing.
     pub fastpath_log: loader::LogLevel,
+    /// Table sizes for maps created at this start (`--max-conns` …).
+    pub sizes: TableSizes,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -143,6 +146,8 @@ struct Engine {
     keepalived: bool,
     /// Set by `Stop`: detach and unpin on the way out.
     stop_and_detach: bool,
+    /// Each map's size and estimated memory, as loaded (pinned sizes kept).
+    tables: Vec<MapMemory>,
 }
 
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -632,6 +637,8 @@ impl Engine {
                     config_file: self.config.clone(),
                     services: ops::snapshot(maps)?.len(),
                     connections: maps.conns.iter().count(),
+                    half_open_connections: maps.half_open.iter().count(),
+                    tables: self.tables.clone(),
                 }));
             }
             Request::Stop => self.stop_and_detach = true,
@@ -758,7 +765,7 @@ impl web::Source for EngineView {
             services,
             counters: ops::counters(&e.maps)?,
             conntrack_entries: e.maps.conns.keys().count() as u64,
-            conntrack_capacity: lb_common::MAX_CONNS.into(),
+            conntrack_capacity: conns_capacity(&e.tables),
         })
     }
 }
@@ -810,7 +817,7 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
     let pin_dir = &opts.paths.pin_dir;
     maps::prepare_pin_dir(pin_dir)?;
     let fresh = !pin_dir.join(map_names::SERVICES).exists();
-    let mut ebpf = loader::load_pinned_logging(pin_dir, opts.fastpath_log)?;
+    let mut ebpf = loader::load_pinned_logging(pin_dir, &opts.sizes, opts.fastpath_log)?;
     if opts.fastpath_log != loader::LogLevel::Off {
         crate::trace::forward_fastpath_log(&mut ebpf)?;
     }
@@ -826,6 +833,30 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
         }
     }
     Ok((ebpf, maps, fresh))
+}
+
+/// Prints each map's size and estimated memory, and says which maps kept the size they
+/// were pinned with (a restart adopts the running tables, connections and all: the
+/// kernel cannot resize a map; `xlb stop` and a new start apply new sizes).
+fn report_tables(pin_dir: &Path, asked: &TableSizes) -> Result<Vec<MapMemory>> {
+    let tables = sizes::pinned_memory(pin_dir)?;
+    println!("xlb: tables (entries, estimated kernel memory):");
+    for line in sizes::report_lines(&tables) {
+        println!("{line}");
+    }
+    for (name, pinned, want) in sizes::pinned_size_differences(&tables, asked) {
+        println!(
+            "xlb: {name} keeps its pinned size of {pinned} entries, not the {want} asked for: the running tables \
+             (and their connections) were adopted; `xlb stop` then a new start applies the new size"
+        );
+        tracing::warn!("{name} keeps its pinned size {pinned} (asked {want})");
+    }
+    Ok(tables)
+}
+
+/// The connection table's size, as loaded.
+fn conns_capacity(tables: &[MapMemory]) -> u64 {
+    tables.iter().find(|m| m.name == map_names::CONNS).map_or(0, |m| m.max_entries.into())
 }
 
 /// Removes the link pins (detaching the program once our fds close) and the map pins.
@@ -903,6 +934,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         }
         (None, file_config, _) => file_config,
     };
+    let tables = report_tables(&opts.paths.pin_dir, &opts.sizes)?;
     let engine = Arc::new(Mutex::new(Engine {
         maps,
         ebpf,
@@ -918,6 +950,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         config: opts.config.clone(),
         keepalived: opts.keepalived,
         stop_and_detach: false,
+        tables,
     }));
     {
         let mut e = engine.lock().expect("engine lock");

@@ -22,6 +22,7 @@ pub mod reconcile;
 pub mod rtnl;
 pub mod run;
 pub mod sd_notify;
+pub mod sizes;
 pub mod tables;
 pub mod top;
 pub mod trace;

@@ -105,17 +105,36 @@ pub fn load_object(object: &[u8]) -> Result<Ebpf> {
     load_programs(&mut EbpfLoader::new(), object, LogLevel::Off)
 }
 
+/// As [`load_object`], with the tables at `sizes`.
+pub fn load_object_sized(object: &[u8], sizes: &crate::sizes::TableSizes) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, size) in sizes.overrides() {
+        loader.map_max_entries(name, size);
+    }
+    load_programs(&mut loader, object, LogLevel::Off)
+}
+
+/// As [`load`], with the tables at `sizes` (the bench: the product's default sizes).
+pub fn load_sized(sizes: &crate::sizes::TableSizes) -> Result<Ebpf> {
+    load_with_sizes(&sizes.overrides())
+}
+
 /// Loads the object with every map pinned in `dir`: maps already pinned there (a
-/// daemon restart) are reused with their contents, the others are created and pinned.
-pub fn load_pinned(dir: &Path) -> Result<Ebpf> {
-    load_pinned_logging(dir, LogLevel::Off)
+/// daemon restart) are reused with their contents and their size (the kernel cannot
+/// resize a map: see [`crate::sizes::pinned_size_differences`]), the others are
+/// created at `sizes` and pinned.
+pub fn load_pinned(dir: &Path, sizes: &crate::sizes::TableSizes) -> Result<Ebpf> {
+    load_pinned_logging(dir, sizes, LogLevel::Off)
 }
 
 /// As [`load_pinned`], with the fast path's aya-log records at `level`.
-pub fn load_pinned_logging(dir: &Path, level: LogLevel) -> Result<Ebpf> {
+pub fn load_pinned_logging(dir: &Path, sizes: &crate::sizes::TableSizes, level: LogLevel) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, dir.join(name));
+    }
+    for (name, size) in sizes.overrides() {
+        loader.map_max_entries(name, size);
     }
     load_programs(&mut loader, crate::ebpf::OBJECT, level)
 }

@@ -32,6 +32,8 @@ pub struct Maps {
     pub nat_replies: HashMap<MapData, FlowKey, NatReply>,
     /// VIP (16-byte form) → its number of frontends (written by `ops` only).
     pub vips: HashMap<MapData, [u8; 16], u32>,
+    /// Half-open TCP connections (LRU, written by the fast path; the sweep removes idle ones).
+    pub half_open: HashMap<MapData, FlowKey, ConnEntry>,
 }
 
 impl Maps {
@@ -72,6 +74,7 @@ impl Maps {
             counters: get(map_names::COUNTERS)?.try_into()?,
             nat_replies: get(map_names::NAT_REPLIES)?.try_into()?,
             vips: get(map_names::VIPS)?.try_into()?,
+            half_open: get(map_names::HALF_OPEN)?.try_into()?,
         })
     }
 }

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use lb_common::{
-    ConnEntry, FlowKey, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES, POOL_SLOTS, PROTO_TCP, PROTO_UDP,
+    ConnEntry, FlowKey, MAX_REALS_PER_SERVICE, POOL_SLOTS, PROTO_TCP, PROTO_UDP,
     RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, addr, counter, forward, hash,
     real_flags, sched, svc_flags, tcp,
 };
@@ -717,7 +717,9 @@ pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Resu
             old.id
         }
         None => {
-            let mut used = vec![false; MAX_SERVICES as usize];
+            // Ids up to the size the service maps got at load (--max-services).
+            let max_services = maps.rr_cursors.len();
+            let mut used = vec![false; max_services as usize];
             for s in &all {
                 used[s.id as usize] = true;
             }
@@ -729,7 +731,7 @@ pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Resu
                         purge_trashed(maps, old.id)?;
                         old.id
                     }
-                    None => return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {MAX_SERVICES})"))),
+                    None => return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {max_services}, xlb run --max-services)"))),
                 },
             };
             maps.rr_cursors.set(sid, 0, 0)?;
@@ -951,12 +953,14 @@ pub fn add_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts:
 
 /// The lowest real id no entry uses (`all`: every entry), with zeroed counters.
 fn new_real_id(maps: &mut Maps, all: &[(u32, RealEntry)]) -> Result<u32> {
-    let mut used = vec![false; MAX_REALS as usize];
+    // Ids up to the size the real maps got at load (--max-reals).
+    let max_reals = maps.real_load.len();
+    let mut used = vec![false; max_reals as usize];
     for (rid, _) in all {
         used[*rid as usize] = true;
     }
     let Some(free) = used.iter().position(|u| !u) else {
-        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {MAX_REALS})")));
+        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {max_reals}, xlb run --max-reals)")));
     };
     let free = free as u32;
     maps.real_stats.set(free, per_cpu()?, 0)?;
@@ -1390,7 +1394,10 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
     let s = settings(maps)?;
     let now = monotonic_ns();
     let mut out = Vec::new();
-    for entry in maps.conns.iter() {
+    // Half-open connections too (IPVS lists its SYN_RECV ones); an idle one the fast
+    // path has not met again is left out.
+    let half_open = maps.half_open.iter().filter_map(|e| e.ok()).filter(|(_, c)| now.saturating_sub(c.last_seen_ns) <= idle_limit_ns(c.state, &s));
+    for entry in maps.conns.iter().map(|e| e.map_err(anyhow::Error::from)).chain(half_open.map(Ok)) {
         let (k, c): (FlowKey, ConnEntry) = entry?;
         if c.state == tcp::GONE {
             continue; // being removed by the fast path
@@ -1493,6 +1500,20 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
         } else if c.template != 0 {
             controlling.insert(c.template);
         }
+    }
+    // Idle half-open entries go (they are in no count, so a plain delete is exact);
+    // the live ones keep their templates.
+    let mut idle_half_open = Vec::new();
+    for entry in maps.half_open.iter() {
+        let (k, c) = entry?;
+        if now.saturating_sub(c.last_seen_ns) > idle_limit_ns(c.state, &s) {
+            idle_half_open.push(k);
+        } else if c.template != 0 {
+            controlling.insert(c.template);
+        }
+    }
+    for k in idle_half_open {
+        let _ = maps.half_open.remove(&k);
     }
     for k in idle {
         if expire(&k)? {

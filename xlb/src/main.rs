@@ -13,7 +13,7 @@ use xlb_core::{
     loader::{self, AttachMode},
     observe, offline, ops,
     maps::DEFAULT_PIN_DIR,
-    realserver, top, web,
+    realserver, sizes, top, web,
 };
 
 use cli::{
@@ -73,6 +73,17 @@ struct DaemonArgs {
     /// frame. Fixed at load time; off costs nothing.
     #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
     fastpath_log: loader::LogLevel,
+    /// Connection-table entries (CONNS, NAT_REPLIES and the half-open tables get this
+    /// size each). Sizes apply to tables created at this start: a restart adopting
+    /// pinned tables keeps their sizes (and says so).
+    #[arg(long, value_name = "N", default_value_t = sizes::MAX_CONNS)]
+    max_conns: u32,
+    /// Service ids (virtual services and fwmark groups).
+    #[arg(long, value_name = "N", default_value_t = sizes::MAX_SERVICES)]
+    max_services: u32,
+    /// Real-server ids over all services.
+    #[arg(long, value_name = "N", default_value_t = sizes::MAX_REALS)]
+    max_reals: u32,
 }
 
 #[derive(Subcommand)]
@@ -252,11 +263,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemon::DaemonOptions {
+fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> Result<daemon::DaemonOptions> {
     let web = web::WebOptions { metrics: args.metrics_listen, status: args.status_listen, public: args.listen_public };
     let keepalived = args.keepalived_conf.is_some();
     let config = args.config.or(args.keepalived_conf);
-    daemon::DaemonOptions {
+    let sizes = sizes::TableSizes { max_conns: args.max_conns, max_services: args.max_services, max_reals: args.max_reals };
+    sizes.check()?;
+    Ok(daemon::DaemonOptions {
         ifaces: args.iface,
         mode: args.mode,
         config,
@@ -265,7 +278,8 @@ fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemo
         detach_on_exit,
         web,
         fastpath_log: args.fastpath_log,
-    }
+        sizes,
+    })
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -291,8 +305,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         anyhow::bail!("no xlb daemon runs for {}", paths.pin_dir.display());
     }
     match cli.command {
-        Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)),
-        Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)),
+        Cmd::Run(args) => daemon::run(daemon_options(args, paths, true)?),
+        Cmd::Daemon(args) => daemon::run(daemon_options(args, paths, false)?),
         // With no daemon (SIGTERM, kill -9), from the pins alone.
         Cmd::Stop => match offline::daemon_absent(&paths.socket) {
             Some(reason) => {
@@ -330,14 +344,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Status => match call(Request::Status)? {
             Reply::Status(s) => show(output, &s, |s| {
                 format!(
-                    "pid {}\ninterfaces {}\npin dir {}\nstate file {}\nconfig file {}\nservices {}\nconnections {}\n",
+                    "pid {}\ninterfaces {}\npin dir {}\nstate file {}\nconfig file {}\nservices {}\nconnections {}\nhalf-open connections {}\ntables (entries, estimated kernel memory):\n{}\n",
                     s.pid,
                     s.interfaces.join(", "),
                     s.pin_dir.display(),
                     s.state_file.display(),
                     s.config_file.as_ref().map_or("-".into(), |p| p.display().to_string()),
                     s.services,
-                    s.connections
+                    s.connections,
+                    s.half_open_connections,
+                    sizes::report_lines(&s.tables).join("\n")
                 )
             }),
             other => unexpected(other),

@@ -163,7 +163,11 @@ fn an_expired_nat_connection_takes_its_reply_entry_along() {
     let mut inst = instance();
     let syn = Frame::tcp(VIP, NAT_WEB.port, 44000);
     let reply = Frame { tcp_flags: 0x12, ..syn.reply_from(RS1_IP, 8080, RS1_MAC, DIRECTOR_PRIVATE_MAC) };
+    // The client's ACK completes the handshake: the connection (and its reply entry)
+    // leaves the half-open tables for CONNS and NAT_REPLIES.
+    let ack = Frame { tcp_flags: 0x10, ..syn.clone() };
     assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn.bytes()).0, XDP_REDIRECT);
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &ack.bytes()).0, XDP_REDIRECT);
     assert_eq!(inst.maps.nat_replies.iter().count(), 1);
     inst.age_connections(3600);
     assert_eq!(inst.sweep().conns_expired, 1);
@@ -173,6 +177,7 @@ fn an_expired_nat_connection_takes_its_reply_entry_along() {
     assert_eq!(inst.counter(counter::PASS_NOT_VIP), 1);
     // Idle past its timeout, the fast path expires it on the next reply, too.
     assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn.bytes()).0, XDP_REDIRECT);
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &ack.bytes()).0, XDP_REDIRECT);
     inst.age_connections(3600);
     assert_eq!(inst.run_on(PRIVATE_IFINDEX, &reply.bytes()).0, XDP_PASS);
     assert_eq!(inst.maps.nat_replies.iter().count(), 0);
@@ -300,19 +305,23 @@ fn reuse_fixture_table() {
     fixtures::install_reuse_services(&mut inst.maps).unwrap();
     check_steps(&mut inst, &fixtures::reuse_steps());
     // The replaced entries' counts left with them: NAT rs1 keeps 46001 (established),
-    // rs2 has the new 46000 (SYN_RECV); DR rs2 has 46100 and 46102, rs1 none (46101
-    // was dropped with its real down).
+    // rs2 has the new 46000, DR rs2 has 46100 and 46102 — all three half-open (a SYN
+    // each, no ACK yet), so in no count; rs1 has none (46101 was dropped with its
+    // real down).
     let (nat, dr) = (ServiceId::Addr(fixtures::REUSE_NAT), ServiceId::Addr(fixtures::REUSE_DR));
     assert_eq!(inst.load(nat, RS1_IP), (1, 0), "NAT rs1: active, inactive");
-    assert_eq!(inst.load(nat, fixtures::RS2_IP), (0, 1), "NAT rs2");
+    assert_eq!(inst.load(nat, fixtures::RS2_IP), (0, 0), "NAT rs2: its connection is half-open");
     assert_eq!(inst.load(dr, RS1_IP), (0, 0), "DR rs1");
-    assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 2), "DR rs2");
+    assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 0), "DR rs2: its connections are half-open");
+    let mut half_open: Vec<u16> = inst.maps.half_open.keys().map(|k| u16::from_be_bytes(k.unwrap().sport)).collect();
+    half_open.sort();
+    assert_eq!(half_open, [46000, 46100, 46102]);
     let conns = ops::connections(&inst.maps).unwrap();
     let real_of = |sport: u16| conns.iter().find(|c| c.client == format!("{CLIENT_IP}:{sport}")).map(|c| c.real);
     assert_eq!(real_of(46000), Some(fixtures::RS2_IP.into()), "46000's entry replaced: {conns:?}");
     assert_eq!(real_of(46100), Some(fixtures::RS2_IP.into()));
     assert_eq!(real_of(46101), None, "dropped with its real down");
-    assert_eq!(inst.maps.nat_replies.iter().count(), 2, "the old reply entry left with its connection");
+    assert_eq!(inst.maps.nat_replies.iter().count(), 1, "the old reply entry left with its connection; 46000's is half-open");
     let view = inst.service(nat);
     let conns_of = |ip| view.reals.iter().find(|r| r.address == IpAddr::V4(ip)).unwrap().conns;
     assert_eq!((conns_of(RS1_IP), conns_of(fixtures::RS2_IP)), (2, 1), "connections scheduled per real");
@@ -362,7 +371,12 @@ fn conn_reuse_mode_bits_decide_which_finished_entries_a_syn_replaces() {
     set_mode(&mut inst, 3);
     assert_eq!(sent_to(&mut inst, 46200, 0x02), fixtures::RS2_MAC, "mode 3: and on a DR entry in FIN_WAIT");
     assert_eq!(inst.load(dr, RS1_IP), (0, 0));
-    assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 2));
+    // The two new connections are half-open (a SYN each): counted once their ACK comes.
+    assert_eq!(inst.load(dr, fixtures::RS2_IP), (0, 0));
+    for sport in [46200, 46201] {
+        assert_eq!(sent_to(&mut inst, sport, 0x10), fixtures::RS2_MAC);
+    }
+    assert_eq!(inst.load(dr, fixtures::RS2_IP), (2, 0));
 }
 
 /// IPVS leaves a connection its persistence template controls to the template

@@ -344,7 +344,7 @@ fn status_page_graphs_live_per_real_traffic_in_headless_chromium() {
     for expected in [
         "tcp:10.99.0.100:80 (wrr)",
         "attached to eth0 (skb)",
-        "connections 20 / 262144",
+        &format!("connections 20 / {}", lb_common::MAX_CONNS),
         "tcp:10.99.0.100:80 → 10.99.0.11",
         "tcp:10.99.0.100:80 → 10.99.0.12",
         "<td class=\"up\">up</td>",

@@ -156,15 +156,17 @@ fn persistence_spans_connections_ports_and_the_netmask() {
     let fronts = [Service { proto: Proto::Tcp, vip: VIP.into(), port: 80 }, Service { proto: Proto::Tcp, vip: VIP.into(), port: 443 }];
     ops::add_frontends(&mut inst.maps, 1, &fronts).unwrap();
 
+    // Connections complete their handshakes: a template is made when the first one's
+    // does (a SYN alone makes none: spoofed SYNs must not pin networks).
     let alice = Ipv4Addr::new(172, 16, 5, 10);
-    let first = inst.forwarded_to(&syn_from(alice, 1000, VIP, 80));
+    let first = establish(&mut inst, alice, 1000, 80);
     for (sport, port) in [(1001, 80), (1002, 443), (1003, 443), (1004, 80)] {
-        assert_eq!(inst.forwarded_to(&syn_from(alice, sport, VIP, port)), first, "alice's connection to :{port}");
+        assert_eq!(establish(&mut inst, alice, sport, port), first, "alice's connection to :{port}");
     }
     // Same /24: same real.
-    assert_eq!(inst.forwarded_to(&syn_from(Ipv4Addr::new(172, 16, 5, 200), 1000, VIP, 443)), first);
+    assert_eq!(establish(&mut inst, Ipv4Addr::new(172, 16, 5, 200), 1000, 443), first);
     // Another network is scheduled: round robin's next real.
-    let bob = inst.forwarded_to(&syn_from(Ipv4Addr::new(172, 16, 6, 10), 1000, VIP, 80));
+    let bob = establish(&mut inst, Ipv4Addr::new(172, 16, 6, 10), 1000, 80);
     assert_ne!(bob, first);
     // Templates outlive idle time only up to the timeout; the sweep removes them. As
     // in IPVS, a template is re-armed when the last connection it placed goes: it
@@ -175,21 +177,28 @@ fn persistence_spans_connections_ports_and_the_netmask() {
     assert_eq!((report.conns_expired, report.templates_expired), (7, 0));
     inst.age_templates(301);
     assert_eq!(inst.sweep().templates_expired, 2);
-    let again: Vec<_> = (0..4).map(|i| inst.forwarded_to(&syn_from(alice, 3000 + i, VIP, 80))).collect();
+    let again: Vec<_> = (0..4).map(|i| establish(&mut inst, alice, 3000 + i, 80)).collect();
     assert!(again.iter().all(|m| *m == again[0]), "a fresh template holds again");
 }
 
 #[test]
 fn least_connection_family_uses_live_counts() {
-    // lc: rs1 holds an established connection (overhead 256); new SYNs go to rs2 even
-    // as its half-open connections (overhead 1 each) pile up.
+    // lc: rs1 holds an established connection (overhead 256); new SYNs go to rs2. Their
+    // half-open connections are in no count (IPVS counts SYN_RECV as InActConn; here a
+    // connection counts from its handshake's end, so a SYN flood cannot steer lc).
     let mut inst = two_reals(web(80), sched(Scheduler::Lc), [1, 1]);
     assert_eq!(establish(&mut inst, client(1), 1000, 80), RS1_MAC);
     for i in 2..7 {
         assert_eq!(inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80)), RS2_MAC);
     }
     assert_eq!(inst.load(web(80), RS1_IP), (1, 0));
-    assert_eq!(inst.load(web(80), RS2_IP), (0, 5));
+    assert_eq!(inst.load(web(80), RS2_IP), (0, 0));
+    // Their ACKs come: counted, established.
+    for i in 2..7 {
+        let ack = Frame { tcp_flags: tcp::FLAG_ACK, ..syn_from(client(i), 1000, VIP, 80) };
+        assert_eq!(inst.forwarded_to(&ack), RS2_MAC);
+    }
+    assert_eq!(inst.load(web(80), RS2_IP), (5, 0));
 
     // wlc 2:1 over established connections.
     let mut inst = two_reals(web(80), sched(Scheduler::Wlc), [2, 1]);
@@ -237,7 +246,8 @@ fn upper_threshold_stops_new_connections() {
     ops::add_service(&mut inst.maps, web(80), sched(Scheduler::Rr)).unwrap();
     ops::add_real(&mut inst.maps, web(80), RS1_IP, RealOptions { weight: 1, u_threshold: 2, l_threshold: 1, ..Default::default() }, RS1).unwrap();
     ops::add_real(&mut inst.maps, web(80), RS2_IP, weight(1), RS2).unwrap();
-    let macs: Vec<_> = (0..8).map(|i| inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80))).collect();
+    // Connections count once their handshake completes (half-open ones are in no count).
+    let macs: Vec<_> = (0..8).map(|i| establish(&mut inst, client(i), 1000, 80)).collect();
     assert_eq!(macs.iter().filter(|m| **m == RS1_MAC).count(), 2, "rs1 is full at 2 connections: {macs:02x?}");
 }
 
@@ -247,7 +257,8 @@ fn tcp_states_and_counts_follow_the_client() {
     let c = |flags| Frame { tcp_flags: flags, ..syn_from(client(1), 1000, VIP, 80) };
     let state = |inst: &Instance| ops::connections(&inst.maps).unwrap()[0].state.clone();
     inst.forwarded_to(&c(tcp::FLAG_SYN));
-    assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("SYN_RECV", (0, 1)));
+    // Half-open: listed in SYN_RECV, in no count yet (see lb-ebpf's conntrack).
+    assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("SYN_RECV", (0, 0)));
     inst.forwarded_to(&c(tcp::FLAG_ACK));
     assert_eq!((state(&inst).as_str(), inst.load(web(80), RS1_IP)), ("ESTABLISHED", (1, 0)));
     inst.forwarded_to(&c(tcp::FLAG_FIN | tcp::FLAG_ACK));
@@ -300,7 +311,10 @@ fn full_connection_table_refuses_new_flows_only() {
     ops::add_real(&mut inst.maps, web(80), RS2_IP, weight(1), RS2).unwrap();
     let macs: Vec<_> = (0..8).map(|i| establish(&mut inst, client(i), 1000, 80)).collect();
     for i in 8..12 {
-        let (verdict, _) = inst.run(&syn_from(client(i), 1000, VIP, 80).bytes());
+        // The SYN is half-open (its own LRU table); the handshake's end finds CONNS full.
+        inst.forwarded_to(&syn_from(client(i), 1000, VIP, 80));
+        let ack = Frame { tcp_flags: tcp::FLAG_ACK, ..syn_from(client(i), 1000, VIP, 80) };
+        let (verdict, _) = inst.run(&ack.bytes());
         assert_eq!(verdict, XDP_DROP, "new flow {i} with the table full");
     }
     assert_eq!(inst.counter(counter::DROP_CONN_TABLE_FULL), 4);
@@ -464,19 +478,19 @@ fn template_to_a_failed_or_removed_real_is_rescheduled() {
     let alice = client(1);
     let first = establish(&mut inst, alice, 1000, 80);
     ops::set_real_health(&mut inst.maps, web(80), std::net::IpAddr::from(ip_of(first)), false).unwrap();
-    let second = inst.forwarded_to(&syn_from(alice, 1001, VIP, 80));
+    let second = establish(&mut inst, alice, 1001, 80);
     assert_eq!(second, other(first), "never to the failed real");
     // The new template holds, also once the first real is back.
     ops::set_real_health(&mut inst.maps, web(80), std::net::IpAddr::from(ip_of(first)), true).unwrap();
     for sport in 1002..1006 {
-        assert_eq!(inst.forwarded_to(&syn_from(alice, sport, VIP, 80)), second);
+        assert_eq!(establish(&mut inst, alice, sport, 80), second);
     }
     // The established connection on the failed-then-recovered real carried on.
     let data = Frame { tcp_flags: tcp::FLAG_ACK | 0x08, ..syn_from(alice, 1000, VIP, 80) };
     assert_eq!(inst.forwarded_to(&data), first);
     // Removed: likewise.
     ops::remove_real(&mut inst.maps, web(80), ip_of(second)).unwrap();
-    assert_eq!(inst.forwarded_to(&syn_from(alice, 1010, VIP, 80)), first);
+    assert_eq!(establish(&mut inst, alice, 1010, 80), first);
     assert_eq!(inst.maps.persist.iter().count(), 1, "one template per client");
 }
 
@@ -535,7 +549,7 @@ fn template_lives_while_its_connections_do() {
     assert_eq!(template_of(&inst), [(template_of(&inst)[0].0, 0)]);
     inst.age_templates(299);
     assert_eq!(inst.sweep().templates_expired, 0, "re-armed when its last connection went");
-    assert_eq!(inst.forwarded_to(&syn_from(alice, 1002, VIP, 80)), first, "still followed");
+    assert_eq!(establish(&mut inst, alice, 1002, 80), first, "still followed");
     inst.age_connections(1000);
     assert_eq!(inst.sweep().conns_expired, 1);
     inst.age_templates(301);
@@ -676,13 +690,16 @@ fn first_packet_meeting_an_entry_being_removed_is_dropped_and_counted() {
     };
     let claimed = lb_common::ConnEntry { state: tcp::GONE, last_seen_ns: ops::monotonic_ns(), ..Default::default() };
     inst.maps.conns.insert(key, claimed, 0).unwrap();
-    assert_eq!(inst.run(&syn.bytes()).0, XDP_DROP);
+    // The SYN is half-open (to rs1); the ACK that promotes it meets the claimed entry.
+    assert_eq!(inst.forwarded_to(&syn), RS1_MAC);
+    let ack = Frame { tcp_flags: tcp::FLAG_ACK, ..syn.clone() };
+    assert_eq!(inst.run(&ack.bytes()).0, XDP_DROP);
     assert_eq!(inst.counter(counter::DROP_CONN_RACE), 1);
     assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((0, 0), (0, 0)), "nothing counted");
-    assert!(ops::connections(&inst.maps).unwrap().is_empty(), "an entry being removed is not listed");
-    // Once it is gone, the retransmitted SYN is scheduled as usual (the dropped one
-    // took rs1's turn).
+    let listed = ops::connections(&inst.maps).unwrap();
+    assert_eq!(listed.iter().map(|c| c.state.as_str()).collect::<Vec<_>>(), ["SYN_RECV"], "only the half-open one is listed");
+    // Once it is gone, the retransmitted ACK promotes the half-open entry, to its real.
     inst.maps.conns.remove(&key).unwrap();
-    assert_eq!(inst.forwarded_to(&syn), RS2_MAC);
-    assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((0, 0), (0, 1)));
+    assert_eq!(inst.forwarded_to(&ack), RS1_MAC);
+    assert_eq!((inst.load(web(80), RS1_IP), inst.load(web(80), RS2_IP)), ((1, 0), (0, 0)));
 }

@@ -17,6 +17,10 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.chunks(16).map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
 }
 
+/// The half-open table's events (a SYN makes one, the handshake's end promotes it …).
+pub const HALF_OPEN_EVENTS: [u32; 4] =
+    [counter::HALF_OPEN_CREATED, counter::HALF_OPEN_PROMOTED, counter::HALF_OPEN_SYN_AGAIN, counter::HALF_OPEN_STALE];
+
 pub struct Instance {
     pub ebpf: Ebpf,
     pub maps: Maps,
@@ -76,6 +80,10 @@ impl Instance {
             }
             let after = self.counters();
             for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                if HALF_OPEN_EVENTS.contains(&(i as u32)) {
+                    // Events alongside a verdict; tests/half_open.rs checks them case by case.
+                    continue;
+                }
                 let want = if i as u32 == case.counter { b + 1 } else { *b };
                 assert_eq!(*a, want, "{}: counter {}", case.name, counter::NAMES[i]);
             }
