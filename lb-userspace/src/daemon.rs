@@ -508,16 +508,19 @@ impl Engine {
         );
         let reply = match req {
             Request::Batch { requests } => {
-                let before = reconcile::current(&self.maps)?;
+                // One batch: the maps see every request's changes at once, or none.
+                let saved = ops::batch_begin(&mut self.maps)?;
+                let settings = ops::settings(&self.maps)?;
                 let (health, weights) = (self.health.clone(), self.configured_weight.clone());
                 for (i, r) in requests.into_iter().enumerate() {
                     if let Err(e) = self.apply_one(r) {
-                        reconcile::apply(&mut self.maps, &before)
-                            .context("restoring the state before the failed batch")?;
+                        ops::batch_end(&mut self.maps, saved, false)?;
+                        ops::set_settings(&mut self.maps, settings).context("restoring the settings before the failed batch")?;
                         (self.health, self.configured_weight) = (health, weights);
                         return Err(e.context(api::BatchFailure { index: i }));
                     }
                 }
+                ops::batch_end(&mut self.maps, saved, true)?;
                 Reply::Done
             }
             other => self.apply_one(other)?,
