@@ -16,11 +16,11 @@ pub mod tcp;
 /// Frontend keys (VIP:port:protocol entries), over all services.
 pub const MAX_FRONTENDS: u32 = 65_536;
 /// Virtual services (a plain VIP:port service, or a group sharing reals and persistence).
-pub const MAX_SERVICES: u32 = 4096;
+pub const MAX_SERVICES: u32 = 16_384;
 /// Real servers in one service.
 pub const MAX_REALS_PER_SERVICE: u32 = 1024;
 /// Real-server ids over all services.
-pub const MAX_REALS: u32 = 65_536;
+pub const MAX_REALS: u32 = 131_072;
 /// Entries in the connection table. When it is full, new connections are dropped and
 /// counted; established ones are never evicted.
 pub const MAX_CONNS: u32 = 262_144;

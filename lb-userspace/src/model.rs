@@ -945,3 +945,11 @@ impl Model {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+#[path = "model_props.rs"]
+mod props;
