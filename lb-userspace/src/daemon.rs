@@ -141,6 +141,9 @@ struct Engine {
     keepalived: bool,
     /// Set by `Stop`: detach and unpin on the way out.
     stop_and_detach: bool,
+    /// Next hops of the reals a batch adds, resolved together before it (one wait for
+    /// all, each address once) instead of one by one.
+    batch_hops: HashMap<IpAddr, ops::NextHop>,
 }
 
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -509,17 +512,28 @@ impl Engine {
         let reply = match req {
             Request::Batch { requests } => {
                 // One batch: the maps see every request's changes at once, or none.
+                let ips: std::collections::BTreeSet<IpAddr> = requests
+                    .iter()
+                    .filter_map(|r| match r {
+                        Request::AddReal { address, .. } => Some(address.ip),
+                        _ => None,
+                    })
+                    .collect();
+                let ips: Vec<IpAddr> = ips.into_iter().collect();
+                self.batch_hops = ips.iter().copied().zip(nexthop::resolve_many(&ips, run::RESOLVE_WAIT)).collect();
                 let saved = ops::batch_begin(&mut self.maps)?;
                 let settings = ops::settings(&self.maps)?;
                 let (health, weights) = (self.health.clone(), self.configured_weight.clone());
                 for (i, r) in requests.into_iter().enumerate() {
                     if let Err(e) = self.apply_one(r) {
+                        self.batch_hops.clear();
                         ops::batch_end(&mut self.maps, saved, false)?;
                         ops::set_settings(&mut self.maps, settings).context("restoring the settings before the failed batch")?;
                         (self.health, self.configured_weight) = (health, weights);
                         return Err(e.context(api::BatchFailure { index: i }));
                     }
                 }
+                self.batch_hops.clear();
                 ops::batch_end(&mut self.maps, saved, true)?;
                 Reply::Done
             }
@@ -553,9 +567,10 @@ impl Engine {
             Request::DelService { service } => ops::remove_service(maps, service)?,
             Request::AddFrontends { mark, frontends } => ops::add_frontends(maps, mark, &frontends)?,
             Request::DelFrontends { mark, frontends } => ops::remove_frontends(maps, mark, &frontends)?,
-            Request::AddReal { service, address, options } => {
-                run::add_real_resolving(maps, service, address, options)?;
-            }
+            Request::AddReal { service, address, options } => match self.batch_hops.get(&address.ip) {
+                Some(hop) => drop(ops::add_real(maps, service, address, options, *hop)?),
+                None => drop(run::add_real_resolving(maps, service, address, options)?),
+            },
             Request::EditReal { .. } => unreachable!("handled above"),
             Request::DelReal { service, address } => ops::remove_real(maps, service, address)?,
             Request::Batch { .. } => bail!("batches do not nest"),
@@ -916,6 +931,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         config: opts.config.clone(),
         keepalived: opts.keepalived,
         stop_and_detach: false,
+        batch_hops: HashMap::new(),
     }));
     {
         let mut e = engine.lock().expect("engine lock");

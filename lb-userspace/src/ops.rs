@@ -705,9 +705,12 @@ pub(crate) fn with_model<T>(maps: &mut Maps, f: impl FnOnce(&mut Model) -> Resul
     change(maps, f)
 }
 
-/// The service entry for `id`.
-pub fn find_service(maps: &mut Maps, id: ServiceId) -> Result<ServiceInfo> {
-    model(maps)?.find_service(id)
+/// The service entry for `id` (from the model, or without one read from the maps).
+pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
+    match &maps.model {
+        Some(m) => m.find_service(id),
+        None => Model::restore(maps, Limits::default())?.find_service(id),
+    }
 }
 
 pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {

@@ -77,7 +77,9 @@ impl Changes {
 /// them (each changed service's tables rebuilt once). On failure nothing is written and
 /// the error says what failed: a bad change is all or nothing.
 pub fn apply(maps: &mut Maps, target: &Config) -> Result<Changes> {
-    let before = current(maps)?;
+    // The model's view (restored from the maps if this process has none yet).
+    let services = ops::with_model(maps, |m| Ok(m.services()))?;
+    let before = Config { settings: Some(ops::settings(maps)?), services };
     let new: BTreeMap<ServiceId, &ServiceConfig> = target.services.iter().map(|s| (s.id, s)).collect();
     let leaving: Vec<ServiceId> = before.services.iter().map(|s| s.id).filter(|id| !new.contains_key(id)).collect();
     let reals = ops::reals_of_services(maps, &leaving)?;

@@ -90,9 +90,7 @@ fn measure(opts: &ControlOptions) -> Result<ControlResults> {
     rows.push(row("xlb real add → schedulable (controller side, median)".into(), seconds, 0.001, detail));
     let (seconds, detail) = maglev_time(opts.maglev_reals, opts.trials)?;
     rows.push(row(format!("Maglev rebuild, {} reals (table, pool write, flip; median)", opts.maglev_reals), seconds, 0.005, detail));
-    notes.push(
-        "next hops: the daemon resolves each real's next hop itself when `ipvsadm -R` adds it (run::add_real_resolving); here each address is resolved once, as `xlb apply` does".into(),
-    );
+    notes.push("next hops: each address is resolved once per apply or restore (one wait for all), as the daemon does".into());
     Ok(ControlResults { rows, notes })
 }
 
