@@ -52,12 +52,15 @@ pub(crate) struct BatchFds {
     pub pool: OwnedFd,
     pub reals: OwnedFd,
     pub vips: OwnedFd,
+    pub real_load: OwnedFd,
+    pub real_stats: OwnedFd,
+    pub rr_cursors: OwnedFd,
 }
 
 /// A duplicate of a map's descriptor, taken before aya's typed wrapper hides it.
 fn dup_fd(map: &Map) -> Result<OwnedFd> {
     let data = match map {
-        Map::Array(d) | Map::HashMap(d) => d,
+        Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) => d,
         _ => bail!("not an array or hash map"),
     };
     Ok(data.fd().as_fd().try_clone_to_owned()?)
@@ -89,24 +92,29 @@ impl Maps {
     fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
         let (services, service_info, pool, reals, vips) =
             (get(map_names::SERVICES)?, get(map_names::SERVICE_INFO)?, get(map_names::POOL)?, get(map_names::REALS)?, get(map_names::VIPS)?);
+        let (real_load, real_stats, rr_cursors) =
+            (get(map_names::REAL_LOAD)?, get(map_names::REAL_STATS)?, get(map_names::RR_CURSORS)?);
         let fds = BatchFds {
             services: dup_fd(&services)?,
             service_info: dup_fd(&service_info)?,
             pool: dup_fd(&pool)?,
             reals: dup_fd(&reals)?,
             vips: dup_fd(&vips)?,
+            real_load: dup_fd(&real_load)?,
+            real_stats: dup_fd(&real_stats)?,
+            rr_cursors: dup_fd(&rr_cursors)?,
         };
         Ok(Self {
             services: services.try_into()?,
             service_info: service_info.try_into()?,
             pool: pool.try_into()?,
             reals: reals.try_into()?,
-            real_load: get(map_names::REAL_LOAD)?.try_into()?,
+            real_load: real_load.try_into()?,
             conns: get(map_names::CONNS)?.try_into()?,
             persist: get(map_names::PERSIST)?.try_into()?,
             settings: get(map_names::SETTINGS)?.try_into()?,
-            rr_cursors: get(map_names::RR_CURSORS)?.try_into()?,
-            real_stats: get(map_names::REAL_STATS)?.try_into()?,
+            rr_cursors: rr_cursors.try_into()?,
+            real_stats: real_stats.try_into()?,
             counters: get(map_names::COUNTERS)?.try_into()?,
             nat_replies: get(map_names::NAT_REPLIES)?.try_into()?,
             vips: vips.try_into()?,

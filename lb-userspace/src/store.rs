@@ -166,12 +166,14 @@ const BATCH_CHUNK: usize = 8192;
 /// `BATCH_CHUNK` at a time. Where the kernel refuses batching (EINVAL/ENOTSUPP), returns
 /// false with nothing written, for the caller to write one at a time.
 fn batch<K: Copy, V: Copy>(fd: &OwnedFd, keys: &[K], values: Option<&[V]>) -> Result<bool> {
+    // Values per key: 1, or one per possible CPU for a per-CPU map.
+    let per = values.map_or(1, |v| (v.len() / keys.len().max(1)).max(1));
     let mut done = 0;
     while done < keys.len() {
         let n = (keys.len() - done).min(BATCH_CHUNK);
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
-            values: values.map_or(0, |v| v[done..].as_ptr() as u64),
+            values: values.map_or(0, |v| v[done * per..].as_ptr() as u64),
             count: n as u32,
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
@@ -224,15 +226,38 @@ impl MapStore for Maps {
 
     fn write(&mut self, w: &Writes) -> Result<()> {
         if !w.fresh_reals.is_empty() {
-            for &id in &w.fresh_reals {
-                self.real_stats.set(id, per_cpu::<RealStats>()?, 0)?;
-                self.real_load.set(id, RealLoad::default(), 0)?;
+            // Zeroed counts and per-CPU counters (a per-CPU value is one 8-byte-aligned
+            // copy per possible CPU).
+            let loads = vec![RealLoad::default(); w.fresh_reals.len()];
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+            let stats = vec![RealStats::default(); w.fresh_reals.len() * cpus];
+            const _: () = assert!(std::mem::size_of::<RealStats>() % 8 == 0);
+            if !batch(&self.fds.real_load, &w.fresh_reals, Some(&loads))? {
+                for &id in &w.fresh_reals {
+                    self.real_load.set(id, RealLoad::default(), 0)?;
+                }
+            }
+            if !batch(&self.fds.real_stats, &w.fresh_reals, Some(&stats))? {
+                for &id in &w.fresh_reals {
+                    self.real_stats.set(id, per_cpu::<RealStats>()?, 0)?;
+                }
             }
         }
-        for &sid in &w.fresh_services {
-            self.rr_cursors.set(sid, 0, 0)?;
+        let cursors = vec![0u64; w.fresh_services.len()];
+        if !batch(&self.fds.rr_cursors, &w.fresh_services, Some(&cursors))? {
+            for &sid in &w.fresh_services {
+                self.rr_cursors.set(sid, 0, 0)?;
+            }
         }
+        // Regions placed side by side (a load fills the pool in order) go in one batch.
+        let mut runs: Vec<(u32, Vec<u32>)> = Vec::new();
         for (off, slots) in &w.pool {
+            match runs.last_mut() {
+                Some((o, v)) if *o + v.len() as u32 == *off => v.extend_from_slice(slots),
+                _ => runs.push((*off, slots.clone())),
+            }
+        }
+        for (off, slots) in &runs {
             let keys: Vec<u32> = (*off..*off + slots.len() as u32).collect();
             if !batch(&self.fds.pool, &keys, Some(slots))? {
                 for (k, v) in keys.iter().zip(slots) {
