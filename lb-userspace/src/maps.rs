@@ -44,6 +44,8 @@ pub struct Maps {
     pub(crate) model: Option<crate::model::Model>,
     /// Nesting of `ops::batch`: inside one, changes are committed at its end.
     pub(crate) batch_depth: u32,
+    /// Map entries the last commit wrote (see `store::Writes::entries`).
+    pub(crate) last_commit_entries: usize,
 }
 
 pub(crate) struct BatchFds {
@@ -121,7 +123,15 @@ impl Maps {
             fds,
             model: None,
             batch_depth: 0,
+            last_commit_entries: 0,
         })
+    }
+}
+
+impl Maps {
+    /// Map entries the controller's last commit wrote or deleted (a diff's size).
+    pub fn last_commit_entries(&self) -> usize {
+        self.last_commit_entries
     }
 }
 

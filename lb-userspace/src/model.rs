@@ -27,6 +27,9 @@ use crate::{
     tables,
 };
 
+/// Tables at least this long (Maglev's, long wrr cycles) are double-buffered.
+const SPARE_MIN_SLOTS: u32 = 4096;
+
 /// Table sizes the model keeps within (the maps' sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -118,6 +121,11 @@ impl Pool {
         Some(off)
     }
 
+    /// Free slots in all.
+    fn free_slots(&self) -> u64 {
+        self.free.values().map(|&l| l as u64).sum()
+    }
+
     fn release(&mut self, off: u32, len: u32) {
         if len == 0 {
             return;
@@ -164,6 +172,11 @@ pub struct Model {
     /// What each service's pool regions hold (real ids, table), when this process wrote
     /// them: an unchanged rebuild writes nothing.
     tables: BTreeMap<u32, (Vec<u32>, Vec<u32>)>,
+    /// Large tables are double-buffered: the region a service's table left at its last
+    /// flip stays allocated, holding that older table, and the next rebuild of the same
+    /// size writes only the slots that differ into it before flipping (Katran writes
+    /// only a ring's changed positions; here the flip stays atomic).
+    spares: BTreeMap<u32, (u32, Vec<u32>)>,
     service_ids: Ids,
     real_ids: Ids,
     pool: Pool,
@@ -213,6 +226,7 @@ impl Model {
             reals_of,
             vips: c.vips,
             tables: BTreeMap::new(),
+            spares: BTreeMap::new(),
             pool,
             pending: Pending { vips: vips_to_check, ..Default::default() },
         }
@@ -303,6 +317,9 @@ impl Model {
         self.pending.freed.push((info.reals_off, info.reals_len));
         self.pending.freed.push((info.table_off, info.table_len));
         self.tables.remove(&info.id);
+        if let Some((off, t)) = self.spares.remove(&info.id) {
+            self.pending.freed.push((off, t.len() as u32));
+        }
     }
 
     fn set_real(&mut self, id: u32, entry: RealEntry) {
@@ -794,19 +811,54 @@ impl Model {
                 format!("scheduling-table pool is full ({} slots): remove services or use smaller tables", self.limits.pool_slots),
             )
         };
-        let reals_off = self.pool.alloc(ids.len() as u32).ok_or_else(full)?;
-        let Some(table_off) = self.pool.alloc(table.len() as u32) else {
-            self.pool.release(reals_off, ids.len() as u32);
-            return Err(full());
+        // The real list stays where it is when only the table changed (a weight).
+        let same_list = self.tables.get(&sid).is_some_and(|(i, _)| *i == ids) && info.reals_len == ids.len() as u32;
+        let reals_off = if same_list {
+            info.reals_off
+        } else {
+            let off = self.pool.alloc(ids.len() as u32).ok_or_else(full)?;
+            if !ids.is_empty() {
+                w.pool.push((off, ids.clone()));
+            }
+            self.pending.freed.push((info.reals_off, info.reals_len));
+            off
         };
-        if !ids.is_empty() {
-            w.pool.push((reals_off, ids.clone()));
+        // The table: into the spare region when it has this size (only the slots that
+        // differ from what it holds), else into a fresh one.
+        let table_off = match self.spares.remove(&sid) {
+            Some((off, old)) if old.len() == table.len() && !table.is_empty() => {
+                w.pool_slots.extend(
+                    old.iter().zip(&table).enumerate().filter(|(_, (a, b))| a != b).map(|(i, (_, b))| (off + i as u32, *b)),
+                );
+                off
+            }
+            other => {
+                if let Some((off, t)) = other {
+                    self.pending.freed.push((off, t.len() as u32));
+                }
+                let Some(off) = self.pool.alloc(table.len() as u32) else {
+                    return Err(full()); // the model is dropped: nothing to give back
+                };
+                if !table.is_empty() {
+                    w.pool.push((off, table.clone()));
+                }
+                off
+            }
+        };
+        // The table region left behind becomes the spare when it is large, the same size,
+        // and the pool has room to spare; else it is freed after the flip.
+        let old_table = self.tables.get(&sid).map(|(_, t)| t.clone());
+        match old_table {
+            Some(old)
+                if old.len() == table.len()
+                    && table.len() as u32 >= SPARE_MIN_SLOTS
+                    && info.table_len == table.len() as u32
+                    && self.pool.free_slots() >= self.limits.pool_slots as u64 / 4 =>
+            {
+                self.spares.insert(sid, (info.table_off, old));
+            }
+            _ => self.pending.freed.push((info.table_off, info.table_len)),
         }
-        if !table.is_empty() {
-            w.pool.push((table_off, table.clone()));
-        }
-        self.pending.freed.push((info.reals_off, info.reals_len));
-        self.pending.freed.push((info.table_off, info.table_len));
         let updated = ServiceInfo { reals_off, reals_len: ids.len() as u32, table_off, table_len: table.len() as u32, ..info };
         self.infos.insert(sid, updated);
         self.pending.infos.insert(sid);
@@ -923,6 +975,7 @@ impl Model {
             }
             regions.extend([(i.reals_off, i.reals_len), (i.table_off, i.table_len)].into_iter().filter(|r| r.1 > 0));
         }
+        regions.extend(self.spares.values().map(|(off, t)| (*off, t.len() as u32)));
         regions.sort_unstable();
         for pair in regions.windows(2) {
             if pair[0].0 + pair[0].1 > pair[1].0 {

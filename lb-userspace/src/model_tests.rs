@@ -287,3 +287,39 @@ fn the_pool_is_first_fit_and_merges_freed_regions() {
     assert_eq!(p.alloc(1), None);
     assert_eq!(p.alloc(0), Some(0), "an empty region takes no slot");
 }
+
+#[test]
+fn a_large_table_is_double_buffered_and_rewritten_only_where_it_differs() {
+    let (mut m, mut store) = (Model::default(), MemStore::default());
+    let reals: Vec<(u8, u32)> = (1..=20).map(|d| (d, 1)).collect();
+    apply(&mut m, &mut store, &[service(svc(80), sched(Scheduler::Mh), &reals)]);
+    let first = store.contents.infos[&0];
+    // A weight: a fresh table (its old region kept as the spare); the real list stays.
+    m.edit_real(svc(80), real(1), w(2)).unwrap();
+    let w1 = m.commit(&mut store).unwrap();
+    let second = store.contents.infos[&0];
+    assert_eq!(w1.pool.iter().map(|(_, v)| v.len()).sum::<usize>(), lb_common::hash::MH_TABLE_SIZE as usize);
+    assert_eq!(second.reals_off, first.reals_off, "an unchanged real list is not rewritten");
+    assert_ne!(second.table_off, first.table_off);
+    // Another weight: written into the spare (the first table's region), only the
+    // slots that differ from it, then flipped.
+    m.edit_real(svc(80), real(2), w(3)).unwrap();
+    let w2 = m.commit(&mut store).unwrap();
+    let third = store.contents.infos[&0];
+    assert_eq!(third.table_off, first.table_off, "the spare region took the table");
+    assert!(w2.pool.is_empty() && !w2.pool_slots.is_empty());
+    assert!(w2.pool_slots.len() < lb_common::hash::MH_TABLE_SIZE as usize / 4, "{} slots", w2.pool_slots.len());
+    // What the fast path reads equals a table built from scratch.
+    let (mut fresh, mut fresh_store) = (Model::default(), MemStore::default());
+    let mut want = reals.clone();
+    want[0].1 = 2;
+    want[1].1 = 3;
+    apply(&mut fresh, &mut fresh_store, &[service(svc(80), sched(Scheduler::Mh), &want)]);
+    assert_eq!(store.service_tables(0), fresh_store.service_tables(0));
+    m.check_invariants().unwrap();
+    // Removed, the service frees its table, its spare and its list.
+    m.remove_service(svc(80), &mut |_| false).unwrap();
+    m.commit(&mut store).unwrap();
+    m.check_invariants().unwrap();
+    assert_eq!(m.pool.free, Pool::new(m.limits.pool_slots, std::iter::empty()).free, "the whole pool is free again");
+}

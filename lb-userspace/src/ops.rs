@@ -632,7 +632,8 @@ fn change<T>(maps: &mut Maps, f: impl FnOnce(&mut Model) -> Result<T>) -> Result
     let mut model = maps.model.take().expect("restored above");
     match result {
         Ok(v) => match model.commit(maps) {
-            Ok(_) => {
+            Ok(w) => {
+                maps.last_commit_entries = w.entries();
                 maps.model = Some(model);
                 Ok(v)
             }
@@ -678,7 +679,7 @@ pub fn batch_end(maps: &mut Maps, saved: Model, ok: bool) -> Result<()> {
         return Ok(());
     }
     let Some(mut model) = maps.model.take() else { return Ok(()) };
-    model.commit(maps)?;
+    maps.last_commit_entries = model.commit(maps)?.entries();
     maps.model = Some(model);
     Ok(())
 }

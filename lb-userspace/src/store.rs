@@ -43,6 +43,9 @@ pub struct Writes {
     /// Pool regions written whole: (first slot, slots). Each is a fresh region no
     /// service entry points at yet.
     pub pool: Vec<(u32, Vec<u32>)>,
+    /// Single pool slots (slot, real id): the changed slots of a double-buffered table,
+    /// in a region no service entry points at.
+    pub pool_slots: Vec<(u32, u32)>,
     pub reals: Vec<(u32, RealEntry)>,
     pub infos: Vec<(u32, ServiceInfo)>,
     pub frontends: Vec<(ServiceKey, u32)>,
@@ -62,6 +65,7 @@ impl Writes {
         self.fresh_reals.len() * 2
             + self.fresh_services.len()
             + self.pool.iter().map(|(_, v)| v.len()).sum::<usize>()
+            + self.pool_slots.len()
             + self.reals.len()
             + self.infos.len()
             + self.frontends.len()
@@ -118,6 +122,7 @@ impl MapStore for MemStore {
                 self.pool.insert(off + i as u32, *v);
             }
         }
+        self.pool.extend(w.pool_slots.iter().copied());
         c.reals.extend(w.reals.iter().copied());
         c.infos.extend(w.infos.iter().copied());
         c.frontends.extend(w.frontends.iter().copied());
@@ -263,6 +268,12 @@ impl MapStore for Maps {
                 for (k, v) in keys.iter().zip(slots) {
                     self.pool.set(*k, v, 0)?;
                 }
+            }
+        }
+        let (k, v): (Vec<u32>, Vec<u32>) = w.pool_slots.iter().copied().unzip();
+        if !batch(&self.fds.pool, &k, Some(&v))? {
+            for (k, v) in &w.pool_slots {
+                self.pool.set(*k, v, 0)?;
             }
         }
         let split = |v: &[(u32, RealEntry)]| -> (Vec<u32>, Vec<RealEntry>) { v.iter().copied().unzip() };
