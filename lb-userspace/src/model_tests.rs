@@ -131,10 +131,13 @@ fn a_change_writes_only_its_diff() {
     assert_eq!((after.reals_len, after.table_len), (11, 11));
     let old = before.reals_off..before.table_off + before.table_len;
     assert!(!old.contains(&after.reals_off) && !old.contains(&after.table_off), "written beside the regions in use");
-    // The old regions are free again afterwards: the next table takes them.
+    // The old regions are free again afterwards: the next table takes them; the real
+    // list, unchanged by a weight, stays.
     m.edit_real(svc(81), real(11), w(0)).unwrap();
-    m.commit(&mut store).unwrap();
-    assert_eq!(store.contents.infos[&1].reals_off, before.reals_off);
+    let writes = m.commit(&mut store).unwrap();
+    assert_eq!(store.contents.infos[&1].table_off, before.reals_off);
+    assert_eq!(store.contents.infos[&1].reals_off, after.reals_off);
+    assert_eq!((writes.reals.len(), writes.infos.len(), writes.pool.len()), (1, 1, 1), "{writes:?}");
     m.check_invariants().unwrap();
 }
 
