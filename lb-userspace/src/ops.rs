@@ -1024,9 +1024,14 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
             by_service.entry(sid).or_default().push(f);
         }
     }
-    let all_reals = reals(maps)?;
+    // Reals grouped by service once (not one scan of every real per service).
+    let mut reals_by_service: BTreeMap<u32, Vec<(u32, RealEntry)>> = BTreeMap::new();
+    for (id, r) in reals(maps)? {
+        reals_by_service.entry(r.service_id).or_default().push((id, r));
+    }
     let mut out = Vec::new();
     for info in services(maps)? {
+        let all_reals = reals_by_service.get(&info.id).map_or(&[][..], Vec::as_slice);
         let mut fronts = by_service.remove(&info.id).unwrap_or_default();
         fronts.sort();
         let id = if info.fwmark != 0 {
