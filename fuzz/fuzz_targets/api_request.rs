@@ -7,7 +7,7 @@
 //! message is an error, not a partial request.
 #![no_main]
 
-use lb_userspace::api::{Request, read_message, write_message};
+use xlb_core::api::{Request, read_message, write_message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
