@@ -26,4 +26,5 @@ pub mod sd_notify;
 pub mod store;
 pub mod tables;
 pub mod top;
+pub mod trace;
 pub mod web;
