@@ -6,7 +6,9 @@
 //!   Katran's ([`katran`]) in the same rounds.
 //! - [`e2e`]: real TCP through namespaces with wrk, xlb against the usual alternatives.
 //! - [`scale`]: connection-table size, service loading, control-plane delay, map memory.
+//! - [`control`]: the controller at scale: apply, restore, real add, Maglev rebuild.
 //! - [`report`]: the markdown results file, its SVG chart and the README table.
+pub mod control;
 pub mod e2e;
 pub mod fastpath;
 pub mod katran;
@@ -33,6 +35,9 @@ pub struct Results {
     pub fastpath: Option<fastpath::FastpathResults>,
     pub e2e: Option<e2e::E2eResults>,
     pub scale: Option<scale::ScaleResults>,
+    /// Section 5: the controller at scale.
+    #[serde(default)]
+    pub control: Option<control::ControlResults>,
     /// Section 3: section 2 run inside a VM whose kernel has IPVS.
     pub ipvs_vm: Option<VmResults>,
 }
@@ -81,6 +86,7 @@ pub struct BenchOptions {
     pub fastpath: Option<fastpath::FastpathOptions>,
     pub e2e: Option<e2e::E2eOptions>,
     pub scale: Option<scale::ScaleOptions>,
+    pub control: Option<control::ControlOptions>,
     pub quick: bool,
 }
 
@@ -107,7 +113,8 @@ impl BenchOptions {
             load_sizes: if quick { vec![(2, 10)] } else { vec![(10, 100), (services, reals)] },
             add_real_trials: if quick { 1 } else { 5 },
         };
-        Self { fastpath: Some(fastpath), e2e: Some(e2e), scale: Some(scale), quick }
+        let control = if quick { control::ControlOptions::quick() } else { control::ControlOptions::full() };
+        Self { fastpath: Some(fastpath), e2e: Some(e2e), scale: Some(scale), control: Some(control), quick }
     }
 }
 
@@ -138,6 +145,14 @@ pub fn run(xlb: &Path, opts: &BenchOptions) -> Result<Results> {
     if let Some(o) = &opts.scale {
         say("4. scale: live flows, service loading, xlb real add, map memory");
         results.scale = Some(scale::run(xlb, o)?);
+    }
+    if let Some(o) = &opts.control {
+        say("5. control: xlb apply, ipvsadm -R, real add, Maglev rebuild at scale");
+        let control = control::run(o)?;
+        for r in &control.rows {
+            say(&format!("{}: {:.4} s (target {} s{})", r.what, r.seconds, r.target_seconds, if r.met { "" } else { ", MISSED" }));
+        }
+        results.control = Some(control);
     }
     Ok(results)
 }

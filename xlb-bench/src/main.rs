@@ -56,6 +56,7 @@ enum BenchSection {
     Fastpath,
     E2e,
     Scale,
+    Control,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
     opts.fastpath = opts.fastpath.filter(|_| wanted(BenchSection::Fastpath));
     opts.e2e = opts.e2e.filter(|_| wanted(BenchSection::E2e));
     opts.scale = opts.scale.filter(|_| wanted(BenchSection::Scale));
+    opts.control = opts.control.filter(|_| wanted(BenchSection::Control));
     let mut results = bench::run(&xlb, &opts)?;
     if let (Some(path), Some(accel), Some(accel_note)) = (vm_json, vm_accel, vm_accel_note) {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

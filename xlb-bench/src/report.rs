@@ -67,6 +67,9 @@ pub fn markdown(r: &Results, date: &str, chart: &str) -> String {
     if let Some(s) = &r.scale {
         scale_section(&mut md, s);
     }
+    if let Some(c) = &r.control {
+        control_section(&mut md, c);
+    }
     md
 }
 
@@ -197,6 +200,27 @@ fn e2e_section(md: &mut String, e: &E2eResults) {
     }
     for note in &e.notes {
         let _ = writeln!(md, "\n- {note}");
+    }
+    let _ = writeln!(md);
+}
+
+fn control_section(md: &mut String, c: &super::control::ControlResults) {
+    let _ = writeln!(md, "## 5. The controller at scale\n");
+    let _ = writeln!(md, "| Operation | Median | Target | Met | |\n|---|---:|---:|:---:|---|");
+    for r in &c.rows {
+        let fmt = |s: f64| if s < 0.1 { format!("{:.3} ms", s * 1e3) } else { format!("{s:.3} s") };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            r.what,
+            fmt(r.seconds),
+            fmt(r.target_seconds),
+            if r.met { "yes" } else { "**no**" },
+            r.detail
+        );
+    }
+    for n in &c.notes {
+        let _ = writeln!(md, "\n- {n}");
     }
     let _ = writeln!(md);
 }

@@ -111,8 +111,14 @@ fn quick_bench_covers_every_case_and_proves_its_paths() {
     }
     assert!(s.add_real.is_some() && !s.load.is_empty() && s.map_memory.iter().any(|(m, b)| m == "CONNS" && *b > 0));
 
+    let c = results.control.as_ref().expect("section 5");
+    assert_eq!(c.rows.len(), 5, "two applies, -R, real add, Maglev rebuild");
+    for r in &c.rows {
+        assert!(r.seconds.is_finite() && r.seconds > 0.0 && r.target_seconds > 0.0, "{}: {}", r.what, r.seconds);
+    }
+
     let md = report::markdown(&results, "2000-01-01", "2000-01-01.svg");
-    for heading in ["## 1. Fast path", "### Targets", "### Katran", "## 2. End to end", "## 3. Kernel IPVS", "## 4. Scale", "Requested cases"] {
+    for heading in ["## 1. Fast path", "### Targets", "### Katran", "## 2. End to end", "## 3. Kernel IPVS", "## 4. Scale", "## 5. The controller at scale", "Requested cases"] {
         assert!(md.contains(heading), "report lacks `{heading}`");
     }
     for row in &f.rows {

@@ -148,6 +148,9 @@ struct Engine {
     stop_and_detach: bool,
     /// Each map's size and estimated memory, as loaded (pinned sizes kept).
     tables: Vec<MapMemory>,
+    /// Next hops of the reals a batch adds, resolved together before it (one wait for
+    /// all, each address once) instead of one by one.
+    batch_hops: HashMap<IpAddr, ops::NextHop>,
 }
 
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -515,16 +518,30 @@ impl Engine {
         );
         let reply = match req {
             Request::Batch { requests } => {
-                let before = reconcile::current(&self.maps)?;
+                // One batch: the maps see every request's changes at once, or none.
+                let ips: std::collections::BTreeSet<IpAddr> = requests
+                    .iter()
+                    .filter_map(|r| match r {
+                        Request::AddReal { address, .. } => Some(address.ip),
+                        _ => None,
+                    })
+                    .collect();
+                let ips: Vec<IpAddr> = ips.into_iter().collect();
+                self.batch_hops = ips.iter().copied().zip(nexthop::resolve_many(&ips, run::RESOLVE_WAIT)).collect();
+                let saved = ops::batch_begin(&mut self.maps)?;
+                let settings = ops::settings(&self.maps)?;
                 let (health, weights) = (self.health.clone(), self.configured_weight.clone());
                 for (i, r) in requests.into_iter().enumerate() {
                     if let Err(e) = self.apply_one(r) {
-                        reconcile::apply(&mut self.maps, &before)
-                            .context("restoring the state before the failed batch")?;
+                        self.batch_hops.clear();
+                        ops::batch_end(&mut self.maps, saved, false)?;
+                        ops::set_settings(&mut self.maps, settings).context("restoring the settings before the failed batch")?;
                         (self.health, self.configured_weight) = (health, weights);
                         return Err(e.context(api::BatchFailure { index: i }));
                     }
                 }
+                self.batch_hops.clear();
+                ops::batch_end(&mut self.maps, saved, true)?;
                 Reply::Done
             }
             other => self.apply_one(other)?,
@@ -557,9 +574,10 @@ impl Engine {
             Request::DelService { service } => ops::remove_service(maps, service)?,
             Request::AddFrontends { mark, frontends } => ops::add_frontends(maps, mark, &frontends)?,
             Request::DelFrontends { mark, frontends } => ops::remove_frontends(maps, mark, &frontends)?,
-            Request::AddReal { service, address, options } => {
-                run::add_real_resolving(maps, service, address, options)?;
-            }
+            Request::AddReal { service, address, options } => match self.batch_hops.get(&address.ip) {
+                Some(hop) => drop(ops::add_real(maps, service, address, options, *hop)?),
+                None => drop(run::add_real_resolving(maps, service, address, options)?),
+            },
             Request::EditReal { .. } => unreachable!("handled above"),
             Request::DelReal { service, address } => ops::remove_real(maps, service, address)?,
             Request::Batch { .. } => bail!("batches do not nest"),
@@ -951,6 +969,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         keepalived: opts.keepalived,
         stop_and_detach: false,
         tables,
+        batch_hops: HashMap::new(),
     }));
     {
         let mut e = engine.lock().expect("engine lock");

@@ -1,6 +1,10 @@
 //! Typed handles on the fast path's maps, either taken from a freshly loaded object
 //! (and optionally pinned) or reopened from their pins by another `xlb` process.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -34,6 +38,36 @@ pub struct Maps {
     pub vips: HashMap<MapData, [u8; 16], u32>,
     /// Half-open TCP connections (LRU, written by the fast path; the sweep removes idle ones).
     pub half_open: HashMap<MapData, FlowKey, ConnEntry>,
+    /// Descriptors of the maps the controller writes in batches (aya 0.14 has no batch
+    /// operations: `store` issues them with bpf(2)).
+    pub(crate) fds: BatchFds,
+    /// The controller's model of what it wrote, restored from these maps at the first
+    /// change (see `ops`).
+    pub(crate) model: Option<crate::model::Model>,
+    /// Nesting of `ops::batch`: inside one, changes are committed at its end.
+    pub(crate) batch_depth: u32,
+    /// Map entries the last commit wrote (see `store::Writes::entries`).
+    pub(crate) last_commit_entries: usize,
+}
+
+pub(crate) struct BatchFds {
+    pub services: OwnedFd,
+    pub service_info: OwnedFd,
+    pub pool: OwnedFd,
+    pub reals: OwnedFd,
+    pub vips: OwnedFd,
+    pub real_load: OwnedFd,
+    pub real_stats: OwnedFd,
+    pub rr_cursors: OwnedFd,
+}
+
+/// A duplicate of a map's descriptor, taken before aya's typed wrapper hides it.
+fn dup_fd(map: &Map) -> Result<OwnedFd> {
+    let data = match map {
+        Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) => d,
+        _ => bail!("not an array or hash map"),
+    };
+    Ok(data.fd().as_fd().try_clone_to_owned()?)
 }
 
 impl Maps {
@@ -60,22 +94,47 @@ impl Maps {
     }
 
     fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let (services, service_info, pool, reals, vips) =
+            (get(map_names::SERVICES)?, get(map_names::SERVICE_INFO)?, get(map_names::POOL)?, get(map_names::REALS)?, get(map_names::VIPS)?);
+        let (real_load, real_stats, rr_cursors) =
+            (get(map_names::REAL_LOAD)?, get(map_names::REAL_STATS)?, get(map_names::RR_CURSORS)?);
+        let fds = BatchFds {
+            services: dup_fd(&services)?,
+            service_info: dup_fd(&service_info)?,
+            pool: dup_fd(&pool)?,
+            reals: dup_fd(&reals)?,
+            vips: dup_fd(&vips)?,
+            real_load: dup_fd(&real_load)?,
+            real_stats: dup_fd(&real_stats)?,
+            rr_cursors: dup_fd(&rr_cursors)?,
+        };
         Ok(Self {
-            services: get(map_names::SERVICES)?.try_into()?,
-            service_info: get(map_names::SERVICE_INFO)?.try_into()?,
-            pool: get(map_names::POOL)?.try_into()?,
-            reals: get(map_names::REALS)?.try_into()?,
-            real_load: get(map_names::REAL_LOAD)?.try_into()?,
+            services: services.try_into()?,
+            service_info: service_info.try_into()?,
+            pool: pool.try_into()?,
+            reals: reals.try_into()?,
+            real_load: real_load.try_into()?,
             conns: get(map_names::CONNS)?.try_into()?,
             persist: get(map_names::PERSIST)?.try_into()?,
             settings: get(map_names::SETTINGS)?.try_into()?,
-            rr_cursors: get(map_names::RR_CURSORS)?.try_into()?,
-            real_stats: get(map_names::REAL_STATS)?.try_into()?,
+            rr_cursors: rr_cursors.try_into()?,
+            real_stats: real_stats.try_into()?,
             counters: get(map_names::COUNTERS)?.try_into()?,
             nat_replies: get(map_names::NAT_REPLIES)?.try_into()?,
-            vips: get(map_names::VIPS)?.try_into()?,
+            vips: vips.try_into()?,
+            fds,
+            model: None,
+            batch_depth: 0,
+            last_commit_entries: 0,
             half_open: get(map_names::HALF_OPEN)?.try_into()?,
         })
+    }
+}
+
+impl Maps {
+    /// Map entries the controller's last commit wrote or deleted (a diff's size).
+    pub fn last_commit_entries(&self) -> usize {
+        self.last_commit_entries
     }
 }
 

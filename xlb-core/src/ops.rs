@@ -17,16 +17,18 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use aya::maps::PerCpuValues;
 use lb_common::{
-    ConnEntry, FlowKey, MAX_REALS_PER_SERVICE, POOL_SLOTS, PROTO_TCP, PROTO_UDP,
-    RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, WRR_MAX_SEQUENCE, addr, counter, forward, hash,
+    ConnEntry, FlowKey, PROTO_TCP, PROTO_UDP, RealEntry, RealStats, ServiceInfo, ServiceKey, Settings, addr, counter, forward,
     real_flags, sched, svc_flags, tcp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{maps::Maps, tables};
+use crate::{
+    maps::Maps,
+    model::{Limits, Model},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,7 +82,7 @@ impl Service {
     pub fn key(&self) -> ServiceKey {
         ServiceKey::new(addr::from_ip(self.vip), self.port, self.proto.number())
     }
-    fn from_key(key: &ServiceKey) -> Option<Self> {
+    pub(crate) fn from_key(key: &ServiceKey) -> Option<Self> {
         Some(Self { proto: Proto::from_number(key.proto)?, vip: addr::to_ip(key.vip), port: key.port() })
     }
     /// "VIP:PORT", the IPv6 address in brackets.
@@ -330,7 +332,7 @@ impl ServiceOptions {
         }
         f
     }
-    fn from_info(info: &ServiceInfo) -> Self {
+    pub(crate) fn from_info(info: &ServiceInfo) -> Self {
         Self {
             scheduler: Scheduler::from_id(info.scheduler).unwrap_or(Scheduler::Wlc),
             sched_flags: info.flags & (svc_flags::SH_PORT | svc_flags::SH_FALLBACK | svc_flags::MH_PORT | svc_flags::MH_FALLBACK),
@@ -517,7 +519,7 @@ pub struct NextHop {
 
 impl NextHop {
     /// Writes the next hop into a real's entry (a MAC without a route means nothing).
-    fn apply(&self, real: &mut RealEntry) {
+    pub(crate) fn apply(&self, real: &mut RealEntry) {
         real.flags &= !(real_flags::MAC_VALID | real_flags::ROUTE_VALID);
         (real.mac, real.src_mac, real.ifindex, real.mtu, real.src_ip) = ([0; 6], [0; 6], 0, 0, [0; 16]);
         if let Some(e) = self.egress {
@@ -530,7 +532,7 @@ impl NextHop {
         }
     }
 
-    fn of(real: &RealEntry) -> Self {
+    pub(crate) fn of(real: &RealEntry) -> Self {
         let egress = real.route_valid().then(|| Egress {
             ifindex: real.ifindex,
             mac: real.src_mac,
@@ -567,8 +569,14 @@ pub mod ipvs_msg {
     pub const INVALID: &str = "Invalid operation";
 }
 
-fn refuse(ipvs: &'static str, detail: impl Into<String>) -> anyhow::Error {
+pub(crate) fn refuse(ipvs: &'static str, detail: impl Into<String>) -> anyhow::Error {
     Refusal { ipvs, detail: detail.into() }.into()
+}
+
+/// The model's id limits: the sizes the maps got at load (`--max-services`,
+/// `--max-reals`), not the object's compile-time ones.
+fn map_limits(maps: &Maps) -> Limits {
+    Limits { services: maps.rr_cursors.len(), reals: maps.real_load.len(), ..Limits::default() }
 }
 
 fn per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
@@ -590,7 +598,7 @@ fn all_services(maps: &Maps) -> Result<Vec<ServiceInfo>> {
     Ok(v)
 }
 
-fn trashed(info: &ServiceInfo) -> bool {
+pub(crate) fn trashed(info: &ServiceInfo) -> bool {
     info.flags & svc_flags::TRASHED != 0
 }
 
@@ -611,22 +619,105 @@ fn reals(maps: &Maps) -> Result<Vec<(u32, RealEntry)>> {
     Ok(v)
 }
 
-/// The service entry for `id`.
-pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
-    lookup_service(maps, id, ipvs_msg::NO_SERVICE)
+/// The model of the controller's tables, restored from the maps at the first change.
+fn model(maps: &mut Maps) -> Result<&mut Model> {
+    if maps.model.is_none() {
+        maps.model = Some(Model::restore(maps, map_limits(maps))?);
+    }
+    Ok(maps.model.as_mut().expect("restored above"))
 }
 
-/// As [`find_service`]; `missing` is the refusal when there is none (libipvs says
-/// "Service not defined" for real-server commands).
-fn lookup_service(maps: &Maps, id: ServiceId, missing: &'static str) -> Result<ServiceInfo> {
-    let found = match id {
-        ServiceId::Addr(svc) => match maps.services.get(&svc.key(), 0) {
-            Ok(sid) => maps.service_info.get(&sid, 0).ok().filter(|i| !trashed(i)),
-            Err(_) => None,
+/// Runs one change on the model and commits it to the maps (inside [`batch`], at the
+/// batch's end). A failed change writes nothing; if it left the model changed, or the
+/// commit failed, the model is dropped and restored from the maps at the next change.
+fn change<T>(maps: &mut Maps, f: impl FnOnce(&mut Model) -> Result<T>) -> Result<T> {
+    let result = f(model(maps)?);
+    if maps.batch_depth > 0 {
+        return result; // the batch commits, or rolls the model back
+    }
+    let mut model = maps.model.take().expect("restored above");
+    match result {
+        Ok(v) => match model.commit(maps) {
+            Ok(w) => {
+                maps.last_commit_entries = w.entries();
+                maps.model = Some(model);
+                Ok(v)
+            }
+            Err(e) => Err(e),
         },
-        ServiceId::Fwmark(mark) => services(maps)?.into_iter().find(|s| s.fwmark == mark),
-    };
-    found.ok_or_else(|| refuse(missing, id.to_string()))
+        Err(e) => {
+            if !model.has_pending() {
+                maps.model = Some(model);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs `f`'s changes as one batch: nothing reaches the maps until it returns Ok, then
+/// every change is written at once (one rebuild per service changed, batched map
+/// writes); if it fails, the model goes back to where it was and nothing is written.
+/// Batches nest (the outermost commits). Settings are not part of the batch.
+pub fn batch<T>(maps: &mut Maps, f: impl FnOnce(&mut Maps) -> Result<T>) -> Result<T> {
+    let saved = batch_begin(maps)?;
+    let result = f(maps);
+    batch_end(maps, saved, result.is_ok())?;
+    result
+}
+
+/// Opens a batch (see [`batch`]) for callers that cannot pass a closure; returns the
+/// model to go back to, for [`batch_end`].
+pub fn batch_begin(maps: &mut Maps) -> Result<Model> {
+    let saved = model(maps)?.clone();
+    maps.batch_depth += 1;
+    Ok(saved)
+}
+
+/// Closes a batch: with `ok`, the outermost batch commits its changes; without, the
+/// model goes back to `saved` and nothing is written.
+pub fn batch_end(maps: &mut Maps, saved: Model, ok: bool) -> Result<()> {
+    maps.batch_depth = maps.batch_depth.saturating_sub(1);
+    if !ok {
+        maps.model = Some(saved);
+        return Ok(());
+    }
+    if maps.batch_depth > 0 {
+        return Ok(());
+    }
+    let Some(mut model) = maps.model.take() else { return Ok(()) };
+    maps.last_commit_entries = model.commit(maps)?.entries();
+    maps.model = Some(model);
+    Ok(())
+}
+
+/// The real ids among `ids` that have connections.
+pub fn connected_reals(maps: &Maps, ids: impl IntoIterator<Item = u32>) -> std::collections::BTreeSet<u32> {
+    ids.into_iter().filter(|id| has_conns(maps, *id)).collect()
+}
+
+/// The configured services as the model holds them, if this process has one (None
+/// before its first change: read the maps).
+pub fn model_services(maps: &Maps) -> Option<Vec<crate::config::ServiceConfig>> {
+    maps.model.as_ref().map(Model::services)
+}
+
+/// The real ids of every real (removed ones too) of the live services `ids` names.
+pub fn reals_of_services(maps: &mut Maps, ids: &[ServiceId]) -> Result<Vec<u32>> {
+    let m = model(maps)?;
+    Ok(ids.iter().filter_map(|id| m.real_ids_of(*id).ok()).flatten().collect())
+}
+
+/// The model, for code that drives it directly (reconcile).
+pub(crate) fn with_model<T>(maps: &mut Maps, f: impl FnOnce(&mut Model) -> Result<T>) -> Result<T> {
+    change(maps, f)
+}
+
+/// The service entry for `id` (from the model, or without one read from the maps).
+pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
+    match &maps.model {
+        Some(m) => m.find_service(id),
+        None => Model::restore(maps, map_limits(maps))?.find_service(id),
+    }
 }
 
 pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
@@ -652,7 +743,7 @@ pub fn check_options(id: ServiceId, opts: &ServiceOptions) -> Result<()> {
 /// Flags the health machinery owns, kept across option edits.
 const HEALTH_FLAGS: u32 = svc_flags::INHIBIT_ON_FAILURE | svc_flags::SORRY_ACTIVE;
 
-fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
+pub(crate) fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
     let p = opts.persistence.unwrap_or(Persistence { timeout: 0, netmask: ONE_CLIENT });
     let persist_mask = match p.netmask {
         IpAddr::V4(m) => addr::v4_mask(m.octets()),
@@ -667,121 +758,20 @@ fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo {
     }
 }
 
-/// The trashed service that `id` named, if it is still in the trash: adding `id` again
-/// takes it back, id, reals and connections (IPVS keeps a deleted destination with
-/// connections in its trash and reuses it on re-add: ip_vs_ctl.c ip_vs_trash_get_dest).
-fn trashed_service(maps: &Maps, all: &[ServiceInfo], id: ServiceId) -> Option<ServiceInfo> {
-    match id {
-        ServiceId::Addr(svc) => {
-            let sid = maps.services.get(&svc.key(), 0).ok()?;
-            all.iter().find(|s| s.id == sid && trashed(s) && s.fwmark == 0).copied()
-        }
-        ServiceId::Fwmark(mark) => all.iter().find(|s| trashed(s) && s.fwmark == mark).copied(),
-    }
-}
-
-/// Empties a trashed service out of the maps (its frontends, its entry); its reals,
-/// all removed, go with their connections.
-fn purge_trashed(maps: &mut Maps, sid: u32) -> Result<()> {
-    for (key, owner) in frontends(maps)? {
-        if owner == sid {
-            maps.services.remove(&key)?;
-        }
-    }
-    maps.service_info.remove(&sid)?;
-    sync_vips(maps)
-}
-
 /// ipvsadm -A. A service removed while it had connections, added again before they
 /// expired, gets its internal id back, so its connections carry on.
 pub fn add_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Result<()> {
-    check_options(id, &opts)?;
-    let all = all_services(maps)?;
-    if lookup_service(maps, id, ipvs_msg::NO_SERVICE).is_ok() {
-        return Err(refuse(ipvs_msg::SERVICE_EXISTS, id.to_string()));
-    }
-    let fwmark = match id {
-        ServiceId::Fwmark(m) => m,
-        ServiceId::Addr(_) => 0,
-    };
-    let sid = match trashed_service(maps, &all, id) {
-        Some(old) => {
-            if fwmark != 0 {
-                // A firewall-mark group's frontends are given again with it.
-                for (key, owner) in frontends(maps)? {
-                    if owner == old.id {
-                        maps.services.remove(&key)?;
-                    }
-                }
-            }
-            old.id
-        }
-        None => {
-            // Ids up to the size the service maps got at load (--max-services).
-            let max_services = maps.rr_cursors.len();
-            let mut used = vec![false; max_services as usize];
-            for s in &all {
-                used[s.id as usize] = true;
-            }
-            let sid = match used.iter().position(|u| !u) {
-                Some(free) => free as u32,
-                // Every id taken: the trash gives way to a new service.
-                None => match all.iter().find(|s| trashed(s)) {
-                    Some(old) => {
-                        purge_trashed(maps, old.id)?;
-                        old.id
-                    }
-                    None => return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many services (at most {max_services}, xlb run --max-services)"))),
-                },
-            };
-            maps.rr_cursors.set(sid, 0, 0)?;
-            sid
-        }
-    };
-    maps.service_info.insert(sid, info_with(ServiceInfo { id: sid, fwmark, ..Default::default() }, &opts), 0)?;
-    if let ServiceId::Addr(svc) = id {
-        // Also takes the VIP:port over from a trashed firewall-mark group that held it.
-        maps.services.insert(svc.key(), sid, 0)?;
-    }
-    sync_vips(maps)
-}
-
-/// Makes the VIP map (VIP → its number of frontends) match the frontends: the fast path
-/// recognises ICMP to a VIP by it.
-fn sync_vips(maps: &mut Maps) -> Result<()> {
-    let live: Vec<u32> = services(maps)?.iter().map(|s| s.id).collect();
-    let mut wanted: BTreeMap<[u8; 16], u32> = BTreeMap::new();
-    for (key, sid) in frontends(maps)? {
-        if live.contains(&sid) {
-            *wanted.entry(key.vip).or_default() += 1;
-        }
-    }
-    let mut present = Vec::new();
-    for entry in maps.vips.iter() {
-        present.push(entry?);
-    }
-    for (vip, _) in &present {
-        if !wanted.contains_key(vip) {
-            maps.vips.remove(vip)?;
-        }
-    }
-    for (vip, count) in wanted {
-        if !present.contains(&(vip, count)) {
-            maps.vips.insert(vip, count, 0)?;
-        }
-    }
-    Ok(())
+    change(maps, |m| m.add_service(id, opts).map(drop))
 }
 
 /// ipvsadm -E.
 pub fn edit_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Result<()> {
-    check_options(id, &opts)?;
-    let info = find_service(maps, id)?;
-    if opts.one_packet && reals(maps)?.iter().any(|(_, r)| r.service_id == info.id && !r.removed() && r.forward == forward::NAT) {
-        bail!("{id} has NAT (-m) reals, whose replies need connection entries: no one-packet scheduling (-o)");
-    }
-    maps.service_info.insert(info.id, info_with(info, &opts), 0)?;
-    rebuild(maps, info.id)
+    change(maps, |m| m.edit_service(id, opts))
+}
+
+/// Whether a real has connections (IPVS keeps it, and its service, in the trash then).
+fn has_conns(maps: &Maps, real_id: u32) -> bool {
+    maps.real_load.get(&real_id, 0).is_ok_and(|l| l.active != 0 || l.inactive != 0)
 }
 
 /// ipvsadm -D. The reals are marked removed. A service with connections goes to the
@@ -789,58 +779,18 @@ pub fn edit_service(maps: &mut Maps, id: ServiceId, opts: ServiceOptions) -> Res
 /// are dropped, not passed to the director's stack (which would reset them), until the
 /// connections expire or the service is added back and takes them over.
 pub fn remove_service(maps: &mut Maps, id: ServiceId) -> Result<()> {
-    let info = find_service(maps, id)?;
-    let mut connected = false;
-    for (real_id, mut real) in reals(maps)? {
-        if real.service_id == info.id {
-            let load = maps.real_load.get(&real_id, 0).unwrap_or_default();
-            connected |= load.active != 0 || load.inactive != 0;
-            if !real.removed() {
-                real.flags |= real_flags::REMOVED;
-                maps.reals.insert(real_id, real, 0)?;
-            }
-        }
-    }
-    if connected {
-        let kept = ServiceInfo { flags: svc_flags::TRASHED, reals_len: 0, table_len: 0, ..info };
-        maps.service_info.insert(info.id, kept, 0)?;
-        sync_vips(maps)
-    } else {
-        purge_trashed(maps, info.id)
-    }
+    let ids = model(maps)?.real_ids_of(id)?;
+    let connected: std::collections::BTreeSet<u32> = ids.into_iter().filter(|r| has_conns(maps, *r)).collect();
+    change(maps, |m| m.remove_service(id, &mut |r| connected.contains(&r)))
 }
 
 /// Adds frontends (VIP:port entries) to a firewall-mark service.
 pub fn add_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()> {
-    let id = ServiceId::Fwmark(mark);
-    let info = find_service(maps, id)?;
-    for f in list {
-        let holder = maps.services.get(&f.key(), 0).ok().and_then(|sid| maps.service_info.get(&sid, 0).ok());
-        if holder.is_some_and(|h| !trashed(&h)) {
-            return Err(refuse(ipvs_msg::SERVICE_EXISTS, format!("{f} (a VIP:port belongs to one service)")));
-        }
-        check_group_family(maps, &info, id, f.vip)?;
-        if let Some(first) = list.first() {
-            check_family(id, first.vip, f.vip)?;
-        }
-    }
-    for f in list {
-        maps.services.insert(f.key(), info.id, 0)?;
-    }
-    sync_vips(maps)
+    change(maps, |m| m.add_frontends(mark, list))
 }
 
 pub fn remove_frontends(maps: &mut Maps, mark: u32, list: &[Service]) -> Result<()> {
-    let info = find_service(maps, ServiceId::Fwmark(mark))?;
-    for f in list {
-        if maps.services.get(&f.key(), 0).ok() != Some(info.id) {
-            return Err(refuse(ipvs_msg::NO_SERVICE, format!("{f} is not a frontend of FWM {mark}")));
-        }
-    }
-    for f in list {
-        maps.services.remove(&f.key())?;
-    }
-    sync_vips(maps)
+    change(maps, |m| m.remove_frontends(mark, list))
 }
 
 pub fn check_real_options(opts: &RealOptions) -> Result<()> {
@@ -879,28 +829,12 @@ pub fn check_real(id: ServiceId, real: RealAddr, opts: &RealOptions) -> Result<u
 
 /// A real server serves its service's address family (a fwmark group's frontends and
 /// reals are all of one family too).
-fn check_family(id: ServiceId, service: IpAddr, real: IpAddr) -> Result<()> {
+pub(crate) fn check_family(id: ServiceId, service: IpAddr, real: IpAddr) -> Result<()> {
     if service.is_ipv4() != real.is_ipv4() {
         let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
         bail!("{real} is {} and {id} is {}: a real server serves its service's address family", family(real), family(service));
     }
     Ok(())
-}
-
-/// In a fwmark group, every frontend and real has the family of the first one there.
-fn check_group_family(maps: &Maps, info: &ServiceInfo, id: ServiceId, candidate: IpAddr) -> Result<()> {
-    let reals = reals(maps)?;
-    let fronts = frontends(maps)?;
-    let first = reals
-        .iter()
-        .filter(|(_, r)| r.service_id == info.id && !r.removed())
-        .map(|(_, r)| addr::to_ip(r.ip))
-        .chain(fronts.iter().filter(|(_, sid)| *sid == info.id).map(|(k, _)| addr::to_ip(k.vip)))
-        .next();
-    match first {
-        Some(ip) => check_family(id, ip, candidate),
-        None => Ok(()),
-    }
 }
 
 /// One-packet scheduling keeps no connection entry, which a NAT real's replies need.
@@ -914,237 +848,53 @@ pub fn check_one_packet(id: ServiceId, one_packet: bool, forward: ForwardMethod)
 /// ipvsadm -a. A real removed earlier but still draining is brought back with its flows.
 pub fn add_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts: RealOptions, hop: NextHop) -> Result<u32> {
     let real = real.into();
-    let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
-    let port = check_real(id, real, &opts)?;
-    check_one_packet(id, info.flags & svc_flags::ONE_PACKET != 0, opts.forward)?;
-    if let ServiceId::Fwmark(_) = id {
-        check_group_family(maps, &info, id, real.ip)?;
-    }
-    let all = reals(maps)?;
-    let key = (addr::from_ip(real.ip), port.to_be_bytes());
-    let mine: Vec<&(u32, RealEntry)> =
-        all.iter().filter(|(_, r)| r.service_id == info.id && (r.ip, r.port) == key && !r.sorry()).collect();
-    if mine.iter().any(|(_, r)| !r.removed()) {
-        return Err(refuse(ipvs_msg::DEST_EXISTS, format!("{}:{port} in {id}", real.ip)));
-    }
-    let live = all.iter().filter(|(_, r)| r.service_id == info.id && !r.removed() && !r.sorry()).count() as u32;
-    if live >= MAX_REALS_PER_SERVICE {
-        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers in {id} (at most {MAX_REALS_PER_SERVICE})")));
-    }
-    let mut entry = RealEntry {
-        ip: key.0,
-        port: key.1,
-        forward: opts.forward.code(),
-        service_id: info.id,
-        weight: opts.weight,
-        u_threshold: opts.u_threshold,
-        l_threshold: opts.l_threshold,
-        ..Default::default()
-    };
-    hop.apply(&mut entry);
-    let real_id = match mine.first() {
-        Some((revived, _)) => *revived,
-        None => new_real_id(maps, &all)?,
-    };
-    maps.reals.insert(real_id, entry, 0)?;
-    rebuild(maps, info.id)?;
-    Ok(real_id)
-}
-
-/// The lowest real id no entry uses (`all`: every entry), with zeroed counters.
-fn new_real_id(maps: &mut Maps, all: &[(u32, RealEntry)]) -> Result<u32> {
-    // Ids up to the size the real maps got at load (--max-reals).
-    let max_reals = maps.real_load.len();
-    let mut used = vec![false; max_reals as usize];
-    for (rid, _) in all {
-        used[*rid as usize] = true;
-    }
-    let Some(free) = used.iter().position(|u| !u) else {
-        return Err(refuse(ipvs_msg::NO_MEMORY, format!("too many real servers (at most {max_reals}, xlb run --max-reals)")));
-    };
-    let free = free as u32;
-    maps.real_stats.set(free, per_cpu()?, 0)?;
-    maps.real_load.set(free, RealLoad::default(), 0)?;
-    Ok(free)
-}
-
-/// The live real `real` names in the service; without a port, the one real at that
-/// address (a NAT real mapped to another port is found without repeating it).
-fn find_real(maps: &Maps, info: &ServiceInfo, id: ServiceId, real: RealAddr) -> Result<(u32, RealEntry)> {
-    let ip = addr::from_ip(real.ip);
-    let candidates: Vec<(u32, RealEntry)> = reals(maps)?
-        .into_iter()
-        .filter(|(_, r)| r.service_id == info.id && r.ip == ip && !r.removed() && !r.sorry())
-        .collect();
-    let found: Vec<&(u32, RealEntry)> = match real.port {
-        Some(p) => candidates.iter().filter(|(_, r)| r.port == p.to_be_bytes()).collect(),
-        None => candidates.iter().collect(),
-    };
-    match found[..] {
-        [one] => Ok(*one),
-        [] => Err(refuse(ipvs_msg::NO_DEST, format!("{real} in {id}"))),
-        _ => bail!("{} has several ports in {id}: name one as {}:PORT", real.ip, real.ip),
-    }
+    change(maps, |m| m.add_real(id, real, opts, hop))
 }
 
 /// ipvsadm -e.
 pub fn edit_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, opts: RealOptions) -> Result<()> {
     let real = real.into();
-    let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
-    check_one_packet(id, info.flags & svc_flags::ONE_PACKET != 0, opts.forward)?;
-    let (real_id, mut entry) = find_real(maps, &info, id, real)?;
-    check_real(id, RealAddr { ip: real.ip, port: Some(u16::from_be_bytes(entry.port)) }, &opts)?;
-    entry.forward = opts.forward.code();
-    entry.weight = opts.weight;
-    entry.u_threshold = opts.u_threshold;
-    entry.l_threshold = opts.l_threshold;
-    maps.reals.insert(real_id, entry, 0)?;
-    rebuild(maps, info.id)
+    change(maps, |m| m.edit_real(id, real, opts))
 }
 
 /// ipvsadm -d: no new flows; the packets of established ones are dropped until the real
 /// is added back (taking them back) or they expire (at once with expire_nodest_conn).
 pub fn remove_real(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>) -> Result<()> {
-    let info = lookup_service(maps, id, ipvs_msg::SERVICE_NOT_DEFINED)?;
-    let (real_id, mut entry) = find_real(maps, &info, id, real.into())?;
-    entry.flags |= real_flags::REMOVED;
-    maps.reals.insert(real_id, entry, 0)?;
-    rebuild(maps, info.id)
+    let real = real.into();
+    change(maps, |m| m.remove_real(id, real))
 }
 
 /// Updates a real's next hop (after the route or neighbour entry changed).
 pub fn set_real_target(maps: &mut Maps, real_id: u32, hop: NextHop) -> Result<()> {
-    let mut real = maps.reals.get(&real_id, 0).with_context(|| format!("real id {real_id} is not in use"))?;
-    hop.apply(&mut real);
-    maps.reals.insert(real_id, real, 0)?;
-    Ok(())
+    change(maps, |m| m.set_real_target(real_id, hop))
 }
 
 /// Every real in the maps (draining ones too: their flows still go somewhere) with its
 /// address and current next hop, for the controller's refresh.
-pub fn next_hops(maps: &Maps) -> Result<Vec<(u32, IpAddr, NextHop)>> {
-    Ok(reals(maps)?.into_iter().map(|(id, r)| (id, addr::to_ip(r.ip), NextHop::of(&r))).collect())
-}
-
-/// Rebuilds a service's real list and scheduling table in fresh pool slots, then
-/// points the service at them.
-fn rebuild(maps: &mut Maps, sid: u32) -> Result<()> {
-    let all_services = all_services(maps)?;
-    let info = *all_services.iter().find(|s| s.id == sid).context("service vanished")?;
-    let mine = reals(maps)?.into_iter().filter(|(_, r)| r.service_id == sid && !r.removed());
-    let inhibit = info.flags & svc_flags::INHIBIT_ON_FAILURE != 0;
-    let live: Vec<(u32, RealEntry)> = if info.flags & svc_flags::SORRY_ACTIVE != 0 {
-        mine.filter(|(_, r)| r.sorry()).collect()
-    } else {
-        // A failed real leaves the tables, or stays with weight 0 (inhibit_on_failure).
-        mine.filter(|(_, r)| !r.sorry() && (!r.health_down() || inhibit)).collect()
-    };
-    let ids: Vec<u32> = live.iter().map(|(id, _)| *id).collect();
-    let weights: Vec<u32> = live.iter().map(|(_, r)| if r.health_down() { 0 } else { r.weight }).collect();
-    let positions = match Scheduler::from_id(info.scheduler) {
-        Some(Scheduler::Rr) => tables::rr_table(&weights),
-        Some(Scheduler::Wrr) => tables::wrr_sequence(&weights, WRR_MAX_SEQUENCE as usize),
-        Some(Scheduler::Sh) => tables::sh_buckets(&weights),
-        Some(Scheduler::Dh) => tables::dh_buckets(weights.len()),
-        Some(Scheduler::Mh) => {
-            let keys: Vec<u32> =
-                live.iter().map(|(_, r)| hash::real_key(addr::fold(&r.ip), u16::from_be_bytes(r.port))).collect();
-            tables::maglev_table(&keys, &weights)
-        }
-        _ => Vec::new(), // scanning schedulers use the real list only
-    };
-    let table: Vec<u32> = positions.iter().map(|&p| ids[p as usize]).collect();
-    // Place both next to every service's current regions (this one's included: the fast
-    // path may be reading them until the flip).
-    let mut used: Vec<(u32, u32)> = all_services.iter().flat_map(|s| [(s.reals_off, s.reals_len), (s.table_off, s.table_len)]).collect();
-    let reals_off = place(&mut used, ids.len() as u32)?;
-    let table_off = place(&mut used, table.len() as u32)?;
-    for (i, id) in ids.iter().enumerate() {
-        maps.pool.set(reals_off + i as u32, id, 0)?;
-    }
-    for (i, id) in table.iter().enumerate() {
-        maps.pool.set(table_off + i as u32, id, 0)?;
-    }
-    let updated = ServiceInfo { reals_off, reals_len: ids.len() as u32, table_off, table_len: table.len() as u32, ..info };
-    maps.service_info.insert(sid, updated, 0)?;
-    Ok(())
-}
-
-fn place(used: &mut Vec<(u32, u32)>, len: u32) -> Result<u32> {
-    let off = tables::allocate(used, len, POOL_SLOTS).ok_or_else(|| {
-        refuse(ipvs_msg::NO_MEMORY, format!("scheduling-table pool is full ({POOL_SLOTS} slots): remove services or use smaller tables"))
-    })?;
-    used.push((off, len));
-    Ok(off)
+pub fn next_hops(maps: &mut Maps) -> Result<Vec<(u32, IpAddr, NextHop)>> {
+    Ok(model(maps)?.next_hops())
 }
 
 /// Marks a real (address and port: two NAT reals may share an address) up or down by
 /// its health check and reschedules around it.
 pub fn set_real_health(maps: &mut Maps, id: ServiceId, real: impl Into<RealAddr>, up: bool) -> Result<()> {
-    let info = find_service(maps, id)?;
-    let (real_id, mut real) = find_real(maps, &info, id, real.into())?;
-    let flags = if up { real.flags & !real_flags::HEALTH_DOWN } else { real.flags | real_flags::HEALTH_DOWN };
-    if flags != real.flags {
-        real.flags = flags;
-        maps.reals.insert(real_id, real, 0)?;
-        rebuild(maps, info.id)?;
-    }
-    Ok(())
-}
-
-fn set_service_flag(maps: &mut Maps, id: ServiceId, flag: u32, on: bool) -> Result<bool> {
-    let mut info = find_service(maps, id)?;
-    let flags = if on { info.flags | flag } else { info.flags & !flag };
-    if flags == info.flags {
-        return Ok(false);
-    }
-    info.flags = flags;
-    maps.service_info.insert(info.id, info, 0)?;
-    rebuild(maps, info.id)?;
-    Ok(true)
+    let real = real.into();
+    change(maps, |m| m.set_real_health(id, real, up))
 }
 
 /// Whether a failed real stays in the tables with weight 0 (inhibit) or leaves them.
 pub fn set_inhibit_on_failure(maps: &mut Maps, id: ServiceId, inhibit: bool) -> Result<()> {
-    set_service_flag(maps, id, svc_flags::INHIBIT_ON_FAILURE, inhibit).map(drop)
+    change(maps, |m| m.set_service_flag(id, svc_flags::INHIBIT_ON_FAILURE, inhibit).map(drop))
 }
 
 /// Sends new connections to the sorry server (or back to the reals). True if it changed.
 pub fn set_sorry_active(maps: &mut Maps, id: ServiceId, active: bool) -> Result<bool> {
-    set_service_flag(maps, id, svc_flags::SORRY_ACTIVE, active)
+    change(maps, |m| m.set_service_flag(id, svc_flags::SORRY_ACTIVE, active))
 }
 
 /// Sets or clears a service's sorry server (keepalived's sorry_server).
 pub fn set_sorry_server(maps: &mut Maps, id: ServiceId, sorry: Option<(IpAddr, NextHop)>) -> Result<()> {
-    let info = find_service(maps, id)?;
-    let current = reals(maps)?.into_iter().find(|(_, r)| r.service_id == info.id && r.sorry() && !r.removed());
-    if current.as_ref().map(|(_, r)| addr::to_ip(r.ip)) == sorry.map(|(ip, _)| ip) {
-        return Ok(());
-    }
-    if let Some((real_id, mut r)) = current {
-        r.flags |= real_flags::REMOVED;
-        maps.reals.insert(real_id, r, 0)?;
-    }
-    if let Some((ip, target)) = sorry {
-        let all = reals(maps)?;
-        let free = new_real_id(maps, &all)?;
-        // The sorry server listens on the service's port (DR).
-        let port = match id {
-            ServiceId::Addr(a) => a.port,
-            ServiceId::Fwmark(_) => 0,
-        };
-        let mut entry = RealEntry {
-            ip: addr::from_ip(ip),
-            port: port.to_be_bytes(),
-            service_id: info.id,
-            flags: real_flags::SORRY,
-            weight: 1,
-            ..Default::default()
-        };
-        target.apply(&mut entry);
-        maps.reals.insert(free, entry, 0)?;
-    }
-    rebuild(maps, info.id)
+    change(maps, |m| m.set_sorry_server(id, sorry))
 }
 
 pub fn settings(maps: &Maps) -> Result<Settings> {
@@ -1280,9 +1030,14 @@ pub fn snapshot(maps: &Maps) -> Result<Vec<ServiceView>> {
             by_service.entry(sid).or_default().push(f);
         }
     }
-    let all_reals = reals(maps)?;
+    // Reals grouped by service once (not one scan of every real per service).
+    let mut reals_by_service: BTreeMap<u32, Vec<(u32, RealEntry)>> = BTreeMap::new();
+    for (id, r) in reals(maps)? {
+        reals_by_service.entry(r.service_id).or_default().push((id, r));
+    }
     let mut out = Vec::new();
     for info in services(maps)? {
+        let all_reals = reals_by_service.get(&info.id).map_or(&[][..], Vec::as_slice);
         let mut fronts = by_service.remove(&info.id).unwrap_or_default();
         fronts.sort();
         let id = if info.fwmark != 0 {
@@ -1543,23 +1298,15 @@ pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) 
             report.templates_expired += 1;
         }
     }
-    for (real_id, r) in reals(maps)? {
-        if r.removed() {
-            let load = maps.real_load.get(&real_id, 0)?;
-            if load.active == 0 && load.inactive == 0 {
-                maps.reals.remove(&real_id)?;
-                report.reals_freed += 1;
-            }
-        }
-    }
-    // A trashed service leaves with its last real (its last connection).
-    let remaining = reals(maps)?;
-    for info in all_services(maps)?.iter().filter(|s| trashed(s)) {
-        if !remaining.iter().any(|(_, r)| r.service_id == info.id) {
-            purge_trashed(maps, info.id)?;
-            report.services_freed += 1;
-        }
-    }
+    // Removed reals with no connection left are freed; a trashed service leaves with
+    // its last real (its last connection). One batch.
+    let idle: Vec<u32> = model(maps)?.removed_reals().into_iter().filter(|id| !has_conns(maps, *id)).collect();
+    let (freed, purged) = change(maps, |m| {
+        let freed = idle.iter().filter(|id| m.free_real(**id)).count() as u64;
+        Ok((freed, m.purge_empty_trash()))
+    })?;
+    report.reals_freed += freed;
+    report.services_freed += purged;
     Ok(report)
 }
 

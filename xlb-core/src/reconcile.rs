@@ -1,20 +1,28 @@
 //! Brings the maps to a desired state (a [`Config`]) by applying only the differences:
 //! what stays the same is not touched, so established flows to unchanged services and
 //! reals carry on. Used for config reloads, `xlb apply`, restores and daemon restarts.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, ServiceConfig},
     maps::Maps,
+    model::Model,
     nexthop,
     ops::{self, NextHop, Persistence, RealAddr, RealOptions, ServiceId, ServiceOptions},
 };
 
-/// The maps' current state, in config form.
+/// The maps' current state, in config form (from the model when this process has
+/// one, else read from the maps).
 pub fn current(maps: &Maps) -> Result<Config> {
+    if let Some(services) = ops::model_services(maps) {
+        return Ok(Config { settings: Some(ops::settings(maps)?), services });
+    }
     let services = ops::snapshot(maps)?
         .into_iter()
         .map(|v| ServiceConfig {
@@ -65,33 +73,49 @@ impl Changes {
     }
 }
 
-/// Applies `target`. On failure the maps are brought back to where they were and the
-/// error says what failed: a bad change is all or nothing.
+/// Applies `target` as one batch: the model takes every change, then one commit writes
+/// them (each changed service's tables rebuilt once). On failure nothing is written and
+/// the error says what failed: a bad change is all or nothing.
 pub fn apply(maps: &mut Maps, target: &Config) -> Result<Changes> {
-    let before = current(maps)?;
-    match apply_diff(maps, &before, target) {
-        Ok(changes) => Ok(changes),
-        Err(e) => {
-            let now = current(maps)?;
-            apply_diff(maps, &now, &before).context("restoring the previous state after a failed change")?;
-            Err(e.context("nothing was changed"))
-        }
-    }
-}
-
-fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
-    let mut ch = Changes::default();
-    let target_settings = to.settings.unwrap_or_default();
-    if from.settings != Some(target_settings) {
+    // The model's view (restored from the maps if this process has none yet).
+    let services = ops::with_model(maps, |m| Ok(m.services()))?;
+    let before = Config { settings: Some(ops::settings(maps)?), services };
+    let new: BTreeMap<ServiceId, &ServiceConfig> = target.services.iter().map(|s| (s.id, s)).collect();
+    let leaving: Vec<ServiceId> = before.services.iter().map(|s| s.id).filter(|id| !new.contains_key(id)).collect();
+    let reals = ops::reals_of_services(maps, &leaving)?;
+    let connected = ops::connected_reals(maps, reals);
+    let mut ch = ops::batch(maps, |maps| {
+        ops::with_model(maps, |m| {
+            apply_to_model(m, &before.services, &target.services, &mut resolve_all, &mut |id| connected.contains(&id))
+        })
+    })
+    .map_err(|e| e.context("nothing was changed"))?;
+    let target_settings = target.settings.unwrap_or_default();
+    if before.settings != Some(target_settings) {
         ops::set_settings(maps, target_settings)?;
         ch.settings_changed = true;
     }
-    let old: BTreeMap<ServiceId, &ServiceConfig> = from.services.iter().map(|s| (s.id, s)).collect();
-    let new: BTreeMap<ServiceId, &ServiceConfig> = to.services.iter().map(|s| (s.id, s)).collect();
+    Ok(ch)
+}
+
+/// Brings the model from the services `from` to `to` by the differences: what stays
+/// the same is not touched (a service whose key stays keeps its id). `resolve` gives
+/// the next hops of the reals added; `connected` says which real ids have connections
+/// (a service removed with some goes to the trash). Settings are the caller's.
+pub fn apply_to_model(
+    model: &mut Model,
+    from: &[ServiceConfig],
+    to: &[ServiceConfig],
+    resolve: &mut dyn FnMut(&[IpAddr]) -> Vec<NextHop>,
+    connected: &mut dyn FnMut(u32) -> bool,
+) -> Result<Changes> {
+    let mut ch = Changes::default();
+    let old: BTreeMap<ServiceId, &ServiceConfig> = from.iter().map(|s| (s.id, s)).collect();
+    let new: BTreeMap<ServiceId, &ServiceConfig> = to.iter().map(|s| (s.id, s)).collect();
 
     // Removals first, so frontends and addresses they free can be reused below.
     for id in old.keys().filter(|id| !new.contains_key(id)) {
-        ops::remove_service(maps, *id)?;
+        model.remove_service(*id, connected)?;
         ch.services_removed += 1;
     }
     for (id, want) in &new {
@@ -99,16 +123,17 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
         if let ServiceId::Fwmark(mark) = id {
             let gone: Vec<_> = have.frontends.iter().filter(|f| !want.frontends.contains(f)).copied().collect();
             if !gone.is_empty() {
-                ops::remove_frontends(maps, *mark, &gone)?;
+                model.remove_frontends(*mark, &gone)?;
                 ch.frontends_removed += gone.len();
             }
         }
-        for (rip, _) in have.reals.iter().filter(|(rip, _)| !want.reals.iter().any(|(r, _)| r == rip)) {
-            ops::remove_real(maps, *id, *rip)?;
+        let wanted: BTreeSet<&RealAddr> = want.reals.iter().map(|(r, _)| r).collect();
+        for (rip, _) in have.reals.iter().filter(|(rip, _)| !wanted.contains(rip)) {
+            model.remove_real(*id, *rip)?;
             ch.reals_removed += 1;
         }
         if have.options != want.options {
-            ops::edit_service(maps, *id, want.options)?;
+            model.edit_service(*id, want.options)?;
             ch.services_changed += 1;
         }
     }
@@ -117,37 +142,39 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
     for (id, want) in &new {
         let have = old.get(id);
         if have.is_none() {
-            ops::add_service(maps, *id, want.options)?;
+            model.add_service(*id, want.options)?;
             ch.services_added += 1;
         }
         if let ServiceId::Fwmark(mark) = id {
             let added: Vec<_> =
                 want.frontends.iter().filter(|f| have.is_none_or(|h| !h.frontends.contains(f))).copied().collect();
             if !added.is_empty() {
-                ops::add_frontends(maps, *mark, &added)?;
+                model.add_frontends(*mark, &added)?;
                 ch.frontends_added += added.len();
             }
         }
+        let had: BTreeMap<&RealAddr, &RealOptions> = have.map(|h| h.reals.iter().map(|(r, o)| (r, o)).collect()).unwrap_or_default();
         for (rip, opts) in &want.reals {
-            match have.and_then(|h| h.reals.iter().find(|(r, _)| r == rip)) {
+            match had.get(rip) {
                 None => to_resolve.push((*id, *rip, *opts)),
-                Some((_, o)) if o != opts => {
-                    ops::edit_real(maps, *id, *rip, *opts)?;
+                Some(o) if *o != opts => {
+                    model.edit_real(*id, *rip, *opts)?;
                     ch.reals_changed += 1;
                 }
                 Some(_) => {}
             }
         }
     }
-    let targets = resolve_all(to_resolve.iter().map(|(_, real, _): &(ServiceId, RealAddr, RealOptions)| real.ip));
+    let ips: Vec<IpAddr> = to_resolve.iter().map(|(_, real, _)| real.ip).collect();
+    let targets = resolve(&ips);
     for ((id, rip, opts), target) in to_resolve.iter().zip(targets) {
-        ops::add_real(maps, *id, *rip, *opts, target)?;
+        model.add_real(*id, *rip, *opts, target)?;
         ch.reals_added += 1;
     }
     for (id, want) in &new {
         if old.get(id).map_or(None, |h| h.sorry_server) != want.sorry_server {
-            let target = want.sorry_server.map(|ip| (ip, resolve_all(std::iter::once(ip))[0]));
-            ops::set_sorry_server(maps, *id, target)?;
+            let target = want.sorry_server.map(|ip| (ip, resolve(&[ip])[0]));
+            model.set_sorry_server(*id, target)?;
             ch.sorry_servers_changed += 1;
         }
     }
@@ -155,7 +182,13 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
 }
 
 /// Next hops for many reals at once: one solicitation round, one short wait.
-fn resolve_all(ips: impl Iterator<Item = IpAddr>) -> Vec<NextHop> {
-    let ips: Vec<IpAddr> = ips.collect();
-    nexthop::resolve_many(&ips, crate::run::RESOLVE_WAIT)
+/// Each address is looked up once, however many services share it.
+fn resolve_all(ips: &[IpAddr]) -> Vec<NextHop> {
+    if ips.is_empty() {
+        return Vec::new();
+    }
+    let unique: Vec<IpAddr> = ips.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let hops: BTreeMap<IpAddr, NextHop> =
+        unique.iter().copied().zip(nexthop::resolve_many(&unique, crate::run::RESOLVE_WAIT)).collect();
+    ips.iter().map(|ip| hops[ip]).collect()
 }

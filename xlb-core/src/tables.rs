@@ -99,20 +99,28 @@ fn maglev_table_sized(keys: &[u32], weights: &[u32], size: u32) -> Vec<u32> {
         })
         .collect();
     let turns: Vec<u32> = weights.iter().map(|&w| w / g).collect();
-    let mut next = vec![0u64; keys.len()];
+    // Each real's next candidate, (offset + n·skip) mod m, advanced by one addition and
+    // at most one subtraction (skip < m) instead of a multiplication and a division.
+    let mut next: Vec<u64> = perm.iter().map(|&(offset, _)| offset).collect();
     let mut table = vec![u32::MAX; size as usize];
     let mut filled = 0u64;
     'fill: loop {
         for i in 0..keys.len() {
+            let skip = perm[i].1;
             for _ in 0..turns[i] {
-                let (offset, skip) = perm[i];
-                let mut slot = (offset + next[i] * skip) % m;
+                let mut slot = next[i];
                 while table[slot as usize] != u32::MAX {
-                    next[i] += 1;
-                    slot = (offset + next[i] * skip) % m;
+                    slot += skip;
+                    if slot >= m {
+                        slot -= m;
+                    }
                 }
                 table[slot as usize] = i as u32;
-                next[i] += 1;
+                slot += skip;
+                if slot >= m {
+                    slot -= m;
+                }
+                next[i] = slot;
                 filled += 1;
                 if filled == m {
                     break 'fill;
