@@ -15,7 +15,7 @@ use aya_log_ebpf::{debug, info, macro_support::{Level, level_enabled}, warn};
 use lb_common::{ConnEntry, FlowKey, TraceConfig, TraceEvent, addr, counter, trace};
 
 use crate::{
-    maps::{CONNS, NAT_REPLIES, TRACE, TRACE_EVENTS},
+    maps::{CONNS, HALF_OPEN, HALF_OPEN_REPLIES, NAT_REPLIES, TRACE, TRACE_EVENTS},
     scratch,
 };
 
@@ -77,7 +77,7 @@ fn report() {
     if parsed {
         flags |= trace::FLOW;
         if reason == counter::TX_NAT_REPLY
-            && let Some(back) = unsafe { NAT_REPLIES.get(&s.pkt.flow) }
+            && let Some(back) = unsafe { NAT_REPLIES.get(&s.pkt.flow).or_else(|| HALF_OPEN_REPLIES.get(&s.pkt.flow)) }
         {
             client = &back.flow;
             flags |= trace::REPLY;
@@ -92,7 +92,8 @@ fn report() {
     if !traced && !level_enabled(Level::Error) {
         return;
     }
-    let conn = if parsed { unsafe { CONNS.get(client) } } else { None };
+    // A SYN's connection is half-open (HALF_OPEN) until the client's handshake ends.
+    let conn = if parsed { unsafe { CONNS.get(client).or_else(|| HALF_OPEN.get(client)) } } else { None };
     if conn.is_some() {
         flags |= trace::CONN;
     }

@@ -55,7 +55,8 @@ fn trace_reports_a_matching_clients_frames() {
     let events = drain(&mut session);
     assert_eq!(events.len(), 1, "one event per frame: {events:?}");
     let e = events[0];
-    let conn = inst.maps.conns.get(&flow_of(&syn), 0).expect("the SYN made a connection");
+    // Half-open until the client's handshake ends.
+    let conn = inst.maps.half_open.get(&flow_of(&syn), 0).expect("the SYN made a half-open connection");
     assert_eq!(e.flow, flow_of(&syn));
     assert_eq!(u32::from(e.reason), counter::TX_DR);
     assert_eq!(e.flags, trace::FLOW | trace::CONN | trace::NEW_CONN);
