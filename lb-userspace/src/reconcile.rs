@@ -154,8 +154,9 @@ fn apply_diff(maps: &mut Maps, from: &Config, to: &Config) -> Result<Changes> {
     Ok(ch)
 }
 
-/// Next hops for many reals at once: one solicitation round, one short wait.
+/// Next hops for many reals at once: one solicitation round, no wait (the daemon
+/// learns the MACs still missing from its neighbour subscription).
 fn resolve_all(ips: impl Iterator<Item = IpAddr>) -> Vec<NextHop> {
     let ips: Vec<IpAddr> = ips.collect();
-    nexthop::resolve_many(&ips, crate::run::RESOLVE_WAIT)
+    nexthop::lookup_many_soliciting(&ips)
 }
