@@ -659,11 +659,11 @@ impl Engine {
         })
     }
 
-    /// The reals the maps hold with a route but no MAC, for the unresolved set.
-    fn unresolved_in_maps(&mut self) -> HashSet<IpAddr> {
-        match run::unresolved_in_maps(&self.maps) {
-            Ok(u) => self.next_hops.unresolved = u,
-            Err(e) => tracing::warn!("reading real servers' next hops: {e:#}"),
+    /// After a change of the reals: which have no MAC yet (as the maps say), and the
+    /// neighbours of new ones. Returns the unresolved reals.
+    fn note_reals(&mut self) -> HashSet<IpAddr> {
+        if let Err(e) = run::note_reals(&self.maps, &mut self.next_hops) {
+            tracing::warn!("reading real servers' next hops: {e:#}");
         }
         self.next_hops.unresolved.clone()
     }
@@ -1156,7 +1156,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                     // A change may have added reals whose MAC is not known yet (the
                     // kernel was asked): their caller waits for them, not this task.
                     let pending = if mutating && matches!(result, Response::Ok(_)) {
-                        let unresolved = engine.unresolved_in_maps();
+                        let unresolved = engine.note_reals();
                         unresolved_tx.send_replace(unresolved.clone());
                         &unresolved - &before
                     } else {

@@ -9,10 +9,11 @@
 use std::{io, net::IpAddr};
 
 use anyhow::{Context, Result, bail};
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    link::{InfoKind, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
 };
@@ -56,17 +57,24 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 /// Sends one request and returns the kernel's answers; Err(errno) when it answered
 /// with an error.
 fn request(msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, io::Error> {
+    exchange(msg, NLM_F_REQUEST)
+}
+
+/// Sends `msg` with `flags`: a dump (NLM_F_DUMP) returns every answer up to NLMSG_DONE,
+/// a change (NLM_F_ACK) nothing but its acknowledgement, a query its one answer.
+fn exchange(msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>, io::Error> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
+    header.flags = flags;
     header.sequence_number = 1;
     let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
     nl.finalize();
     let mut buf = vec![0u8; nl.buffer_len()];
     nl.serialize(&mut buf);
     sock.send(&buf, 0)?;
+    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
     let mut answers = Vec::new();
     loop {
         let (data, _) = sock.recv_from_full()?;
@@ -83,14 +91,15 @@ fn request(msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, io::Err
                 NetlinkPayload::Error(e) => {
                     return match e.code {
                         Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        None => Ok(answers), // an ACK
+                        None => Ok(answers), // the acknowledgement
                     };
                 }
                 NetlinkPayload::Done(_) => return Ok(answers),
                 NetlinkPayload::InnerMessage(m) => {
                     answers.push(m);
-                    // Not a dump: one answer is the whole of it.
-                    return Ok(answers);
+                    if !dump {
+                        return Ok(answers);
+                    }
                 }
                 _ => {}
             }
@@ -284,6 +293,112 @@ pub fn link(ifindex: u32) -> Result<Link> {
         }
     }
     Ok(link)
+}
+
+/// An address of an interface of this namespace (`ip addr show`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfAddress {
+    pub ifname: String,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// Every address of this namespace's interfaces (RTM_GETADDR dump).
+pub fn addresses() -> Result<Vec<IfAddress>> {
+    let names: std::collections::HashMap<u32, String> = links()?.into_iter().map(|(index, name, _)| (index, name)).collect();
+    let answers = exchange(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)
+        .context("listing addresses")?;
+    let mut out = Vec::new();
+    for m in answers {
+        let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+        // IFA_LOCAL is the interface's own address (IFA_ADDRESS the peer's on a
+        // point-to-point link); IPv6 gives only IFA_ADDRESS.
+        let local = a.attributes.iter().find_map(|x| if let AddressAttribute::Local(ip) = x { Some(*ip) } else { None });
+        let addr = a.attributes.iter().find_map(|x| if let AddressAttribute::Address(ip) = x { Some(*ip) } else { None });
+        let Some(address) = local.or(addr) else { continue };
+        let ifname = names.get(&a.header.index).cloned().unwrap_or_else(|| a.header.index.to_string());
+        out.push(IfAddress { ifname, address, prefix_len: a.header.prefix_len });
+    }
+    Ok(out)
+}
+
+/// Every interface of this namespace: (index, name, up) (RTM_GETLINK dump).
+pub fn links() -> Result<Vec<(u32, String, bool)>> {
+    let answers =
+        exchange(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP).context("listing interfaces")?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| {
+            let RouteNetlinkMessage::NewLink(l) = m else { return None };
+            let name = l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })?;
+            Some((l.header.index, name, l.header.flags.contains(LinkFlags::Up)))
+        })
+        .collect())
+}
+
+/// Brings interface `ifindex` up (`ip link set IFACE up`).
+pub fn set_up(ifindex: u32) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    exchange(RouteNetlinkMessage::SetLink(msg), NLM_F_REQUEST | NLM_F_ACK).with_context(|| format!("bringing ifindex {ifindex} up"))?;
+    Ok(())
+}
+
+fn address_message(ifindex: u32, address: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(address);
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = ifindex;
+    if address.is_ipv4() {
+        msg.attributes.push(AddressAttribute::Local(address));
+    }
+    msg.attributes.push(AddressAttribute::Address(address));
+    msg
+}
+
+/// Adds `address/prefix_len` to interface `ifindex` (`ip addr add`); an address it
+/// already has is an error (EEXIST), as there.
+pub fn add_address(ifindex: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
+    let msg = address_message(ifindex, address, prefix_len);
+    exchange(RouteNetlinkMessage::NewAddress(msg), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        .with_context(|| format!("adding {address}/{prefix_len}"))?;
+    Ok(())
+}
+
+/// Removes `address/prefix_len` from interface `ifindex` (`ip addr del`).
+pub fn del_address(ifindex: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
+    let msg = address_message(ifindex, address, prefix_len);
+    exchange(RouteNetlinkMessage::DelAddress(msg), NLM_F_REQUEST | NLM_F_ACK).with_context(|| format!("removing {address}/{prefix_len}"))?;
+    Ok(())
+}
+
+/// The type of the kernel's route to `dst` as `ip route get` names it ("local" when it
+/// is delivered here, "unicast", "unreachable", …), or why there is none.
+pub fn route_type(dst: IpAddr) -> String {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(dst);
+    msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+    msg.attributes.push(RouteAttribute::Destination(dst.into()));
+    match request(RouteNetlinkMessage::GetRoute(msg)) {
+        Ok(answers) => match answers.into_iter().next() {
+            Some(RouteNetlinkMessage::NewRoute(r)) => match r.header.kind {
+                RouteType::Unicast => "unicast".into(),
+                RouteType::Local => "local".into(),
+                RouteType::Broadcast => "broadcast".into(),
+                RouteType::Anycast => "anycast".into(),
+                RouteType::Multicast => "multicast".into(),
+                RouteType::BlackHole => "blackhole".into(),
+                RouteType::Unreachable => "unreachable".into(),
+                RouteType::Prohibit => "prohibit".into(),
+                RouteType::Throw => "throw".into(),
+                other => format!("{other:?}").to_lowercase(),
+            },
+            _ => "unknown".into(),
+        },
+        Err(e) => format!("no route ({e})"),
+    }
 }
 
 /// A change the kernel announced: which neighbour (address and MAC, None when the

@@ -57,6 +57,8 @@ pub struct NextHops {
     /// The neighbours (routers, or reals on the link) whose MACs the reals use: a
     /// change of another neighbour changes no real's next hop.
     pub neighbours: HashSet<IpAddr>,
+    /// The reals' addresses these were found for.
+    pub reals: HashSet<IpAddr>,
 }
 
 /// Looks every real's next hop up again and updates those that changed; asks the kernel
@@ -77,6 +79,7 @@ pub fn refresh_next_hops(maps: &mut Maps) -> Result<NextHops> {
             ops::set_real_target(maps, real_id, current)?;
         }
         found.neighbours.extend(neighbour);
+        found.reals.insert(ip);
         if current.mac.is_none() && current.egress.is_some() {
             nexthop::solicit(ip);
             found.unresolved.insert(ip);
@@ -85,7 +88,19 @@ pub fn refresh_next_hops(maps: &mut Maps) -> Result<NextHops> {
     Ok(found)
 }
 
-/// The reals the maps hold with a route but no MAC (no lookup: what the maps say).
-pub fn unresolved_in_maps(maps: &Maps) -> Result<HashSet<IpAddr>> {
-    Ok(ops::next_hops(maps)?.into_iter().filter(|(_, _, h)| h.egress.is_some() && h.mac.is_none()).map(|(_, ip, _)| ip).collect())
+/// After a change of the reals: the unresolved ones as the maps hold them (no lookup),
+/// and the neighbours of reals not seen before (one route lookup each).
+pub fn note_reals(maps: &Maps, found: &mut NextHops) -> Result<()> {
+    found.unresolved.clear();
+    for (_, ip, hop) in ops::next_hops(maps)? {
+        if found.reals.insert(ip) {
+            if let Ok((_, Some(neighbour))) = nexthop::lookup_via(ip) {
+                found.neighbours.insert(neighbour);
+            }
+        }
+        if hop.egress.is_some() && hop.mac.is_none() {
+            found.unresolved.insert(ip);
+        }
+    }
+    Ok(())
 }
