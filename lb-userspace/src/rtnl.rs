@@ -504,6 +504,17 @@ mod tests {
     }
 
     #[test]
+    fn dumps_list_loopback_and_its_address() {
+        assert!(links().unwrap().iter().any(|(i, name, _)| *i == 1 && name == "lo"));
+        let lo = addresses().unwrap();
+        assert!(
+            lo.iter().any(|a| a.ifname == "lo" && a.address == IpAddr::from(Ipv4Addr::LOCALHOST) && a.prefix_len == 8),
+            "{lo:?}"
+        );
+        assert_eq!(route_type(Ipv4Addr::LOCALHOST.into()), "local");
+    }
+
+    #[test]
     fn a_route_to_loopback_is_local() {
         let err = route_get("127.0.0.1".parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains("is an address of this host"), "{err}");
