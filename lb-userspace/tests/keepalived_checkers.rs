@@ -174,7 +174,7 @@ fn first_event(config: HealthConfig, addr: SocketAddr) -> (Duration, health::Eve
     let (mut checker, mut events) = Checker::new(rt.handle().clone());
     let start = Instant::now();
     checker.sync(vec![target(addr, config)], &|t| health::Verdict { up: !t.config.alpha, weight: None });
-    let ev = rt.block_on(tokio::time::timeout(Duration::from_secs(10), events.recv())).ok().flatten().expect("a state change");
+    let ev = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), events.recv()).await }).ok().flatten().expect("a state change");
     (start.elapsed(), ev)
 }
 
