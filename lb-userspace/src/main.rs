@@ -587,9 +587,12 @@ enum RealCmd {
 /// lines for its operator (target `xlb_console`) go to stdout as they are.
 fn init_logging() {
     use tracing_subscriber::{Layer, filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
+    // netlink-packet-route warns of every attribute a newer kernel made longer than it
+    // knows (IFLA_INET6_CONF, …) on each interface listed: noise, not the operator's.
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
-        .from_env_lossy();
+        .from_env_lossy()
+        .add_directive("netlink_packet_route=error".parse().expect("a valid directive"));
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
