@@ -1209,6 +1209,14 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     if detach {
         detach_and_unpin(&opts.paths.pin_dir);
         drop(engine); // closes the last link fds: the program is detached
+        // A link held only by its pin goes when the pin's inode is freed, after an RCU
+        // grace period: wait (a little) until the kernel shows it gone, so that whoever
+        // waits for this process finds the interfaces detached.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut check = tokio::time::interval(Duration::from_millis(10));
+        while Instant::now() < deadline && opts.ifaces.iter().any(|i| matches!(loader::attached_mode(i), Ok(Some(_)))) {
+            check.tick().await;
+        }
         say!("xlb: detached from {}; stopped", opts.ifaces.join(", "));
     } else {
         say!("xlb: exiting; the fast path keeps running from its pins (restart xlb to manage it, `xlb stop` to detach)");
