@@ -4,4 +4,4 @@
 modprobe veth
 ulimit -n 65536
 rm -f /root/results.json
-exec /usr/local/bin/xlb bench --sections e2e ${QUICK:+--quick} --json /root/results.json
+exec /usr/local/bin/xlb-bench --sections e2e ${QUICK:+--quick} --json /root/results.json

@@ -1,11 +1,14 @@
 #!/bin/bash
-# Boots the cached VM ($D, built by setup.sh) with `xlb` ($1) and runs job.sh inside.
+# Boots the cached VM ($D, built by setup.sh) with `xlb` ($1) and the `xlb-bench` and
+# `xlb-testkit` binaries beside it, and runs job.sh inside.
 # ACCEL=kvm|tcg; QUICK=1 for tiny counts; TIMEOUT in seconds bounds the whole run.
 # The VM has no network (-nic none): all traffic stays in namespaces inside it.
 set -euo pipefail
 D=${D:?set D to the cache directory}; XLB=${1:?usage: run.sh PATH-TO-XLB}
 S=$(cd "$(dirname "$0")" && pwd)
-install -m 755 "$XLB" "$D/rootfs/usr/local/bin/xlb"
+for bin in xlb xlb-bench xlb-testkit; do
+  install -m 755 "$(dirname "$XLB")/$bin" "$D/rootfs/usr/local/bin/$bin"
+done
 install -m 755 "$S/job.sh" "$D/rootfs/root/job.sh"
 case ${ACCEL:-tcg} in
   kvm) ACC=(-accel kvm -cpu host) ;;

@@ -9,7 +9,7 @@
 //! request.
 #![no_main]
 
-use lb_userspace::api::{MAX_MESSAGE, decode_request, encode_request};
+use xlb_core::api::{MAX_MESSAGE, decode_request, encode_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 //! in this form and reads it at the next start).
 #![no_main]
 
-use lb_userspace::config;
+use xlb_core::config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@
 //!   one request: the command line and the restore file read one grammar.
 #![no_main]
 
-use lb_userspace::ipvsadm::{Command, EXIT_FAILURE, EXIT_USAGE, parse, restore_requests};
+use xlb_core::ipvsadm::{Command, EXIT_FAILURE, EXIT_USAGE, parse, restore_requests};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

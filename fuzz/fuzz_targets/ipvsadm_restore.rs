@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_userspace::{
+use xlb_core::{
     api::Request,
     ipvsadm::{restore_requests, save},
     ops::{self, ForwardMethod, Persistence, RealAddr, RealOptions, RealView, ServiceId, ServiceOptions, ServiceView},

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lb_userspace::{config, keepalived};
+use xlb_core::{config, keepalived};
 use libfuzzer_sys::fuzz_target;
 
 static RUN: AtomicU64 = AtomicU64::new(0);

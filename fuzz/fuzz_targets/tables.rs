@@ -1,4 +1,4 @@
-//! The scheduling tables the controller precomputes (lb-userspace/src/tables.rs).
+//! The scheduling tables the controller precomputes (xlb-core/src/tables.rs).
 //!
 //! Properties:
 //! - mh (Maglev): every one of the MH_TABLE_SIZE slots is filled with a real of weight
@@ -17,7 +17,7 @@
 
 use arbitrary::Arbitrary;
 use lb_common::hash::{MH_TABLE_SIZE, SH_TABLE_SIZE};
-use lb_userspace::tables;
+use xlb_core::tables;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -1,5 +1,5 @@
 //! Map keys, values and constants shared by the XDP fast path (`lb-ebpf`) and the
-//! controller (`lb-userspace`), plus the pure logic both must agree on (TCP state
+//! controller (`xlb-core`), plus the pure logic both must agree on (TCP state
 //! transitions, scheduler hashes). Everything here is `#[repr(C)]` plain old data.
 //!
 //! Addresses and ports are stored exactly as they appear on the wire (network byte

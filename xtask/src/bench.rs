@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: runs `xlb bench` (every section, or `--only SECTION`) and writes
+//! `cargo xtask bench`: runs `xlb-bench` (every section, or `--only SECTION`) and writes
 //! bench/results/<date>.md, its chart, <date>.json and (full runs) README's table. With `--ipvs-vm` it first runs
 //! section 2 inside a VM whose Debian kernel has IPVS (bench/ipvs-vm/), so xlb and IPVS
 //! are compared in the same VM boot.
@@ -21,7 +21,7 @@ const VM_TIMEOUT_SECS: u32 = 900;
 
 /// Katran's object (GPL-2.0), loaded from the shared anchors at bench time only: beside
 /// the checkout or a folder above it, else the machine's /work/shared (the bench reads
-/// XLB_KATRAN_OBJ instead when it is set; lb-userspace's `bench::katran::locate_object`
+/// XLB_KATRAN_OBJ instead when it is set; xlb-bench's `katran::locate_object`
 /// looks in the same places).
 fn katran_object(root: &Path) -> std::path::PathBuf {
     const BELOW_SHARED: &str = "shared/anchors/katran/balancer.bpf.o";
@@ -37,8 +37,8 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool, only: Option<&
     if ipvs_vm && only.is_some_and(|s| s != "e2e") {
         bail!("--ipvs-vm runs the end-to-end section in a VM: it goes with all sections or --only e2e");
     }
-    let mut command = Command::new(xlb);
-    command.arg("bench");
+    let mut command = Command::new(xlb.with_file_name("xlb-bench"));
+    command.arg("--xlb").arg(xlb);
     if quick {
         command.arg("--quick");
     }

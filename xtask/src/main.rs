@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Build xlb (and its eBPF program) in release mode: target/release/xlb
+    /// Build xlb (and its eBPF program) in release mode: target/release/xlb, with the test
+    /// kit (xlb-testkit) and the bench (xlb-bench) beside it
     Build,
     /// Build xlb, then load it on the given interfaces until Ctrl-C (needs root)
     Run {
@@ -185,12 +186,13 @@ fn workspace_root() -> &'static Path {
         .expect("xtask's manifest dir has a parent")
 }
 
-/// Builds lb-userspace in release mode (its build.rs builds the eBPF object) and returns
-/// the path of the xlb binary.
+/// Builds the binaries in release mode (xlb-core's build.rs builds the eBPF object): the
+/// product (xlb, xlbadm), the test kit (xlb-testkit) and the bench (xlb-bench), side by
+/// side in target/release. Returns the path of the xlb binary.
 fn build() -> Result<PathBuf> {
     let root = workspace_root();
     let status = cmd("cargo")
-        .args(["build", "--release", "-p", "lb-userspace"])
+        .args(["build", "--release", "-p", "xlb", "-p", "xlb-testkit", "-p", "xlb-bench"])
         .current_dir(root)
         .status()
         .context("failed to start cargo")?;
@@ -237,7 +239,8 @@ fn run(ifaces: &[String], config: Option<&Path>, mode: Option<Mode>) -> Result<(
 fn demo(requests: Option<u64>, mode: Option<Mode>) -> Result<()> {
     require_root_for_xlb("demo")?;
     let xlb = build()?;
-    let mut command = Command::new(xlb);
+    // The demo is the test kit's: it needs test servers and namespaces, not the product.
+    let mut command = Command::new(xlb.with_file_name("xlb-testkit"));
     command.arg("demo");
     if let Some(requests) = requests {
         command.args(["--requests", &requests.to_string()]);
@@ -256,6 +259,14 @@ fn test(args: &[String]) -> Result<()> {
     require_root(
         "the test suite loads XDP programs and creates network namespaces: run it as root",
     )?;
+    // The tests spawn xlb-testkit (test servers, XDP stubs): `cargo test` builds it in the
+    // same invocation because xlb-testkit has integration tests of its own (a separate
+    // `cargo build` first would compile xlb-core a second time, with other features).
+    // A filtered run (`-- --test NAME`) selects no xlb-testkit test, so build the
+    // binaries first there.
+    if !args.is_empty() {
+        build()?;
+    }
     // The default members already leave out lb-ebpf, which only builds for BPF.
     let mut command = cmd("cargo");
     command
@@ -320,7 +331,7 @@ fn fuzz_parsers(seconds: u64, only: &[String]) -> Result<()> {
         .collect();
     let root = workspace_root();
     let fuzz_dir = root.join("fuzz");
-    // lb-userspace's build.rs would build the eBPF object with the fuzzer's flags; the
+    // xlb-core's build.rs would build the eBPF object with the fuzzer's flags; the
     // parsers do not need it (an empty object keeps include_bytes! compiling).
     let cargo_fuzz = |args: &[&str]| {
         let mut command = cmd("cargo");
