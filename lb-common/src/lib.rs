@@ -240,10 +240,11 @@ pub struct FlowKey {
 pub struct ConnEntry {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet.
     pub last_seen_ns: u64,
-    pub real_id: u32,
     /// The real's address when the flow was scheduled; a real id since reused by another
-    /// server no longer matches, so the flow is never sent to the wrong machine.
+    /// server no longer matches, so the flow is never sent to the wrong machine. At an
+    /// 8-byte offset: the fast path copies and compares it a word at a time.
     pub real_ip: [u8; 16],
+    pub real_id: u32,
     /// [`tcp`] state, or [`tcp::UDP`].
     pub state: u8,
     /// [`forward`] method the flow was scheduled with (a real's method may be edited).
@@ -258,15 +259,16 @@ pub struct ConnEntry {
 }
 
 /// Offset of the 8-byte word the fast path compare-and-swaps to move a connection's
-/// state (BPF's cmpxchg takes 64-bit words on every CPU version): the last 4 bytes of
-/// `real_ip`, then `state`, `forward` and `real_port`. All but `state` are fixed once
-/// the entry is made; `state` is byte [`CONN_STATE_IN_WORD`] of the word.
+/// state (BPF's cmpxchg takes 64-bit words on every CPU version): `real_id`, then
+/// `state`, `forward` and `real_port`. All but `state` are fixed once the entry is
+/// made; `state` is byte [`CONN_STATE_IN_WORD`] of the word.
 pub const CONN_STATE_WORD: usize = core::mem::offset_of!(ConnEntry, state) - 4;
 pub const CONN_STATE_IN_WORD: usize = 4;
 const _: () = {
     use core::mem::offset_of;
     assert!(CONN_STATE_WORD % 8 == 0);
-    assert!(offset_of!(ConnEntry, real_ip) + 16 == offset_of!(ConnEntry, state));
+    assert!(offset_of!(ConnEntry, real_ip) % 8 == 0);
+    assert!(offset_of!(ConnEntry, real_id) + 4 == offset_of!(ConnEntry, state));
     assert!(offset_of!(ConnEntry, forward) == offset_of!(ConnEntry, state) + 1);
     assert!(offset_of!(ConnEntry, real_port) == offset_of!(ConnEntry, state) + 2);
 };
@@ -583,16 +585,85 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const NAT_REPLIES: &str = "NAT_REPLIES";
     pub const VIPS: &str = "VIPS";
+    /// `xlb trace`'s switch and filter ([`crate::TraceConfig`], one entry) and its
+    /// event ring buffer ([`crate::TraceEvent`] records).
+    pub const TRACE: &str = "TRACE";
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
     /// The fragment table: not pinned (a restart forgets datagrams in flight).
     pub const FRAGS: &str = "FRAGS";
     /// The director's maps (pinned by `xlb run`).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
-        NAT_REPLIES, VIPS,
+        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS,
     ];
     /// A TUN real server's decapsulator maps (pinned by `xlb realserver setup --mode tun`).
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+}
+
+/// `xlb trace`: per-packet decision events. The fast path reads [`TraceConfig`] once per
+/// frame, where its verdict is counted; only when `enabled` and the frame matches the
+/// filters does it write a [`TraceEvent`] to the ring buffer. `xlb trace` switches it on
+/// and off through the pinned map.
+pub mod trace {
+    /// [`super::TraceConfig::filter`]: match the client address.
+    pub const FILTER_CLIENT: u32 = 1;
+    /// [`super::TraceConfig::filter`]: match the service (VIP, port, protocol).
+    pub const FILTER_SERVICE: u32 = 2;
+    /// [`super::TraceEvent::flags`]: `flow` holds the frame's 5-tuple (not set when the
+    /// headers could not be parsed: the event then carries only the verdict).
+    pub const FLOW: u8 = 1;
+    /// A connection entry was found: `state`, `real_*` and `forward` come from it.
+    pub const CONN: u8 = 2;
+    /// A NAT real server's reply: `flow` is the client's flow it belongs to.
+    pub const REPLY: u8 = 4;
+    /// The frame opened a new connection (scheduled now).
+    pub const NEW_CONN: u8 = 8;
+    /// Size of the event ring buffer, bytes (a power of two, a multiple of the page size):
+    /// about 3000 events between two reads.
+    pub const RING_BYTES: u32 = 1 << 18;
+}
+
+/// `xlb trace`'s switch and filter (the one entry of the TRACE map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Non-zero: events are written.
+    pub enabled: u32,
+    /// [`trace`]`::FILTER_*` bits.
+    pub filter: u32,
+    /// The client address (16-byte form) to match.
+    pub client: [u8; 16],
+    /// The service to match: VIP (16-byte form), port (wire order), protocol.
+    pub vip: [u8; 16],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// One frame's decision, as `xlb trace` receives it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) when the verdict was reached.
+    pub time_ns: u64,
+    /// The client's flow (for a NAT reply, the flow it answers): client, VIP, ports.
+    pub flow: FlowKey,
+    /// The real server of the connection (when [`trace::CONN`]).
+    pub real_ip: [u8; 16],
+    pub real_port: [u8; 2],
+    /// The verdict's [`counter`] index (`counter::NAMES`).
+    pub reason: u8,
+    /// [`tcp`] state after this frame (when [`trace::CONN`]).
+    pub state: u8,
+    /// [`trace`] flags.
+    pub flags: u8,
+    /// [`forward`] method of the connection.
+    pub forward: u8,
+    pub _pad: [u8; 2],
+    pub real_id: u32,
+    /// The CPU that processed the frame.
+    pub cpu: u32,
 }
 
 /// Benchmark support (`cargo xtask bench`). BPF_PROG_TEST_RUN repeats a program on one
@@ -663,6 +734,8 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for RealStats {}
+    unsafe impl aya::Pod for TraceConfig {}
+    unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }
 

@@ -7,11 +7,13 @@
 //! here the state moves by compare-and-swap, and only the CPU whose swap succeeded moves
 //! the real's ActiveConn/InActConn counts, so they stay exact. Removal first swaps the
 //! state to [`tcp::GONE`]: exactly one remover wins and learns the state the counts hold.
-use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, ServiceInfo, Settings, forward, svc_flags, tcp};
+use lb_common::{CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, Settings, forward, svc_flags, tcp};
+
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use crate::{
     atomic,
-    maps::{CONNS, NAT_REPLIES, REALS},
+    maps::{CONNS, NAT_REPLIES, REALS, SCRATCH, SERVICE_INFO},
     parse::Packet,
     persist, stats,
 };
@@ -41,6 +43,26 @@ pub enum Created {
     Full,
     /// NAT: another live connection holds this one's reply tuple.
     Clash,
+}
+
+/// CLOCK_MONOTONIC at the kernel's last tick (bpf_ktime_get_coarse_ns): the clock of a
+/// known flow's packets. It moves once per tick (1–10 ms), so a flow's idle stamp is
+/// rewritten at most once per tick ([`advance`]): no write to the shared entry on every
+/// packet. Each CPU keeps the value with the tick it was read in (jiffies, which the
+/// verifier inlines to one load): within a tick no helper is called at all. Idle
+/// timeouts are in seconds; a stamp a tick old changes none of them.
+#[inline(always)]
+pub fn coarse_now() -> u64 {
+    let tick = unsafe { bpf_jiffies64() };
+    // Through a raw pointer: callers hold a reference to another part of the scratch.
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return unsafe { bpf_ktime_get_coarse_ns() } };
+    unsafe {
+        if (*s).clock_tick != tick || (*s).clock_ns == 0 {
+            (*s).clock_ns = bpf_ktime_get_coarse_ns();
+            (*s).clock_tick = tick;
+        }
+        (*s).clock_ns
+    }
 }
 
 #[inline(always)]
@@ -103,7 +125,11 @@ fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u
             stats::load_move(c.real_id, state_of(before), state_of(after));
         }
     }
-    unsafe { (*conn).last_seen_ns = now };
+    // Only when the (coarse) clock moved past the stamp: most packets of a busy flow
+    // leave the entry's cache line unwritten.
+    if now > c.last_seen_ns {
+        unsafe { (*conn).last_seen_ns = now };
+    }
 }
 
 /// Claims an entry for removal: swaps its state to [`tcp::GONE`]. Returns the entry with the
@@ -155,12 +181,28 @@ fn reschedules(c: &ConnEntry, real: &RealEntry, flags: u32, syn: bool, settings:
             || (mode & 2 != 0 && c.state == tcp::FIN_WAIT && c.forward != forward::NAT))
 }
 
-/// Finds the client's flow, expiring it if idle too long or if a new SYN
-/// [`reschedules`] it, and advances its TCP state. A separate BPF function.
+/// The flags of service `service_id` (0 if it has just gone).
+#[inline(always)]
+fn service_flags(service_id: u32) -> u32 {
+    match unsafe { SERVICE_INFO.get(&service_id) } {
+        Some(svc) => svc.flags,
+        None => 0,
+    }
+}
+
+/// [`lookup`]'s `flags` when the caller has not read the service.
+pub const FLAGS_UNKNOWN: u64 = u64::MAX;
+
+/// Finds the client's flow to service `service_id`, expiring it if idle too long or if
+/// a new SYN [`reschedules`] it, and advances its TCP state (clock: [`coarse_now`]).
+/// `flags`: the service's flags when the caller has them, else [`FLAGS_UNKNOWN`]: they
+/// are then read only when they can matter (a SYN, a real failed by its health check),
+/// which keeps the common packet at the service's, the connection's and the real's
+/// lookups. A separate BPF function (at most five arguments: BPF passes none on the stack).
 #[inline(never)]
-pub fn lookup(pkt: &Packet, svc: &ServiceInfo, settings: &Settings, now: u64) -> Lookup {
+pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) -> Lookup {
+    let now = coarse_now();
     let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
-    let (service_id, flags) = (svc.id, svc.flags);
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
     let c = unsafe { *conn };
     if c.state == tcp::GONE {
@@ -181,6 +223,14 @@ pub fn lookup(pkt: &Packet, svc: &ServiceInfo, settings: &Settings, now: u64) ->
         return Lookup::Miss;
     }
     let syn = flow.proto == PROTO_TCP && tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
+    // `gone` reads the flags only for a failed real, `reschedules` only for a SYN.
+    let flags = if flags != FLAGS_UNKNOWN {
+        flags as u32
+    } else if syn || real.health_down() {
+        service_flags(service_id)
+    } else {
+        0
+    };
     if reschedules(&c, real, flags, syn, settings) {
         // The old entry's count leaves with it, before the new one is counted.
         expire(flow);
@@ -203,12 +253,12 @@ pub fn lookup(pkt: &Packet, svc: &ServiceInfo, settings: &Settings, now: u64) ->
     Lookup::Hit(c, real)
 }
 
-/// Finds the connection a NAT real server's reply (`reply`: its 5-tuple as sent)
-/// belongs to and advances its state through IPVS's OUTPUT table. Returns the reply
-/// entry (the client's flow, the way back) and the real's id.
+/// The connection of a NAT real server's reply, whose entry in the reply table is
+/// `back` (the client's flow, the way back): advances its state through IPVS's OUTPUT
+/// table. Returns the real's id, or None if the connection has gone or is idle too long.
 #[inline(always)]
-pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u64) -> Option<(&'static NatReply, u32)> {
-    let back = unsafe { NAT_REPLIES.get(reply)? };
+pub fn lookup_reply(back: &NatReply, tcp_flags: u8, settings: &Settings) -> Option<u32> {
+    let now = coarse_now();
     let conn = CONNS.get_ptr_mut(&back.flow)?;
     let c = unsafe { *conn };
     if c.state == tcp::GONE {
@@ -219,7 +269,7 @@ pub fn lookup_reply(reply: &FlowKey, tcp_flags: u8, settings: &Settings, now: u6
         return None;
     }
     advance(conn, &c, back.flow.proto, tcp::dir::OUTPUT, tcp_flags, now);
-    Some((back, c.real_id))
+    Some(c.real_id)
 }
 
 /// The entry of a new flow of `service_id` to `real` (at `real_port`, wire order), its

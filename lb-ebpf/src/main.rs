@@ -13,6 +13,8 @@ mod atomic;
 mod bench;
 mod conntrack;
 mod decap;
+#[cfg(feature = "diagnostics")]
+mod diag;
 mod frag;
 mod fwd;
 mod icmp;
@@ -25,13 +27,13 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    ConnEntry, FlowKey, FragEntry, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
+    ConnEntry, FlowKey, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
     conntrack::{Created, Lookup},
     fwd::{nat, tun},
-    maps::{CONNS, REALS, SERVICE_INFO, SERVICES, SETTINGS},
+    maps::{CONNS, NAT_REPLIES, REALS, SERVICE_INFO, SERVICES, SETTINGS},
     parse::Packet,
     scratch::Scratch,
 };
@@ -39,7 +41,11 @@ use crate::{
 /// The load balancer, attached to the director's NICs.
 #[xdp]
 pub fn xlb_balance(ctx: XdpContext) -> u32 {
-    balance(&ctx)
+    let verdict = balance(&ctx);
+    // Fast-path log and `xlb trace` (off: one load and a branch).
+    #[cfg(feature = "diagnostics")]
+    diag::after_frame();
+    verdict
 }
 
 /// The whole balancing decision for one frame: the verdict, with the frame rewritten
@@ -125,35 +131,68 @@ fn balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
 
 #[inline(always)]
 fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32, ()> {
-    let now = unsafe { bpf_ktime_get_ns() };
     let pkt = &s.pkt;
-    let key = ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 };
-    let Some(&service_id) = (unsafe { SERVICES.get(&key) }) else {
-        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, now));
+    // 8-byte aligned on the stack, the key is built with word stores (its own type is
+    // byte-aligned, which makes the compiler copy the address a byte at a time).
+    let key = Aligned(ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 });
+    let Some(&service_id) = (unsafe { SERVICES.get(&key.0) }) else {
+        // For no service: a NAT real's reply, or (most such frames) none of ours, which
+        // leaves here without a further call.
+        let Some(back) = (unsafe { NAT_REPLIES.get(&pkt.flow) }) else {
+            stats::count(counter::PASS_NOT_VIP);
+            return Ok(xdp_action::XDP_PASS);
+        };
+        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, back));
     };
-    let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
-        stats::count(counter::PASS_NOT_VIP);
-        return Ok(xdp_action::XDP_PASS);
+    // The service's flags matter to a known TCP flow only in rare cases (a SYN on its
+    // tuple, a failed real): conntrack::lookup then reads them itself. UDP needs them
+    // first (one-packet scheduling keeps no entry).
+    let flags = if pkt.flow.proto == PROTO_UDP {
+        let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
+            stats::count(counter::PASS_NOT_VIP);
+            return Ok(xdp_action::XDP_PASS);
+        };
+        svc.flags as u64
+    } else {
+        conntrack::FLAGS_UNKNOWN
     };
-    let one_packet = svc.flags & svc_flags::ONE_PACKET != 0 && pkt.flow.proto == PROTO_UDP;
-    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, svc, settings, now) };
+    let one_packet = pkt.flow.proto == PROTO_UDP && flags & svc_flags::ONE_PACKET as u64 != 0;
+    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, service_id, flags, settings) };
     match lookup {
+        Lookup::Hit(c, real) if c.forward != forward::NAT && c.forward != forward::TUN && pkt.fragment == parse::WHOLE && real.mac_valid() => {
+            // DR's common packet, sent from here: to_real's call and return cost more
+            // than the work (to_real's DR branch does the same).
+            let bytes = (ctx.data_end() - ctx.data()) as u64;
+            let verdict = fwd::send(ctx, &real.mac, &real.src_mac, real.ifindex)?;
+            stats::count_real(c.real_id, bytes, false);
+            stats::count(counter::TX_DR);
+            Ok(verdict)
+        }
         Lookup::Hit(c, real) => Ok(send_to_real(ctx, pkt, real, &Target::following(&c))),
         Lookup::NoDest => {
             stats::count(counter::DROP_NODEST);
             Ok(xdp_action::XDP_DROP)
         }
-        Lookup::Miss if svc.flags & svc_flags::TRASHED != 0 => {
-            // Kept only for its connections: a new flow finds no service (IPVS).
-            stats::count(counter::PASS_NOT_VIP);
-            Ok(xdp_action::XDP_PASS)
-        }
         Lookup::Miss => {
+            // A new flow (rarer): the service read again, not kept from above, where
+            // the verifier could not follow a pointer kept only for UDP.
+            let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
+                stats::count(counter::PASS_NOT_VIP);
+                return Ok(xdp_action::XDP_PASS);
+            };
+            if svc.flags & svc_flags::TRASHED != 0 {
+                // Kept only for its connections: a new flow finds no service (IPVS).
+                stats::count(counter::PASS_NOT_VIP);
+                return Ok(xdp_action::XDP_PASS);
+            }
+            // The fine clock for a new connection: its persistence template's tag is
+            // made from it.
+            let now = unsafe { bpf_ktime_get_ns() };
             let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
             let verdict = open_connection(svc, s, settings, now, &mut target);
             if verdict == RACED {
                 // Another CPU created this flow's entry first: follow it.
-                return match conntrack::lookup(&s.pkt, svc, settings, now) {
+                return match conntrack::lookup(&s.pkt, svc.id, svc.flags as u64, settings) {
                     Lookup::Hit(c, real) => Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c))),
                     _ => {
                         stats::count(counter::DROP_CONN_RACE);
@@ -169,6 +208,10 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
         }
     }
 }
+
+/// A stack value at an 8-byte boundary.
+#[repr(C, align(8))]
+struct Aligned<T>(T);
 
 /// A later fragment of a client's datagram to a service: to the real its first
 /// fragment went to, by the same method (`s.frag`, filled by `frag::follow`). A
@@ -355,7 +398,7 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, real: &RealEntry, t: &Target) -> 
     };
     let verdict = fwd::send(ctx, &real.mac, &real.src_mac, real.ifindex)?;
     stats::count_real(t.real_id, bytes, t.new_conn);
-    stats::count(sent);
+    stats::count_sent(sent, t.new_conn);
     Ok(verdict)
 }
 
@@ -386,8 +429,8 @@ fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
 /// VIP and virtual port again and it goes back the way the client's first packet came
 /// (that NIC, that MAC, those VLAN tags). Not inlined: its locals get their own stack frame.
 #[inline(never)]
-fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, now: u64) -> u32 {
-    match try_nat_reply(ctx, pkt, frag, settings, now) {
+fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, back: &'static NatReply) -> u32 {
+    match try_nat_reply(ctx, pkt, frag, settings, back) {
         Ok(verdict) => verdict,
         Err(()) => {
             stats::count(counter::PASS_ERROR);
@@ -397,8 +440,8 @@ fn nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Se
 }
 
 #[inline(always)]
-fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, now: u64) -> Result<u32, ()> {
-    let Some((back, real_id)) = conntrack::lookup_reply(&pkt.flow, pkt.tcp_flags, settings, now) else {
+fn try_nat_reply(ctx: &XdpContext, pkt: &Packet, frag: &mut FragEntry, settings: &Settings, back: &'static NatReply) -> Result<u32, ()> {
+    let Some(real_id) = conntrack::lookup_reply(back, pkt.tcp_flags, settings) else {
         stats::count(counter::PASS_NOT_VIP);
         return Ok(xdp_action::XDP_PASS);
     };

@@ -1,12 +1,12 @@
 //! Every map of the fast path, declared together. Layouts live in lb-common.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     ConnEntry, FlowKey, FragEntry, FragKey, MAX_CONNS, MAX_FRAGS, MAX_DECAP_VIPS, MAX_FRONTENDS, MAX_PERSIST, MAX_REALS, MAX_SERVICES,
-    NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, counter,
-    decap_counter,
+    NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, TraceConfig,
+    counter, decap_counter, trace,
 };
 
 use crate::scratch::Scratch;
@@ -86,3 +86,11 @@ pub static DECAP_VIPS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_DEC
 /// The decapsulator's counters (see `lb_common::decap_counter`).
 #[map]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_counter::COUNT, 0);
+
+/// `xlb trace`'s switch and filter (one entry; see `lb_common::trace`).
+#[map]
+pub static TRACE: Array<TraceConfig> = Array::with_max_entries(1, 0);
+
+/// `xlb trace`'s events, written only while TRACE is on and a frame matches it.
+#[map]
+pub static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(trace::RING_BYTES, 0);

@@ -6,7 +6,7 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP, addr,
+    FlowKey, PROTO_TCP, PROTO_UDP,
     csum::{PROTO_ICMP, PROTO_ICMPV6},
     counter,
 };
@@ -150,8 +150,8 @@ pub fn link(ctx: &XdpContext) -> Result<(u16, usize, [u8; 8], u8), u32> {
 
 /// Parses a frame down to its TCP/UDP ports or its ICMP header, into `pkt` (per-CPU
 /// scratch memory: too large for the stack). Returns [`PARSED`], or the counter index of
-/// the reason the frame is not balanced. A separate BPF function: its temporaries get
-/// their own stack frame.
+/// the reason the frame is not balanced. A separate BPF function: inlined, its
+/// temporaries would take stack room the deepest call chain (new connections) has not.
 #[inline(never)]
 pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     match try_parse(ctx, pkt) {
@@ -160,29 +160,119 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     }
 }
 
+/// A `T` read at address `at` (packet or map memory), unaligned: one load of its size,
+/// not a byte at a time (the object is built with misaligned access allowed, see
+/// lb-ebpf/build.rs; the kernel allows it on packet and map memory, not on the stack).
+/// The caller has checked the bounds.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(at: usize) -> T {
+    unsafe { core::ptr::read_unaligned(at as *const T) }
+}
+
+/// Writes `v` at `to`, unaligned (see [`load`]).
+#[inline(always)]
+pub unsafe fn store<T: Copy>(to: *mut u8, v: T) {
+    unsafe { core::ptr::write_unaligned(to.cast::<T>(), v) }
+}
+
+/// The 16-byte form of an IPv4 address (`a`: its 4 bytes as read from the wire), written
+/// in three stores (see `lb_common::addr::from_v4`).
+#[inline(always)]
+fn set_v4(to: &mut [u8; 16], a: u32) {
+    let p = to.as_mut_ptr();
+    unsafe {
+        store(p, 0u64);
+        store(p.add(8), u32::from_ne_bytes([0, 0, 0xff, 0xff]));
+        store(p.add(12), a);
+    }
+}
+
+/// Copies 16 bytes from packet address `at` (checked by the caller): two 8-byte loads.
+#[inline(always)]
+fn set_v6(to: &mut [u8; 16], at: usize) {
+    let p = to.as_mut_ptr();
+    unsafe {
+        store(p, load::<u64>(at));
+        store(p.add(8), load::<u64>(at + 8));
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype_be: u16) -> bool {
+    ethertype_be == ETH_P_8021Q.to_be() || ethertype_be == ETH_P_8021AD.to_be()
+}
+
+// try_parse zeroes the ports, protocol and padding with one 8-byte store, and TCP/UDP
+// write both ports with one 4-byte store.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(offset_of!(FlowKey, dport) == offset_of!(FlowKey, sport) + 2);
+    assert!(size_of::<FlowKey>() == offset_of!(FlowKey, sport) + 8);
+};
+
+/// [`link`] and the frame's MACs into `pkt`, with word loads and stores: this runs for
+/// every frame the NIC receives.
 #[inline(always)]
 fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), u32> {
-    let (ethertype, l3, vlan, vlan_count) = link(ctx)?;
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| counter::PASS_TRUNCATED)?;
-    pkt.src_mac = unsafe { (*eth).src_addr };
-    pkt.dst_mac = unsafe { (*eth).dst_addr };
-    pkt.vlan = vlan;
-    pkt.vlan_count = vlan_count;
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + EthHdr::LEN > end {
+        return Err(counter::PASS_TRUNCATED);
+    }
+    // Ethertypes compared in wire order: no byte swap.
+    let mut ethertype = unsafe { load::<u16>(data + 12) };
+    let mut l3 = EthHdr::LEN;
+    let (mut tag0, mut tag1, mut count) = (0u32, 0u32, 0u8);
+    if is_vlan(ethertype) {
+        // The tag's TPID is the ethertype just read; its TCI and the next ethertype follow.
+        if data + 18 > end {
+            return Err(counter::PASS_TRUNCATED);
+        }
+        tag0 = unsafe { load::<u32>(data + 12) };
+        ethertype = unsafe { load::<u16>(data + 16) };
+        l3 = 18;
+        count = 1;
+        if is_vlan(ethertype) {
+            if data + 22 > end {
+                return Err(counter::PASS_TRUNCATED);
+            }
+            tag1 = unsafe { load::<u32>(data + 16) };
+            ethertype = unsafe { load::<u16>(data + 20) };
+            l3 = 22;
+            count = 2;
+            if is_vlan(ethertype) {
+                return Err(counter::PASS_VLAN_STACK);
+            }
+        }
+    }
+    let v4 = ethertype == ETH_P_IP.to_be();
+    if !v4 && ethertype != ETH_P_IPV6.to_be() {
+        return Err(counter::PASS_NOT_IP);
+    }
+    unsafe {
+        let dst = pkt.dst_mac.as_mut_ptr();
+        store(dst, load::<u32>(data));
+        store(dst.add(4), load::<u16>(data + 4));
+        let src = pkt.src_mac.as_mut_ptr();
+        store(src, load::<u32>(data + 6));
+        store(src.add(4), load::<u16>(data + 10));
+        let v = pkt.vlan.as_mut_ptr();
+        store(v, tag0);
+        store(v.add(4), tag1);
+        // Ports, protocol and padding of the flow: zero until read below.
+        store((&raw mut pkt.flow.sport).cast::<u8>(), 0u64);
+    }
+    pkt.vlan_count = count;
     pkt.ingress = ctx.ingress_ifindex() as u32;
     pkt.l3 = l3 as u16;
-    pkt.v4 = ethertype == ETH_P_IP;
+    pkt.v4 = v4;
     pkt.tos = 0;
     pkt.id = 0;
     pkt.frag = 0;
     pkt.tcp_flags = 0;
     pkt.fragment = WHOLE;
     pkt.frag_id = 0;
-    pkt.flow = FlowKey::default();
-    let header_len = match ethertype {
-        ETH_P_IP => ipv4(ctx, pkt)?,
-        ETH_P_IPV6 => ipv6(ctx, pkt)?,
-        _ => return Err(counter::PASS_NOT_IP),
-    };
+    let header_len = if v4 { ipv4(ctx, pkt)? } else { ipv6(ctx, pkt)? };
     // ICMP errors are matched by their quote, which a fragment may not hold whole.
     if pkt.fragment != WHOLE && pkt.is_icmp() {
         return Err(counter::PASS_FRAGMENT);
@@ -209,27 +299,31 @@ fn fragment_data(ctx: &XdpContext, pkt: &Packet, header_len: usize) -> Result<()
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3()).map_err(|()| counter::PASS_TRUNCATED)?;
-    let vihl = unsafe { (*ip).vihl };
+    let at = ip as usize;
+    // Version/IHL, TOS and total length in one load; identification and flags/offset in another.
+    let w0 = unsafe { load::<u32>(at) }.to_ne_bytes();
+    let vihl = w0[0];
     let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl_bytes < Ipv4Hdr::LEN {
         return Err(counter::PASS_BAD_HEADER);
     }
-    let proto = unsafe { (*ip).proto };
+    let proto = unsafe { load::<u8>(at + 9) };
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(counter::PASS_NOT_TCP_UDP);
     }
-    let frag = u16::from_be_bytes(unsafe { (*ip).frags });
+    let w1 = unsafe { load::<u32>(at + 4) }.to_ne_bytes();
+    let frag = u16::from_be_bytes([w1[2], w1[3]]);
     pkt.flow.proto = proto;
     pkt.frag = frag;
-    pkt.id = u16::from_be_bytes(unsafe { (*ip).id });
+    pkt.id = u16::from_be_bytes([w1[0], w1[1]]);
     if frag & IP_MF_AND_OFFSET != 0 {
         pkt.fragment = if frag & IP_OFFSET != 0 { LATER_FRAGMENT } else { FIRST_FRAGMENT };
         pkt.frag_id = pkt.id as u32;
     }
-    pkt.tos = unsafe { (*ip).tos };
-    pkt.ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
-    pkt.flow.src = addr::from_v4(unsafe { (*ip).src_addr });
-    pkt.flow.dst = addr::from_v4(unsafe { (*ip).dst_addr });
+    pkt.tos = w0[1];
+    pkt.ip_len = u16::from_be_bytes([w0[2], w0[3]]);
+    set_v4(&mut pkt.flow.src, unsafe { load::<u32>(at + 12) });
+    set_v4(&mut pkt.flow.dst, unsafe { load::<u32>(at + 16) });
     pkt.l4 = (pkt.l3() + ihl_bytes) as u16;
     Ok(ihl_bytes)
 }
@@ -245,12 +339,8 @@ fn ipv6(ctx: &XdpContext, pkt: &mut Packet) -> Result<usize, u32> {
     }
     pkt.tos = (h[0] << 4) | (h[1] >> 4);
     pkt.ip_len = (u16::from_be_bytes([h[4], h[5]]) as usize + IPV6_HEADER_LEN).min(u16::MAX as usize) as u16;
-    let mut i = 0;
-    while i < 16 {
-        pkt.flow.src[i] = h[8 + i];
-        pkt.flow.dst[i] = h[24 + i];
-        i += 1;
-    }
+    set_v6(&mut pkt.flow.src, ip as usize + 8);
+    set_v6(&mut pkt.flow.dst, ip as usize + 24);
     let mut next = h[6];
     let mut len = IPV6_HEADER_LEN;
     let mut skipped = 0;
@@ -310,23 +400,19 @@ fn transport(ctx: &XdpContext, pkt: &mut Packet, header_len: usize) -> Result<()
     let min_len = if pkt.flow.proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, pkt.l4()).map_err(|()| counter::PASS_TRUNCATED)?;
         let t = tcp as *const u8;
-        unsafe {
-            pkt.flow.sport = (*tcp).source;
-            pkt.flow.dport = (*tcp).dest;
-            // Byte 13 holds CWR..FIN; the data offset is byte 12's high nibble.
-            pkt.tcp_flags = *t.add(13);
-        }
-        let data_offset = unsafe { (*t.add(12) >> 4) as usize * 4 };
+        // Ports in one load, data offset and flags (byte 12's high nibble; CWR..FIN) in another.
+        let ports = unsafe { load::<u32>(t as usize) };
+        let off_flags = unsafe { load::<u16>(t as usize + 12) }.to_ne_bytes();
+        unsafe { store((&raw mut pkt.flow.sport).cast::<u8>(), ports) };
+        pkt.tcp_flags = off_flags[1];
+        let data_offset = (off_flags[0] >> 4) as usize * 4;
         if data_offset < TcpHdr::LEN {
             return Err(counter::PASS_BAD_HEADER);
         }
         data_offset
     } else if pkt.flow.proto == PROTO_UDP {
         let udp: *const UdpHdr = ptr_at(ctx, pkt.l4()).map_err(|()| counter::PASS_TRUNCATED)?;
-        unsafe {
-            pkt.flow.sport = (*udp).src;
-            pkt.flow.dport = (*udp).dst;
-        }
+        unsafe { store((&raw mut pkt.flow.sport).cast::<u8>(), load::<u32>(udp as usize)) };
         UdpHdr::LEN
     } else {
         // ICMP: type, code, checksum and 4 more bytes.

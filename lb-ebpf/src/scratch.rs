@@ -17,6 +17,12 @@ pub struct Scratch {
     pub turned: FlowKey,
     /// A later fragment's record of its datagram (see `frag`).
     pub frag: FragEntry,
+    /// `conntrack::coarse_now`'s value and the tick (jiffies) it was read in.
+    pub clock_tick: u64,
+    pub clock_ns: u64,
+    /// The frame's verdict counter, for the diagnostics (see `diag`).
+    #[cfg(feature = "diagnostics")]
+    pub verdict: u32,
 }
 
 /// This CPU's scratch memory (an array's only slot: always there).

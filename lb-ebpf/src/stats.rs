@@ -6,11 +6,27 @@ use lb_common::tcp;
 
 use crate::maps::{COUNTERS, REAL_LOAD, REAL_STATS};
 
+/// Counts a frame's verdict (or an event), and notes the verdict for the diagnostics
+/// (aya-log, `xlb trace`), which look at it once the frame is done.
 #[inline(always)]
 pub fn count(reason: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(reason) {
         unsafe { *c += 1 };
     }
+    #[cfg(feature = "diagnostics")]
+    crate::diag::verdict(reason, false);
+}
+
+/// [`count`] for a frame sent to a real server; `new_conn`: it opened the connection.
+#[inline(always)]
+pub fn count_sent(reason: u32, new_conn: bool) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason) {
+        unsafe { *c += 1 };
+    }
+    #[cfg(feature = "diagnostics")]
+    crate::diag::verdict(reason, new_conn);
+    #[cfg(not(feature = "diagnostics"))]
+    let _ = new_conn;
 }
 
 #[inline(always)]

@@ -390,6 +390,96 @@ pub struct FastpathResults {
     pub coverage: Vec<Coverage>,
     pub growth: Growth,
     pub targets: Vec<Target>,
+    /// What the fast path's diagnostics cost on the established DR row.
+    #[serde(default)]
+    pub diagnostics: DiagnosticsCost,
+}
+
+/// The fast path's diagnostics (aya-log, `xlb trace`'s hook) on one row, in the same
+/// rounds: the object built without their code, the object as xlb loads it (log off,
+/// trace off), and with `xlb trace` on but its filter matching no frame (what a killed
+/// trace leaves).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DiagnosticsCost {
+    pub case: String,
+    pub rows: Vec<DiagnosticsRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiagnosticsRow {
+    pub variant: String,
+    pub ns_per_packet: f64,
+    pub x_floor: f64,
+    /// × the object without the diagnostics code, median of per-round ratios.
+    pub x_without: f64,
+    pub proof: Proof,
+}
+
+/// The variants of [`DiagnosticsCost`], in its rows' order.
+pub const DIAGNOSTICS_VARIANTS: [&str; 3] = [
+    "without the diagnostics code (lb-ebpf built without its `diagnostics` feature)",
+    "with them, off (as xlb loads it: --fastpath-log off, no trace)",
+    "xlb trace on, its filter matching no frame",
+];
+
+/// Measures [`DIAGNOSTICS_VARIANTS`] on one established row, a round at a time.
+struct DiagnosticsBench {
+    without: Harness,
+    trace: xlb_core::trace::Session,
+    times: [Vec<RoundTimes>; 3],
+    proofs: [Proof; 3],
+}
+
+impl DiagnosticsBench {
+    /// `item` primed in a harness of the object without diagnostics too.
+    fn new(h: &mut Harness, item: &Item) -> Result<Self> {
+        let mut without = Harness::load_without_diagnostics()?;
+        prime(&mut without, item)?;
+        let trace = xlb_core::trace::Session::take(&mut h.ebpf)?;
+        Ok(Self { without, trace, times: Default::default(), proofs: [Proof::empty(), Proof::empty(), Proof::empty()] })
+    }
+
+    fn round(&mut self, h: &mut Harness, item: &Item, repeat: u32, round: usize, drop: f64, swap_tx: f64) -> Result<()> {
+        // No variant always runs first.
+        for v in (0..3).map(|v| (v + round) % 3) {
+            let (timed, proof) = match v {
+                0 => measure_item(&mut self.without, item, repeat)?,
+                1 => measure_item(h, item, repeat)?,
+                _ => {
+                    // TEST-NET-1 (RFC 5737): no frame of the bench comes from it.
+                    let nobody = xlb_core::trace::Filter { client: Some(Ipv4Addr::new(192, 0, 2, 1).into()), service: None };
+                    self.trace.start(&nobody)?;
+                    let result = measure_item(h, item, repeat);
+                    self.trace.off()?;
+                    if self.trace.next_event().is_some() {
+                        bail!("xlb trace's filter matched a bench frame");
+                    }
+                    result?
+                }
+            };
+            self.times[v].push(RoundTimes { drop, swap_tx, ..timed });
+            self.proofs[v].add(&proof);
+        }
+        Ok(())
+    }
+
+    fn finish(self, item: &Item) -> DiagnosticsCost {
+        let without = &self.times[0];
+        let rows = self
+            .times
+            .iter()
+            .zip(self.proofs)
+            .zip(DIAGNOSTICS_VARIANTS)
+            .map(|((t, proof), variant)| DiagnosticsRow {
+                variant: variant.into(),
+                ns_per_packet: RoundTimes::median_of(t, |t| t.ns_per_packet()),
+                x_floor: RoundTimes::median_of(t, |t| t.ns_per_packet() / t.swap_tx),
+                x_without: median(&t.iter().zip(without).map(|(a, w)| a.ns_per_packet() / w.ns_per_packet()).collect::<Vec<_>>()),
+                proof,
+            })
+            .collect();
+        DiagnosticsCost { case: format!("{}, {}", item.case, item.path.label()), rows }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -405,6 +495,16 @@ pub struct FastpathOptions {
     /// its connection table holds without evicting).
     pub few_flows: u32,
     pub many_flows: u32,
+    /// Only the rows whose "case (path)" label contains one of these (empty: every row);
+    /// a filtered run skips the live-flows rows too (profiling one path quickly).
+    pub cases: Vec<String>,
+}
+
+impl FastpathOptions {
+    fn wants(&self, item: &Item) -> bool {
+        let label = format!("{} ({})", item.case, item.path.label());
+        self.cases.is_empty() || self.cases.iter().any(|c| label.contains(c.as_str()))
+    }
 }
 
 /// The growth target's live flows (issue 12 point 2).
@@ -521,18 +621,23 @@ pub struct Harness {
 impl Harness {
     /// The direct-routing fixture services, checked against the DR fixture table.
     pub fn load() -> Result<Self> {
-        Self::load_with(false)
+        Self::load_with(false, xlb_core::ebpf::OBJECT)
+    }
+
+    /// As [`Self::load`], from the object built without the fast path's diagnostics.
+    pub fn load_without_diagnostics() -> Result<Self> {
+        Self::load_with(false, xlb_core::ebpf::OBJECT_NODIAG)
     }
 
     /// With the NAT and TUN services too, checked against every fixture table: the
     /// calling thread must be inside a [`fixtures::DirectorNet`].
     pub fn load_with_nat_tun() -> Result<Self> {
-        Self::load_with(true)
+        Self::load_with(true, xlb_core::ebpf::OBJECT)
     }
 
-    fn load_with(nat_tun: bool) -> Result<Self> {
+    fn load_with(nat_tun: bool, object: &[u8]) -> Result<Self> {
         xlb_core::netns::require_root("the fast-path bench (BPF_PROG_TEST_RUN)")?;
-        let mut ebpf = loader::load()?;
+        let mut ebpf = loader::load_object(object)?;
         for program in [names::DROP_PROGRAM, names::SWAP_TX_PROGRAM, names::RESTORE_PROGRAM, names::BALANCE_PROGRAM] {
             loader::xdp(&mut ebpf, program)?.load().with_context(|| format!("loading {program}"))?;
         }
@@ -1032,10 +1137,14 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
     let mut katran = Katran::load(&object, opts.katran_lru_entries)?;
     let katran_fd = katran.prog.fd()?.try_clone()?;
     let _pin = super::CpuPin::current()?;
-    let items = items(&h.scheduler_services);
+    let items: Vec<Item> = items(&h.scheduler_services).into_iter().filter(|i| opts.wants(i)).collect();
+    if items.is_empty() {
+        bail!("no fast-path row matches {:?}", opts.cases);
+    }
     for item in &items {
         prime(&mut h, item)?;
     }
+    let mut diagnostics = DiagnosticsBench::new(&mut h, &items[0])?;
     let katran_items: Vec<KatranItem> = [(false, false), (false, true), (true, false), (true, true)]
         .into_iter()
         .map(|(ipv6, new_flow)| KatranItem::new(KatranKind { ipv6, new_flow }))
@@ -1095,6 +1204,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
                 proofs[i].add(&proof);
             }
         }
+        diagnostics.round(&mut h, &items[0], opts.repeat, round, drop, swap_tx)?;
     }
     let katran_rows: Vec<KatranRow> = katran_items
         .iter()
@@ -1119,7 +1229,11 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
             row(item, t, katran_rounds, proof)
         })
         .collect();
-    let growth = growth(&mut h, &mut katran, &katran_fd, opts)?;
+    let growth = if opts.cases.is_empty() {
+        growth(&mut h, &mut katran, &katran_fd, opts)?
+    } else {
+        Growth { rows: Vec::new(), xlb_growth: f64::NAN, katran_growth: f64::NAN }
+    };
     let coverage = coverage(&rows);
     let targets = targets(&rows, &growth, opts);
     let (xlated_insns, jited_bytes) = katran.size;
@@ -1142,6 +1256,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
         coverage,
         growth,
         targets,
+        diagnostics: diagnostics.finish(&items[0]),
     })
 }
 
@@ -1364,8 +1479,12 @@ fn targets(rows: &[Row], growth: &Growth, opts: &FastpathOptions) -> Vec<Target>
 fn growth_target(g: &Growth, opts: &FastpathOptions) -> Target {
     let flows = |who: &str| g.rows.iter().filter(|r| r.balancer == who).map(|r| r.flows).max().unwrap_or(0);
     let (xlb_many, katran_many) = (flows("xlb"), flows("Katran"));
+    let target = "with 1M live flows, established DR grows no more than Katran's from 1k to 1M flows (ratio of the growths)";
+    if g.rows.is_empty() {
+        return Target { target: target.into(), limit: 1.0, measured: None, note: "live flows not measured in this run".into(), blocker: None };
+    }
     Target {
-        target: "with 1M live flows, established DR grows no more than Katran's from 1k to 1M flows (ratio of the growths)".into(),
+        target: target.into(),
         limit: 1.0,
         measured: Some(g.xlb_growth / g.katran_growth),
         note: format!(

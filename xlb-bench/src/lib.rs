@@ -92,6 +92,7 @@ impl BenchOptions {
             katran_lru_entries: lru_entries,
             few_flows: fastpath::FEW_FLOWS,
             many_flows: if quick { 20_000 } else { fastpath::MANY_FLOWS },
+            cases: Vec::new(),
         };
         // Short runs, many rounds: the interleaving follows the load of a shared machine closely.
         let e2e = e2e::E2eOptions { seconds: if quick { 1 } else { 3 }, rounds: if quick { 1 } else { 7 }, connections: 8, ipvs: true };
@@ -151,7 +152,7 @@ pub fn write_report(results: &Results, dir: &Path, date: &str, readme: Option<&P
         let base = readme.parent().unwrap_or(Path::new("."));
         let linked = md.strip_prefix(base).unwrap_or(&md).display().to_string();
         let text = std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
-        std::fs::write(readme, report::update_readme(&text, &report::readme_table(results, &linked)))?;
+        std::fs::write(readme, report::update_readme(&text, &report::readme_table_keeping(results, &linked, &text)))?;
     }
     Ok(md)
 }

@@ -27,6 +27,16 @@ struct Cli {
     /// (XLB_KATRAN_OBJ overrides it).
     #[arg(long, value_name = "FILE")]
     katran_obj: Option<PathBuf>,
+    /// Fast path: only the rows whose "case (path)" contains TEXT (repeatable; skips
+    /// the live-flows rows). For profiling one path.
+    #[arg(long = "case", value_name = "TEXT")]
+    cases: Vec<String>,
+    /// Fast path: rounds (default 7; --quick 1).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Fast path: iterations per test run (default 200000; --quick 2000).
+    #[arg(long)]
+    repeat: Option<u32>,
     /// Section 3: the JSON a run inside the IPVS VM wrote.
     #[arg(long, requires_all = ["vm_accel", "vm_accel_note"])]
     vm_json: Option<PathBuf>,
@@ -59,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let Cli { quick, sections, json, report, readme, katran_obj, vm_json, vm_accel, vm_accel_note, xlb } = cli;
+    let Cli { quick, sections, json, report, readme, katran_obj, cases, rounds, repeat, vm_json, vm_accel, vm_accel_note, xlb } = cli;
     let xlb = match xlb {
         Some(xlb) => xlb,
         None => xlb_testkit::binary("xlb").context("locating the xlb binary")?,
@@ -67,6 +77,9 @@ fn run(cli: Cli) -> Result<()> {
     let mut opts = bench::BenchOptions::all(quick);
     if let Some(f) = opts.fastpath.as_mut() {
         f.katran = bench::katran::object_path(katran_obj);
+        f.cases = cases;
+        f.rounds = rounds.unwrap_or(f.rounds).max(1);
+        f.repeat = repeat.unwrap_or(f.repeat).max(1);
     }
     let wanted = |s: BenchSection| sections.is_empty() || sections.contains(&s);
     opts.fastpath = opts.fastpath.filter(|_| wanted(BenchSection::Fastpath));

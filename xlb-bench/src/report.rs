@@ -130,6 +130,17 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     for r in &g.rows {
         let _ = writeln!(md, "| {} | {} | {} | {} | {} |", r.balancer, r.flows, r.repeat, ns(r.ns_per_packet), r.proof);
     }
+    let d = &f.diagnostics;
+    let _ = writeln!(
+        md,
+        "\n### Fast-path diagnostics\n\n{}, in the same rounds: the object built without the diagnostics (aya-log calls, `xlb trace`'s hook), the object as xlb loads it, and with `xlb trace` on but matching no frame. × without: median of per-round ratios.\n",
+        d.case
+    );
+    let _ = writeln!(md, "| Object | ns/packet | × floor | × without | counters over all measured iterations |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for r in &d.rows {
+        let _ = writeln!(md, "| {} | {} | {} | {} | {} |", r.variant, ns(r.ns_per_packet), ratio(r.x_floor), ratio(r.x_without), r.proof.summary());
+    }
     let _ = writeln!(md, "\n### xlb\n");
     let _ = writeln!(md, "| Case | Path | ns/packet | × floor | × Katran | × XDP_DROP | balance() alone, ns | counters over all measured iterations |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
@@ -276,6 +287,34 @@ pub fn readme_table(r: &Results, results_file: &str) -> String {
     md
 }
 
+/// The README's end-to-end tables from the run before, when this run measured no
+/// end-to-end section (`--only fastpath`): their lines, introduced by the earlier run's
+/// file, to go after this run's fast-path rows. None if the README has none.
+pub fn earlier_end_to_end(readme: &str) -> Option<String> {
+    let start = readme.find(README_START)?;
+    let end = readme[start..].find(README_END)? + start;
+    let block = &readme[start..end];
+    // Kept before by a fast-path-only run: still from that earlier run.
+    let earlier = block.lines().find_map(|l| l.strip_prefix("End to end from an earlier run: "));
+    let link = earlier.or_else(|| block.lines().find_map(|l| l.strip_prefix("Latest run: ")))?;
+    let link = link.split(" (").next().unwrap_or(link).trim_end_matches(['.', ':']);
+    let first = block.find("\n| End to end")? + 1;
+    Some(format!("End to end from an earlier run: {link}.\n\n{}", &block[first..]))
+}
+
+/// [`readme_table`], keeping the end-to-end tables of the README's earlier run when
+/// this run has none.
+pub fn readme_table_keeping(r: &Results, results_file: &str, readme: &str) -> String {
+    let table = readme_table(r, results_file);
+    match (&r.e2e, earlier_end_to_end(readme)) {
+        (None, Some(kept)) => {
+            let at = table.rfind(README_END).unwrap_or(table.len());
+            format!("{}{kept}{}", &table[..at], &table[at..])
+        }
+        _ => table,
+    }
+}
+
 /// README text with its benchmark table replaced (or a Benchmarks section appended).
 pub fn update_readme(readme: &str, table: &str) -> String {
     if let (Some(start), Some(end)) = (readme.find(README_START), readme.find(README_END)) {
@@ -366,6 +405,21 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fastpath_only_run_keeps_the_earlier_end_to_end_tables() {
+        let e2e = "| End to end, new connection per request | requests/s |\n|---|---:|\n| direct | 16666 |\n\n| Same, in a VM with IPVS (TCG) | requests/s |\n| IPVS DR, rr | 475 |\n\n";
+        let old = format!("# xlb\n\n{README_START}\nLatest run: [bench/results/old.md](bench/results/old.md) (medians).\n\n| Fast path | ns |\n| DR | 81.5 |\n\n{e2e}{README_END}\n");
+        let kept = earlier_end_to_end(&old).expect("the end-to-end tables");
+        assert_eq!(kept, format!("End to end from an earlier run: [bench/results/old.md](bench/results/old.md).\n\n{e2e}"));
+        let table = readme_table_keeping(&Results::default(), "bench/results/new.md", &old);
+        assert!(table.starts_with(&format!("{README_START}\nLatest run: [bench/results/new.md]")), "{table}");
+        assert!(table.ends_with(&format!("{kept}{README_END}\n")), "{table}");
+        assert!(!table.contains("| DR | 81.5 |"), "the old fast-path rows go: {table}");
+        // Kept again by the next fast-path-only run, with the same earlier link.
+        assert_eq!(earlier_end_to_end(&update_readme(&old, &table)).as_deref(), Some(kept.as_str()));
+        assert_eq!(earlier_end_to_end("# xlb\n"), None);
+    }
 
     #[test]
     fn readme_table_is_replaced_or_appended() {

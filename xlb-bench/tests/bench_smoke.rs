@@ -74,6 +74,13 @@ fn quick_bench_covers_every_case_and_proves_its_paths() {
         assert!(r.proof_holds, "{} with {} flows: {}", r.balancer, r.flows, r.proof);
     }
     assert!(f.growth.xlb_growth.is_finite() && f.growth.katran_growth.is_finite());
+    // The diagnostics' cost: without their code, off, trace on matching nothing; each run
+    // proven to take the established DR path.
+    assert_eq!(f.diagnostics.rows.len(), fastpath::DIAGNOSTICS_VARIANTS.len());
+    for r in &f.diagnostics.rows {
+        assert!(r.proof.holds() && r.proof.entry_holds && r.proof.iterations > 0, "{}: {}", r.variant, r.proof.summary());
+        assert!(r.ns_per_packet.is_finite() && r.x_without.is_finite(), "{}: figures computed", r.variant);
+    }
     assert_eq!(f.targets.len(), 5);
     assert!(f.targets[..4].iter().all(|t| t.measured.is_some()), "the first four targets are ratios of this run");
 

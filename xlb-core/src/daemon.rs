@@ -58,6 +58,8 @@ pub struct DaemonOptions {
     pub detach_on_exit: bool,
     /// Metrics endpoint and status page (none by default).
     pub web: web::WebOptions,
+    /// The fast path's aya-log level (`--fastpath-log`): its records go to tracing.
+    pub fastpath_log: loader::LogLevel,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -956,7 +958,10 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
     let pin_dir = &opts.paths.pin_dir;
     maps::prepare_pin_dir(pin_dir)?;
     let fresh = !pin_dir.join(map_names::SERVICES).exists();
-    let mut ebpf = loader::load_pinned(pin_dir)?;
+    let mut ebpf = loader::load_pinned_logging(pin_dir, opts.fastpath_log)?;
+    if opts.fastpath_log != loader::LogLevel::Off {
+        crate::trace::forward_fastpath_log(&mut ebpf)?;
+    }
     let maps = if fresh { Maps::take(&mut ebpf, None)? } else { Maps::take_existing(&mut ebpf)? };
     for iface in &opts.ifaces {
         let pin = link_pin(pin_dir, iface);

@@ -24,4 +24,5 @@ pub mod run;
 pub mod sd_notify;
 pub mod tables;
 pub mod top;
+pub mod trace;
 pub mod web;

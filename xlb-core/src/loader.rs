@@ -44,6 +44,42 @@ impl AttachMode {
     }
 }
 
+/// The fast path's aya-log level (`--fastpath-log`), fixed when the object is loaded:
+/// aya-log's `AYA_LOG_LEVEL` global is read-only data, so at `off` the verifier removes
+/// every log call as dead code (aya-log 0.3, "Disabling log levels at load-time").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// No records (the default).
+    #[default]
+    Off,
+    /// Not used by the fast path today (kept for aya-log's full scale).
+    Error,
+    /// Drops: no real server, connection table full, real gone (nodest), too big.
+    Warn,
+    /// Also passes the operator should know of (neighbour unresolved, no route, bad
+    /// header) and every new connection with its real server.
+    Info,
+    /// Also every other verdict: one record per frame (heavy).
+    Debug,
+    /// As debug.
+    Trace,
+}
+
+impl LogLevel {
+    /// The value of `AYA_LOG_LEVEL`: aya-log's level number (error 1 … trace 5), 0 for off.
+    pub const fn value(self) -> u8 {
+        match self {
+            LogLevel::Off => 0,
+            LogLevel::Error => aya_log::Level::Error as u8,
+            LogLevel::Warn => aya_log::Level::Warn as u8,
+            LogLevel::Info => aya_log::Level::Info as u8,
+            LogLevel::Debug => aya_log::Level::Debug as u8,
+            LogLevel::Trace => aya_log::Level::Trace as u8,
+        }
+    }
+}
+
 /// Loads the object with every program loaded into the kernel (verified), none attached.
 pub fn load() -> Result<Ebpf> {
     load_with_sizes(&[])
@@ -55,24 +91,45 @@ pub fn load_with_sizes(sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
     for (name, size) in sizes {
         loader.map_max_entries(name, *size);
     }
-    load_programs(&mut loader)
+    load_programs(&mut loader, crate::ebpf::OBJECT, LogLevel::Off)
+}
+
+/// As [`load`], with the fast path's aya-log records at `level` (read them with
+/// `aya_log::EbpfLogger`).
+pub fn load_logging(level: LogLevel) -> Result<Ebpf> {
+    load_programs(&mut EbpfLoader::new(), crate::ebpf::OBJECT, level)
+}
+
+/// As [`load`], for another build of the object (the bench's one without diagnostics).
+pub fn load_object(object: &[u8]) -> Result<Ebpf> {
+    load_programs(&mut EbpfLoader::new(), object, LogLevel::Off)
 }
 
 /// Loads the object with every map pinned in `dir`: maps already pinned there (a
 /// daemon restart) are reused with their contents, the others are created and pinned.
 pub fn load_pinned(dir: &Path) -> Result<Ebpf> {
+    load_pinned_logging(dir, LogLevel::Off)
+}
+
+/// As [`load_pinned`], with the fast path's aya-log records at `level`.
+pub fn load_pinned_logging(dir: &Path, level: LogLevel) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, dir.join(name));
     }
-    load_programs(&mut loader)
+    load_programs(&mut loader, crate::ebpf::OBJECT, level)
 }
 
-fn load_programs(loader: &mut EbpfLoader<'_>) -> Result<Ebpf> {
-    if crate::ebpf::OBJECT.is_empty() {
+fn load_programs(loader: &mut EbpfLoader<'_>, object: &[u8], level: LogLevel) -> Result<Ebpf> {
+    if object.is_empty() {
         bail!("this xlb was built with AYA_BUILD_SKIP set and carries no XDP object; rebuild without it");
     }
-    let mut ebpf = loader.load(crate::ebpf::OBJECT).context("loading the XDP object (are the pinned maps from an incompatible xlb? `xlb stop` first)")?;
+    // Always set: aya-log's own default is every level on. Not required to exist (the
+    // object without diagnostics has no aya-log).
+    // A static: the loader borrows the value for its own lifetime.
+    static VALUES: [u8; 6] = [0, 1, 2, 3, 4, 5];
+    loader.override_global(aya_log::LEVEL, &VALUES[level.value() as usize], false);
+    let mut ebpf = loader.load(object).context("loading the XDP object (are the pinned maps from an incompatible xlb? `xlb stop` first)")?;
     for program in PROGRAMS {
         xdp(&mut ebpf, program)?.load().with_context(|| format!("loading program {program} into the kernel"))?;
     }

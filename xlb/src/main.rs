@@ -10,7 +10,7 @@ use xlb_core::{
     api::{self, Paths, Reply, Request, SettingsChange},
     daemon, ipvsadm, keepalived,
     listing::{self, Output},
-    loader::AttachMode,
+    loader::{self, AttachMode},
     observe, offline, ops,
     maps::DEFAULT_PIN_DIR,
     realserver, top, web,
@@ -68,6 +68,11 @@ struct DaemonArgs {
     /// no authentication).
     #[arg(long)]
     listen_public: bool,
+    /// The fast path's own log records (aya-log), forwarded to this process's log:
+    /// warn shows drops, info also unusual passes and each new connection, debug every
+    /// frame. Fixed at load time; off costs nothing.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
+    fastpath_log: loader::LogLevel,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +142,20 @@ enum Cmd {
     /// Show the fast path's verdict counters (why frames were passed, dropped or sent);
     /// with no daemon running, read from the pins.
     Counters,
+    /// Print the fast path's decision for every frame (time, client, service, real,
+    /// verdict and reason, connection state), one line each, until Ctrl-C. Works on a
+    /// running daemon or the pins `xlb run` left; needs no reload.
+    Trace {
+        /// Only frames of this client (its flows' packets and their NAT replies).
+        #[arg(long, value_name = "ADDR")]
+        client: Option<std::net::IpAddr>,
+        /// Only frames to this service (VIP:PORT, TCP or UDP; IPv6 as [VIP]:PORT).
+        #[arg(long, value_name = "VIP:PORT")]
+        service: Option<SocketAddr>,
+        /// Switch the events off and exit (after a trace was killed and left them on).
+        #[arg(long, conflicts_with_all = ["client", "service"])]
+        off: bool,
+    },
     /// Zero the traffic counters (ipvsadm -Z).
     Zero,
     /// Set timeouts (ipvsadm --set tcp tcpfin udp) and IPVS-style switches; with no
@@ -215,7 +234,9 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
         .from_env_lossy()
-        .add_directive("netlink_packet_route=error".parse().expect("a valid directive"));
+        .add_directive("netlink_packet_route=error".parse().expect("a valid directive"))
+        // The fast path's records: --fastpath-log chooses their level.
+        .add_directive("fastpath=trace".parse().expect("a valid directive"));
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -248,7 +269,16 @@ fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> daemo
     let web = web::WebOptions { metrics: args.metrics_listen, status: args.status_listen, public: args.listen_public };
     let keepalived = args.keepalived_conf.is_some();
     let config = args.config.or(args.keepalived_conf);
-    daemon::DaemonOptions { ifaces: args.iface, mode: args.mode, config, keepalived, paths, detach_on_exit, web }
+    daemon::DaemonOptions {
+        ifaces: args.iface,
+        mode: args.mode,
+        config,
+        keepalived,
+        paths,
+        detach_on_exit,
+        web,
+        fastpath_log: args.fastpath_log,
+    }
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -305,6 +335,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Reload => done(call(Request::Reload)?),
+        Cmd::Trace { off: true, .. } => xlb_core::trace::off(&paths.pin_dir),
+        Cmd::Trace { client, service, off: false } => {
+            let filter = xlb_core::trace::Filter { client, service };
+            xlb_core::trace::run(&paths.pin_dir, &filter, output == Output::Json)
+        }
         Cmd::Status => match call(Request::Status)? {
             Reply::Status(s) => show(output, &s, |s| {
                 format!(

@@ -349,6 +349,33 @@ fn removed_real_flows_wait_for_it_or_expire_as_configured() {
     assert_eq!(inst.maps.reals.iter().count(), 1);
 }
 
+/// A real failed by its health check, with expire_nodest_conn: its established flows
+/// go on while the service keeps failed reals at weight 0 (keepalived's
+/// inhibit_on_failure: the destination stays available to IPVS), and are dropped and
+/// forgotten when it does not. The fast path reads the service's flags for a known
+/// flow's packet only in such cases (and for a SYN): this checks that it does.
+#[test]
+fn failed_real_flows_follow_inhibit_on_failure_with_expire_nodest_conn() {
+    let mut inst = two_reals(web(80), sched(Scheduler::Rr), [1, 1]);
+    let mut s = ops::settings(&inst.maps).unwrap();
+    s.expire_nodest_conn = 1;
+    ops::set_settings(&mut inst.maps, s).unwrap();
+    assert_eq!(establish(&mut inst, client(1), 1000, 80), RS1_MAC);
+    assert_eq!(establish(&mut inst, client(2), 1000, 80), RS2_MAC);
+    let data = |i| Frame { tcp_flags: tcp::FLAG_ACK | 0x08, ..syn_from(client(i), 1000, VIP, 80) };
+    ops::set_inhibit_on_failure(&mut inst.maps, web(80), true).unwrap();
+    ops::set_real_health(&mut inst.maps, web(80), RS2_IP, false).unwrap();
+    for _ in 0..3 {
+        assert_eq!(inst.forwarded_to(&data(2)), RS2_MAC, "inhibit_on_failure: the failed real's flow goes on");
+    }
+    assert_eq!(inst.counter(counter::DROP_NODEST), 0);
+    ops::set_inhibit_on_failure(&mut inst.maps, web(80), false).unwrap();
+    assert_eq!(inst.run(&data(2).bytes()).0, XDP_DROP, "without inhibit_on_failure the failed real's flow is dropped");
+    assert_eq!(inst.counter(counter::DROP_NODEST), 1);
+    assert_eq!(inst.maps.conns.iter().count(), 1, "and forgotten (expire_nodest_conn)");
+    assert_eq!(inst.forwarded_to(&data(1)), RS1_MAC, "the live real's flow goes on");
+}
+
 /// ipvsadm -C then -R (in another order, as -S lists services sorted): a service with
 /// connections keeps its id, so its connections carry on; while it is gone their
 /// packets are dropped (not passed to the director's stack, which would reset them),

@@ -61,8 +61,9 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool, only: Option<&
         command.arg("--report").arg(root.join("target/bench-quick"));
     } else {
         command.arg("--report").arg(root.join("bench/results"));
-        // README's table shows every section: only a full run replaces it.
-        if only.is_none() {
+        // README's table: a full run replaces it; a fast-path run replaces its fast-path
+        // rows and keeps the end-to-end ones of the run before.
+        if only.is_none() || only == Some("fastpath") {
             command.arg("--readme").arg(root.join("README.md"));
         }
     }
