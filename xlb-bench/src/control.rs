@@ -179,7 +179,7 @@ fn restore_time(lines: u32, rounds: usize) -> Result<(f64, String)> {
             .into_iter()
             .collect();
         let hops: std::collections::BTreeMap<IpAddr, NextHop> =
-            ips.iter().copied().zip(nexthop::resolve_many(&ips, xlb_core::run::RESOLVE_WAIT)).collect();
+            ips.iter().copied().zip(nexthop::lookup_many_soliciting(&ips)).collect();
         let n = requests.len();
         ops::batch(&mut maps, |maps| {
             for (line, req) in requests {

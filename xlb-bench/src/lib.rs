@@ -15,10 +15,7 @@ pub mod katran;
 pub mod report;
 pub mod scale;
 
-use std::{
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -255,9 +252,7 @@ pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 's
     let path = ns.path();
     let thread = std::thread::spawn(move || -> Result<T> {
         let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", path.display(), std::io::Error::last_os_error());
-        }
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {}", path.display()))?;
         Ok(f())
     });
     thread.join().map_err(|_| anyhow::anyhow!("thread in namespace {} panicked", ns.name))?

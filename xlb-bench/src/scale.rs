@@ -267,9 +267,7 @@ fn add_real_delay(xlb: &Path, trials: usize) -> Result<AddRealDelay> {
 /// answers; returns when (since `start`) the connection rs2 answered was opened.
 fn probe_until_rs2(netns: &Path, start: Instant, stop: &AtomicBool) -> Result<Duration> {
     let file = std::fs::File::open(netns)?;
-    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns: {}", std::io::Error::last_os_error());
-    }
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
     let deadline = start + Duration::from_secs(10);
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
         let opened = start.elapsed();

@@ -7,12 +7,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     health::HealthConfig,
-    ops::{ConnView, RealAddr, RealOptions, Refusal, Service, ServiceId, ServiceOptions, ServiceView},
+    ops::{ConnView, RealAddr, RealOptions, Service, ServiceId, ServiceOptions, ServiceView},
     reconcile::Changes,
 };
 
@@ -148,86 +147,264 @@ pub enum Response {
     },
 }
 
-/// The failure of one request of a [`Request::Batch`].
-#[derive(Debug)]
-pub struct BatchFailure {
-    pub index: usize,
+/// The API protocol's version, carried by every request and response. Version 1 was the
+/// protocol before versions: a bare [`Request`] and a bare [`Response`]. Raise it with
+/// any change of [`Request`], [`Reply`] or [`Response`] an older side would misread.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// This xlb's release, named in version mismatch errors.
+pub const XLB_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A request as sent: `{"version": 2, "xlb": "0.1.0", "request": {...}}`. An older
+/// daemon finds no `op` in it and refuses it whole: nothing is executed.
+#[derive(Serialize, Deserialize)]
+struct RequestEnvelope<R> {
+    version: u32,
+    #[serde(default)]
+    xlb: Option<String>,
+    request: R,
 }
 
-impl std::fmt::Display for BatchFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "request #{} of the batch failed; nothing was changed", self.index + 1)
+/// A response as sent: `{"version": 2, "xlb": "0.1.0", "response": {...}}`.
+#[derive(Serialize, Deserialize)]
+struct ResponseEnvelope<R> {
+    version: u32,
+    #[serde(default)]
+    xlb: Option<String>,
+    response: R,
+}
+
+/// What to do about a version mismatch.
+const MISMATCH_ADVICE: &str = "nothing was changed; run the xlb binary of the daemon's version, or restart the daemon \
+     with this one (a restart keeps the fast path and its connections)";
+
+/// Why a call to the daemon failed. The CLI's exit codes and ipvsadm's words are taken
+/// from here (ipvsadm(8): libipvs's message alone for a refused change).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "no running xlb found ({}: {source}); start one with `xlb daemon --iface IFACE` (or `xlb run --iface IFACE`)",
+        socket.display()
+    )]
+    NoDaemon { socket: PathBuf, source: std::io::Error },
+    /// The two sides speak different protocol versions (`theirs` None: the daemon
+    /// predates versions, protocol 1).
+    #[error(
+        "version mismatch: this xlb ({XLB_VERSION}) speaks API protocol {PROTOCOL_VERSION}, the daemon {} speaks \
+         protocol {}; {MISMATCH_ADVICE}",
+        their_xlb.as_deref().map_or("(an xlb from before protocol versions)".to_string(), |v| format!("(xlb {v})")),
+        theirs.unwrap_or(1)
+    )]
+    VersionMismatch { theirs: Option<u32>, their_xlb: Option<String> },
+    /// The daemon refused or failed the request.
+    #[error("{message}")]
+    Daemon {
+        message: String,
+        /// libipvs's words for a refused change (what ipvsadm prints).
+        ipvs: Option<String>,
+        /// Which request of a batch failed (0-based).
+        failed_request: Option<usize>,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed API message: {0}")]
+    Malformed(String),
+}
+
+/// The version mismatch an older CLI (protocol 1, no version field) is answered with,
+/// in the bare form it reads.
+pub fn legacy_mismatch() -> Response {
+    Response::Err {
+        message: format!(
+            "version mismatch: this xlb CLI speaks API protocol 1 (it predates protocol versions), the daemon \
+             (xlb {XLB_VERSION}) speaks protocol {PROTOCOL_VERSION}; {MISMATCH_ADVICE}"
+        ),
+        ipvs: None,
+        failed_request: None,
     }
 }
 
-impl std::error::Error for BatchFailure {}
-
-impl Response {
-    pub fn from_result(r: Result<Reply>) -> Self {
-        match r {
-            Ok(reply) => Response::Ok(reply),
-            Err(e) => Response::Err {
-                message: format!("{e:#}"),
-                ipvs: e
-                    .downcast_ref::<Refusal>()
-                    .or_else(|| e.chain().find_map(|c| c.downcast_ref::<Refusal>()))
-                    .map(|r| r.ipvs.to_string()),
-                // A context (as BatchFailure is) is found by anyhow's downcast, not in chain().
-                failed_request: e.downcast_ref::<BatchFailure>().map(|b| b.index),
-            },
-        }
+/// What the daemon makes of one request line: the request, or the line to answer with
+/// (a version mismatch, in a form the sender reads, or a malformed message).
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let answer = |r: Response| encode_response(&r);
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return Err(answer(Response::Err { message: format!("malformed API message: {e}"), ipvs: None, failed_request: None })),
+    };
+    let Some(version) = value.get("version") else {
+        // Protocol 1: a bare request, and a bare response is all such a CLI reads.
+        let mut text = serde_json::to_string(&legacy_mismatch()).expect("a response serializes");
+        text.push('\n');
+        return Err(text);
+    };
+    let their_xlb = value.get("xlb").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    if version.as_u64() != Some(PROTOCOL_VERSION.into()) {
+        let message = format!(
+            "version mismatch: this xlb CLI ({their_xlb}) speaks API protocol {version}, the daemon (xlb {XLB_VERSION}) \
+             speaks protocol {PROTOCOL_VERSION}; {MISMATCH_ADVICE}"
+        );
+        return Err(answer(Response::Err { message, ipvs: None, failed_request: None }));
+    }
+    match serde_json::from_value::<RequestEnvelope<Request>>(value) {
+        Ok(env) => Ok(env.request),
+        Err(e) => Err(answer(Response::Err { message: format!("malformed API request: {e}"), ipvs: None, failed_request: None })),
     }
 }
 
-/// An error the daemon answered with.
-#[derive(Debug)]
-pub struct DaemonError {
-    pub message: String,
-    pub ipvs: Option<String>,
-    pub failed_request: Option<usize>,
+/// A response line as the daemon sends it (with its newline).
+pub fn encode_response(response: &Response) -> String {
+    let env = ResponseEnvelope { version: PROTOCOL_VERSION, xlb: Some(XLB_VERSION.into()), response };
+    let mut text = serde_json::to_string(&env).expect("a response serializes");
+    text.push('\n');
+    text
 }
 
-impl std::fmt::Display for DaemonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+/// A request line as the CLI sends it (with its newline).
+pub fn encode_request(request: &Request) -> String {
+    let env = RequestEnvelope { version: PROTOCOL_VERSION, xlb: Some(XLB_VERSION.into()), request };
+    let mut text = serde_json::to_string(&env).expect("a request serializes");
+    text.push('\n');
+    text
+}
+
+/// What the CLI makes of the daemon's response line.
+pub fn decode_response(line: &str) -> Result<Reply, ApiError> {
+    if line.is_empty() {
+        return Err(ApiError::Malformed("the daemon closed the connection without a response".into()));
+    }
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| ApiError::Malformed(e.to_string()))?;
+    let Some(version) = value.get("version") else {
+        // A daemon from before protocol versions: it refused the request it could not
+        // read (no `op` in it), so nothing was done.
+        return Err(ApiError::VersionMismatch { theirs: None, their_xlb: None });
+    };
+    let their_xlb = value.get("xlb").and_then(|v| v.as_str()).map(String::from);
+    if version.as_u64() != Some(PROTOCOL_VERSION.into()) {
+        let theirs = version.as_u64().map(|v| v as u32);
+        return Err(ApiError::VersionMismatch { theirs, their_xlb });
+    }
+    let env: ResponseEnvelope<Response> = serde_json::from_value(value).map_err(|e| ApiError::Malformed(e.to_string()))?;
+    match env.response {
+        Response::Ok(reply) => Ok(reply),
+        Response::Err { message, ipvs, failed_request } => Err(ApiError::Daemon { message, ipvs, failed_request }),
     }
 }
-
-impl std::error::Error for DaemonError {}
 
 /// Largest request or response accepted (a restore file of many thousand lines fits).
-const MAX_MESSAGE: u64 = 64 << 20;
-
-pub fn read_message<T: for<'de> Deserialize<'de>>(stream: &mut impl Read) -> Result<T> {
-    let mut line = String::new();
-    BufReader::new(stream.take(MAX_MESSAGE)).read_line(&mut line)?;
-    if line.is_empty() {
-        bail!("the other side closed the connection without a message");
-    }
-    serde_json::from_str(&line).context("malformed API message")
-}
-
-pub fn write_message(stream: &mut impl Write, msg: &impl Serialize) -> Result<()> {
-    let mut text = serde_json::to_string(msg)?;
-    text.push('\n');
-    stream.write_all(text.as_bytes())?;
-    stream.flush()?;
-    Ok(())
-}
+pub const MAX_MESSAGE: u64 = 64 << 20;
 
 /// Sends one request to the daemon and returns its reply.
-pub fn call(socket: &Path, request: &Request) -> Result<Reply> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        anyhow!(
-            "no running xlb found ({}: {e}); start one with `xlb daemon --iface IFACE` (or `xlb run --iface IFACE`)",
-            socket.display()
-        )
-    })?;
-    // Adding reals may wait for ARP; restores may be long: generous, not infinite.
+pub fn call(socket: &Path, request: &Request) -> Result<Reply, ApiError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ApiError::NoDaemon { socket: socket.to_owned(), source })?;
+    // A restore may be long: generous, not infinite.
     stream.set_read_timeout(Some(Duration::from_secs(600)))?;
-    write_message(&mut stream, request)?;
-    match read_message::<Response>(&mut stream)? {
-        Response::Ok(reply) => Ok(reply),
-        Response::Err { message, ipvs, failed_request } => Err(DaemonError { message, ipvs, failed_request }.into()),
+    stream.write_all(encode_request(request).as_bytes())?;
+    stream.flush()?;
+    let mut line = String::new();
+    BufReader::new((&mut stream).take(MAX_MESSAGE)).read_line(&mut line)?;
+    decode_response(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A daemon stand-in answering one connection with `answer` (given the request line).
+    fn fake_daemon(answer: impl FnOnce(&str) -> String + Send + 'static) -> (tempdir::Dir, std::thread::JoinHandle<String>) {
+        let dir = tempdir::Dir::new();
+        let listener = UnixListener::bind(dir.0.join("s.sock")).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&mut s).read_line(&mut line).unwrap();
+            s.write_all(answer(&line).as_bytes()).unwrap();
+            line
+        });
+        (dir, t)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir().join(format!("xlb-api-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    /// What a daemon from before protocol versions answered to a line it could not
+    /// read (read_message's "malformed API message" in a bare Response).
+    fn old_daemon(line: &str) -> String {
+        let err = serde_json::from_str::<Request>(line).expect_err("an old daemon cannot read a versioned request");
+        let r = Response::Err { message: format!("malformed API message: {err}"), ipvs: None, failed_request: None };
+        format!("{}\n", serde_json::to_string(&r).unwrap())
+    }
+
+    #[test]
+    fn a_new_cli_and_an_old_daemon_give_a_version_mismatch() {
+        let (dir, t) = fake_daemon(old_daemon);
+        let err = call(&dir.0.join("s.sock"), &Request::Status).expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, ApiError::VersionMismatch { theirs: None, .. }), "{err:?}");
+        assert!(text.starts_with("version mismatch:"), "{text}");
+        assert!(text.contains(&format!("speaks API protocol {PROTOCOL_VERSION}")) && text.contains("protocol 1"), "{text}");
+        assert!(text.contains("restart the daemon"), "{text}");
+        let sent = t.join().unwrap();
+        assert!(sent.contains(r#""version":2"#) && sent.contains(r#""op":"status""#), "{sent}");
+    }
+
+    #[test]
+    fn a_cli_and_a_newer_daemon_give_a_version_mismatch() {
+        let (dir, _t) = fake_daemon(|_| {
+            r#"{"version":3,"xlb":"9.0.0","response":{"err":{"message":"whatever","ipvs":null}}}"#.to_string() + "\n"
+        });
+        let err = call(&dir.0.join("s.sock"), &Request::List).expect_err("refused");
+        assert!(matches!(err, ApiError::VersionMismatch { theirs: Some(3), .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("(xlb 9.0.0) speaks protocol 3") && text.contains(&format!("protocol {PROTOCOL_VERSION}")), "{text}");
+    }
+
+    #[test]
+    fn an_old_cli_gets_a_version_mismatch_it_can_read() {
+        // What a CLI from before protocol versions sent.
+        let line = serde_json::to_string(&Request::Status).unwrap();
+        let answer = decode_request(&line).expect_err("refused");
+        // ... and what it does with the answer: a bare Response.
+        let Response::Err { message, .. } = serde_json::from_str::<Response>(&answer).expect("a bare response") else {
+            panic!("not an error: {answer}")
+        };
+        assert!(message.starts_with("version mismatch:"), "{message}");
+        assert!(message.contains("protocol 1") && message.contains(&format!("speaks protocol {PROTOCOL_VERSION}")), "{message}");
+        // A newer CLI gets the mismatch in the versioned form.
+        let newer = r#"{"version":3,"xlb":"9.0.0","request":{"op":"status","extra":1}}"#;
+        let answer = decode_request(newer).expect_err("refused");
+        let err = decode_response(&answer).expect_err("an error");
+        assert!(err.to_string().contains("xlb CLI (9.0.0) speaks API protocol 3"), "{err}");
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let req = decode_request(&encode_request(&Request::Zero { service: None })).expect("accepted");
+        assert!(matches!(req, Request::Zero { service: None }), "{req:?}");
+        let line = encode_response(&Response::Err { message: "m".into(), ipvs: Some("No such service".into()), failed_request: Some(3) });
+        match decode_response(&line) {
+            Err(ApiError::Daemon { message, ipvs, failed_request }) => {
+                assert_eq!((message.as_str(), ipvs.as_deref(), failed_request), ("m", Some("No such service"), Some(3)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode_response(&encode_response(&Response::Ok(Reply::Done))), Ok(Reply::Done)));
     }
 }

@@ -12,21 +12,21 @@ use std::{
     fs,
     io::Write,
     net::{IpAddr, SocketAddr},
-    os::unix::{
-        fs::PermissionsExt,
-        net::{UnixListener, UnixStream},
-    },
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use lb_common::{RealStats, map_names, tcp};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+};
 
 use crate::{
     api::{self, Paths, Reply, Request, Response, SettingsChange, SettingsView, StatusView},
@@ -36,12 +36,15 @@ use crate::{
     loader::{self, AttachMode},
     maps::{self, Maps},
     nexthop, observe,
-    ops::{self, RealAddr, RealOptions, ServiceId},
+    ops::{self, RealAddr, RealOptions, Refusal, ServiceId},
     reconcile::{self, Changes},
-    run, sd_notify, web,
+    rtnl, run, sd_notify, web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
+/// How often every real's next hop is looked up again although no neighbour or route
+/// change was announced (one could have been lost: a full netlink socket drops them).
+const RESYNC: Duration = Duration::from_secs(30);
 
 pub struct DaemonOptions {
     pub ifaces: Vec<String>,
@@ -148,15 +151,11 @@ struct Engine {
     stop_and_detach: bool,
     /// Each map's size and estimated memory, as loaded (pinned sizes kept).
     tables: Vec<MapMemory>,
-    /// Next hops of the reals a batch adds, resolved together before it (one wait for
-    /// all, each address once) instead of one by one.
+    /// Next hops of the reals a batch adds, looked up together before it (each address
+    /// once) instead of one by one.
     batch_hops: HashMap<IpAddr, ops::NextHop>,
-}
-
-static RELOAD: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_hup(_: libc::c_int) {
-    RELOAD.store(true, Ordering::SeqCst);
+    /// What the last lookup of every real's next hop found.
+    next_hops: run::NextHops,
 }
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -428,8 +427,7 @@ impl Engine {
     }
 
     /// Applies what the checker reported: state changes, dynamic weights, notifications.
-    fn process_health_events(&mut self) {
-        let events: Vec<health::Event> = self.checker.events.try_iter().collect();
+    fn process_health_events(&mut self, events: Vec<health::Event>) {
         let mut weight_changed = false;
         for ev in events {
             // A replaced or stopped check's late result says nothing about the real now.
@@ -511,7 +509,7 @@ impl Engine {
         write_atomically(&self.paths.state, &format!("# xlb's saved state: rewritten on every change\n{text}"))
     }
 
-    fn handle(&mut self, req: Request) -> Result<Reply> {
+    fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
         let mutating = !matches!(
             req,
             Request::List | Request::Conns | Request::Counters | Request::Settings | Request::Status | Request::Stop
@@ -527,7 +525,9 @@ impl Engine {
                     })
                     .collect();
                 let ips: Vec<IpAddr> = ips.into_iter().collect();
-                self.batch_hops = ips.iter().copied().zip(nexthop::resolve_many(&ips, run::RESOLVE_WAIT)).collect();
+                // No wait here (the state owner never waits): the connection's task waits for
+                // the MACs still missing, the neighbour subscription brings them.
+                self.batch_hops = ips.iter().copied().zip(nexthop::lookup_many_soliciting(&ips)).collect();
                 let saved = ops::batch_begin(&mut self.maps)?;
                 let settings = ops::settings(&self.maps)?;
                 let (health, weights) = (self.health.clone(), self.configured_weight.clone());
@@ -537,7 +537,7 @@ impl Engine {
                         ops::batch_end(&mut self.maps, saved, false)?;
                         ops::set_settings(&mut self.maps, settings).context("restoring the settings before the failed batch")?;
                         (self.health, self.configured_weight) = (health, weights);
-                        return Err(e.context(api::BatchFailure { index: i }));
+                        return Err(Failure { error: e, failed_request: Some(i) });
                     }
                 }
                 self.batch_hops.clear();
@@ -605,7 +605,7 @@ impl Engine {
             }
             Request::SetSorry { service, address } => {
                 let target = match address {
-                    Some(ip) => Some((ip, nexthop::resolve(ip, run::RESOLVE_WAIT)?)),
+                    Some(ip) => Some((ip, nexthop::lookup_soliciting(ip)?)),
                     None => None,
                 };
                 ops::set_sorry_server(maps, service, target)?;
@@ -664,10 +664,41 @@ impl Engine {
         Ok(Reply::Done)
     }
 
-    fn periodic(&mut self) {
-        if let Err(e) = run::refresh_next_hops(&mut self.maps) {
-            tracing::warn!("refreshing real servers' MACs: {e:#}");
+    /// Looks every real's next hop up again (after a neighbour or route change, and
+    /// as a periodic resync); returns the reals still without a MAC.
+    fn refresh_next_hops(&mut self) -> HashSet<IpAddr> {
+        match run::refresh_next_hops(&mut self.maps) {
+            Ok(found) => self.next_hops = found,
+            Err(e) => tracing::warn!("refreshing real servers' MACs: {e:#}"),
         }
+        self.next_hops.unresolved.clone()
+    }
+
+    /// Whether kernel notifications may change a real's next hop: a route changed, a
+    /// neighbour the reals use changed, or some neighbour was resolved while a real
+    /// waits for its MAC (its router's address is not known yet).
+    fn concerns_reals(&self, changes: &[rtnl::Change]) -> bool {
+        changes.iter().any(|c| match c {
+            rtnl::Change::Route => true,
+            rtnl::Change::Neighbour { address, mac, .. } => {
+                self.next_hops.neighbours.contains(address)
+                    || self.next_hops.unresolved.contains(address)
+                    || (mac.is_some() && !self.next_hops.unresolved.is_empty())
+            }
+        })
+    }
+
+    /// After a change of the reals: which have no MAC yet (as the maps say), and the
+    /// neighbours of new ones. Returns the unresolved reals.
+    fn note_reals(&mut self) -> HashSet<IpAddr> {
+        if let Err(e) = run::note_reals(&mut self.maps, &mut self.next_hops) {
+            tracing::warn!("reading real servers' next hops: {e:#}");
+        }
+        self.next_hops.unresolved.clone()
+    }
+
+    /// Expires idle connections, frees what removed reals and services left, samples rates.
+    fn periodic(&mut self) {
         let Self { maps, ebpf, .. } = self;
         match ops::sweep(maps, &mut |flow| loader::expire_flow(ebpf, flow)) {
             Ok(r) if r.reals_freed + r.services_freed > 0 => tracing::info!(
@@ -701,10 +732,10 @@ fn notify(cmd: &str, service: ServiceId, real: IpAddr, port: u16, state: &str) {
     spawn_detached("notify", cmd, &env);
 }
 
-/// `sh -c cmd` with `env` set, reaped by a thread of its own: the daemon never waits
-/// for an operator's script.
+/// `sh -c cmd` with `env` set, reaped by a task of its own: the daemon never waits for
+/// an operator's script.
 fn spawn_detached(what: &str, cmd: &str, env: &[(&str, String)]) {
-    let spawned = std::process::Command::new("sh")
+    let spawned = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -712,7 +743,7 @@ fn spawn_detached(what: &str, cmd: &str, env: &[(&str, String)]) {
         .spawn();
     match spawned {
         Ok(mut child) => {
-            std::thread::spawn(move || child.wait());
+            tokio::spawn(async move { child.wait().await });
         }
         Err(e) => tracing::warn!("{what} command `{cmd}`: {e}"),
     }
@@ -760,70 +791,189 @@ pub fn settings_view(s: &lb_common::Settings) -> SettingsView {
     }
 }
 
-/// What the metrics and the status page read: the engine, under its lock.
-struct EngineView {
-    engine: Arc<Mutex<Engine>>,
-    interfaces: Vec<observe::Interface>,
+/// Says `xlb: …` on the daemon's standard output (start-up, reload and stop lines an
+/// operator or a supervisor reads), through tracing: the `xlb_console` target is
+/// printed plainly on stdout (see main.rs's logging set-up), not on stderr's log.
+macro_rules! say {
+    ($($arg:tt)*) => { tracing::info!(target: "xlb_console", $($arg)*) };
 }
 
-impl web::Source for EngineView {
-    fn services(&self) -> Result<Vec<ops::ServiceView>> {
-        let e = self.engine.lock().expect("engine lock");
-        let mut services = ops::snapshot(&e.maps)?;
-        e.fill_health(&mut services);
+/// A failed request: the error and, for a batch, which of its requests failed.
+struct Failure {
+    error: anyhow::Error,
+    failed_request: Option<usize>,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self { error, failed_request: None }
+    }
+}
+
+/// The wire form of a request's result. A refusal keeps libipvs's words for ipvsadm's
+/// output (ipvs_strerror). ops returns its refusals inside anyhow errors: they are
+/// found there, at this one boundary.
+fn response(result: Result<Reply, Failure>) -> Response {
+    match result {
+        Ok(reply) => Response::Ok(reply),
+        Err(Failure { error, failed_request }) => Response::Err {
+            message: format!("{error:#}"),
+            ipvs: error.chain().find_map(|c| c.downcast_ref::<Refusal>()).map(|r| r.ipvs.to_string()),
+            failed_request,
+        },
+    }
+}
+
+/// What the state owner is asked to do. Everything that reads or changes the engine
+/// goes through here: one task owns it, nothing locks it.
+enum Command {
+    /// An API request, answered with its response and the reals still waiting for
+    /// their next hop's MAC.
+    Api { request: Request, reply: oneshot::Sender<(Response, HashSet<IpAddr>)> },
+    /// The services as the status page samples them.
+    Services(oneshot::Sender<Result<Vec<ops::ServiceView>>>),
+    /// Everything the metrics and status page show.
+    Snapshot(oneshot::Sender<Result<observe::Snapshot>>),
+}
+
+/// What the metrics and the status page read: the engine, through its owner.
+struct OwnerView {
+    commands: mpsc::Sender<Command>,
+}
+
+impl OwnerView {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the daemon is stopping"))?
+    }
+}
+
+impl web::Source for OwnerView {
+    fn services(&self) -> web::Reading<'_, Vec<ops::ServiceView>> {
+        Box::pin(self.ask(Command::Services))
+    }
+
+    fn snapshot(&self) -> web::Reading<'_, observe::Snapshot> {
+        Box::pin(self.ask(Command::Snapshot))
+    }
+}
+
+impl Engine {
+    fn services_view(&self) -> Result<Vec<ops::ServiceView>> {
+        let mut services = ops::snapshot(&self.maps)?;
+        self.fill_health(&mut services);
         Ok(services)
     }
 
-    fn snapshot(&self) -> Result<observe::Snapshot> {
-        let e = self.engine.lock().expect("engine lock");
-        let mut services = ops::snapshot(&e.maps)?;
-        e.fill_health(&mut services);
+    fn snapshot(&self, interfaces: &[observe::Interface]) -> Result<observe::Snapshot> {
         Ok(observe::Snapshot {
-            interfaces: self.interfaces.clone(),
-            services,
-            counters: ops::counters(&e.maps)?,
-            conntrack_entries: e.maps.conns.keys().count() as u64,
-            conntrack_capacity: conns_capacity(&e.tables),
+            interfaces: interfaces.to_vec(),
+            services: self.services_view()?,
+            counters: ops::counters(&self.maps)?,
+            conntrack_entries: self.maps.conns.keys().count() as u64,
+            conntrack_capacity: conns_capacity(&self.tables),
         })
     }
 }
 
 /// Binds the API socket, refusing if another daemon answers on it.
-fn bind_socket(path: &Path) -> Result<UnixListener> {
+fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let dir = path.parent().context("socket path has no directory")?;
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("another xlb daemon is running (its API answers on {})", path.display());
         }
         fs::remove_file(path)?; // left by a killed daemon
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
-fn serve_api(listener: UnixListener, engine: Arc<Mutex<Engine>>, done: Arc<AtomicBool>) {
-    while !done.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                let response = match api::read_message::<Request>(&mut stream) {
-                    Ok(req) => {
-                        let mut e = engine.lock().expect("engine lock");
-                        Response::from_result(e.handle(req))
-                    }
-                    Err(err) => Response::from_result(Err(err)),
-                };
-                let _ = api::write_message(&mut stream, &response);
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts API connections, each served by a task of its own.
+async fn serve_api(listener: UnixListener, commands: mpsc::Sender<Command>, unresolved: watch::Receiver<HashSet<IpAddr>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_client(stream, commands.clone(), unresolved.clone()));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
+                // Out of file descriptors and the like: the next accept may do better.
                 tracing::warn!("API accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One request, one response. A request that added reals whose next hop has no MAC yet
+/// waits here, outside the state owner, until the neighbour subscription brings their
+/// MACs or [`run::RESOLVE_WAIT`] passes: other requests go on meanwhile.
+async fn serve_client(stream: UnixStream, commands: mpsc::Sender<Command>, mut unresolved: watch::Receiver<HashSet<IpAddr>>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(api::MAX_MESSAGE));
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => api::encode_response(&Response::Err {
+            message: format!("no request within {} s", REQUEST_TIMEOUT.as_secs()),
+            ipvs: None,
+            failed_request: None,
+        }),
+        Ok(Err(e)) => {
+            tracing::warn!("API: reading a request: {e}");
+            return;
+        }
+        Ok(Ok(_)) => match api::decode_request(&line) {
+            Err(answer) => answer,
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if commands.send(Command::Api { request, reply: tx }).await.is_err() {
+                    return; // stopping
+                }
+                let Ok((response, pending)) = rx.await else { return };
+                if !pending.is_empty() {
+                    let started = Instant::now();
+                    let resolved =
+                        tokio::time::timeout(run::RESOLVE_WAIT, unresolved.wait_for(|now| pending.is_disjoint(now))).await.is_ok();
+                    match resolved {
+                        true => tracing::debug!("next hops of {pending:?} resolved after {:?}", started.elapsed()),
+                        false => {
+                            let still: Vec<IpAddr> = unresolved.borrow().intersection(&pending).copied().collect();
+                            tracing::warn!(
+                                "the next hop towards {still:?} did not answer ARP/ND within {:?}; their traffic is passed to the kernel until their MACs are known",
+                                run::RESOLVE_WAIT
+                            );
+                        }
+                    }
+                }
+                api::encode_response(&response)
+            }
+        },
+    };
+    let _ = write.write_all(answer.as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
+/// Reads the kernel's neighbour and route notifications and hands them to the state
+/// owner, several at once when they come together.
+async fn watch_next_hops(mut monitor: rtnl::Monitor, changes: mpsc::UnboundedSender<Vec<rtnl::Change>>) {
+    loop {
+        match monitor.next().await {
+            Ok(batch) => {
+                if changes.send(batch).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("neighbour and route notifications: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
@@ -844,10 +994,10 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
         let pin = link_pin(pin_dir, iface);
         if pin.exists() {
             loader::adopt_pinned(&mut ebpf, &pin)?;
-            println!("xlb: took over the running fast path on {iface} (connections kept)");
+            say!("xlb: took over the running fast path on {iface} (connections kept)");
         } else {
             let used = loader::attach_pinned(&mut ebpf, iface, opts.mode, &pin)?;
-            println!("xlb: attached to {iface} in {} mode", used.name());
+            say!("xlb: attached to {iface} in {} mode", used.name());
         }
     }
     Ok((ebpf, maps, fresh))
@@ -858,12 +1008,12 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
 /// kernel cannot resize a map; `xlb stop` and a new start apply new sizes).
 fn report_tables(pin_dir: &Path, asked: &TableSizes) -> Result<Vec<MapMemory>> {
     let tables = sizes::pinned_memory(pin_dir)?;
-    println!("xlb: tables (entries, estimated kernel memory):");
+    say!("xlb: tables (entries, estimated kernel memory):");
     for line in sizes::report_lines(&tables) {
-        println!("{line}");
+        say!("{line}");
     }
     for (name, pinned, want) in sizes::pinned_size_differences(&tables, asked) {
-        println!(
+        say!(
             "xlb: {name} keeps its pinned size of {pinned} entries, not the {want} asked for: the running tables \
              (and their connections) were adopted; `xlb stop` then a new start applies the new size"
         );
@@ -909,9 +1059,24 @@ fn sd_notify_or_warn(state: &str) {
     }
 }
 
+/// Runs the daemon until SIGTERM/SIGINT or `xlb stop`, on one tokio runtime: this
+/// thread's task owns the engine; the API, the HTTP side, the health checks and the
+/// netlink subscription run as tasks beside it and talk to it over channels.
 pub fn run(opts: DaemonOptions) -> Result<()> {
-    run::install_stop_handler();
-    unsafe { libc::signal(libc::SIGHUP, on_hup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xlb")
+        .enable_all()
+        .build()
+        .context("starting the daemon's runtime")?;
+    runtime.block_on(run_owner(opts))
+}
+
+async fn run_owner(opts: DaemonOptions) -> Result<()> {
+    // Signals first: from here on SIGTERM/SIGINT/SIGHUP are the daemon's to handle.
+    let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     // Parse the config before touching anything: a bad file changes nothing.
     let file_config = opts.config.as_deref().map(|p| load_config(p, opts.keepalived)).transpose()?;
     let saved = if opts.paths.state.exists() {
@@ -921,6 +1086,8 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     };
     let listener = bind_socket(&opts.paths.socket)?;
     let web_listeners = web::bind(&opts.web).inspect_err(|_| drop(fs::remove_file(&opts.paths.socket)))?;
+    // Subscribed before the first lookups, so that no change between them is missed.
+    let monitor = rtnl::Monitor::open().inspect_err(|_| drop(fs::remove_file(&opts.paths.socket)))?;
     let (ebpf, maps, fresh) = match attach_or_adopt(&opts) {
         Ok(parts) => parts,
         Err(e) => {
@@ -936,31 +1103,32 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     let state = opts.paths.state.display();
     let desired = match (saved, file_config, &opts.config) {
         (Some(saved), Some(_), Some(file)) => {
-            println!(
+            say!(
                 "xlb: restoring the saved state {state}; {} is not applied at start (`xlb reload` or SIGHUP applies it)",
                 file.display()
             );
             Some(saved)
         }
         (Some(saved), _, _) => {
-            println!("xlb: restoring the saved state {state}");
+            say!("xlb: restoring the saved state {state}");
             Some(saved)
         }
         (None, Some(file_config), Some(file)) => {
-            println!("xlb: nothing saved yet: starting from {}", file.display());
+            say!("xlb: nothing saved yet: starting from {}", file.display());
             Some(file_config)
         }
         (None, file_config, _) => file_config,
     };
     let tables = report_tables(&opts.paths.pin_dir, &opts.sizes)?;
-    let engine = Arc::new(Mutex::new(Engine {
+    let (checker, mut health_events) = Checker::new(tokio::runtime::Handle::current());
+    let mut engine = Engine {
         maps,
         ebpf,
         rates: Rates::default(),
         health: BTreeMap::new(),
         real_checks: BTreeMap::new(),
         quorum_lost: HashSet::new(),
-        checker: Checker::new()?,
+        checker,
         real_health: HashMap::new(),
         configured_weight: HashMap::new(),
         opts_ifaces: opts.ifaces.clone(),
@@ -970,84 +1138,147 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         stop_and_detach: false,
         tables,
         batch_hops: HashMap::new(),
-    }));
-    {
-        let mut e = engine.lock().expect("engine lock");
-        if let Some(desired) = &desired {
-            if !fresh {
-                // Health verdicts and dynamic weights carry over a restart.
-                e.restore_health(desired)?;
-            }
-            let mut changes = e.apply_config(desired)?;
-            changes.health_checks_changed = 0;
-            if !fresh && !changes.is_empty() {
-                println!("xlb: brought the running fast path to the saved state: {changes:?}");
+        next_hops: run::NextHops::default(),
+    };
+    if let Some(desired) = &desired {
+        if !fresh {
+            // Health verdicts and dynamic weights carry over a restart.
+            engine.restore_health(desired)?;
+        }
+        let mut changes = engine.apply_config(desired)?;
+        changes.health_checks_changed = 0;
+        if !fresh && !changes.is_empty() {
+            say!("xlb: brought the running fast path to the saved state: {changes:?}");
+        }
+    }
+    engine.sync_health()?;
+    engine.save_state()?;
+
+    let (net_tx, mut net_changes) = mpsc::unbounded_channel();
+    let net_task = tokio::spawn(watch_next_hops(monitor, net_tx));
+    // Before answering anyone: the reals of the start-up state get their MACs (or
+    // RESOLVE_WAIT passes), so the first connections go straight to them.
+    let mut unresolved = engine.refresh_next_hops();
+    let deadline = tokio::time::sleep(run::RESOLVE_WAIT);
+    tokio::pin!(deadline);
+    while !unresolved.is_empty() {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(changes) = net_changes.recv() => {
+                if engine.concerns_reals(&changes) {
+                    unresolved = engine.refresh_next_hops();
+                }
             }
         }
-        e.sync_health()?;
-        e.save_state()?;
     }
-    let done = Arc::new(AtomicBool::new(false));
-    let api_thread = {
-        let (engine, done) = (engine.clone(), done.clone());
-        std::thread::spawn(move || serve_api(listener, engine, done))
-    };
-    let interfaces = opts.ifaces.iter().map(|i| observe::Interface::attached(i)).collect();
+    let (unresolved_tx, unresolved_rx) = watch::channel(unresolved);
+
+    let (commands, mut requests) = mpsc::channel::<Command>(64);
+    let api_task = tokio::spawn(serve_api(UnixListener::from_std(listener)?, commands.clone(), unresolved_rx));
+    let interfaces: Vec<observe::Interface> = opts.ifaces.iter().map(|i| observe::Interface::attached(i)).collect();
     for (addr, what) in web_listeners.addresses() {
         // The metrics are at /metrics: that is the address to give Prometheus.
         match what {
-            "metrics" => println!("xlb: serving the metrics on http://{addr}/metrics"),
-            _ if what.starts_with("metrics") => println!("xlb: serving the {what} on http://{addr}/ (metrics at /metrics)"),
-            _ => println!("xlb: serving the {what} on http://{addr}/"),
+            "metrics" => say!("xlb: serving the metrics on http://{addr}/metrics"),
+            _ if what.starts_with("metrics") => say!("xlb: serving the {what} on http://{addr}/ (metrics at /metrics)"),
+            _ => say!("xlb: serving the {what} on http://{addr}/"),
         }
     }
-    let web_server = web_listeners.serve(Arc::new(EngineView { engine: engine.clone(), interfaces }));
-    println!(
+    let web_server = web_listeners.serve(Arc::new(OwnerView { commands: commands.clone() }))?;
+    drop(commands);
+    say!(
         "xlb: ready; maps pinned in {}, API on {}, state in {}",
         opts.paths.pin_dir.display(),
         opts.paths.socket.display(),
         opts.paths.state.display()
     );
-    std::io::stdout().flush()?;
     // systemd's Type=notify: the unit is started only now, with the fast path attached,
     // the configuration applied and the API answering (sd_notify(3)).
     let status = format!("STATUS=attached to {}", opts.ifaces.join(", "));
     sd_notify_or_warn(&format!("READY=1\n{status}"));
 
-    let mut next_tick = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await; // the first tick is now: next hops were just looked up
     let detach = loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let mut e = engine.lock().expect("engine lock");
-        if e.stop_and_detach {
-            break true;
-        }
-        if run::stop_requested() {
-            break opts.detach_on_exit;
-        }
-        if RELOAD.swap(false, Ordering::SeqCst) {
-            match e.handle(Request::Reload) {
-                Ok(Reply::Changes(c)) => println!("xlb: reloaded {}: {c:?}", opts.config.as_deref().map_or("?".into(), |p| p.display().to_string())),
-                Ok(_) => {}
-                Err(err) => tracing::error!("reload refused, nothing changed: {err:#}"),
+        tokio::select! {
+            Some(command) = requests.recv() => match command {
+                Command::Api { request, reply } => {
+                    let mutating = !matches!(
+                        request,
+                        Request::List | Request::Conns | Request::Counters | Request::Settings | Request::Status | Request::Stop
+                    );
+                    let before = engine.next_hops.unresolved.clone();
+                    let result = response(engine.handle(request));
+                    // A change may have added reals whose MAC is not known yet (the
+                    // kernel was asked): their caller waits for them, not this task.
+                    let pending = if mutating && matches!(result, Response::Ok(_)) {
+                        let unresolved = engine.note_reals();
+                        unresolved_tx.send_replace(unresolved.clone());
+                        &unresolved - &before
+                    } else {
+                        HashSet::new()
+                    };
+                    let _ = reply.send((result, pending));
+                    if engine.stop_and_detach {
+                        break true;
+                    }
+                }
+                Command::Services(reply) => drop(reply.send(engine.services_view())),
+                Command::Snapshot(reply) => drop(reply.send(engine.snapshot(&interfaces))),
+            },
+            Some(first) = health_events.recv() => {
+                let mut events = vec![first];
+                while let Ok(ev) = health_events.try_recv() {
+                    events.push(ev);
+                }
+                engine.process_health_events(events);
             }
-        }
-        e.process_health_events();
-        if Instant::now() >= next_tick {
-            e.periodic();
-            next_tick = Instant::now() + TICK;
+            Some(mut changes) = net_changes.recv() => {
+                let started = Instant::now();
+                while let Ok(more) = net_changes.try_recv() {
+                    changes.extend(more);
+                }
+                if engine.concerns_reals(&changes) {
+                    unresolved_tx.send_replace(engine.refresh_next_hops());
+                    tracing::debug!("{} neighbour/route change(s): next hops looked up again in {:?}", changes.len(), started.elapsed());
+                }
+            }
+            _ = tick.tick() => engine.periodic(),
+            _ = resync.tick() => drop(unresolved_tx.send_replace(engine.refresh_next_hops())),
+            _ = sighup.recv() => match engine.handle(Request::Reload) {
+                Ok(Reply::Changes(c)) => {
+                    say!("xlb: reloaded {}: {c:?}", opts.config.as_deref().map_or("?".into(), |p| p.display().to_string()));
+                    unresolved_tx.send_replace(engine.refresh_next_hops());
+                }
+                Ok(_) => {}
+                Err(f) => tracing::error!("reload refused, nothing changed: {:#}", f.error),
+            },
+            _ = sigterm.recv() => break opts.detach_on_exit,
+            _ = sigint.recv() => break opts.detach_on_exit,
         }
     };
     sd_notify_or_warn("STOPPING=1");
-    done.store(true, Ordering::SeqCst);
-    let _ = api_thread.join();
-    drop(web_server); // its threads hold the engine too
+    api_task.abort();
+    net_task.abort();
+    drop(web_server);
     let _ = fs::remove_file(&opts.paths.socket);
     if detach {
         detach_and_unpin(&opts.paths.pin_dir);
         drop(engine); // closes the last link fds: the program is detached
-        println!("xlb: detached from {}; stopped", opts.ifaces.join(", "));
+        // A link held only by its pin goes when the pin's inode is freed, after an RCU
+        // grace period: wait (a little) until the kernel shows it gone, so that whoever
+        // waits for this process finds the interfaces detached.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut check = tokio::time::interval(Duration::from_millis(10));
+        while Instant::now() < deadline && opts.ifaces.iter().any(|i| matches!(loader::attached_mode(i), Ok(Some(_)))) {
+            check.tick().await;
+        }
+        say!("xlb: detached from {}; stopped", opts.ifaces.join(", "));
     } else {
-        println!("xlb: exiting; the fast path keeps running from its pins (restart xlb to manage it, `xlb stop` to detach)");
+        say!("xlb: exiting; the fast path keeps running from its pins (restart xlb to manage it, `xlb stop` to detach)");
     }
     Ok(())
 }

@@ -2,13 +2,13 @@
 //! body substring or MD5 digest as keepalived's `digest`), UDP request/response, and
 //! exec (exit code; MISC_CHECK's dynamic mode sets the weight from it).
 //!
-//! Every real runs as one task on a small tokio runtime, so thousands of reals cost
+//! Every real runs as one task on the daemon's tokio runtime, so thousands of reals cost
 //! thousands of tasks, not threads. Tasks count rises and falls themselves and report
 //! only state changes (and dynamic weights) to the daemon.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::Duration,
 };
 
@@ -343,23 +343,18 @@ impl Event {
 
 /// Runs the checks of every target until told otherwise.
 pub struct Checker {
-    runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Handle,
     tasks: HashMap<RealKey, (Target, u64, tokio::task::JoinHandle<()>)>,
     next_generation: u64,
-    sender: mpsc::Sender<Event>,
-    pub events: mpsc::Receiver<Event>,
+    sender: tokio::sync::mpsc::UnboundedSender<Event>,
 }
 
 impl Checker {
-    pub fn new() -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("xlb-health")
-            .enable_all()
-            .build()
-            .context("starting the health-check runtime")?;
-        let (sender, events) = mpsc::channel();
-        Ok(Self { runtime, tasks: HashMap::new(), next_generation: 0, sender, events })
+    /// A checker whose tasks run on `runtime` (the daemon's), and the receiver of the
+    /// state changes they report.
+    pub fn new(runtime: tokio::runtime::Handle) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        (Self { runtime, tasks: HashMap::new(), next_generation: 0, sender }, events)
     }
 
     /// Makes the running checks be exactly `targets`: new ones start, changed ones
@@ -402,7 +397,7 @@ impl Checker {
 
 /// Checks one real until aborted, starting from `begin`, and reports each change of its
 /// verdict (up/down, dynamic weight) tagged with `generation`.
-async fn run_target(t: Target, begin: Verdict, generation: u64, events: mpsc::Sender<Event>) {
+async fn run_target(t: Target, begin: Verdict, generation: u64, events: tokio::sync::mpsc::UnboundedSender<Event>) {
     let c = &t.config;
     if c.warmup > 0.0 {
         let jitter = (std::process::id() as f64 * 0.618 + t.real.is_ipv4() as u32 as f64 + t.addr.port() as f64 * 0.377).fract();

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    api::{self, DaemonError, Paths, Reply, Request, SettingsChange},
+    api::{self, ApiError, Paths, Reply, Request, SettingsChange},
     listing::{self, Format, Output},
     ops::{
         self, ConnView, ForwardMethod, Persistence, Proto, RealAddr, RealOptions, Scheduler, Service, ServiceId,
@@ -982,53 +982,40 @@ pub fn restore_requests(text: &str) -> Result<Vec<(usize, Request)>, UsageError>
     Ok(requests)
 }
 
-fn print_daemon_error(e: &anyhow::Error) {
-    match e.downcast_ref::<DaemonError>() {
-        // What ipvsadm prints: libipvs's words alone.
-        Some(DaemonError { ipvs: Some(msg), .. }) => eprintln!("{msg}"),
-        _ => eprintln!("{e:#}"),
-    }
-}
-
 /// A restore line that the daemon refused: "line N: message".
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {message}")]
 struct RestoreFailure {
     line: usize,
     message: String,
 }
 
-impl std::fmt::Display for RestoreFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
+/// Why an ipvsadm command failed: what it prints and its exit status.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// A listing that failed (exit status 1, as ipvsadm's list functions exit).
+    #[error(transparent)]
+    List(ApiError),
+    /// A restore line ipvsadm refuses: it leaves with that line's status (ipvsadm -R
+    /// runs each line through process_options, whose `fail(2, …)` exits).
+    #[error("{}", .0.message)]
+    RestoreRefused(UsageError),
+    /// A change the daemon refused or could not do.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Restore(#[from] RestoreFailure),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
-impl std::error::Error for RestoreFailure {}
-
-/// A restore line ipvsadm refuses: it leaves with that line's status (ipvsadm -R runs
-/// each line through process_options, whose `fail(2, …)` exits).
-#[derive(Debug)]
-struct RestoreRefused(UsageError);
-
-impl std::fmt::Display for RestoreRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.message)
+/// What ipvsadm prints for a failed call: libipvs's words alone for a refused change.
+fn print_api_error(e: &ApiError) {
+    match e {
+        ApiError::Daemon { ipvs: Some(msg), .. } => eprintln!("{msg}"),
+        _ => eprintln!("{e}"),
     }
 }
-
-impl std::error::Error for RestoreRefused {}
-
-/// A listing that failed (exit status 1, as ipvsadm's list functions exit).
-#[derive(Debug)]
-struct ListFailure(anyhow::Error);
-
-impl std::fmt::Display for ListFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for ListFailure {}
 
 /// Runs one ipvsadm command line against the daemon at `paths` and returns the exit
 /// status: 0; 2 for a command line ipvsadm refuses; 255 when the change fails (libipvs's
@@ -1044,32 +1031,36 @@ pub fn main(args: &[String], paths: &Paths, output: Output) -> i32 {
     };
     match execute(&inv, paths, output) {
         Ok(()) => 0,
-        Err(e) => {
-            if let Some(ListFailure(inner)) = e.downcast_ref::<ListFailure>() {
-                print_daemon_error(inner);
-                return EXIT_LIST_FAILURE;
-            }
-            if let Some(RestoreRefused(u)) = e.downcast_ref::<RestoreRefused>() {
-                eprintln!("{}", u.message);
-                return u.status;
-            }
-            print_daemon_error(&e);
+        Err(Failure::List(e)) => {
+            print_api_error(&e);
+            EXIT_LIST_FAILURE
+        }
+        Err(Failure::RestoreRefused(u)) => {
+            eprintln!("{}", u.message);
+            u.status
+        }
+        Err(Failure::Api(e)) => {
+            print_api_error(&e);
+            EXIT_FAILURE
+        }
+        Err(e @ (Failure::Restore(_) | Failure::Other(_))) => {
+            eprintln!("{e:#}");
             EXIT_FAILURE
         }
     }
 }
 
-fn list(paths: &Paths) -> Result<Vec<ServiceView>> {
+fn list(paths: &Paths) -> Result<Vec<ServiceView>, ApiError> {
     match api::call(&paths.socket, &Request::List)? {
         Reply::Services(s) => Ok(s),
-        other => anyhow::bail!("unexpected reply {other:?}"),
+        other => Err(ApiError::Malformed(format!("unexpected reply {other:?}"))),
     }
 }
 
-fn conns(paths: &Paths) -> Result<Vec<ConnView>> {
+fn conns(paths: &Paths) -> Result<Vec<ConnView>, ApiError> {
     match api::call(&paths.socket, &Request::Conns)? {
         Reply::Conns(c) => Ok(c),
-        other => anyhow::bail!("unexpected reply {other:?}"),
+        other => Err(ApiError::Malformed(format!("unexpected reply {other:?}"))),
     }
 }
 
@@ -1078,9 +1069,9 @@ fn json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
+fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<(), Failure> {
     let call = |r: Request| api::call(&paths.socket, &r);
-    let done = || if output == Output::Json { json(&serde_json::json!({ "ok": true })) } else { Ok(()) };
+    let done = || -> Result<(), Failure> { if output == Output::Json { Ok(json(&serde_json::json!({ "ok": true }))?) } else { Ok(()) } };
     match inv.command {
         Command::Help => {
             println!("{USAGE}");
@@ -1091,11 +1082,12 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
             return Ok(());
         }
         Command::StartDaemon | Command::StopDaemon => {
-            anyhow::bail!(
+            return Err(anyhow::anyhow!(
                 "{}: connection synchronisation is not supported by xlb yet (no sync daemon); \
                  a backup director starts with an empty connection table",
                 inv.command.name()
-            );
+            )
+            .into());
         }
         _ => {}
     }
@@ -1107,22 +1099,23 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
         Command::Save => print!("{}", save(&list(paths)?)),
         Command::Restore => {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            let numbered = restore_requests(&text).map_err(RestoreRefused)?;
+            std::io::stdin().read_to_string(&mut text).map_err(anyhow::Error::from)?;
+            let numbered = restore_requests(&text).map_err(Failure::RestoreRefused)?;
             let lines: Vec<usize> = numbered.iter().map(|(n, _)| *n).collect();
             let requests = numbered.into_iter().map(|(_, r)| r).collect();
-            if let Err(e) = call(Request::Batch { requests }) {
-                let Some(d) = e.downcast_ref::<DaemonError>() else { return Err(e) };
-                let Some(line) = d.failed_request.and_then(|i| lines.get(i)) else { return Err(e) };
-                let message = d.ipvs.clone().unwrap_or_else(|| d.message.clone());
-                return Err(RestoreFailure { line: *line, message }.into());
+            match call(Request::Batch { requests }) {
+                Err(ApiError::Daemon { message, ipvs, failed_request: Some(i) }) if i < lines.len() => {
+                    return Err(RestoreFailure { line: lines[i], message: ipvs.unwrap_or(message) }.into());
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
             }
             return done();
         }
-        Command::List if inv.timeout_listing => match call(Request::Settings).map_err(ListFailure)? {
+        Command::List if inv.timeout_listing => match call(Request::Settings).map_err(Failure::List)? {
             Reply::Settings(s) if output == Output::Json => json(&s)?,
             Reply::Settings(s) => println!("Timeout (tcp tcpfin udp): {} {} {}", s.tcp, s.tcpfin, s.udp),
-            other => anyhow::bail!("unexpected reply {other:?}"),
+            other => return Err(anyhow::anyhow!("unexpected reply {other:?}").into()),
         },
         // ipvsadm lists the kernel's master/backup sync daemons; xlb runs none.
         Command::List if inv.daemon_listing => {
@@ -1131,7 +1124,7 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
             }
         }
         Command::List if inv.connections => {
-            let c = conns(paths).map_err(ListFailure)?;
+            let c = conns(paths).map_err(Failure::List)?;
             if output == Output::Json {
                 json(&c)?;
             } else {
@@ -1139,25 +1132,21 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<()> {
             }
         }
         Command::List => {
-            let mut services = list(paths).map_err(ListFailure)?;
+            let mut services = list(paths).map_err(Failure::List)?;
             if let Some(id) = inv.service {
                 services.retain(|s| s.id == id);
                 if services.is_empty() {
-                    return Err(ListFailure(
-                        DaemonError {
-                            message: format!("No such service: {id}"),
-                            ipvs: Some(ops::ipvs_msg::NO_SERVICE.into()),
-                            failed_request: None,
-                        }
-                        .into(),
-                    )
-                    .into());
+                    return Err(Failure::List(ApiError::Daemon {
+                        message: format!("No such service: {id}"),
+                        ipvs: Some(ops::ipvs_msg::NO_SERVICE.into()),
+                        failed_request: None,
+                    }));
                 }
             }
             if output == Output::Json {
-                return json(&services);
+                return Ok(json(&services)?);
             }
-            let templates = if inv.format == Format::PersistentConn { conns(paths).map_err(ListFailure)? } else { Vec::new() };
+            let templates = if inv.format == Format::PersistentConn { conns(paths).map_err(Failure::List)? } else { Vec::new() };
             if inv.service.is_none() {
                 // As ipvsadm; xlb holds up to MAX_CONNS connections, not IPVS's hash size.
                 println!("IP Virtual Server version 1.2.1 (size=4096)");

@@ -247,26 +247,18 @@ pub fn attach_pinned(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, pin: &Path)
 }
 
 /// The mode in which the balancer runs on `iface`, as the kernel reports it through
-/// netlink (`ip -j link show`): None if it is not attached there.
+/// rtnetlink (IFLA_XDP, what `ip link show` prints): None if it is not attached there.
 pub fn attached_mode(iface: &str) -> Result<Option<AttachMode>> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "link", "show", "dev", iface])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running `ip -j link show` (iproute2)")?;
-    if !out.status.success() {
-        bail!("`ip -j link show dev {iface}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j link show`")?;
-    Ok(links[0]["xdp"]["attached"].as_array().into_iter().flatten().find_map(|a| {
-        // XDP_ATTACHED_DRV and XDP_ATTACHED_SKB (linux/if_link.h).
-        let ours = a["prog"]["name"] == BALANCE_PROGRAM;
-        match a["mode"].as_u64() {
-            Some(1) if ours => Some(AttachMode::Native),
-            Some(2) if ours => Some(AttachMode::Skb),
-            _ => None,
-        }
-    }))
+    let info = crate::rtnl::link_info(crate::rtnl::ifindex(iface)?, None)?;
+    let Some(prog_id) = info.xdp_prog_id else { return Ok(None) };
+    let ours = aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.id() == prog_id && p.name_as_str() == Some(BALANCE_PROGRAM));
+    Ok(match info.xdp_attached {
+        crate::rtnl::XDP_ATTACHED_DRV if ours => Some(AttachMode::Native),
+        crate::rtnl::XDP_ATTACHED_SKB if ours => Some(AttachMode::Skb),
+        _ => None,
+    })
 }
 
 /// Takes over a pinned link: the balancer in `ebpf` replaces the program it runs,

@@ -91,11 +91,7 @@ impl Netns {
 }
 
 fn setns(ns: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
 }
 
 impl Drop for Entered {

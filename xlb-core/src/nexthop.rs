@@ -1,10 +1,7 @@
 //! Where frames for a real server go, always from the kernel, never from the user: the
 //! route to it (interface, router, source address, MTU) and the next hop's MAC from the
 //! neighbour table.
-use std::{
-    net::{IpAddr, UdpSocket},
-    time::{Duration, Instant},
-};
+use std::net::{IpAddr, UdpSocket};
 
 use anyhow::{Result, bail};
 
@@ -16,15 +13,22 @@ use crate::{
 /// The next hop towards `rip` as the kernel knows it now (no route, or no MAC yet, is
 /// not an error: the fields stay None).
 pub fn lookup(rip: IpAddr) -> Result<NextHop> {
-    let Some(route) = rtnl::route_get(rip)? else { return Ok(NextHop::default()) };
+    lookup_via(rip).map(|(hop, _)| hop)
+}
+
+/// [`lookup`], and the neighbour whose MAC it is (the router, or `rip` on the link):
+/// a change of that neighbour changes the next hop.
+pub fn lookup_via(rip: IpAddr) -> Result<(NextHop, Option<IpAddr>)> {
+    let Some(route) = rtnl::route_get(rip)? else { return Ok((NextHop::default(), None)) };
     let link = rtnl::link(route.oif)?;
     let src = match route.prefsrc {
         Some(a) if a.is_ipv4() == rip.is_ipv4() => a,
         other => bail!("the route to {rip} via {} has no source address of its family ({other:?})", link.name),
     };
     let egress = Egress { ifindex: route.oif, mac: link.mac, mtu: route.mtu.unwrap_or(link.mtu), src };
-    let mac = rtnl::neighbour(route.oif, route.next_hop(rip))?;
-    Ok(NextHop { egress: Some(egress), mac })
+    let neighbour = route.next_hop(rip);
+    let mac = rtnl::neighbour(route.oif, neighbour)?;
+    Ok((NextHop { egress: Some(egress), mac }, Some(neighbour)))
 }
 
 /// Asks the kernel to resolve the next hop towards `ip`: an empty UDP datagram to the
@@ -37,45 +41,21 @@ pub fn solicit(ip: IpAddr) {
     }
 }
 
-/// Looks `rip` up, soliciting and waiting up to `wait` if its MAC is not known yet
-/// (not at all when there is no route: no answer could come).
-pub fn resolve(rip: IpAddr, wait: Duration) -> Result<NextHop> {
+/// Looks `rip` up and, when the route is known but the MAC is not, asks the kernel to
+/// resolve it, without waiting: whoever needs the MAC learns it from the kernel's
+/// neighbour notifications (the daemon's subscription, [`crate::rtnl::Monitor`]).
+pub fn lookup_soliciting(rip: IpAddr) -> Result<NextHop> {
     let hop = lookup(rip)?;
-    if hop.mac.is_some() || hop.egress.is_none() {
-        return Ok(hop);
+    if hop.mac.is_none() && hop.egress.is_some() {
+        solicit(rip);
     }
-    solicit(rip);
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        let hop = lookup(rip)?;
-        if hop.mac.is_some() {
-            return Ok(hop);
-        }
-    }
-    lookup(rip)
+    Ok(hop)
 }
 
-/// Next hops of many reals: one solicitation round, at most `wait` in all. A real that
-/// cannot be looked up gets no next hop (its frames go to the kernel).
-pub fn resolve_many(ips: &[IpAddr], wait: Duration) -> Vec<NextHop> {
-    let mut hops: Vec<NextHop> = ips.iter().map(|ip| lookup(*ip).unwrap_or_default()).collect();
-    let pending = |hops: &[NextHop]| hops.iter().any(|h| h.mac.is_none() && h.egress.is_some());
-    for (ip, h) in ips.iter().zip(&hops) {
-        if h.mac.is_none() && h.egress.is_some() {
-            solicit(*ip);
-        }
-    }
-    let deadline = Instant::now() + wait;
-    while pending(&hops) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        for (ip, h) in ips.iter().zip(hops.iter_mut()) {
-            if h.mac.is_none() && h.egress.is_some() {
-                *h = lookup(*ip).unwrap_or_default();
-            }
-        }
-    }
-    hops
+/// [`lookup_soliciting`] for many reals. A real that cannot be looked up gets no next
+/// hop (its frames go to the kernel).
+pub fn lookup_many_soliciting(ips: &[IpAddr]) -> Vec<NextHop> {
+    ips.iter().map(|ip| lookup_soliciting(*ip).unwrap_or_default()).collect()
 }
 
 /// The address the director's own traffic to `dst` (its health checks) must come from,
@@ -112,54 +92,18 @@ fn same_subnet(a: IpAddr, b: IpAddr, len: u32) -> bool {
 
 /// The addresses of interface `name` with their prefix lengths (getifaddrs(3)).
 fn interface_addresses(name: &str) -> Vec<(IpAddr, u32)> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we only read and then free.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
-            continue;
-        }
-        // SAFETY: the name is a NUL-terminated string of the node.
-        if unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() != name.as_bytes() {
-            continue;
-        }
-        // SAFETY: non-null socket addresses of the node, read by their family.
-        if let (Some(addr), Some(mask)) = unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) } {
-            let len = match mask {
-                IpAddr::V4(m) => u32::from(m).leading_ones(),
-                IpAddr::V6(m) => u128::from(m).leading_ones(),
-            };
-            out.push((addr, len));
-        }
-    }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
-}
-
-/// # Safety
-/// `sa` points to a valid socket address of its `sa_family`.
-unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
-    unsafe {
-        match (*sa).sa_family as i32 {
-            libc::AF_INET => {
-                let sin = &*(sa as *const libc::sockaddr_in);
-                Some(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter(|ifa| ifa.interface_name == name)
+        .filter_map(|ifa| {
+            let (addr, mask) = (ifa.address?, ifa.netmask?);
+            if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                return Some((IpAddr::V4(a.ip()), u32::from(m.ip()).leading_ones()));
             }
-            libc::AF_INET6 => {
-                let sin6 = &*(sa as *const libc::sockaddr_in6);
-                Some(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-            }
-            _ => None,
-        }
-    }
+            let (a, m) = (addr.as_sockaddr_in6()?, mask.as_sockaddr_in6()?);
+            Some((IpAddr::V6(a.ip()), u128::from(m.ip()).leading_ones()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

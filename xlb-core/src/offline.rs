@@ -160,7 +160,7 @@ pub fn stop(paths: &Paths, reason: String) -> Result<Stopped> {
     let mut still_attached: Vec<String> = detached.clone();
     while !still_attached.is_empty() && Instant::now() < deadline {
         // An interface this namespace cannot see (the daemon ran in another one) is not
-        // reported: `ip link show` fails for it.
+        // reported: its lookup fails.
         still_attached.retain(|iface| matches!(loader::attached_mode(iface), Ok(Some(_))));
         if !still_attached.is_empty() {
             std::thread::sleep(Duration::from_millis(100));

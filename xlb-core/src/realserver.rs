@@ -27,7 +27,6 @@ use std::{
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use crate::listing::Output;
@@ -35,7 +34,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::{decap, netns};
+use crate::{decap, rtnl};
 
 /// Where setup keeps what teardown must restore (emptied at boot, like what it records).
 pub const STATE_DIR: &str = "/run/xlb";
@@ -182,49 +181,17 @@ fn checked_vips(vips: &[IpAddr]) -> Result<Vec<IpAddr>> {
     Ok(checked)
 }
 
-/// `ip ARGS…`, returning stdout; a failure carries the command and its stderr.
-fn ip(args: &[&str]) -> Result<String> {
-    netns::run(Command::new("ip").args(args))
-}
-
-/// The addresses of this namespace's interfaces, from `ip -j addr show`.
+/// The addresses of this namespace's interfaces (rtnetlink, as `ip addr show`).
 struct Addresses {
     lo_up: bool,
     /// (interface, address, prefix length)
     addrs: Vec<(String, IpAddr, u8)>,
 }
 
-#[derive(Deserialize)]
-struct IpLink {
-    ifname: String,
-    #[serde(default)]
-    flags: Vec<String>,
-    #[serde(default)]
-    addr_info: Vec<IpAddrInfo>,
-}
-
-#[derive(Deserialize)]
-struct IpAddrInfo {
-    #[serde(default)]
-    family: String,
-    #[serde(default)]
-    local: String,
-    #[serde(default)]
-    prefixlen: u8,
-}
-
 impl Addresses {
     fn read() -> Result<Self> {
-        let json = ip(&["-j", "addr", "show"])?;
-        let links: Vec<IpLink> = serde_json::from_str(&json).with_context(|| format!("reading `ip -j addr show`: {json}"))?;
-        let lo_up = links.iter().any(|l| l.ifname == "lo" && l.flags.iter().any(|f| f == "UP"));
-        let mut addrs = Vec::new();
-        for link in &links {
-            for a in link.addr_info.iter().filter(|a| a.family == "inet" || a.family == "inet6") {
-                let addr = a.local.parse().with_context(|| format!("`ip -j addr show` listed {:?} on {}", a.local, link.ifname))?;
-                addrs.push((link.ifname.clone(), addr, a.prefixlen));
-            }
-        }
+        let lo_up = rtnl::links()?.iter().any(|(_, name, up)| name == "lo" && *up);
+        let addrs = rtnl::addresses()?.into_iter().map(|a| (a.ifname, a.address, a.prefix_len)).collect();
         Ok(Self { lo_up, addrs })
     }
 
@@ -255,15 +222,7 @@ fn host(vip: IpAddr) -> String {
 
 /// The route type `ip route get` reports for `vip` ("local" when it is delivered here).
 fn route_type(vip: IpAddr) -> String {
-    let out = Command::new("ip").args(["-j", "route", "get", &vip.to_string()]).stdin(Stdio::null()).output();
-    match out {
-        Ok(out) if out.status.success() => {
-            let routes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            routes[0]["type"].as_str().unwrap_or("unknown").to_string()
-        }
-        Ok(out) => format!("no route ({})", String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => format!("`ip route get` did not run: {e}"),
-    }
+    rtnl::route_type(vip)
 }
 
 /// What setup changed, so that teardown can put it back.
@@ -421,11 +380,11 @@ pub fn setup(vips: &[IpAddr], mode: Mode, ifaces: &[String]) -> Result<()> {
     state_file.save(&state)?;
 
     if !addresses.lo_up {
-        ip(&["link", "set", "lo", "up"]).context("bringing lo up")?;
+        rtnl::set_up(rtnl::ifindex("lo")?).context("bringing lo up")?;
         info!("brought lo up");
     }
     for vip in to_add {
-        ip(&["addr", "add", &host(vip), "dev", "lo"]).with_context(|| format!("adding {} to lo", host(vip)))?;
+        rtnl::add_address(rtnl::ifindex("lo")?, vip, host_prefix(vip)).with_context(|| format!("adding {} to lo", host(vip)))?;
         info!("added {} to lo", host(vip));
     }
     for (sysctl, old) in to_change {
@@ -481,15 +440,19 @@ fn check_ipip_decapsulator(vips: &[IpAddr]) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// The name of the XDP program on `iface` (from `ip -d -j link show`), or what is there instead.
+/// The name of the XDP program on `iface` (rtnetlink's IFLA_XDP, as `ip link show`),
+/// or what is there instead.
 fn xdp_program_on(iface: &str) -> String {
-    let out = Command::new("ip").args(["-d", "-j", "link", "show", "dev", iface]).stdin(Stdio::null()).output();
-    let Ok(out) = out else { return "`ip link show` did not run".into() };
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    match links[0]["xdp"]["prog"]["name"].as_str() {
-        Some(name) => name.to_string(),
-        None => "no XDP program".into(),
-    }
+    let info = match rtnl::ifindex(iface).and_then(|i| rtnl::link_info(i, None)) {
+        Ok(info) => info,
+        Err(e) => return format!("{e:#}"),
+    };
+    let Some(id) = info.xdp_prog_id else { return "no XDP program".into() };
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(String::from))
+        .unwrap_or_else(|| format!("XDP program id {id}"))
 }
 
 /// Undoes setup for `vips` (all recorded VIPs if empty).
@@ -508,7 +471,8 @@ pub fn teardown(vips: &[IpAddr]) -> Result<()> {
         };
         let record = state.vips.remove(pos);
         if record.added && addresses.on_lo_as_host(record.vip) {
-            ip(&["addr", "del", &host(*vip), "dev", "lo"]).with_context(|| format!("removing {} from lo", host(*vip)))?;
+            rtnl::del_address(rtnl::ifindex("lo")?, *vip, host_prefix(*vip))
+                .with_context(|| format!("removing {} from lo", host(*vip)))?;
             info!("removed {} from lo", host(*vip));
         } else if !record.added {
             info!("kept {} on lo: it was there before setup", host(*vip));

@@ -181,14 +181,14 @@ pub fn apply_to_model(
     Ok(ch)
 }
 
-/// Next hops for many reals at once: one solicitation round, one short wait.
-/// Each address is looked up once, however many services share it.
+/// Next hops for many reals at once: one solicitation round, no wait (the daemon
+/// learns the MACs still missing from its neighbour subscription). Each address is
+/// looked up once, however many services share it.
 fn resolve_all(ips: &[IpAddr]) -> Vec<NextHop> {
     if ips.is_empty() {
         return Vec::new();
     }
     let unique: Vec<IpAddr> = ips.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-    let hops: BTreeMap<IpAddr, NextHop> =
-        unique.iter().copied().zip(nexthop::resolve_many(&unique, crate::run::RESOLVE_WAIT)).collect();
+    let hops: BTreeMap<IpAddr, NextHop> = unique.iter().copied().zip(nexthop::lookup_many_soliciting(&unique)).collect();
     ips.iter().map(|ip| hops[ip]).collect()
 }

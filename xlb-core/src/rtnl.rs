@@ -1,44 +1,23 @@
-//! A minimal rtnetlink client: the kernel's route to an address (what `ip route get`
-//! asks) and its neighbour entries, plus an interface's MAC and MTU. Everything is
+//! rtnetlink through the netlink-packet-route crate: the kernel's route to an address
+//! (what `ip route get` asks), its neighbour entries, an interface's name, MAC, MTU and
+//! XDP attachment, and a subscription to neighbour and route changes. Everything is
 //! answered for the network namespace of the calling thread (unlike /sys, which shows
 //! the namespace it was mounted in).
-use std::{
-    ffi::CStr,
-    io,
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+//!
+//! Queries are synchronous (one request, one answer on a socket of their own): they are
+//! short and are called from synchronous code. The subscription ([`Monitor`]) is async.
+use std::{io, net::IpAddr};
 
 use anyhow::{Context, Result, bail};
-
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_GETNEIGH: u16 = 30;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PREFSRC: u16 = 7;
-const RTA_METRICS: u16 = 8;
-const RTAX_MTU: u16 = 2;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-
-const RTN_UNICAST: u8 = 1;
-const RTN_LOCAL: u8 = 2;
-
-/// Neighbour states whose MAC can be used (NUD_REACHABLE, STALE, DELAY, PROBE,
-/// NOARP, PERMANENT).
-const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
-
-const NLMSG_HDRLEN: usize = 16;
-/// struct rtmsg and struct ndmsg are both 12 bytes.
-const RTMSG_LEN: usize = 12;
-const NDMSG_LEN: usize = 12;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
+};
+use netlink_sys::{AsyncSocket, AsyncSocketExt, Socket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
 
 /// The kernel's route to an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,115 +39,70 @@ impl Route {
     }
 }
 
-fn family(addr: IpAddr) -> u8 {
+fn family(addr: IpAddr) -> AddressFamily {
     match addr {
-        IpAddr::V4(_) => libc::AF_INET as u8,
-        IpAddr::V6(_) => libc::AF_INET6 as u8,
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 
-fn octets(addr: IpAddr) -> Vec<u8> {
-    match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn addr_from(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?))),
-        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?))),
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     }
 }
 
-fn push_attr(msg: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    msg.extend_from_slice(&(len as u16).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(data);
-    msg.resize(msg.len().next_multiple_of(4), 0);
+/// Sends one request and returns the kernel's answers; Err(errno) when it answered
+/// with an error.
+fn request(msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, io::Error> {
+    exchange(msg, NLM_F_REQUEST)
 }
 
-/// (type, payload) of each attribute in `data`.
-fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while data.len() >= 4 {
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff; // without NLA_F_NESTED / BYTEORDER
-        if len < 4 || len > data.len() {
-            break;
-        }
-        out.push((kind, &data[4..len]));
-        data = &data[len.next_multiple_of(4).min(data.len())..];
-    }
-    out
-}
-
-fn u32_of(data: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(data.get(..4)?.try_into().ok()?))
-}
-
-/// Sends one request (`header` then attributes already in `body`) and returns the
-/// payload of the answer of type `answer`; Ok(None) if the kernel answered with
-/// `absent` as the error (for example ENOENT: no such neighbour).
-fn request(kind: u16, body: &[u8], answer: u16, absent: &[i32]) -> Result<Option<Vec<u8>>> {
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening a netlink socket");
-    }
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let seq = 1u32;
-    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-    msg.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(body);
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&raw const kernel).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error()).context("sending a netlink request");
-    }
-    let mut buf = vec![0u8; 32 * 1024];
+/// Sends `msg` with `flags`: a dump (NLM_F_DUMP) returns every answer up to NLMSG_DONE,
+/// a change (NLM_F_ACK) nothing but its acknowledgement, a query its one answer.
+fn exchange(msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>, io::Error> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    nl.finalize();
+    let mut buf = vec![0u8; nl.buffer_len()];
+    nl.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+    let mut answers = Vec::new();
     loop {
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).context("reading a netlink answer");
-        }
-        let mut data = &buf[..n as usize];
-        while data.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes([data[4], data[5]]);
-            let msg_seq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
-            if len < NLMSG_HDRLEN || len > data.len() {
-                bail!("malformed netlink answer");
+        let (data, _) = sock.recv_from_full()?;
+        let mut offset = 0;
+        while offset < data.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed netlink answer: {e}")))?;
+            let len = msg.header.length as usize;
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "netlink message of length 0"));
             }
-            let payload = &data[NLMSG_HDRLEN..len];
-            if msg_seq == seq {
-                if kind == NLMSG_ERROR {
-                    let errno = -i32::from_ne_bytes(payload.get(..4).context("short netlink error")?.try_into().unwrap());
-                    if absent.contains(&errno) {
-                        return Ok(None);
+            offset += len.next_multiple_of(4);
+            match msg.payload {
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                        None => Ok(answers), // the acknowledgement
+                    };
+                }
+                NetlinkPayload::Done(_) => return Ok(answers),
+                NetlinkPayload::InnerMessage(m) => {
+                    answers.push(m);
+                    if !dump {
+                        return Ok(answers);
                     }
-                    return Err(io::Error::from_raw_os_error(errno).into());
                 }
-                if kind == answer {
-                    return Ok(Some(payload.to_vec()));
-                }
+                _ => {}
             }
-            data = &data[len.next_multiple_of(4).min(data.len())..];
         }
     }
 }
@@ -176,30 +110,32 @@ fn request(kind: u16, body: &[u8], answer: u16, absent: &[i32]) -> Result<Option
 /// The route the kernel uses to send to `dst` (`ip route get DST`). None when there is
 /// no route, or `dst` is not reachable by unicast (unreachable, blackhole, …).
 pub fn route_get(dst: IpAddr) -> Result<Option<Route>> {
-    let mut body = vec![family(dst), if dst.is_ipv4() { 32 } else { 128 }];
-    body.resize(RTMSG_LEN, 0);
-    push_attr(&mut body, RTA_DST, &octets(dst));
-    let absent = [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::EINVAL, libc::EACCES];
-    let Some(answer) = request(RTM_GETROUTE, &body, RTM_NEWROUTE, &absent).with_context(|| format!("route lookup for {dst}"))? else {
-        return Ok(None);
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(dst);
+    msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+    msg.attributes.push(RouteAttribute::Destination(dst.into()));
+    let answers = match request(RouteNetlinkMessage::GetRoute(msg)) {
+        Ok(a) => a,
+        Err(e) if [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::EINVAL, libc::EACCES].contains(&e.raw_os_error().unwrap_or(0)) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("route lookup for {dst}")),
     };
-    let Some(rtm) = answer.get(..RTMSG_LEN) else { bail!("short route answer for {dst}") };
-    // rtm_type is the last byte before rtm_flags.
-    let kind = rtm[7];
-    if kind == RTN_LOCAL {
+    let Some(RouteNetlinkMessage::NewRoute(answer)) = answers.into_iter().next() else { bail!("no route answer for {dst}") };
+    if answer.header.kind == RouteType::Local {
         bail!("{dst} is an address of this host");
     }
-    if kind != RTN_UNICAST {
+    if answer.header.kind != RouteType::Unicast {
         return Ok(None);
     }
     let mut route = Route { oif: 0, gateway: None, prefsrc: None, mtu: None };
-    for (kind, data) in attrs(&answer[RTMSG_LEN..]) {
-        match kind {
-            RTA_OIF => route.oif = u32_of(data).unwrap_or(0),
-            RTA_GATEWAY => route.gateway = addr_from(data),
-            RTA_PREFSRC => route.prefsrc = addr_from(data),
-            RTA_METRICS => {
-                route.mtu = attrs(data).into_iter().find(|(k, _)| *k == RTAX_MTU).and_then(|(_, d)| u32_of(d)).filter(|&m| m > 0)
+    for attr in &answer.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => route.oif = *i,
+            RouteAttribute::Gateway(a) => route.gateway = route_ip(a),
+            RouteAttribute::PrefSource(a) => route.prefsrc = route_ip(a),
+            RouteAttribute::Metrics(m) => {
+                route.mtu = m.iter().find_map(|m| if let RouteMetric::Mtu(v) = m { Some(*v) } else { None }).filter(|&m| m > 0)
             }
             _ => {}
         }
@@ -210,40 +146,45 @@ pub fn route_get(dst: IpAddr) -> Result<Option<Route>> {
     Ok(Some(route))
 }
 
-/// The MAC of `addr`'s neighbour entry on interface `ifindex`, if the entry is usable.
-pub fn neighbour(ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>> {
-    let mut body = vec![family(addr), 0, 0, 0];
-    body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    body.resize(NDMSG_LEN, 0);
-    push_attr(&mut body, NDA_DST, &octets(addr));
-    let Some(answer) = request(RTM_GETNEIGH, &body, RTM_NEWNEIGH, &[libc::ENOENT]).with_context(|| format!("neighbour lookup for {addr}"))?
-    else {
-        return Ok(None);
-    };
-    let Some(ndm) = answer.get(..NDMSG_LEN) else { bail!("short neighbour answer for {addr}") };
-    let state = u16::from_ne_bytes([ndm[8], ndm[9]]);
-    if state & NUD_USABLE == 0 {
-        return Ok(None);
-    }
-    let mac = attrs(&answer[NDMSG_LEN..])
-        .into_iter()
-        .find(|(k, _)| *k == NDA_LLADDR)
-        .and_then(|(_, d)| <[u8; 6]>::try_from(d).ok())
-        .filter(|m| *m != [0; 6]);
-    Ok(mac)
+/// Neighbour states whose MAC can be used (NUD_REACHABLE, STALE, DELAY, PROBE, NOARP,
+/// PERMANENT; not INCOMPLETE or FAILED).
+fn usable(state: NeighbourState) -> bool {
+    matches!(
+        state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Noarp
+            | NeighbourState::Permanent
+    )
 }
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-/// struct ifinfomsg.
-const IFINFOMSG_LEN: usize = 16;
-const IFLA_LINK: u16 = 5;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_LINK_NETNSID: u16 = 37;
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_ATTACHED: u16 = 2;
-const IFLA_TARGET_NETNSID: u16 = 46;
+/// The MAC of `addr`'s neighbour entry on interface `ifindex`, if the entry is usable.
+pub fn neighbour(ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family(addr);
+    msg.header.ifindex = ifindex;
+    let dst = match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    };
+    msg.attributes.push(NeighbourAttribute::Destination(dst));
+    let answers = match request(RouteNetlinkMessage::GetNeighbour(msg)) {
+        Ok(a) => a,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("neighbour lookup for {addr}")),
+    };
+    let Some(RouteNetlinkMessage::NewNeighbour(answer)) = answers.into_iter().next() else { return Ok(None) };
+    if !usable(answer.header.state) {
+        return Ok(None);
+    }
+    Ok(answer
+        .attributes
+        .iter()
+        .find_map(|a| if let NeighbourAttribute::LinkLocalAddress(m) = a { <[u8; 6]>::try_from(&m[..]).ok() } else { None })
+        .filter(|m| *m != [0; 6]))
+}
 
 /// What rtnetlink says about an interface (`ip -d link show`): its kind, its peer or
 /// parent, and its XDP attachment.
@@ -259,38 +200,67 @@ pub struct LinkInfo {
     /// IFLA_XDP_ATTACHED: 0 none, 1 native (driver), 2 SKB (generic), 3 offloaded,
     /// 4 several (linux/if_link.h).
     pub xdp_attached: u8,
+    /// IFLA_XDP_PROG_ID: the program attached (in whichever mode), if any.
+    pub xdp_prog_id: Option<u32>,
 }
 
 /// XDP_ATTACHED_DRV (linux/if_link.h).
 pub const XDP_ATTACHED_DRV: u8 = 1;
+/// XDP_ATTACHED_SKB (linux/if_link.h).
+pub const XDP_ATTACHED_SKB: u8 = 2;
+/// XDP_ATTACHED_HW (linux/if_link.h).
+pub const XDP_ATTACHED_HW: u8 = 3;
 /// XDP_ATTACHED_MULTI: programs in more than one mode, native among them possibly.
 pub const XDP_ATTACHED_MULTI: u8 = 4;
 
 /// RTM_GETLINK for interface `ifindex`, in this namespace or (`netnsid`, as a peer's
 /// IFLA_LINK_NETNSID gives it) in another one (IFLA_TARGET_NETNSID, Linux 4.20+).
-pub fn link_info(ifindex: u32, netnsid: Option<i32>) -> Result<LinkInfo> {
-    let mut body = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
-    body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    body.resize(IFINFOMSG_LEN, 0);
+fn get_link(ifindex: u32, netnsid: Option<i32>) -> Result<LinkMessage> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
     if let Some(id) = netnsid {
-        push_attr(&mut body, IFLA_TARGET_NETNSID, &id.to_ne_bytes());
+        // IFLA_IF_NETNSID is IFLA_TARGET_NETNSID's first name (same number, 46).
+        msg.attributes.push(LinkAttribute::IfNetnsId(id));
     }
-    let answer = request(RTM_GETLINK, &body, RTM_NEWLINK, &[])
-        .with_context(|| format!("link lookup for ifindex {ifindex}"))?
-        .context("no answer to RTM_GETLINK")?;
-    let mut info = LinkInfo { kind: None, link: None, link_netnsid: None, xdp_attached: 0 };
-    for (kind, data) in attrs(answer.get(IFINFOMSG_LEN..).context("short link answer")?) {
-        match kind {
-            IFLA_LINK => info.link = u32_of(data),
-            IFLA_LINK_NETNSID => info.link_netnsid = u32_of(data).map(|v| v as i32).filter(|&v| v >= 0),
-            IFLA_LINKINFO => {
-                info.kind = attrs(data)
-                    .into_iter()
-                    .find(|(k, _)| *k == IFLA_INFO_KIND)
-                    .map(|(_, d)| String::from_utf8_lossy(d).trim_end_matches('\0').to_string())
+    let answers = request(RouteNetlinkMessage::GetLink(msg)).with_context(|| format!("link lookup for ifindex {ifindex}"))?;
+    match answers.into_iter().next() {
+        Some(RouteNetlinkMessage::NewLink(m)) => Ok(m),
+        _ => bail!("no answer to RTM_GETLINK for ifindex {ifindex}"),
+    }
+}
+
+pub fn link_info(ifindex: u32, netnsid: Option<i32>) -> Result<LinkInfo> {
+    let answer = get_link(ifindex, netnsid)?;
+    let mut info = LinkInfo { kind: None, link: None, link_netnsid: None, xdp_attached: 0, xdp_prog_id: None };
+    for attr in &answer.attributes {
+        match attr {
+            LinkAttribute::Link(l) => info.link = Some(*l),
+            LinkAttribute::LinkNetNsId(id) => info.link_netnsid = Some(*id).filter(|&v| v >= 0),
+            LinkAttribute::LinkInfo(infos) => {
+                info.kind = infos.iter().find_map(|i| match i {
+                    NlLinkInfo::Kind(InfoKind::Other(k)) => Some(k.clone()),
+                    NlLinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                })
             }
-            IFLA_XDP => {
-                info.xdp_attached = attrs(data).into_iter().find(|(k, _)| *k == IFLA_XDP_ATTACHED).and_then(|(_, d)| d.first().copied()).unwrap_or(0)
+            LinkAttribute::Xdp(xdp) => {
+                for x in xdp {
+                    match x {
+                        LinkXdp::Attached(a) => {
+                            info.xdp_attached = match a {
+                                XdpAttached::None => 0,
+                                XdpAttached::Driver => XDP_ATTACHED_DRV,
+                                XdpAttached::SocketBuffer => XDP_ATTACHED_SKB,
+                                XdpAttached::Hardware => XDP_ATTACHED_HW,
+                                XdpAttached::Multiple => XDP_ATTACHED_MULTI,
+                                XdpAttached::Other(v) => *v,
+                                _ => 0,
+                            }
+                        }
+                        LinkXdp::ProgId(id) if *id != 0 => info.xdp_prog_id = Some(*id),
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }
@@ -300,11 +270,7 @@ pub fn link_info(ifindex: u32, netnsid: Option<i32>) -> Result<LinkInfo> {
 
 /// The index of the interface named `name`.
 pub fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => bail!("no interface named {name}"),
-        i => Ok(i),
-    }
+    nix::net::if_::if_nametoindex(name).map_err(|_| anyhow::anyhow!("no interface named {name}"))
 }
 
 /// An interface's name, MAC and MTU.
@@ -316,53 +282,217 @@ pub struct Link {
 }
 
 pub fn link(ifindex: u32) -> Result<Link> {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
-        return Err(io::Error::last_os_error()).with_context(|| format!("no interface with index {ifindex}"));
+    let answer = get_link(ifindex, None).with_context(|| format!("no interface with index {ifindex}"))?;
+    let mut link = Link { name: String::new(), mac: [0; 6], mtu: 0 };
+    for attr in &answer.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(&a[..]).unwrap_or([0; 6]),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            _ => {}
+        }
     }
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening a socket");
+    Ok(link)
+}
+
+/// An address of an interface of this namespace (`ip addr show`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfAddress {
+    pub ifname: String,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// Every address of this namespace's interfaces (RTM_GETADDR dump).
+pub fn addresses() -> Result<Vec<IfAddress>> {
+    let names: std::collections::HashMap<u32, String> = links()?.into_iter().map(|(index, name, _)| (index, name)).collect();
+    let answers = exchange(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)
+        .context("listing addresses")?;
+    let mut out = Vec::new();
+    for m in answers {
+        let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+        // IFA_LOCAL is the interface's own address (IFA_ADDRESS the peer's on a
+        // point-to-point link); IPv6 gives only IFA_ADDRESS.
+        let local = a.attributes.iter().find_map(|x| if let AddressAttribute::Local(ip) = x { Some(*ip) } else { None });
+        let addr = a.attributes.iter().find_map(|x| if let AddressAttribute::Address(ip) = x { Some(*ip) } else { None });
+        let Some(address) = local.or(addr) else { continue };
+        let ifname = names.get(&a.header.index).cloned().unwrap_or_else(|| a.header.index.to_string());
+        out.push(IfAddress { ifname, address, prefix_len: a.header.prefix_len });
     }
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    req.ifr_name = name;
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
-        return Err(io::Error::last_os_error()).context("reading an interface's MAC");
+    Ok(out)
+}
+
+/// Every interface of this namespace: (index, name, up) (RTM_GETLINK dump).
+pub fn links() -> Result<Vec<(u32, String, bool)>> {
+    let answers =
+        exchange(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP).context("listing interfaces")?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| {
+            let RouteNetlinkMessage::NewLink(l) = m else { return None };
+            let name = l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })?;
+            Some((l.header.index, name, l.header.flags.contains(LinkFlags::Up)))
+        })
+        .collect())
+}
+
+/// Brings interface `ifindex` up (`ip link set IFACE up`).
+pub fn set_up(ifindex: u32) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    exchange(RouteNetlinkMessage::SetLink(msg), NLM_F_REQUEST | NLM_F_ACK).with_context(|| format!("bringing ifindex {ifindex} up"))?;
+    Ok(())
+}
+
+fn address_message(ifindex: u32, address: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(address);
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = ifindex;
+    if address.is_ipv4() {
+        msg.attributes.push(AddressAttribute::Local(address));
     }
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mac = [hw[0], hw[1], hw[2], hw[3], hw[4], hw[5]].map(|b| b as u8);
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } != 0 {
-        return Err(io::Error::last_os_error()).context("reading an interface's MTU");
+    msg.attributes.push(AddressAttribute::Address(address));
+    msg
+}
+
+/// Adds `address/prefix_len` to interface `ifindex` (`ip addr add`); an address it
+/// already has is an error (EEXIST), as there.
+pub fn add_address(ifindex: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
+    let msg = address_message(ifindex, address, prefix_len);
+    exchange(RouteNetlinkMessage::NewAddress(msg), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        .with_context(|| format!("adding {address}/{prefix_len}"))?;
+    Ok(())
+}
+
+/// Removes `address/prefix_len` from interface `ifindex` (`ip addr del`).
+pub fn del_address(ifindex: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
+    let msg = address_message(ifindex, address, prefix_len);
+    exchange(RouteNetlinkMessage::DelAddress(msg), NLM_F_REQUEST | NLM_F_ACK).with_context(|| format!("removing {address}/{prefix_len}"))?;
+    Ok(())
+}
+
+/// The type of the kernel's route to `dst` as `ip route get` names it ("local" when it
+/// is delivered here, "unicast", "unreachable", …), or why there is none.
+pub fn route_type(dst: IpAddr) -> String {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(dst);
+    msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+    msg.attributes.push(RouteAttribute::Destination(dst.into()));
+    match request(RouteNetlinkMessage::GetRoute(msg)) {
+        Ok(answers) => match answers.into_iter().next() {
+            Some(RouteNetlinkMessage::NewRoute(r)) => match r.header.kind {
+                RouteType::Unicast => "unicast".into(),
+                RouteType::Local => "local".into(),
+                RouteType::Broadcast => "broadcast".into(),
+                RouteType::Anycast => "anycast".into(),
+                RouteType::Multicast => "multicast".into(),
+                RouteType::BlackHole => "blackhole".into(),
+                RouteType::Unreachable => "unreachable".into(),
+                RouteType::Prohibit => "prohibit".into(),
+                RouteType::Throw => "throw".into(),
+                other => format!("{other:?}").to_lowercase(),
+            },
+            _ => "unknown".into(),
+        },
+        Err(e) => format!("no route ({e})"),
     }
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu } as u32;
-    let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
-    Ok(Link { name, mac, mtu })
+}
+
+/// A change the kernel announced: which neighbour (address and MAC, None when the
+/// entry went or is not usable), or that a route changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Neighbour { ifindex: u32, address: IpAddr, mac: Option<[u8; 6]> },
+    Route,
+}
+
+/// A subscription to the kernel's neighbour and route changes (RTNLGRP_NEIGH,
+/// RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE) in the namespace of the thread that opens it.
+pub struct Monitor {
+    socket: TokioSocket,
+}
+
+impl Monitor {
+    /// Must be called inside a tokio runtime.
+    pub fn open() -> Result<Self> {
+        let mut socket = TokioSocket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        socket.socket_mut().bind_auto().context("binding a netlink socket")?;
+        for group in [libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_IPV6_ROUTE] {
+            socket.socket_mut().add_membership(group).context("subscribing to neighbour and route changes")?;
+        }
+        Ok(Self { socket })
+    }
+
+    /// The next batch of changes (at least one). An overrun socket (ENOBUFS: changes
+    /// were lost) is reported as a route change, which makes the reader look
+    /// everything up again.
+    pub async fn next(&mut self) -> Result<Vec<Change>> {
+        loop {
+            let data = match self.socket.recv_from_full().await {
+                Ok((data, _)) => data,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Change::Route]),
+                Err(e) => return Err(e).context("reading netlink notifications"),
+            };
+            let changes = parse_changes(&data);
+            if !changes.is_empty() {
+                return Ok(changes);
+            }
+        }
+    }
+}
+
+fn parse_changes(mut data: &[u8]) -> Vec<Change> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) else { break };
+        let len = (msg.header.length as usize).next_multiple_of(4);
+        if len == 0 {
+            break;
+        }
+        data = &data[len.min(data.len())..];
+        let NetlinkPayload::InnerMessage(m) = msg.payload else { continue };
+        let is_new = matches!(m, RouteNetlinkMessage::NewNeighbour(_));
+        match m {
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                let new = is_new && live(&n);
+                let address = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    _ => None,
+                });
+                let mac = n
+                    .attributes
+                    .iter()
+                    .find_map(|a| if let NeighbourAttribute::LinkLocalAddress(m) = a { <[u8; 6]>::try_from(&m[..]).ok() } else { None })
+                    .filter(|_| new && usable(n.header.state));
+                if let Some(address) = address {
+                    out.push(Change::Neighbour { ifindex: n.header.ifindex, address, mac });
+                }
+            }
+            RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
+                if out.last() != Some(&Change::Route) {
+                    out.push(Change::Route)
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether a neighbour message is a live entry (not a FAILED or INCOMPLETE one).
+fn live(n: &NeighbourMessage) -> bool {
+    !matches!(n.header.state, NeighbourState::Failed | NeighbourState::Incomplete)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::Ipv4Addr;
 
-    #[test]
-    fn attributes_are_parsed_with_padding_and_nesting() {
-        let mut msg = Vec::new();
-        push_attr(&mut msg, RTA_OIF, &7u32.to_ne_bytes());
-        push_attr(&mut msg, RTA_GATEWAY, &[10, 0, 0, 1]);
-        push_attr(&mut msg, 99, &[1, 2, 3]); // padded to 8 bytes
-        let mut metrics = Vec::new();
-        push_attr(&mut metrics, RTAX_MTU, &1400u32.to_ne_bytes());
-        push_attr(&mut msg, RTA_METRICS | 0x8000, &metrics); // NLA_F_NESTED set
-        let parsed = attrs(&msg);
-        assert_eq!(parsed.len(), 4);
-        assert_eq!(u32_of(parsed[0].1), Some(7));
-        assert_eq!(addr_from(parsed[1].1), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
-        assert_eq!(parsed[2], (99, &[1u8, 2, 3][..]));
-        assert_eq!(parsed[3].0, RTA_METRICS);
-        assert_eq!(attrs(parsed[3].1)[0], (RTAX_MTU, &1400u32.to_ne_bytes()[..]));
-        // A truncated attribute ends the list instead of reading past it.
-        assert_eq!(attrs(&msg[..6]).len(), 0);
-    }
+    use super::*;
 
     #[test]
     fn the_loopback_interface_of_this_namespace() {
@@ -370,5 +500,49 @@ mod tests {
         assert_eq!(lo.name, "lo");
         assert_eq!(lo.mac, [0; 6]);
         assert!(lo.mtu >= 1500);
+        assert_eq!(ifindex("lo").unwrap(), 1);
+    }
+
+    #[test]
+    fn dumps_list_loopback_and_its_address() {
+        assert!(links().unwrap().iter().any(|(i, name, _)| *i == 1 && name == "lo"));
+        let lo = addresses().unwrap();
+        assert!(
+            lo.iter().any(|a| a.ifname == "lo" && a.address == IpAddr::from(Ipv4Addr::LOCALHOST) && a.prefix_len == 8),
+            "{lo:?}"
+        );
+        assert_eq!(route_type(Ipv4Addr::LOCALHOST.into()), "local");
+    }
+
+    #[test]
+    fn a_route_to_loopback_is_local() {
+        let err = route_get("127.0.0.1".parse().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("is an address of this host"), "{err}");
+    }
+
+    #[test]
+    fn notifications_are_parsed() {
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet;
+        n.header.ifindex = 7;
+        n.header.state = NeighbourState::Reachable;
+        n.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 0, 0, 2))));
+        n.attributes.push(NeighbourAttribute::LinkLocalAddress(vec![2, 0, 0, 0, 0, 9]));
+        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::NewNeighbour(n)));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        let mut r = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::NewRoute(RouteMessage::default())));
+        r.finalize();
+        let mut rbuf = vec![0u8; r.buffer_len()];
+        r.serialize(&mut rbuf);
+        buf.extend_from_slice(&rbuf);
+        assert_eq!(
+            parse_changes(&buf),
+            vec![
+                Change::Neighbour { ifindex: 7, address: "10.0.0.2".parse().unwrap(), mac: Some([2, 0, 0, 0, 0, 9]) },
+                Change::Route
+            ]
+        );
     }
 }

@@ -2,24 +2,31 @@
 //! (`--metrics-listen`, `GET /metrics`) and the status page (`--status-listen`: `GET /`
 //! a static page, `GET /status.json` what it polls). Both may share one address.
 //!
-//! The daemon is not async, and these are a few small read-only GETs, so this is a
-//! minimal HTTP/1.1 server on std::net: one request per connection, bounded sizes and
-//! timeouts, a thread per connection up to a small limit. It reads the fast path only
-//! through [`Source`]. Addresses must be loopback unless `--listen-public` is given:
-//! nothing here authenticates.
+//! HTTP/1.1 by hyper on the daemon's tokio runtime: one request per connection, bounded
+//! header reads, a small limit of connections served at once. It reads the fast path
+//! only through [`Source`]. Addresses must be loopback unless `--listen-public` is
+//! given: nothing here authenticates.
 use std::{
-    io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
+    convert::Infallible,
+    future::Future,
+    net::{SocketAddr, TcpListener},
+    pin::Pin,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use http_body_util::Full;
+use hyper::{
+    Method, Request, StatusCode,
+    body::{Bytes, Incoming},
+    header::{CACHE_CONTROL, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::{
     metrics,
@@ -36,13 +43,16 @@ pub struct WebOptions {
     pub public: bool,
 }
 
+/// A read of the daemon's state, answered when the state owner gets to it.
+pub type Reading<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
 /// What the pages read from the daemon.
 pub trait Source: Send + Sync + 'static {
     /// Services with their reals' counts and counters (the status page's sampler
     /// calls this every second).
-    fn services(&self) -> Result<Vec<ServiceView>>;
+    fn services(&self) -> Reading<'_, Vec<ServiceView>>;
     /// Everything the metrics show, read together (counts the connection table).
-    fn snapshot(&self) -> Result<Snapshot>;
+    fn snapshot(&self) -> Reading<'_, Snapshot>;
 }
 
 /// How often the status page's traffic history takes a sample, and how many it keeps.
@@ -53,7 +63,7 @@ const HISTORY_SAMPLES: usize = 120;
 pub const PALETTE: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
 const STATUS_PAGE: &str = include_str!("status.html");
-const MAX_REQUEST: usize = 8192;
+/// A connection's whole time: reading the request, answering it.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONCURRENT: usize = 8;
 
@@ -113,51 +123,45 @@ impl Listeners {
             .collect()
     }
 
-    /// Serves until the returned server is dropped.
-    pub fn serve(self, source: Arc<dyn Source>) -> WebServer {
-        let done = Arc::new(AtomicBool::new(false));
+    /// Serves on the current tokio runtime until the returned server is dropped.
+    pub fn serve(self, source: Arc<dyn Source>) -> Result<WebServer> {
         let history = Arc::new(Mutex::new(TrafficHistory::new(HISTORY_SAMPLES)));
-        let mut threads = Vec::new();
+        let mut tasks = Vec::new();
         if self.bound.iter().any(|(_, r)| r.status) {
-            let (source, history, done) = (source.clone(), history.clone(), done.clone());
-            threads.push(std::thread::spawn(move || sample(&*source, &history, &done)));
+            tasks.push(tokio::spawn(sample(source.clone(), history.clone())));
         }
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
         for (listener, routes) in self.bound {
+            let listener = tokio::net::TcpListener::from_std(listener).context("serving HTTP")?;
             let site = Arc::new(Site { routes, source: source.clone(), history: history.clone() });
-            let (done, in_flight) = (done.clone(), in_flight.clone());
-            threads.push(std::thread::spawn(move || accept(listener, site, &done, &in_flight)));
+            tasks.push(tokio::spawn(accept(listener, site, limit.clone())));
         }
-        WebServer { done, threads }
+        Ok(WebServer { tasks })
     }
 }
 
-/// The serving threads; dropping it stops and joins them.
+/// The serving tasks; dropping it stops them.
 pub struct WebServer {
-    done: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for WebServer {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
 
-fn sample(source: &dyn Source, history: &Mutex<TrafficHistory>, done: &AtomicBool) {
-    let mut next = Instant::now();
-    while !done.load(Ordering::SeqCst) {
-        if Instant::now() >= next {
-            match source.services() {
-                Ok(services) => history.lock().expect("history lock").record(&services, Instant::now()),
-                Err(e) => tracing::warn!("status page: reading the services: {e:#}"),
-            }
-            next = Instant::now() + SAMPLE_INTERVAL;
+async fn sample(source: Arc<dyn Source>, history: Arc<Mutex<TrafficHistory>>) {
+    let mut ticker = tokio::time::interval(SAMPLE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match source.services().await {
+            Ok(services) => history.lock().expect("history lock").record(&services, Instant::now()),
+            Err(e) => tracing::warn!("status page: reading the services: {e:#}"),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -168,30 +172,37 @@ struct Site {
     history: Arc<Mutex<TrafficHistory>>,
 }
 
-fn accept(listener: TcpListener, site: Arc<Site>, done: &AtomicBool, in_flight: &Arc<AtomicUsize>) {
-    while !done.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    let _ = respond(stream, &Response::text(503, "busy: too many requests at once\n"), false);
-                    continue;
-                }
-                let (site, in_flight) = (site.clone(), in_flight.clone());
-                std::thread::spawn(move || {
-                    handle(stream, &site);
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+async fn accept(listener: tokio::net::TcpListener, site: Arc<Site>, limit: Arc<Semaphore>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
+                // Out of file descriptors and the like: the next accept may do better.
                 tracing::warn!("HTTP accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let site = site.clone();
+        let permit = limit.clone().try_acquire_owned().ok();
+        tokio::spawn(async move {
+            let busy = permit.is_none();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let site = site.clone();
+                async move {
+                    let r = if busy { Response::text(503, "busy: too many requests at once\n") } else { site.answer(&req).await };
+                    Ok::<_, Infallible>(r.into_http())
+                }
+            });
+            let conn = http1::Builder::new()
+                .keep_alive(false)
+                .title_case_headers(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(IO_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(IO_TIMEOUT, conn).await;
+            drop(permit);
+        });
     }
 }
 
@@ -205,75 +216,29 @@ impl Response {
     fn text(status: u16, body: &str) -> Self {
         Self { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec() }
     }
-}
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
+    fn into_http(self) -> hyper::Response<Full<Bytes>> {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *r.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Content-Type first: hyper writes the headers in this order.
+        r.headers_mut().insert(CONTENT_TYPE, self.content_type.parse().expect("a valid header value"));
+        r.headers_mut().insert(CACHE_CONTROL, "no-store".parse().expect("a valid header value"));
+        r
     }
-}
-
-fn handle(mut stream: TcpStream, site: &Site) {
-    let (response, head_only) = match read_request(&mut stream) {
-        Ok((method, path)) => {
-            let head_only = method == "HEAD";
-            let response = if method == "GET" || head_only {
-                site.route(&path)
-            } else {
-                Response::text(405, "only GET and HEAD\n")
-            };
-            (response, head_only)
-        }
-        Err(e) => (Response::text(400, &format!("{e:#}\n")), false),
-    };
-    let _ = respond(stream, &response, head_only);
-}
-
-/// Reads the request head; returns (method, path without the query).
-fn read_request(stream: &mut TcpStream) -> Result<(String, String)> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_REQUEST {
-            bail!("request head larger than {MAX_REQUEST} bytes");
-        }
-        let n = stream.read(&mut buf).context("reading the request")?;
-        if n == 0 {
-            bail!("connection closed before the end of the request head");
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    let mut parts = text.lines().next().unwrap_or_default().split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else { bail!("malformed request line") };
-    let path = target.split('?').next().unwrap_or(target);
-    Ok((method.to_string(), path.to_string()))
-}
-
-fn respond(mut stream: TcpStream, r: &Response, head_only: bool) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    if !head_only {
-        stream.write_all(&r.body)?;
-    }
-    stream.flush()
 }
 
 impl Site {
-    fn route(&self, path: &str) -> Response {
+    async fn answer(&self, req: &Request<Incoming>) -> Response {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Response::text(405, "only GET and HEAD\n");
+        }
+        // hyper sends no body for HEAD.
+        self.route(req.uri().path()).await
+    }
+
+    async fn route(&self, path: &str) -> Response {
         let result = match path {
-            "/metrics" if self.routes.metrics => self.source.snapshot().map(|s| Response {
+            "/metrics" if self.routes.metrics => self.source.snapshot().await.map(|s| Response {
                 status: 200,
                 content_type: metrics::CONTENT_TYPE,
                 body: metrics::exposition(&s).into_bytes(),
@@ -281,7 +246,7 @@ impl Site {
             "/" if self.routes.status => {
                 Ok(Response { status: 200, content_type: "text/html; charset=utf-8", body: STATUS_PAGE.as_bytes().to_vec() })
             }
-            "/status.json" if self.routes.status => self.source.snapshot().map(|s| {
+            "/status.json" if self.routes.status => self.source.snapshot().await.map(|s| {
                 let doc = status_json(&s, &self.history.lock().expect("history lock"));
                 Response { status: 200, content_type: "application/json", body: doc.to_string().into_bytes() }
             }),
@@ -352,11 +317,11 @@ mod tests {
     struct Fixed(Snapshot);
 
     impl Source for Fixed {
-        fn services(&self) -> Result<Vec<ServiceView>> {
-            Ok(self.0.services.clone())
+        fn services(&self) -> Reading<'_, Vec<ServiceView>> {
+            Box::pin(async { Ok(self.0.services.clone()) })
         }
-        fn snapshot(&self) -> Result<Snapshot> {
-            Ok(self.0.clone())
+        fn snapshot(&self) -> Reading<'_, Snapshot> {
+            Box::pin(async { Ok(self.0.clone()) })
         }
     }
 
@@ -371,7 +336,8 @@ mod tests {
     }
 
     fn get(addr: SocketAddr, request: &str) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(request.as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
@@ -403,7 +369,9 @@ mod tests {
         assert_eq!(both.addresses().len(), 1);
         let (addr, what) = both.addresses()[0];
         assert_eq!(what, "metrics and status page");
-        let _servers = (metrics_only.serve(fixed()), both.serve(fixed()));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _guard = rt.enter();
+        let _servers = (metrics_only.serve(fixed()).unwrap(), both.serve(fixed()).unwrap());
 
         let metrics = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");

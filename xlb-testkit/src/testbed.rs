@@ -473,10 +473,7 @@ impl DrCluster {
         let ns = std::fs::File::open(self.client.path())?;
         std::thread::scope(|s| {
             s.spawn(|| {
-                use std::os::fd::AsRawFd;
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("entering {}: {}", self.client.name, std::io::Error::last_os_error());
-                }
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {}", self.client.name))?;
                 let stream = std::net::TcpStream::connect_timeout(&(VIP, port).into(), Duration::from_secs(5))?;
                 stream.set_read_timeout(Some(Duration::from_secs(5)))?;
                 Ok(stream)

@@ -236,19 +236,32 @@ fn parse_switch(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Logs go to stderr, filtered by RUST_LOG (default: info).
+/// Logs go to stderr, filtered by RUST_LOG (default: info). The daemon's `xlb: …`
+/// lines for its operator (target `xlb_console`) go to stdout as they are.
 fn init_logging() {
+    use tracing_subscriber::{Layer, filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
+    // netlink-packet-route warns of every attribute a newer kernel made longer than it
+    // knows (IFLA_INET6_CONF, …) on each interface listed: noise, not the operator's.
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
         .from_env_lossy()
+        .add_directive("netlink_packet_route=error".parse().expect("a valid directive"))
         // The fast path's records: --fastpath-log chooses their level.
         .add_directive("fastpath=trace".parse().expect("a valid directive"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .init();
+        .with_filter(filter)
+        .with_filter(filter_fn(|m| m.target() != "xlb_console"));
+    let console = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stdout)
+        .with_ansi(false)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_filter(filter_fn(|m| m.target() == "xlb_console"));
+    tracing_subscriber::registry().with(log).with(console).init();
 }
 
 fn main() -> ExitCode {

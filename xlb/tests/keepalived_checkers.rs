@@ -170,10 +170,11 @@ fn bindto_is_the_source_address() {
 
 /// A real's state as the checker reports it, and when.
 fn first_event(config: HealthConfig, addr: SocketAddr) -> (Duration, health::Event) {
-    let mut checker = Checker::new().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut checker, mut events) = Checker::new(rt.handle().clone());
     let start = Instant::now();
     checker.sync(vec![target(addr, config)], &|t| health::Verdict { up: !t.config.alpha, weight: None });
-    let ev = checker.events.recv_timeout(Duration::from_secs(10)).expect("a state change");
+    let ev = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), events.recv()).await }).ok().flatten().expect("a state change");
     (start.elapsed(), ev)
 }
 
