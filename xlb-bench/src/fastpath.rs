@@ -737,10 +737,14 @@ impl Harness {
 
     /// Takes a flow's entry (and its NAT reply entry) out of the tables; whether it was there.
     fn take_flow(&mut self, key: &FlowKey) -> bool {
-        let Ok(entry) = self.maps.conns.get(key, 0) else { return false };
-        let _ = self.maps.nat_replies.remove(&entry.reply_key(key));
-        let _ = self.maps.conns.remove(key);
-        true
+        if let Ok(entry) = self.maps.conns.get(key, 0) {
+            let _ = self.maps.nat_replies.remove(&entry.reply_key(key));
+            let _ = self.maps.conns.remove(key);
+            return true;
+        }
+        // A SYN's flow is half-open (an LRU table; its NAT reply entry is in another LRU,
+        // which evicts by itself) until the client's handshake ends.
+        self.maps.half_open.remove(key).is_ok()
     }
 
     /// Runs the DR fixture table once, in order, as the fixture test does.

@@ -85,7 +85,8 @@ const fn round8(n: u64) -> u64 {
 /// (every map here is preallocated): a hash or LRU hash, per entry
 /// [`HASH_ENTRY_OVERHEAD`] + key + value, each rounded up to 8 bytes; an array,
 /// value rounded up to 8 per entry; the per-CPU kinds hold a value per possible CPU
-/// (`cpus`), a per-CPU hash an 8-byte pointer in the element besides. Bucket arrays,
+/// (`cpus`), a per-CPU hash an 8-byte pointer in the element besides; a ring buffer,
+/// its data area (max_entries bytes). Bucket arrays,
 /// the map's own struct and allocator slack are left out: a lower bound within a few
 /// percent for the big tables.
 pub fn estimate_bytes(kind: MapType, entries: u32, key: u32, value: u32, cpus: u32) -> u64 {
@@ -94,6 +95,8 @@ pub fn estimate_bytes(kind: MapType, entries: u32, key: u32, value: u32, cpus: u
         MapType::Hash | MapType::LruHash => n * (HASH_ENTRY_OVERHEAD + k + v),
         MapType::PerCpuHash | MapType::LruPerCpuHash => n * (HASH_ENTRY_OVERHEAD + k + 8) + n * v * cpus,
         MapType::PerCpuArray => n * v * cpus,
+        // A ring buffer's max_entries is its data area in bytes.
+        MapType::RingBuf => n,
         _ => n * v,
     }
 }
@@ -105,6 +108,7 @@ fn kind_name(kind: MapType) -> String {
         MapType::Array => "array".into(),
         MapType::PerCpuArray => "percpu_array".into(),
         MapType::PerCpuHash => "percpu_hash".into(),
+        MapType::RingBuf => "ringbuf".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }

@@ -204,7 +204,8 @@ fn trace_reports_a_nat_reply_under_its_clients_flow() {
     assert!(lines[0].new_conn && !lines[0].reply);
     assert!(!lines[1].new_conn && lines[1].reply);
     // The state after the reply, as the table holds it (SYN_RECV: IPVS's OUTPUT table).
-    let conn = inst.maps.conns.get(&flow_of(&syn), 0).expect("the connection");
+    // Half-open until the client's handshake ends.
+    let conn = inst.maps.half_open.get(&flow_of(&syn), 0).expect("the half-open connection");
     assert_eq!(events[1].state, conn.state);
     assert_eq!(lines[1].state, Some("SYN_RECV"));
 }
