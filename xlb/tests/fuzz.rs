@@ -1,5 +1,5 @@
 //! Hostile traffic through the real XDP object (BPF_PROG_TEST_RUN): frames built from
-//! every fixture case and from the builder, then mutated at random — truncated, bytes
+//! every fixture case (the half-open table's too) and from the builder, then mutated at random — truncated, bytes
 //! flipped, lengths and versions made bogus, VLAN stacks and IPv6 extension chains made
 //! odd, frames spliced, pure noise — arriving on random NICs. Every frame must get an
 //! allowed verdict; a frame sent on must go where its service allows (checked by an
@@ -267,7 +267,14 @@ fn parse_mac(s: &str) -> [u8; 6] {
 /// The seeds: every fixture case's input and builder frames of every kind.
 fn corpus() -> Vec<Vec<u8>> {
     let mut frames: Vec<Vec<u8>> =
-        [fixtures::dr_cases(), fixtures::nat_cases(), fixtures::tun_cases(), fixtures::icmp_cases(), fixtures::fragment_cases()]
+        [
+            fixtures::dr_cases(),
+            fixtures::nat_cases(),
+            fixtures::tun_cases(),
+            fixtures::icmp_cases(),
+            fixtures::fragment_cases(),
+            fixtures::half_open_cases().into_iter().map(|c| c.case).collect(),
+        ]
         .into_iter()
         .flatten()
         .map(|c| c.input)
@@ -434,7 +441,21 @@ fn hostile_frames_get_allowed_verdicts_go_where_their_service_allows_and_are_cou
     assert_eq!(kind("drop_"), seen(XDP_DROP), "{counters:?}");
     assert_eq!(kind("tx_"), seen(XDP_TX) + seen(XDP_REDIRECT), "{counters:?}");
     // The run reached the interesting places, not only the parser's refusals.
-    for name in ["tx_dr", "tx_nat", "tx_nat_reply", "tx_tun", "tx_icmp_error", "tx_icmp_echo_reply", "pass_truncated", "pass_bad_header", "pass_vlan_stack", "pass_fragment"] {
+    // Including the half-open table: SYNs put there, handshakes completed out of it.
+    for name in [
+        "tx_dr",
+        "tx_nat",
+        "tx_nat_reply",
+        "tx_tun",
+        "tx_icmp_error",
+        "tx_icmp_echo_reply",
+        "pass_truncated",
+        "pass_bad_header",
+        "pass_vlan_stack",
+        "pass_fragment",
+        "half_open_created",
+        "half_open_promoted",
+    ] {
         let value = counters.iter().find(|(n, _)| *n == name).unwrap().1;
         assert!(value > 0, "no frame counted as {name} in {frames}: {counters:?}");
     }
