@@ -95,7 +95,8 @@ fn measure(opts: &ControlOptions) -> Result<ControlResults> {
 }
 
 fn fresh_maps() -> Result<(aya::Ebpf, Maps)> {
-    let mut ebpf = loader::load()?;
+    // The tables at the daemon's default sizes (`xlb run` without --max-services …).
+    let mut ebpf = loader::load_sized(&xlb_core::sizes::TableSizes::default())?;
     let maps = Maps::take(&mut ebpf, None)?;
     Ok((ebpf, maps))
 }

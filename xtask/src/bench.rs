@@ -60,7 +60,10 @@ pub fn bench(root: &Path, xlb: &Path, quick: bool, ipvs_vm: bool, only: Option<&
         // A smoke run's figures mean nothing: they stay out of bench/results and README.
         command.arg("--report").arg(root.join("target/bench-quick"));
     } else {
-        command.arg("--report").arg(root.join("bench/results"));
+        // The control section alone gets a directory of its own: its report must not
+        // replace the day's full (or fast-path) one.
+        let dir = if only == Some("control") { "bench/results/control" } else { "bench/results" };
+        command.arg("--report").arg(root.join(dir));
         // README's table: a full run replaces it; a fast-path run replaces its fast-path
         // rows and keeps the end-to-end ones of the run before.
         if only.is_none() || only == Some("fastpath") {

@@ -72,8 +72,10 @@ enum Task {
         #[arg(long)]
         ipvs_vm: bool,
         /// Run only this section: fastpath (xlb and Katran through BPF_PROG_TEST_RUN),
-        /// e2e or scale. The results file is written; README's table is left alone.
-        #[arg(long, value_name = "SECTION", value_parser = ["fastpath", "e2e", "scale"])]
+        /// e2e, scale or control (the controller's load times against issue 13's targets;
+        /// its report goes to bench/results/control/). The results file is written;
+        /// README's table is left alone.
+        #[arg(long, value_name = "SECTION", value_parser = ["fastpath", "e2e", "scale", "control"])]
         only: Option<String>,
     },
     /// Run the test suite in release mode (needs root: it loads XDP programs and creates
