@@ -432,7 +432,7 @@ pub fn run(xlb: &Path, opts: E2eOptions) -> Result<E2eResults> {
     };
     let xlb_nat = xlb_has_nat();
     if !xlb_nat {
-        notes.push("xlb NAT (native and SKB): not implemented yet, xlb forwards by DR only".into());
+        notes.push("xlb NAT (native and SKB): not measured end to end here (this section times DR; the fast-path section times NAT)".into());
     }
     let targets = targets(ipvs, xlb_nat);
     let mut bed = Bed::build(xlb)?;

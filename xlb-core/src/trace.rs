@@ -275,12 +275,9 @@ pub fn clock_offset_ns() -> i128 {
     real - (mono.tv_sec as i128 * 1_000_000_000 + mono.tv_nsec as i128)
 }
 
-/// `ns` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (days to a civil date:
-/// H. Hinnant's algorithm, proleptic Gregorian calendar).
-pub fn rfc3339(ns: i128) -> String {
-    let secs = ns.div_euclid(1_000_000_000) as i64;
-    let micros = ns.rem_euclid(1_000_000_000) / 1000;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+/// Days since 1970-01-01 as a civil (year, month, day), proleptic Gregorian calendar
+/// (H. Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -289,7 +286,15 @@ pub fn rfc3339(ns: i128) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// `ns` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn rfc3339(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000) as i64;
+    let micros = ns.rem_euclid(1_000_000_000) / 1000;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
     let mut s = String::with_capacity(27);
     let _ = write!(s, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60);
     s
