@@ -263,6 +263,47 @@ async fn publish(opts: &BgpOptions, vips: &BTreeSet<IpAddr>) -> Result<BirdReply
     configure(&opts.bird_socket).await
 }
 
+/// Where a daemon announcing through BIRD leaves its [`BgpOptions`] while it runs and
+/// after a SIGTERM (the announcement outlives it with the fast path), for `xlb stop`
+/// without a daemon: /run/xlb/NAME.bgp.json beside the API socket.
+pub fn record_path(paths: &crate::api::Paths) -> PathBuf {
+    paths.socket.with_extension("bgp.json")
+}
+
+/// Notes `opts` for [`withdraw_recorded`] (None: this daemon announces nothing; an old
+/// note goes).
+pub fn record(paths: &crate::api::Paths, opts: Option<&BgpOptions>) -> Result<()> {
+    let path = record_path(paths);
+    match opts {
+        Some(o) => crate::daemon::write_atomically(&path, &serde_json::to_string(o)?),
+        None => match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// `xlb stop` with no daemon: withdraws what the last daemon announced (an empty file,
+/// BIRD reconfigured), as the daemon's own stop does. None if it announced nothing;
+/// else what was done, or why not (the files are emptied even when BIRD does not
+/// answer: it reads them at its next start or reconfiguration).
+pub fn withdraw_recorded(paths: &crate::api::Paths) -> Result<Option<String>> {
+    let path = record_path(paths);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let opts: BgpOptions = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(publish(&opts, &BTreeSet::new()));
+    let _ = fs::remove_file(&path);
+    Ok(Some(match result {
+        Ok(reply) => format!("withdrew every VIP from BIRD: emptied {} ({})", opts.bird_vips.display(), reply.summary()),
+        Err(e) => format!("warning: withdrawing the VIPs from BIRD: {e:#}"),
+    }))
+}
+
 /// Keeps BIRD's include file at the set of VIPs the state owner hands it, from a task
 /// of its own (the state owner only sends; sets sent while an attempt runs are merged:
 /// the latest is written next).
@@ -440,6 +481,70 @@ mod tests {
             line
         });
         (dir, path, task)
+    }
+
+    /// A BIRD that answers every `configure` with 0003, counting them.
+    fn fake_bird(path: &Path) -> (Arc<std::sync::atomic::AtomicU32>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = count.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (read, mut write) = stream.into_split();
+                write.write_all(b"0001 BIRD 2.0.12 ready.\n").await.unwrap();
+                let mut line = String::new();
+                BufReader::new(read).read_line(&mut line).await.unwrap();
+                assert_eq!(line, "configure\n");
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                write.write_all(b"0002-Reading configuration from bird.conf\n0003 Reconfigured\n").await.unwrap();
+            }
+        });
+        (count, task)
+    }
+
+    async fn wait_for(announcer: &Announcer, what: &str, done: impl Fn(&BgpStatus) -> bool) -> BgpStatus {
+        for _ in 0..500 {
+            let s = announcer.status();
+            if done(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: {:?}", announcer.status());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_announcer_retries_at_the_next_change_and_withdraws() {
+        let dir = TempDir::new();
+        let opts = BgpOptions {
+            bird_vips: dir.0.join("vips.conf"),
+            bird_vips6: None,
+            bird_socket: dir.0.join("bird.ctl"),
+            quorum: 1,
+        };
+        let one: BTreeSet<IpAddr> = ["10.0.0.100".parse().unwrap()].into();
+        // No BIRD yet: the file is written, the failure counted and shown.
+        let announcer = Announcer::start(opts.clone(), one.clone());
+        let s = wait_for(&announcer, "a failure", |s| s.failures == 1).await;
+        assert!(!s.in_sync && s.announced.is_none() && s.last_error.contains("is BIRD running?"), "{s:?}");
+        assert_eq!(fs::read_to_string(&opts.bird_vips).unwrap(), "route 10.0.0.100/32 blackhole;\n");
+        // BIRD comes; the next change is tried at once (not after RETRY).
+        let (configures, _bird) = fake_bird(&opts.bird_socket);
+        let two: BTreeSet<IpAddr> = ["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()].into();
+        announcer.set(two.clone());
+        let s = wait_for(&announcer, "in sync", |s| s.in_sync).await;
+        assert_eq!((s.announced.as_deref(), s.last_reply.as_str(), s.last_error.as_str()), (Some(&two.iter().copied().collect::<Vec<_>>()[..]), "0003 Reconfigured", ""));
+        assert_eq!(fs::read_to_string(&opts.bird_vips).unwrap(), route_lines(&two));
+        // The same set again: BIRD is not asked again.
+        announcer.set(two.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(configures.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(s.text().contains("bgp announced 10.0.0.100, 10.0.0.101\n"), "{}", s.text());
+        // Withdrawn: an empty file, BIRD asked once more.
+        announcer.withdraw().await.unwrap();
+        assert_eq!(fs::read_to_string(&opts.bird_vips).unwrap(), "");
+        assert_eq!(configures.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -162,6 +162,8 @@ struct Engine {
     next_hops: run::NextHops,
     /// The VIP announcement through BIRD, if configured, and its quorum.
     bgp: Option<(bgp::Announcer, u32)>,
+    /// The config file's `[bgp]` at start (read only then).
+    file_bgp: Option<config::BgpSection>,
 }
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -634,6 +636,12 @@ impl Engine {
                     bail!("xlb was started without --config or --keepalived-conf: there is no file to reload (use `xlb apply FILE`)")
                 };
                 let cfg = load_config(path, self.keepalived)?;
+                if cfg.bgp != self.file_bgp {
+                    tracing::warn!(
+                        "{}: [bgp] changed; it is read at start only: restart the daemon to apply it (a SIGTERM keeps the fast path and the announcement)",
+                        path.display()
+                    );
+                }
                 return Ok(Reply::Changes(self.apply_config(&cfg)?));
             }
             Request::List => {
@@ -1172,6 +1180,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         batch_hops: HashMap::new(),
         next_hops: run::NextHops::default(),
         bgp: None,
+        file_bgp: file_bgp.clone(),
     };
     if let Some(desired) = &desired {
         if !fresh {
@@ -1186,7 +1195,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     }
     engine.sync_health()?;
     engine.save_state()?;
-    if let Some(opts) = bgp_options(&opts.bgp, file_bgp.as_ref()) {
+    let bgp_opts = bgp_options(&opts.bgp, file_bgp.as_ref());
+    bgp::record(&opts.paths, bgp_opts.as_ref())?;
+    if let Some(opts) = bgp_opts {
         let vips = ops::vips_with_quorum(&engine.maps, opts.quorum)?;
         say!(
             "xlb: announcing VIPs with {} or more reals through BIRD: {} ({} now), control socket {}",
@@ -1321,6 +1332,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
             match announcer.withdraw().await {
                 Ok(()) => say!("xlb: withdrew every VIP from BIRD"),
                 Err(e) => tracing::warn!("bgp: withdrawing the VIPs from BIRD failed: {e:#}"),
+            }
+            if let Err(e) = bgp::record(&opts.paths, None) {
+                tracing::warn!("bgp: {e:#}");
             }
         }
         detach_and_unpin(&opts.paths.pin_dir);

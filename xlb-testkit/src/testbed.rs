@@ -313,6 +313,7 @@ impl Drop for Director {
         }
         xlb_core::daemon::detach_and_unpin(&self.pin_dir);
         let paths = xlb_core::api::Paths::for_pin_dir(&self.pin_dir);
+        let _ = std::fs::remove_file(xlb_core::bgp::record_path(&paths));
         let _ = std::fs::remove_file(paths.state);
         let _ = std::fs::remove_file(paths.socket);
     }

@@ -231,6 +231,20 @@ fn the_vip_is_announced_by_bird_exactly_while_its_service_has_quorum() {
     c.stop_balancer().unwrap(); // SIGINT, as Ctrl-C
     times.push(("xlb run's Ctrl-C", wait_route(&router, false, t, "xlb run's Ctrl-C"), false));
     assert_eq!(std::fs::read_to_string(&vips).unwrap(), "", "Ctrl-C leaves an empty file");
+    // A daemon ended by SIGTERM, then `xlb stop` from the pins: the announcement it left
+    // goes with the fast path.
+    let t = Instant::now();
+    c.start_daemon(&daemon_args).expect("start the daemon again");
+    wait_route(&router, true, t, "daemon started again");
+    c.signal_balancer(libc::SIGTERM).unwrap();
+    c.stop_balancer().unwrap(); // reaped
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!kernel_route(&router).is_empty(), "SIGTERM keeps the route");
+    let t = Instant::now();
+    let stopped = c.xlb(&["stop"]).unwrap();
+    times.push(("xlb stop with no daemon (from the pins)", wait_route(&router, false, t, "xlb stop from the pins"), false));
+    assert!(stopped.contains("withdrew every VIP from BIRD") && stopped.contains("0003 Reconfigured"), "{stopped}");
+    assert_eq!(std::fs::read_to_string(&vips).unwrap(), "");
     for (what, took, announced) in &times {
         println!("{what}: route {} in {took:?}", if *announced { "announced" } else { "withdrawn" });
         assert!(*took < Duration::from_secs(5), "{what} took {took:?}");
