@@ -333,17 +333,22 @@ impl Announcer {
 
     /// Hands over the VIPs that have quorum now; nothing happens if they are the ones
     /// handed last.
+    ///
+    /// The status is updated before the task hears of the change, and neither side
+    /// holds one lock while taking the other: the task's `in_sync` compares what it
+    /// published with the status's `wanted`.
     pub fn set(&self, vips: BTreeSet<IpAddr>) {
-        self.wanted.send_if_modified(|current| {
-            if *current == vips {
-                return false;
+        let list: Vec<IpAddr> = vips.iter().copied().collect();
+        {
+            let mut s = self.status.lock().expect("not poisoned");
+            if s.wanted == list {
+                return;
             }
-            let list = join(&vips.iter().copied().collect::<Vec<_>>());
-            tracing::info!("bgp: VIPs with quorum now: {}", if list.is_empty() { "none".into() } else { list });
-            self.status.lock().expect("not poisoned").wanted = vips.iter().copied().collect();
-            *current = vips;
-            true
-        });
+            s.wanted = list.clone();
+            s.in_sync = false;
+        }
+        tracing::info!("bgp: VIPs with quorum now: {}", if list.is_empty() { "none".into() } else { join(&list) });
+        self.wanted.send_replace(vips);
     }
 
     pub fn status(&self) -> BgpStatus {
@@ -378,7 +383,6 @@ async fn keep_in_sync(opts: BgpOptions, mut wanted: watch::Receiver<BTreeSet<IpA
             let vips = wanted.borrow_and_update().clone();
             let result = publish(&opts, &vips).await;
             let mut s = status.lock().expect("not poisoned");
-            let now_wanted: Vec<IpAddr> = wanted.borrow().iter().copied().collect();
             match result {
                 Ok(reply) => {
                     pending = false;
@@ -400,7 +404,7 @@ async fn keep_in_sync(opts: BgpOptions, mut wanted: watch::Receiver<BTreeSet<IpA
                     );
                 }
             }
-            s.in_sync = !pending && s.announced.as_deref() == Some(&now_wanted[..]);
+            s.in_sync = !pending && s.announced.as_ref() == Some(&s.wanted);
             drop(s);
             retry.reset();
         }
