@@ -116,6 +116,10 @@ pub struct Stopped {
     /// Interfaces where the balancer is still attached afterwards (another process holds
     /// its link), as far as this network namespace can see.
     pub still_attached: Vec<String>,
+    /// What became of the VIPs the last daemon announced through BIRD (None: it
+    /// announced none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<String>,
 }
 
 impl Stopped {
@@ -136,6 +140,9 @@ impl Stopped {
         }
         for iface in &self.still_attached {
             text += &format!("warning: xlb_balance is still attached to {iface}: another process holds its link\n");
+        }
+        if let Some(bgp) = &self.bgp {
+            text += &format!("{bgp}\n");
         }
         text
     }
@@ -166,7 +173,9 @@ pub fn stop(paths: &Paths, reason: String) -> Result<Stopped> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok(Stopped { daemon: false, reason, pin_dir: pin_dir.clone(), detached, maps_unpinned, still_attached })
+    // The VIPs the last daemon announced through BIRD go with the fast path.
+    let bgp = crate::bgp::withdraw_recorded(paths).unwrap_or_else(|e| Some(format!("warning: {e:#}")));
+    Ok(Stopped { daemon: false, reason, pin_dir: pin_dir.clone(), detached, maps_unpinned, still_attached, bgp })
 }
 
 /// The fast path's verdict counters read from their pin (summed over CPUs, in

@@ -104,6 +104,19 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Spawns `cmd` (stdin and stdout closed, stderr inherited) without waiting for it
+    /// to say anything: for daemons that print nothing when ready (BIRD with `-f`).
+    pub fn spawn(what: &str, mut cmd: Command) -> Result<Self> {
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Self { what: what.to_string(), child })
+    }
+
+    /// Whether the process still runs (not exited, or exited but not reaped yet).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -300,6 +313,7 @@ impl Drop for Director {
         }
         xlb_core::daemon::detach_and_unpin(&self.pin_dir);
         let paths = xlb_core::api::Paths::for_pin_dir(&self.pin_dir);
+        let _ = std::fs::remove_file(xlb_core::bgp::record_path(&paths));
         let _ = std::fs::remove_file(paths.state);
         let _ = std::fs::remove_file(paths.socket);
     }
