@@ -412,7 +412,12 @@ impl DrCluster {
     /// A DR cluster with a standby director beside the active one ([`DIP2`], no VIP):
     /// its own pins, API socket and `xlb daemon` ([`DrCluster::start_backup_daemon`]).
     pub fn build_with_backup(xlb: &Path, real_count: usize, mode: AttachMode) -> Result<Self> {
-        let mut cluster = Self::build(xlb, real_count, mode)?;
+        Self::build_pair(xlb, real_count, mode, ForwardMethod::Route)
+    }
+
+    /// [`DrCluster::build_with_backup`] for DR (`Route`) or TUN (`Tunnel`).
+    pub fn build_pair(xlb: &Path, real_count: usize, mode: AttachMode, method: ForwardMethod) -> Result<Self> {
+        let mut cluster = Self::build_with(xlb, real_count, mode, method)?;
         let ns = host(&format!("xlb-{}-dir2", cluster.id))?;
         plug(&cluster.switch, "br0", &ns, NIC, "p-dir2", &format!("{DIP2}/24"))?;
         add_ip6(&ns, NIC, &format!("{DIP2_6}/64"))?;

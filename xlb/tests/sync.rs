@@ -17,11 +17,11 @@ use common::Instance;
 use lb_common::{PROTO_TCP, SyncEvent, forward, map_names, sync as wire, tcp};
 use xlb_core::{
     loader::{self, AttachMode},
-    ops::{self, ServiceId},
+    ops::{self, ForwardMethod, ServiceId},
     sync::{self, SyncConn, Verdict, conn_flags},
 };
 use xlb_testkit::{
-    fixtures::{self, CLIENT_IP, DNS, Frame, POOL, RS1_IP, RS1_MAC, RS2_IP, RS2_MAC, VIP, XDP_PASS},
+    fixtures::{self, CLIENT_IP, CLIENT_IP6, DNS, Frame, POOL, RS1_IP, RS1_IP6, RS1_MAC, RS2_IP, RS2_MAC, VIP, VIP6, WEB6, XDP_PASS},
     testbed::{CIP, DrCluster, ECHO_PORT, VIP as CLUSTER_VIP, rip},
 };
 
@@ -165,13 +165,21 @@ fn a_received_connection_is_installed_counted_and_followed() {
     assert_eq!(receive(&mut inst, &other), (Verdict::Nat, None));
     let (verdict, out) = inst.run(&tcp_frame(42001, tcp::FLAG_ACK).bytes());
     assert_eq!(verdict, XDP_PASS, "no entry was installed for the refused connections: {out:?}");
+
+    // IPv6 (an `ip_vs_sync_v6` entry): [VIP6]:80 by DR to rs1's IPv6 address.
+    let mut v6 = conn_to(RS1_IP, 42002, tcp::ESTABLISHED);
+    (v6.caddr, v6.vaddr, v6.daddr, v6.vport, v6.dport) = (CLIENT_IP6.into(), VIP6.into(), RS1_IP6.into(), WEB6.port, WEB6.port);
+    let decoded = sync::decode(&sync::encode(&sync::SyncMessage { syncid: 0, conns: vec![v6] })).unwrap();
+    assert_eq!(receive(&mut inst, &decoded.conns[0]).1, Some(wire::INSTALL_CREATED));
+    let ack6 = Frame { tcp_flags: tcp::FLAG_ACK, ..Frame::tcp(VIP6, WEB6.port, 42002) };
+    assert_eq!(inst.forwarded_to(&ack6), RS1_MAC);
 }
 
 // ---- two directors ----
 
-fn pair() -> DrCluster {
+fn pair(method: ForwardMethod) -> DrCluster {
     assert_eq!(unsafe { libc::geteuid() }, 0, "these tests create namespaces and attach XDP: run them as root (cargo xtask test)");
-    DrCluster::build_with_backup(Path::new(XLB), 2, AttachMode::Skb).expect("build the namespace cluster with a standby director")
+    DrCluster::build_pair(Path::new(XLB), 2, AttachMode::Skb, method).expect("build the namespace cluster with a standby director")
 }
 
 /// `xlb ipvsadm ARGS` on the active (`backup` false) or the standby director:
@@ -239,8 +247,18 @@ fn conn_line(c: &DrCluster, backup: bool, port: u16) -> Option<String> {
 }
 
 #[test]
-fn a_connection_through_the_master_survives_a_failover_to_the_backup() {
-    let mut c = pair();
+fn a_dr_connection_through_the_master_survives_a_failover_to_the_backup() {
+    failover(ForwardMethod::Route);
+}
+
+#[test]
+fn a_tun_connection_through_the_master_survives_a_failover_to_the_backup() {
+    failover(ForwardMethod::Tunnel);
+}
+
+fn failover(method: ForwardMethod) {
+    let mut c = pair(method);
+    let (flag, sent) = if method == ForwardMethod::Tunnel { ("-i", "tx_tun") } else { ("-g", "tx_dr") };
     // The active director starts its master with the daemon (a systemd unit's way) …
     // (Its refresh round every 2 s, not 60: the test sees one.)
     let master = ["--sync-daemon", "master", "--mcast-interface", "eth0", "--syncid", "7", "--sync-refresh-period", "2"];
@@ -259,12 +277,12 @@ fn a_connection_through_the_master_survives_a_failover_to_the_backup() {
     // the reals in the other order).
     let svc = format!("{CLUSTER_VIP}:{ECHO_PORT}");
     ok(&c, false, &format!("-A -t {svc} -s rr"));
-    ok(&c, false, &format!("-a -t {svc} -r {} -g", rip(0)));
-    ok(&c, false, &format!("-a -t {svc} -r {} -g", rip(1)));
+    ok(&c, false, &format!("-a -t {svc} -r {} {flag}", rip(0)));
+    ok(&c, false, &format!("-a -t {svc} -r {} {flag}", rip(1)));
     ok(&c, true, &format!("-A -t {CLUSTER_VIP}:80 -s rr"));
     ok(&c, true, &format!("-A -t {svc} -s rr"));
-    ok(&c, true, &format!("-a -t {svc} -r {} -g", rip(1)));
-    ok(&c, true, &format!("-a -t {svc} -r {} -g", rip(0)));
+    ok(&c, true, &format!("-a -t {svc} -r {} {flag}", rip(1)));
+    ok(&c, true, &format!("-a -t {svc} -r {} {flag}", rip(0)));
 
     // A connection while the syncids differ: its messages are refused, nothing installed.
     let mut refused = open(&c);
@@ -307,12 +325,16 @@ fn a_connection_through_the_master_survives_a_failover_to_the_backup() {
 
     // Failover: the VIP moves to the standby; the connection goes on through it, to the
     // same real server.
-    let forwarded = counter(&c, true, "tx_dr");
+    let forwarded = counter(&c, true, sent);
     c.move_vip_to_backup().unwrap();
     for i in 0..3 {
         assert_eq!(echo(&mut conn, &format!("after the failover {i}")), Ok(server.clone()));
     }
-    assert!(counter(&c, true, "tx_dr") >= forwarded + 3, "the standby forwarded the connection's packets");
+    assert!(counter(&c, true, sent) >= forwarded + 3, "the standby forwarded the connection's packets ({sent})");
+    // The backup's entry has the method the master sent.
+    let conns: serde_json::Value = serde_json::from_str(&c.backup_xlb(&["--output", "json", "conns"]).unwrap()).unwrap();
+    let entry = conns.as_array().unwrap().iter().find(|e| e["client"] == format!("{CIP}:{port}")).expect("listed");
+    assert_eq!(entry["forward"], serde_json::to_value(method).unwrap(), "{entry}");
     drop(refused);
     // New connections are the standby's own.
     let mut fresh = open(&c);
