@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
-use lb_common::{RealStats, map_names, tcp};
+use lb_common::{RealStats, SyncEvent, map_names, tcp};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -39,7 +39,9 @@ use crate::{
     nexthop, observe,
     ops::{self, RealAddr, RealOptions, Refusal, ServiceId},
     reconcile::{self, Changes},
-    rtnl, run, sd_notify, web,
+    rtnl, run, sd_notify,
+    sync::{self, Role},
+    web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -67,6 +69,10 @@ pub struct DaemonOptions {
     /// VIP announcement through BIRD from the command line (`--bird-vips` …): each
     /// field given overrides the config file's `[bgp]`.
     pub bgp: config::BgpSection,
+    /// Connection sync daemons to start with the daemon (`--sync-daemon` …).
+    pub sync: Vec<sync::DaemonConfig>,
+    /// How often a master sends its active connections again (`--sync-refresh-period`).
+    pub sync_refresh: Duration,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -164,6 +170,8 @@ struct Engine {
     bgp: Option<(bgp::Announcer, u32)>,
     /// The config file's `[bgp]` at start (read only then).
     file_bgp: Option<config::BgpSection>,
+    /// The connection sync daemons (IPVS's master and backup).
+    sync: sync::Daemons,
 }
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -520,7 +528,15 @@ impl Engine {
     fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
         let mutating = !matches!(
             req,
-            Request::List | Request::Conns | Request::Counters | Request::Settings | Request::Status | Request::Stop
+            Request::List
+                | Request::Conns
+                | Request::Counters
+                | Request::Settings
+                | Request::Status
+                | Request::Stop
+                | Request::StartSyncDaemon { .. }
+                | Request::StopSyncDaemon { .. }
+                | Request::SyncDaemons
         );
         let reply = match req {
             Request::Batch { requests } => {
@@ -657,8 +673,13 @@ impl Engine {
                 return Ok(Reply::Conns(conns));
             }
             Request::Counters => {
-                return Ok(Reply::Counters(ops::counters(maps)?.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+                let fast_path = ops::counters(maps)?.into_iter();
+                let sync = self.sync.counters.list().into_iter();
+                return Ok(Reply::Counters(fast_path.chain(sync).map(|(k, v)| (k.to_string(), v)).collect()));
             }
+            Request::StartSyncDaemon { config } => self.start_sync(&config)?,
+            Request::StopSyncDaemon { role } => self.stop_sync(role)?,
+            Request::SyncDaemons => return Ok(Reply::SyncDaemons(self.sync.views())),
             Request::Settings => return Ok(Reply::Settings(settings_view(&ops::settings(maps)?))),
             Request::Status => {
                 return Ok(Reply::Status(StatusView {
@@ -687,6 +708,66 @@ impl Engine {
         match ops::vips_with_quorum(&self.maps, *quorum) {
             Ok(vips) => announcer.set(vips),
             Err(e) => tracing::warn!("bgp: reading the services' quorum: {e:#}"),
+        }
+    }
+
+    /// Starts a connection sync daemon; a master switches the fast path's sync events on.
+    fn start_sync(&mut self, cfg: &sync::DaemonConfig) -> Result<()> {
+        let view = self.sync.start(cfg)?;
+        if cfg.role == Role::Master {
+            if let Err(e) = ops::set_sync_master(&mut self.maps, true) {
+                let _ = self.sync.stop(Role::Master);
+                return Err(e.context("switching the fast path's sync events on"));
+            }
+        }
+        tracing::info!(target: "xlb_console", "xlb: started the {}", view.line());
+        Ok(())
+    }
+
+    /// Stops a connection sync daemon (a master's events go off first).
+    fn stop_sync(&mut self, role: Role) -> Result<()> {
+        if role == Role::Master && self.sync.master_running() {
+            ops::set_sync_master(&mut self.maps, false)?;
+        }
+        self.sync.stop(role)?;
+        tracing::info!(target: "xlb_console", "xlb: stopped the {} sync daemon", role.name());
+        Ok(())
+    }
+
+    /// The fast path's sync events, into the master's messages.
+    fn sync_events(&mut self, events: Vec<SyncEvent>) {
+        let settings = match ops::settings(&self.maps) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("sync master: reading the settings: {e:#}"),
+        };
+        let Self { maps, sync, .. } = self;
+        sync.add_events(&events, &settings, &mut |sid| ops::service_fwmark(maps, sid).ok().flatten());
+    }
+
+    /// A datagram the backup received: its connections installed in the fast path.
+    fn sync_receive(&mut self, datagram: &[u8]) {
+        let conns = self.sync.receive(datagram);
+        if conns.is_empty() {
+            return;
+        }
+        let settings = match ops::settings(&self.maps) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("sync backup: reading the settings: {e:#}"),
+        };
+        let now = ops::monotonic_ns();
+        for c in &conns {
+            let v = sync::verdict(c, &mut ops::SyncLookup(&mut self.maps), &settings, now);
+            let answer = match &v {
+                sync::Verdict::Install(flow, entry) => match loader::install_conn(&mut self.ebpf, &sync::install_arg(*flow, *entry)) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::warn!("sync backup: installing a connection: {e:#}");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            self.sync.count(&v, answer);
         }
     }
 
@@ -737,6 +818,28 @@ impl Engine {
         }
         if let Err(e) = self.rates.sample(&self.maps) {
             tracing::warn!("sampling rates: {e:#}");
+        }
+        if let Some(window) = self.sync.refresh_due() {
+            self.sync_refresh(window);
+        }
+    }
+
+    /// The master's refresh round: the connections with packets in the last `window_ns`
+    /// nanoseconds are sent again, so the backup's entries of long-lived connections do
+    /// not expire there while they live here.
+    fn sync_refresh(&mut self, window_ns: u64) {
+        let now = ops::monotonic_ns();
+        let active: Vec<SyncEvent> = self
+            .maps
+            .conns
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, c)| c.state != tcp::GONE && now.saturating_sub(c.last_seen_ns) <= window_ns)
+            .map(|(flow, c)| sync::event_of(&flow, &c))
+            .collect();
+        if !active.is_empty() {
+            tracing::debug!("sync master: refreshing {} active connection(s)", active.len());
+            self.sync_events(active);
         }
     }
 }
@@ -897,10 +1000,19 @@ impl Engine {
             interfaces: interfaces.to_vec(),
             services: self.services_view()?,
             counters: ops::counters(&self.maps)?,
+            sync: self.sync.counters.list(),
             conntrack_entries: self.maps.conns.keys().count() as u64,
             conntrack_capacity: conns_capacity(&self.tables),
             bgp: self.bgp.as_ref().map(|(a, _)| a.status()),
         })
+    }
+}
+
+/// Waits until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1161,6 +1273,8 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     };
     let tables = report_tables(&opts.paths.pin_dir, &opts.sizes)?;
     let (checker, mut health_events) = Checker::new(tokio::runtime::Handle::current());
+    let (sync_events_tx, mut sync_events) = mpsc::channel::<Vec<SyncEvent>>(64);
+    let (sync_in_tx, mut sync_in) = mpsc::channel::<Vec<u8>>(1024);
     let mut engine = Engine {
         maps,
         ebpf,
@@ -1181,7 +1295,11 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         next_hops: run::NextHops::default(),
         bgp: None,
         file_bgp: file_bgp.clone(),
+        sync: sync::Daemons::new(&opts.paths.pin_dir, sync_events_tx, sync_in_tx),
     };
+    engine.sync.set_refresh_period(opts.sync_refresh);
+    // No master runs yet: a previous daemon's switch goes off.
+    ops::set_sync_master(&mut engine.maps, false)?;
     if let Some(desired) = &desired {
         if !fresh {
             // Health verdicts and dynamic weights carry over a restart.
@@ -1208,6 +1326,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         );
         let quorum = opts.quorum;
         engine.bgp = Some((bgp::Announcer::start(opts, vips), quorum));
+    }
+    for cfg in &opts.sync {
+        engine.start_sync(cfg).with_context(|| format!("starting the {} sync daemon", cfg.role.name()))?;
     }
 
     let (net_tx, mut net_changes) = mpsc::unbounded_channel();
@@ -1264,7 +1385,15 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                 Command::Api { request, reply } => {
                     let mutating = !matches!(
                         request,
-                        Request::List | Request::Conns | Request::Counters | Request::Settings | Request::Status | Request::Stop
+                        Request::List
+                            | Request::Conns
+                            | Request::Counters
+                            | Request::Settings
+                            | Request::Status
+                            | Request::Stop
+                            | Request::StartSyncDaemon { .. }
+                            | Request::StopSyncDaemon { .. }
+                            | Request::SyncDaemons
                     );
                     let before = engine.next_hops.unresolved.clone();
                     let result = response(engine.handle(request));
@@ -1306,6 +1435,15 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                     tracing::debug!("{} neighbour/route change(s): next hops looked up again in {:?}", changes.len(), started.elapsed());
                 }
             }
+            Some(events) = sync_events.recv() => engine.sync_events(events),
+            Some(datagram) = sync_in.recv() => {
+                engine.sync_receive(&datagram);
+                // What else came meanwhile, at once.
+                while let Ok(more) = sync_in.try_recv() {
+                    engine.sync_receive(&more);
+                }
+            }
+            _ = sleep_until(engine.sync.flush_deadline()) => engine.sync.flush(),
             _ = tick.tick() => engine.periodic(),
             _ = resync.tick() => drop(unresolved_tx.send_replace(engine.refresh_next_hops())),
             _ = sighup.recv() => match engine.handle(Request::Reload) {
@@ -1322,6 +1460,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         }
     };
     sd_notify_or_warn("STOPPING=1");
+    if engine.sync.master_running() {
+        let _ = engine.stop_sync(Role::Master);
+    }
     api_task.abort();
     net_task.abort();
     drop(web_server);
