@@ -410,6 +410,12 @@ pub struct Settings {
     /// in FIN_WAIT when the director sees only the client's side (DR, TUN). 0: the SYN
     /// follows the old entry. Default 1, as IPVS.
     pub conn_reuse_mode: u32,
+    /// Non-zero while a master sync daemon runs (`xlb ipvsadm --start-daemon master`):
+    /// the fast path writes a [`SyncEvent`] to SYNC_EVENTS when a connection enters
+    /// the connection table and when a TCP connection's state changes. 0: nothing is
+    /// written (the check sits behind those events, never on a packet that changes
+    /// nothing).
+    pub sync_master: u32,
 }
 
 impl Default for Settings {
@@ -422,6 +428,7 @@ impl Default for Settings {
             icmp_echo: 0,
             expire_quiescent_template: 0,
             conn_reuse_mode: 1,
+            sync_master: 0,
         }
     }
 }
@@ -619,15 +626,18 @@ pub mod map_names {
     /// event ring buffer ([`crate::TraceEvent`] records).
     pub const TRACE: &str = "TRACE";
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// The connection synchronisation events ([`crate::SyncEvent`] records, read by the
+    /// master sync daemon).
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
     /// Half-open TCP connections (LRU) and, for NAT, their reply entries (LRU).
     pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const HALF_OPEN_REPLIES: &str = "HALF_OPEN_REPLIES";
     /// The fragment table: not pinned (a restart forgets datagrams in flight).
     pub const FRAGS: &str = "FRAGS";
     /// The director's maps (pinned by `xlb run`).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
-        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS, HALF_OPEN, HALF_OPEN_REPLIES,
+        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS, HALF_OPEN, HALF_OPEN_REPLIES, SYNC_EVENTS,
     ];
     /// Maps sized by `--max-conns`.
     pub const BY_CONNS: [&str; 4] = [CONNS, NAT_REPLIES, HALF_OPEN, HALF_OPEN_REPLIES];
@@ -705,6 +715,53 @@ pub struct TraceEvent {
     pub cpu: u32,
 }
 
+/// Connection synchronisation (IPVS's sync daemon, `xlb ipvsadm --start-daemon`).
+pub mod sync {
+    /// Size of the SYNC_EVENTS ring buffer, bytes (a power of two, a multiple of the
+    /// page size): about 13,000 events between two reads.
+    pub const RING_BYTES: u32 = 1 << 20;
+    /// `xlb_sync_install`'s answers (the XDP verdict of its test run): the entry was
+    /// created.
+    pub const INSTALL_CREATED: u32 = 2; // XDP_PASS
+    /// The flow's entry was there with the same real: its state and idle stamp were
+    /// updated.
+    pub const INSTALL_UPDATED: u32 = 3; // XDP_TX
+    /// Not installed: the connection table is full, or (NAT) another connection holds
+    /// the reply tuple.
+    pub const INSTALL_REFUSED: u32 = 1; // XDP_DROP
+}
+
+/// One event of the connection synchronisation: a connection entered the connection
+/// table (a TCP handshake completed, a UDP or sloppy-TCP flow was scheduled) or a TCP
+/// connection's state moved. The address family is the flow's (IPv4-mapped or not).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncEvent {
+    /// The client's flow: client address and port, VIP and port, protocol.
+    pub flow: FlowKey,
+    /// The real server's address (16-byte form).
+    pub real_ip: [u8; 16],
+    pub service_id: u32,
+    pub real_id: u32,
+    /// The real's port, wire order.
+    pub real_port: [u8; 2],
+    /// [`forward`] method.
+    pub forward: u8,
+    /// [`tcp`] state after the event, or [`tcp::UDP`].
+    pub state: u8,
+    pub _pad: u32,
+}
+
+/// What `xlb_sync_install` is given (its test run's "frame"): a backup director's
+/// connection entry for `flow`, made from a sync message. `entry.last_seen_ns` is set
+/// so that the entry expires when the master's timeout says.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncInstall {
+    pub flow: FlowKey,
+    pub entry: ConnEntry,
+}
+
 /// Benchmark support (`cargo xtask bench`). BPF_PROG_TEST_RUN repeats a program on one
 /// buffer without restoring it, so the bench wrapper program restores the original frame
 /// from this map before every iteration.
@@ -775,6 +832,8 @@ mod pod {
     unsafe impl aya::Pod for RealStats {}
     unsafe impl aya::Pod for TraceConfig {}
     unsafe impl aya::Pod for TraceEvent {}
+    unsafe impl aya::Pod for SyncEvent {}
+    unsafe impl aya::Pod for SyncInstall {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }
 
@@ -794,7 +853,9 @@ mod tests {
         assert_eq!(size_of::<ConnEntry>(), 40);
         assert_eq!(size_of::<NatReply>(), 72);
         assert_eq!(size_of::<ServiceInfo>(), 52);
-        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 6));
+        assert_eq!(size_of::<Settings>(), 4 * (tcp::STATE_COUNT + 7));
+        assert_eq!(size_of::<SyncEvent>(), 72);
+        assert_eq!(size_of::<SyncInstall>(), 80);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragEntry>(), 28);
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);

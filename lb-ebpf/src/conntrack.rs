@@ -32,7 +32,7 @@ use crate::{
     parse::Packet,
     persist,
     scratch::Scratch,
-    stats,
+    stats, sync,
 };
 
 /// BPF_NOEXIST: insert only if the key is absent.
@@ -122,9 +122,11 @@ fn with_state(word: u64, state: u8) -> u64 {
 /// Moves `conn` to the state after a packet with `tcp_flags` through table `dir`. The
 /// move is a compare-and-swap from the state this CPU read; if another CPU moved it
 /// first, the transition is taken again from the state it left (as if the packets had
-/// come one after the other). Only a successful swap moves the counts.
+/// come one after the other). Only a successful swap moves the counts, and, with the
+/// master sync daemon on, tells it (`flow` is the connection's key).
 #[inline(always)]
-fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u8, now: u64) {
+fn advance(conn: *mut ConnEntry, c: &ConnEntry, flow: &FlowKey, dir: u8, tcp_flags: u8, now: u64, settings: &Settings) {
+    let proto = flow.proto;
     if proto == PROTO_TCP {
         let moved = atomic::update(state_word(conn), |word| {
             // Through memory: LLVM would otherwise test the state's range on the whole
@@ -140,6 +142,9 @@ fn advance(conn: *mut ConnEntry, c: &ConnEntry, proto: u8, dir: u8, tcp_flags: u
         });
         if let Some((before, after)) = moved {
             stats::load_move(c.real_id, state_of(before), state_of(after));
+            if settings.sync_master != 0 {
+                sync::emit(flow, c, state_of(after));
+            }
         }
     }
     // Only when the (coarse) clock moved past the stamp: most packets of a busy flow
@@ -266,7 +271,7 @@ pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) ->
         expire(flow);
         return Lookup::NoDest;
     }
-    advance(conn, &c, flow.proto, client_dir(&c), tcp_flags, now);
+    advance(conn, &c, flow, client_dir(&c), tcp_flags, now, settings);
     Lookup::Hit(c, real)
 }
 
@@ -288,7 +293,7 @@ pub fn lookup_reply(back: &NatReply, tcp_flags: u8, settings: &Settings) -> Opti
         expire(&back.flow);
         return None;
     }
-    advance(conn, &c, back.flow.proto, tcp::dir::OUTPUT, tcp_flags, now);
+    advance(conn, &c, &back.flow, tcp::dir::OUTPUT, tcp_flags, now, settings);
     Some(c.real_id)
 }
 
@@ -309,9 +314,10 @@ pub fn new_entry(entry: &mut ConnEntry, flow: &FlowKey, tcp_flags: u8, service_i
 /// Records a new flow's entry; for NAT also its reply entry `back` (the client's flow
 /// and the way back to the client). Inserted only if absent: of two first packets of a
 /// flow racing on two CPUs, one creates the entry and the other follows it
-/// ([`Created::Exists`]). A separate BPF function.
+/// ([`Created::Exists`]). With `sync` (the master sync daemon is on) the new
+/// connection is told to it. A separate BPF function.
 #[inline(never)]
-pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
+pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply, sync: bool) -> Created {
     // Counted before it is visible: a packet on another CPU may move its state (and
     // the counts) as soon as it is in the table.
     stats::load_add(entry.real_id, entry.state, 1);
@@ -328,6 +334,9 @@ pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
             }
         }
         return Created::Clash;
+    }
+    if sync {
+        sync::emit(flow, entry, entry.state);
     }
     Created::Ok
 }
@@ -357,6 +366,45 @@ fn release(flow: &FlowKey, c: &ConnEntry, with_reply: bool) {
     }
     stats::load_add(c.real_id, c.state, u64::MAX);
     persist::release(c.service_id, &flow.src, c.template);
+}
+
+/// A backup director's entry for `flow`, received from the master sync daemon
+/// (IPVS's `ip_vs_proc_conn`): an entry of the flow with the same real takes the
+/// received state (the counts move with it) and idle stamp; one with another real
+/// (the master scheduled the flow afresh) goes, and the received one is created, as is
+/// one for a flow not known here. Never told back to a master ([`create`]'s `sync`
+/// off): a director running both daemons does not echo what it received. Returns a
+/// `lb_common::sync::INSTALL_*` answer.
+#[inline(always)]
+pub fn install(flow: &FlowKey, e: &ConnEntry, back: &NatReply) -> u32 {
+    if let Some(conn) = CONNS.get_ptr_mut(flow) {
+        let c = unsafe { *conn };
+        let same = c.real_ip == e.real_ip && c.real_port == e.real_port && c.real_id == e.real_id && c.service_id == e.service_id;
+        if c.state != tcp::GONE && same && c.forward == e.forward {
+            let to = e.state;
+            let moved = atomic::update(state_word(conn), |word| {
+                let from = state_of(word);
+                if from == tcp::GONE || from == to { None } else { Some(with_state(word, to)) }
+            });
+            if let Some((before, after)) = moved {
+                stats::load_move(c.real_id, state_of(before), state_of(after));
+            }
+            if e.last_seen_ns > c.last_seen_ns {
+                unsafe { (*conn).last_seen_ns = e.last_seen_ns };
+            }
+            return lb_common::sync::INSTALL_UPDATED;
+        }
+        expire(flow);
+    }
+    // A half-open entry this director made for the flow is superseded.
+    if let Some(h) = unsafe { HALF_OPEN.get(flow) } {
+        let h = *h;
+        forget_half_open(flow, &h);
+    }
+    match create(flow, e, back, false) {
+        Created::Ok => lb_common::sync::INSTALL_CREATED,
+        _ => lb_common::sync::INSTALL_REFUSED,
+    }
 }
 
 /// What [`half_open`] found for a client packet that has no connection entry.
@@ -471,7 +519,7 @@ pub fn half_open(s: &mut Scratch, svc: &ServiceInfo, settings: &Settings, now: u
         c.template = if t.real_id == c.real_id { t.tag } else { 0 };
     }
     persist::hold(svc, &flow.src, c.template);
-    match create(flow, &c, back) {
+    match create(flow, &c, back, settings.sync_master != 0) {
         Created::Ok => {
             forget_half_open(flow, &c);
             stats::count(counter::HALF_OPEN_PROMOTED);

@@ -24,10 +24,11 @@ mod persist;
 mod scratch;
 mod sched;
 mod stats;
+mod sync;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    ConnEntry, FlowKey, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, counter, forward, svc_flags, tcp,
+    ConnEntry, FlowKey, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, SyncInstall, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
@@ -87,6 +88,18 @@ pub fn xlb_expire(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// Installs one connection a backup sync daemon received (`conntrack::install`), run
+/// through BPF_PROG_TEST_RUN with a `SyncInstall` as the "frame": made in the kernel,
+/// the entry enters the reals' shared counts exactly as the fast path's own do.
+/// Returns a `lb_common::sync::INSTALL_*` answer; XDP_ABORTED for a short "frame".
+#[xdp]
+pub fn xlb_sync_install(ctx: XdpContext) -> u32 {
+    let Ok(p) = parse::ptr_at::<SyncInstall>(&ctx, 0) else { return xdp_action::XDP_ABORTED };
+    let inst = unsafe { *p };
+    let back = NatReply::default();
+    conntrack::install(&inst.flow, &inst.entry, &back)
 }
 
 fn try_balance(ctx: &XdpContext) -> Result<u32, ()> {
@@ -358,7 +371,7 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         // The template counts the connection before it is visible (another CPU may
         // expire it), and gets it back if it is not made.
         persist::hold(svc, &pkt.flow.src, tag);
-        match conntrack::create(flow, conn, back) {
+        match conntrack::create(flow, conn, back, settings.sync_master != 0) {
             Created::Ok => {}
             Created::Exists => {
                 persist::release(svc.id, &pkt.flow.src, tag);

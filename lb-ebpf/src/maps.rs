@@ -7,7 +7,7 @@ use lb_common::{
     ConnEntry, FlowKey, FragEntry, FragKey, MAX_DECAP_VIPS, MAX_FRAGS, MAX_FRONTENDS, MAX_PERSIST, OBJECT_MAX_CONNS, OBJECT_MAX_REALS,
     OBJECT_MAX_SERVICES,
     NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, TraceConfig,
-    counter, decap_counter, trace,
+    counter, decap_counter, sync, trace,
 };
 
 use crate::scratch::Scratch;
@@ -108,3 +108,8 @@ pub static TRACE: Array<TraceConfig> = Array::with_max_entries(1, 0);
 /// `xlb trace`'s events, written only while TRACE is on and a frame matches it.
 #[map]
 pub static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(trace::RING_BYTES, 0);
+
+/// Connection synchronisation events for the master sync daemon, written only while
+/// `Settings::sync_master` is on (see `sync`).
+#[map]
+pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(sync::RING_BYTES, 0);

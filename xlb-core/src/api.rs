@@ -119,6 +119,12 @@ pub enum Request {
     Status,
     /// Detach the fast path, remove the pins and exit.
     Stop,
+    /// Start a connection sync daemon (ipvsadm --start-daemon).
+    StartSyncDaemon { config: crate::sync::DaemonConfig },
+    /// Stop one (ipvsadm --stop-daemon).
+    StopSyncDaemon { role: crate::sync::Role },
+    /// The running sync daemons (ipvsadm -L --daemon).
+    SyncDaemons,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -131,6 +137,7 @@ pub enum Reply {
     Counters(Vec<(String, u64)>),
     Settings(SettingsView),
     Status(StatusView),
+    SyncDaemons(Vec<crate::sync::DaemonView>),
 }
 
 /// The wire form of a result: a refusal keeps libipvs's words for ipvsadm's output.
@@ -150,12 +157,12 @@ pub enum Response {
 /// The API protocol's version, carried by every request and response. Version 1 was the
 /// protocol before versions: a bare [`Request`] and a bare [`Response`]. Raise it with
 /// any change of [`Request`], [`Reply`] or [`Response`] an older side would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// This xlb's release, named in version mismatch errors.
 pub const XLB_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// A request as sent: `{"version": 2, "xlb": "0.1.0", "request": {...}}`. An older
+/// A request as sent: `{"version": 3, "xlb": "0.1.0", "request": {...}}`. An older
 /// daemon finds no `op` in it and refuses it whole: nothing is executed.
 #[derive(Serialize, Deserialize)]
 struct RequestEnvelope<R> {
@@ -165,7 +172,7 @@ struct RequestEnvelope<R> {
     request: R,
 }
 
-/// A response as sent: `{"version": 2, "xlb": "0.1.0", "response": {...}}`.
+/// A response as sent: `{"version": 3, "xlb": "0.1.0", "response": {...}}`.
 #[derive(Serialize, Deserialize)]
 struct ResponseEnvelope<R> {
     version: u32,
@@ -362,18 +369,18 @@ mod tests {
         assert!(text.contains(&format!("speaks API protocol {PROTOCOL_VERSION}")) && text.contains("protocol 1"), "{text}");
         assert!(text.contains("restart the daemon"), "{text}");
         let sent = t.join().unwrap();
-        assert!(sent.contains(r#""version":2"#) && sent.contains(r#""op":"status""#), "{sent}");
+        assert!(sent.contains(&format!(r#""version":{PROTOCOL_VERSION}"#)) && sent.contains(r#""op":"status""#), "{sent}");
     }
 
     #[test]
     fn a_cli_and_a_newer_daemon_give_a_version_mismatch() {
         let (dir, _t) = fake_daemon(|_| {
-            r#"{"version":3,"xlb":"9.0.0","response":{"err":{"message":"whatever","ipvs":null}}}"#.to_string() + "\n"
+            r#"{"version":99,"xlb":"9.0.0","response":{"err":{"message":"whatever","ipvs":null}}}"#.to_string() + "\n"
         });
         let err = call(&dir.0.join("s.sock"), &Request::List).expect_err("refused");
-        assert!(matches!(err, ApiError::VersionMismatch { theirs: Some(3), .. }), "{err:?}");
+        assert!(matches!(err, ApiError::VersionMismatch { theirs: Some(99), .. }), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("(xlb 9.0.0) speaks protocol 3") && text.contains(&format!("protocol {PROTOCOL_VERSION}")), "{text}");
+        assert!(text.contains("(xlb 9.0.0) speaks protocol 99") && text.contains(&format!("protocol {PROTOCOL_VERSION}")), "{text}");
     }
 
     #[test]
@@ -388,10 +395,10 @@ mod tests {
         assert!(message.starts_with("version mismatch:"), "{message}");
         assert!(message.contains("protocol 1") && message.contains(&format!("speaks protocol {PROTOCOL_VERSION}")), "{message}");
         // A newer CLI gets the mismatch in the versioned form.
-        let newer = r#"{"version":3,"xlb":"9.0.0","request":{"op":"status","extra":1}}"#;
+        let newer = r#"{"version":99,"xlb":"9.0.0","request":{"op":"status","extra":1}}"#;
         let answer = decode_request(newer).expect_err("refused");
         let err = decode_response(&answer).expect_err("an error");
-        assert!(err.to_string().contains("xlb CLI (9.0.0) speaks API protocol 3"), "{err}");
+        assert!(err.to_string().contains("xlb CLI (9.0.0) speaks API protocol 99"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
-use lb_common::{RealStats, map_names, tcp};
+use lb_common::{RealStats, SyncEvent, map_names, tcp};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -38,7 +38,9 @@ use crate::{
     nexthop, observe,
     ops::{self, RealAddr, RealOptions, Refusal, ServiceId},
     reconcile::{self, Changes},
-    rtnl, run, sd_notify, web,
+    rtnl, run, sd_notify,
+    sync::{self, Role},
+    web,
 };
 
 const TICK: Duration = Duration::from_secs(2);
@@ -63,6 +65,8 @@ pub struct DaemonOptions {
     pub fastpath_log: loader::LogLevel,
     /// Table sizes for maps created at this start (`--max-conns` …).
     pub sizes: TableSizes,
+    /// Connection sync daemons to start with the daemon (`--sync-daemon` …).
+    pub sync: Vec<sync::DaemonConfig>,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -156,6 +160,8 @@ struct Engine {
     batch_hops: HashMap<IpAddr, ops::NextHop>,
     /// What the last lookup of every real's next hop found.
     next_hops: run::NextHops,
+    /// The connection sync daemons (IPVS's master and backup).
+    sync: sync::Daemons,
 }
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -512,7 +518,15 @@ impl Engine {
     fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
         let mutating = !matches!(
             req,
-            Request::List | Request::Conns | Request::Counters | Request::Settings | Request::Status | Request::Stop
+            Request::List
+                | Request::Conns
+                | Request::Counters
+                | Request::Settings
+                | Request::Status
+                | Request::Stop
+                | Request::StartSyncDaemon { .. }
+                | Request::StopSyncDaemon { .. }
+                | Request::SyncDaemons
         );
         let reply = match req {
             Request::Batch { requests } => {
@@ -643,8 +657,13 @@ impl Engine {
                 return Ok(Reply::Conns(conns));
             }
             Request::Counters => {
-                return Ok(Reply::Counters(ops::counters(maps)?.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+                let fast_path = ops::counters(maps)?.into_iter();
+                let sync = self.sync.counters.list().into_iter();
+                return Ok(Reply::Counters(fast_path.chain(sync).map(|(k, v)| (k.to_string(), v)).collect()));
             }
+            Request::StartSyncDaemon { config } => self.start_sync(&config)?,
+            Request::StopSyncDaemon { role } => self.stop_sync(role)?,
+            Request::SyncDaemons => return Ok(Reply::SyncDaemons(self.sync.views())),
             Request::Settings => return Ok(Reply::Settings(settings_view(&ops::settings(maps)?))),
             Request::Status => {
                 return Ok(Reply::Status(StatusView {
@@ -662,6 +681,66 @@ impl Engine {
             Request::Stop => self.stop_and_detach = true,
         }
         Ok(Reply::Done)
+    }
+
+    /// Starts a connection sync daemon; a master switches the fast path's sync events on.
+    fn start_sync(&mut self, cfg: &sync::DaemonConfig) -> Result<()> {
+        let view = self.sync.start(cfg)?;
+        if cfg.role == Role::Master {
+            if let Err(e) = ops::set_sync_master(&mut self.maps, true) {
+                let _ = self.sync.stop(Role::Master);
+                return Err(e.context("switching the fast path's sync events on"));
+            }
+        }
+        tracing::info!(target: "xlb_console", "xlb: started the {}", view.line());
+        Ok(())
+    }
+
+    /// Stops a connection sync daemon (a master's events go off first).
+    fn stop_sync(&mut self, role: Role) -> Result<()> {
+        if role == Role::Master && self.sync.master_running() {
+            ops::set_sync_master(&mut self.maps, false)?;
+        }
+        self.sync.stop(role)?;
+        tracing::info!(target: "xlb_console", "xlb: stopped the {} sync daemon", role.name());
+        Ok(())
+    }
+
+    /// The fast path's sync events, into the master's messages.
+    fn sync_events(&mut self, events: Vec<SyncEvent>) {
+        let settings = match ops::settings(&self.maps) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("sync master: reading the settings: {e:#}"),
+        };
+        let Self { maps, sync, .. } = self;
+        sync.add_events(&events, &settings, &mut |sid| ops::service_fwmark(maps, sid).ok().flatten());
+    }
+
+    /// A datagram the backup received: its connections installed in the fast path.
+    fn sync_receive(&mut self, datagram: &[u8]) {
+        let conns = self.sync.receive(datagram);
+        if conns.is_empty() {
+            return;
+        }
+        let settings = match ops::settings(&self.maps) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("sync backup: reading the settings: {e:#}"),
+        };
+        let now = ops::monotonic_ns();
+        for c in &conns {
+            let v = sync::verdict(c, &mut ops::SyncLookup(&mut self.maps), &settings, now);
+            let answer = match &v {
+                sync::Verdict::Install(flow, entry) => match loader::install_conn(&mut self.ebpf, &sync::install_arg(*flow, *entry)) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::warn!("sync backup: installing a connection: {e:#}");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            self.sync.count(&v, answer);
+        }
     }
 
     /// Looks every real's next hop up again (after a neighbour or route change, and
@@ -871,9 +950,18 @@ impl Engine {
             interfaces: interfaces.to_vec(),
             services: self.services_view()?,
             counters: ops::counters(&self.maps)?,
+            sync: self.sync.counters.list(),
             conntrack_entries: self.maps.conns.keys().count() as u64,
             conntrack_capacity: conns_capacity(&self.tables),
         })
+    }
+}
+
+/// Waits until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1121,6 +1209,8 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     };
     let tables = report_tables(&opts.paths.pin_dir, &opts.sizes)?;
     let (checker, mut health_events) = Checker::new(tokio::runtime::Handle::current());
+    let (sync_events_tx, mut sync_events) = mpsc::channel::<Vec<SyncEvent>>(64);
+    let (sync_in_tx, mut sync_in) = mpsc::channel::<Vec<u8>>(1024);
     let mut engine = Engine {
         maps,
         ebpf,
@@ -1139,7 +1229,10 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         tables,
         batch_hops: HashMap::new(),
         next_hops: run::NextHops::default(),
+        sync: sync::Daemons::new(&opts.paths.pin_dir, sync_events_tx, sync_in_tx),
     };
+    // No master runs yet: a previous daemon's switch goes off.
+    ops::set_sync_master(&mut engine.maps, false)?;
     if let Some(desired) = &desired {
         if !fresh {
             // Health verdicts and dynamic weights carry over a restart.
@@ -1153,6 +1246,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     }
     engine.sync_health()?;
     engine.save_state()?;
+    for cfg in &opts.sync {
+        engine.start_sync(cfg).with_context(|| format!("starting the {} sync daemon", cfg.role.name()))?;
+    }
 
     let (net_tx, mut net_changes) = mpsc::unbounded_channel();
     let net_task = tokio::spawn(watch_next_hops(monitor, net_tx));
@@ -1208,7 +1304,15 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                 Command::Api { request, reply } => {
                     let mutating = !matches!(
                         request,
-                        Request::List | Request::Conns | Request::Counters | Request::Settings | Request::Status | Request::Stop
+                        Request::List
+                            | Request::Conns
+                            | Request::Counters
+                            | Request::Settings
+                            | Request::Status
+                            | Request::Stop
+                            | Request::StartSyncDaemon { .. }
+                            | Request::StopSyncDaemon { .. }
+                            | Request::SyncDaemons
                     );
                     let before = engine.next_hops.unresolved.clone();
                     let result = response(engine.handle(request));
@@ -1246,6 +1350,15 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                     tracing::debug!("{} neighbour/route change(s): next hops looked up again in {:?}", changes.len(), started.elapsed());
                 }
             }
+            Some(events) = sync_events.recv() => engine.sync_events(events),
+            Some(datagram) = sync_in.recv() => {
+                engine.sync_receive(&datagram);
+                // What else came meanwhile, at once.
+                while let Ok(more) = sync_in.try_recv() {
+                    engine.sync_receive(&more);
+                }
+            }
+            _ = sleep_until(engine.sync.flush_deadline()) => engine.sync.flush(),
             _ = tick.tick() => engine.periodic(),
             _ = resync.tick() => drop(unresolved_tx.send_replace(engine.refresh_next_hops())),
             _ = sighup.recv() => match engine.handle(Request::Reload) {
@@ -1261,6 +1374,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         }
     };
     sd_notify_or_warn("STOPPING=1");
+    if engine.sync.master_running() {
+        let _ = engine.stop_sync(Role::Master);
+    }
     api_task.abort();
     net_task.abort();
     drop(web_server);

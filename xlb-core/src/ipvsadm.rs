@@ -109,6 +109,10 @@ pub struct Invocation {
     pub exact: bool,
     /// `--set tcp tcpfin udp`; 0 keeps the current value (ipvsadm(8)).
     pub timeouts: Option<(u32, u32, u32)>,
+    /// `--start-daemon`/`--stop-daemon`'s role and the daemon options (ipvsadm(8):
+    /// `--mcast-interface`, `--syncid`, `--sync-maxlen`, `--mcast-group`,
+    /// `--mcast-port`, `--mcast-ttl`).
+    pub daemon: Option<crate::sync::DaemonConfig>,
     /// Options given, by ipvsadm's option names (for the command/option checks).
     given: Vec<&'static str>,
 }
@@ -453,6 +457,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         format: Format::Plain,
         exact: false,
         timeouts: None,
+        daemon: None,
         given: Vec::new(),
     };
     if args.is_empty() {
@@ -462,6 +467,15 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
     let mut command = None;
     let mut persistent: Option<u32> = None;
     let mut netmask: Option<String> = None;
+    let mut daemon = crate::sync::DaemonConfig {
+        role: crate::sync::Role::Master,
+        mcast_interface: String::new(),
+        syncid: 0,
+        sync_maxlen: None,
+        mcast_group: None,
+        mcast_port: None,
+        mcast_ttl: None,
+    };
     for (name, value, spelled) in &toks {
         let v = value.as_deref().unwrap_or("");
         let cmd = match *name {
@@ -487,6 +501,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                         "illegal start_daemon specified"
                     });
                 }
+                daemon.role = if v == "master" { crate::sync::Role::Master } else { crate::sync::Role::Backup };
                 Some(if *name == "start-daemon" { Command::StartDaemon } else { Command::StopDaemon })
             }
             _ => None,
@@ -658,34 +673,35 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "nosort" => Some("nosort"),
             "sort" => None,
             "syncid" => {
-                if number(v, 0, 255).is_none() {
-                    return fail("illegal syncid specified");
-                }
+                let Some(id) = number(v, 0, 255) else { return fail("illegal syncid specified") };
+                daemon.syncid = id as u8;
                 Some("syncid")
             }
             "sync-maxlen" => {
-                if number(v, 1, 65535 - 20 - 8).is_none() {
-                    return fail("illegal sync-maxlen specified");
-                }
+                let Some(l) = number(v, 1, 65535 - 20 - 8) else { return fail("illegal sync-maxlen specified") };
+                daemon.sync_maxlen = Some(l as u16);
                 Some("sync-maxlen")
             }
-            "mcast-interface" => Some("mcast-interface"),
+            "mcast-interface" => {
+                // IP_VS_IFNAME_MAXLEN: ipvsadm keeps 15 characters.
+                daemon.mcast_interface = v.chars().take(15).collect();
+                Some("mcast-interface")
+            }
             "mcast-group" => {
-                if v.parse::<IpAddr>().map_or(true, |ip| !ip.is_multicast()) {
+                let Some(group) = v.parse::<IpAddr>().ok().filter(|ip| ip.is_multicast()) else {
                     return fail("illegal IPv4/IPv6 multicast address specified");
-                }
+                };
+                daemon.mcast_group = Some(group);
                 Some("mcast-group")
             }
             "mcast-port" => {
-                if number(v, 1, 65535).is_none() {
-                    return fail("illegal mcast-port specified");
-                }
+                let Some(port) = number(v, 1, 65535) else { return fail("illegal mcast-port specified") };
+                daemon.mcast_port = Some(port as u16);
                 Some("mcast-port")
             }
             "mcast-ttl" => {
-                if number(v, 1, 255).is_none() {
-                    return fail("illegal mcast-ttl specified");
-                }
+                let Some(ttl) = number(v, 1, 255) else { return fail("illegal mcast-ttl specified") };
+                daemon.mcast_ttl = Some(ttl as u8);
                 Some("mcast-ttl")
             }
             other => return Err(UsageError { message: format!("{spelled}: unknown option ({other})"), status: EXIT_FAILURE }),
@@ -706,6 +722,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         });
     };
     inv.command = command;
+    if matches!(command, Command::StartDaemon | Command::StopDaemon) {
+        inv.daemon = Some(daemon);
+    }
     if command == Command::Set {
         let [tcp, fin, udp] = positional.as_slice() else { return fail("--set option requires 3 timeout values") };
         let t = |s: &String| number(s, 0, 31 * 24 * 3600).map(|n| n as u32);
@@ -794,6 +813,8 @@ const USAGE: &str = "Usage:
   xlb ipvsadm -L|l [virtual-service] [options]
   xlb ipvsadm -Z [virtual-service]
   xlb ipvsadm --set tcp tcpfin udp
+  xlb ipvsadm --start-daemon {master|backup} [daemon-options]
+  xlb ipvsadm --stop-daemon {master|backup}
   xlb ipvsadm -h
 
 Commands:
@@ -810,6 +831,8 @@ Either long or short options are allowed.
   --list            -L|-l     list the table
   --zero            -Z        zero counters in a service or all services
   --set tcp tcpfin udp        set connection timeout values (0 keeps a value)
+  --start-daemon              start connection sync daemon
+  --stop-daemon               stop connection sync daemon
   --help            -h        display this help message
   --version         -v        display the version
 
@@ -834,7 +857,7 @@ Options:
   --l-threshold  -y lthreshold        lower threshold of connections
   --connection   -c                   output of current IPVS connections (and templates)
   --timeout                           output of timeout (tcp tcpfin udp)
-  --daemon                            output of daemon information (none: xlb has no sync daemon)
+  --daemon                            output of daemon information
   --stats                             output of statistics information
   --rate                              output of rate information
   --exact                             expand numbers (display exact values)
@@ -845,8 +868,17 @@ Options:
   --ops          -o                   one-packet scheduling
   --numeric      -n                   numeric output (xlb's listings always are)
 
-Not supported (exit status 255): --sctp-service, --pe, --tun-type gue|gre,
---start-daemon, --stop-daemon (xlb has no connection synchronisation yet).";
+Daemon Options:
+  --syncid sid                        syncid for connection sync (default=0: a backup takes any)
+  --sync-maxlen length                Max sync message length (default: the interface's MTU - 28)
+  --mcast-interface interface         multicast interface for connection sync
+  --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
+  --mcast-port port                   UDP port (default=8848)
+  --mcast-ttl ttl                     Multicast TTL (default=1)
+
+Not supported (exit status 255): --sctp-service, --pe, --tun-type gue|gre.
+Connection sync speaks IPVS's sync protocol version 1; NAT connections and
+persistence templates are not installed on a backup (see the README).";
 
 /// What `-v` prints: ipvsadm's version line, naming xlb.
 fn version() -> String {
@@ -1082,12 +1114,14 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<(), Failur
             return Ok(());
         }
         Command::StartDaemon | Command::StopDaemon => {
-            return Err(anyhow::anyhow!(
-                "{}: connection synchronisation is not supported by xlb yet (no sync daemon); \
-                 a backup director starts with an empty connection table",
-                inv.command.name()
-            )
-            .into());
+            let Some(config) = inv.daemon.clone() else { return Err(anyhow::anyhow!("no daemon role given").into()) };
+            let request = if inv.command == Command::StartDaemon {
+                Request::StartSyncDaemon { config }
+            } else {
+                Request::StopSyncDaemon { role: config.role }
+            };
+            call(request)?;
+            return done();
         }
         _ => {}
     }
@@ -1117,12 +1151,16 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<(), Failur
             Reply::Settings(s) => println!("Timeout (tcp tcpfin udp): {} {} {}", s.tcp, s.tcpfin, s.udp),
             other => return Err(anyhow::anyhow!("unexpected reply {other:?}").into()),
         },
-        // ipvsadm lists the kernel's master/backup sync daemons; xlb runs none.
-        Command::List if inv.daemon_listing => {
-            if output == Output::Json {
-                json(&Vec::<String>::new())?;
+        // ipvsadm lists the kernel's master/backup sync daemons: xlb's daemon's.
+        Command::List if inv.daemon_listing => match call(Request::SyncDaemons).map_err(Failure::List)? {
+            Reply::SyncDaemons(views) if output == Output::Json => json(&views)?,
+            Reply::SyncDaemons(views) => {
+                for v in views {
+                    println!("{}", v.line());
+                }
             }
-        }
+            other => return Err(anyhow::anyhow!("unexpected reply {other:?}").into()),
+        },
         Command::List if inv.connections => {
             let c = conns(paths).map_err(Failure::List)?;
             if output == Output::Json {
@@ -1293,11 +1331,25 @@ pub(crate) mod tests {
         for line in ["-L -q", "--frobnicate", "-n", "-A --sctp-service 10.0.0.1:80", "-A -t 10.0.0.1:80 --pe sip", "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue"] {
             assert_eq!(status(line), EXIT_FAILURE, "{line}");
         }
-        assert_eq!(p("--start-daemon master --mcast-interface eth0 --syncid 3").unwrap().command, Command::StartDaemon);
-        assert_eq!(p("--stop-daemon backup").unwrap().command, Command::StopDaemon);
+        let i = p("--start-daemon master --mcast-interface eth0 --syncid 3").unwrap();
+        assert_eq!(i.command, Command::StartDaemon);
+        let d = i.daemon.unwrap();
+        assert_eq!((d.role, d.mcast_interface.as_str(), d.syncid, d.sync_maxlen), (crate::sync::Role::Master, "eth0", 3, None));
+        let d = p("--start-daemon backup --mcast-interface br0 --sync-maxlen 1000 --mcast-group 239.1.2.3 --mcast-port 9000 --mcast-ttl 2")
+            .unwrap()
+            .daemon
+            .unwrap();
+        assert_eq!(d.role, crate::sync::Role::Backup);
+        assert_eq!((d.sync_maxlen, d.mcast_group, d.mcast_port, d.mcast_ttl), (Some(1000), Some("239.1.2.3".parse().unwrap()), Some(9000), Some(2)));
+        let i = p("--stop-daemon backup").unwrap();
+        assert_eq!((i.command, i.daemon.unwrap().role), (Command::StopDaemon, crate::sync::Role::Backup));
+        assert_eq!(e("--start-daemon master --syncid 256"), "illegal syncid specified");
+        assert_eq!(e("--start-daemon master --mcast-group 10.0.0.1"), "illegal IPv4/IPv6 multicast address specified");
+        assert_eq!(e("--stop-daemon master --mcast-interface eth0"), "Illegal 'mcast-interface' option with the 'stop-daemon' command");
+        assert!(p("-L --daemon").unwrap().daemon_listing);
         assert_eq!(p("-h").unwrap().command, Command::Help);
-        // With no daemon to talk to: a change fails with 255, a listing with 1, and the
-        // sync daemon is refused with 255 before anything is asked.
+        // With no daemon to talk to: a change fails with 255 (a sync daemon's start too),
+        // a listing with 1.
         let paths = Paths::for_pin_dir(std::path::Path::new("/sys/fs/bpf/xlb-no-such-instance-for-tests"));
         let args = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(main(&args("-A -t 10.0.0.1:80 -s rr"), &paths, Output::Text), EXIT_FAILURE);

@@ -25,6 +25,7 @@ pub mod run;
 pub mod sd_notify;
 pub mod sizes;
 pub mod store;
+pub mod sync;
 pub mod tables;
 pub mod top;
 pub mod trace;

@@ -14,12 +14,14 @@ pub const BALANCE_PROGRAM: &str = "xlb_balance";
 pub const PASS_PROGRAM: &str = "xlb_pass";
 pub const EXPIRE_PROGRAM: &str = "xlb_expire";
 pub const DECAP_PROGRAM: &str = "xlb_decap";
+/// Installs a connection a backup sync daemon received (BPF_PROG_TEST_RUN, as the expiry).
+pub const SYNC_INSTALL_PROGRAM: &str = "xlb_sync_install";
 /// The XDP verdict values (linux/bpf.h).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
-const PROGRAMS: [&str; 4] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM, DECAP_PROGRAM];
+const PROGRAMS: [&str; 5] = [BALANCE_PROGRAM, PASS_PROGRAM, EXPIRE_PROGRAM, DECAP_PROGRAM, SYNC_INSTALL_PROGRAM];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,6 +165,19 @@ pub fn expire_flow(ebpf: &mut Ebpf, flow: &lb_common::FlowKey) -> Result<bool> {
     let opts = TestRunOptions { data_in: Some(bytes), ..Default::default() };
     let result = xdp(ebpf, EXPIRE_PROGRAM)?.test_run(opts).context("running xlb_expire")?;
     Ok(result.return_value == XDP_PASS)
+}
+
+/// Runs `xlb_sync_install` on one received connection: a `lb_common::sync::INSTALL_*`
+/// answer (created, updated, or refused: the table is full).
+pub fn install_conn(ebpf: &mut Ebpf, install: &lb_common::SyncInstall) -> Result<u32> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let bytes = unsafe { std::slice::from_raw_parts((install as *const lb_common::SyncInstall).cast::<u8>(), size_of_val(install)) };
+    let opts = TestRunOptions { data_in: Some(bytes), ..Default::default() };
+    let result = xdp(ebpf, SYNC_INSTALL_PROGRAM)?.test_run(opts).context("running xlb_sync_install")?;
+    match result.return_value {
+        v @ (lb_common::sync::INSTALL_CREATED | lb_common::sync::INSTALL_UPDATED | lb_common::sync::INSTALL_REFUSED) => Ok(v),
+        v => bail!("xlb_sync_install answered {v} (an entry shorter than the program reads?)"),
+    }
 }
 
 pub fn xdp<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp> {

@@ -82,6 +82,7 @@ pub fn exposition(snapshot: &Snapshot) -> String {
     let svc_bytes = f.counter("xlb_service_bytes", "Bytes forwarded by the service, by direction");
     let svc_reals = f.gauge("xlb_service_reals", "The service's real servers by health state");
     let verdicts = f.counter("xlb_verdicts", "Frames passed, dropped or sent by the fast path, by reason (as `xlb counters`)");
+    let sync = f.counter("xlb_sync", "Connection sync daemons' messages and connections, by event (as `xlb counters` lists them, sync_*)");
     f.single_gauge("xlb_conntrack_entries", "Entries in the connection table", snapshot.conntrack_entries);
     f.single_gauge(
         "xlb_conntrack_capacity",
@@ -137,6 +138,9 @@ pub fn exposition(snapshot: &Snapshot) -> String {
     for &(reason, count) in &snapshot.counters {
         verdicts.get_or_create(&vec![("reason", reason.to_string())]).inc_by(count);
     }
+    for &(event, count) in &snapshot.sync {
+        sync.get_or_create(&vec![("event", event.trim_start_matches("sync_").to_string())]).inc_by(count);
+    }
     for iface in &snapshot.interfaces {
         attach.get_or_create(&vec![("interface", iface.name.clone()), ("mode", iface.mode_name().to_string())]).set(1);
     }
@@ -166,6 +170,7 @@ mod tests {
             interfaces: vec![Interface { name: "eth0".into(), mode: Some(AttachMode::Skb) }],
             services: vec![web_service(vec![real(11, 5, 50, 5000), unresolved])],
             counters: vec![("tx_dr", 80), ("drop_no_real", 2)],
+            sync: vec![("sync_sent_messages", 4)],
             conntrack_entries: 8,
             conntrack_capacity: 262_144,
         }
@@ -193,6 +198,7 @@ mod tests {
             ("xlb_real_health", "gauge"),
             ("xlb_service_reals", "gauge"),
             ("xlb_verdicts", "counter"),
+            ("xlb_sync", "counter"),
             ("xlb_conntrack_capacity", "gauge"),
             ("xlb_attach_mode", "gauge"),
             ("xlb_build", "info"),
@@ -203,6 +209,7 @@ mod tests {
         let rs1 = r#"service="tcp:10.99.0.100:80",real="10.99.0.11""#;
         let rs2 = r#"service="tcp:10.99.0.100:80",real="10.99.0.12""#;
         for (sample, value) in [
+            ("xlb_sync_total{event=\"sent_messages\"}".to_string(), "4"),
             (format!("xlb_real_connections_total{{{rs1}}}"), "5"),
             (format!("xlb_real_connections_total{{{rs2}}}"), "3"),
             (format!("xlb_real_active_connections{{{rs1}}}"), "1"),
@@ -253,6 +260,7 @@ mod nat_port_tests {
             interfaces: Vec::new(),
             services: vec![web_service(vec![a, b])],
             counters: Vec::new(),
+            sync: Vec::new(),
             conntrack_entries: 0,
             conntrack_capacity: 1,
         };

@@ -377,6 +377,23 @@ impl Model {
         (trashed(info) && (info.fwmark == 0) == matches!(id, ServiceId::Addr(_))).then_some(*info)
     }
 
+    /// The service entry of id `sid` (trashed ones too).
+    pub fn info(&self, sid: u32) -> Option<&ServiceInfo> {
+        self.infos.get(&sid)
+    }
+
+    /// The real of service `sid` at address `ip` (16-byte form) and port `port`, a
+    /// portless real (a fwmark service's) taking `vport` (the client's): a backup sync
+    /// daemon's lookup. Removed reals are not found.
+    pub fn real_at(&self, sid: u32, ip: [u8; 16], port: u16, vport: u16) -> Option<u32> {
+        self.reals_in(sid)
+            .find(|(_, r)| {
+                let rp = u16::from_be_bytes(r.port);
+                r.ip == ip && !r.removed() && (rp == port || (rp == 0 && port == vport))
+            })
+            .map(|(id, _)| id)
+    }
+
     /// Every real entry, with its address and next hop (draining ones too).
     pub fn next_hops(&self) -> Vec<(u32, std::net::IpAddr, NextHop)> {
         self.reals.iter().map(|(id, r)| (*id, addr::to_ip(r.ip), NextHop::of(r))).collect()

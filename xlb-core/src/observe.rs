@@ -88,6 +88,8 @@ pub struct Snapshot {
     pub services: Vec<ServiceView>,
     /// The fast path's verdict counters, named as `xlb counters` names them.
     pub counters: Vec<(&'static str, u64)>,
+    /// The connection sync daemons' counters (`sync::Counters::list`).
+    pub sync: Vec<(&'static str, u64)>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
 }

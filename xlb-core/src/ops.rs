@@ -901,9 +901,43 @@ pub fn settings(maps: &Maps) -> Result<Settings> {
     Ok(maps.settings.get(&0, 0)?)
 }
 
-pub fn set_settings(maps: &mut Maps, s: Settings) -> Result<()> {
+/// Writes the settings; the sync master's switch (`sync_master`, the daemon's, not
+/// configuration) keeps its value.
+pub fn set_settings(maps: &mut Maps, mut s: Settings) -> Result<()> {
+    s.sync_master = settings(maps)?.sync_master;
     maps.settings.set(0, s, 0)?;
     Ok(())
+}
+
+/// Switches the fast path's sync events on or off (a master sync daemon runs or not).
+pub fn set_sync_master(maps: &mut Maps, on: bool) -> Result<()> {
+    let mut s = settings(maps)?;
+    s.sync_master = on as u32;
+    maps.settings.set(0, s, 0)?;
+    Ok(())
+}
+
+/// The firewall mark of service id `sid` (0: a plain VIP:port service), None if there
+/// is no such service: a master sync daemon's translation.
+pub fn service_fwmark(maps: &mut Maps, sid: u32) -> Result<Option<u32>> {
+    Ok(model(maps)?.info(sid).map(|i| i.fwmark))
+}
+
+/// A backup sync daemon's lookups in this director's tables: the service by its
+/// frontend (what the fast path finds a client's packet by), the real by address.
+pub struct SyncLookup<'a>(pub &'a mut Maps);
+
+impl crate::sync::Lookup for SyncLookup<'_> {
+    fn service(&mut self, vip: IpAddr, port: u16, proto: u8) -> Option<u32> {
+        let key = ServiceKey::new(addr::from_ip(vip), port, proto);
+        let sid = self.0.services.get(&key, 0).ok()?;
+        let info = *model(self.0).ok()?.info(sid)?;
+        (!trashed(&info)).then_some(sid)
+    }
+
+    fn real(&mut self, sid: u32, ip: IpAddr, port: u16, vport: u16) -> Option<u32> {
+        model(self.0).ok()?.real_at(sid, addr::from_ip(ip), port, vport)
+    }
 }
 
 /// A real server as listed: address, options, where frames go, counts and counters.

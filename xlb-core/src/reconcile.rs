@@ -90,7 +90,9 @@ pub fn apply(maps: &mut Maps, target: &Config) -> Result<Changes> {
         })
     })
     .map_err(|e| e.context("nothing was changed"))?;
-    let target_settings = target.settings.unwrap_or_default();
+    let mut target_settings = target.settings.unwrap_or_default();
+    // The sync master's switch is the running daemon's, not configuration.
+    target_settings.sync_master = before.settings.map_or(0, |s| s.sync_master);
     if before.settings != Some(target_settings) {
         ops::set_settings(maps, target_settings)?;
         ch.settings_changed = true;

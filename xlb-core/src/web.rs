@@ -330,6 +330,7 @@ mod tests {
             interfaces: vec![Interface { name: "eth0".into(), mode: Some(AttachMode::Native) }],
             services: vec![web_service(vec![real(11, 5, 50, 5000)])],
             counters: vec![("tx_dr", 50)],
+            sync: Vec::new(),
             conntrack_entries: 5,
             conntrack_capacity: 100,
         }))

@@ -13,7 +13,7 @@ use xlb_core::{
     loader::{self, AttachMode},
     observe, offline, ops,
     maps::DEFAULT_PIN_DIR,
-    realserver, sizes, top, web,
+    realserver, sizes, sync, top, web,
 };
 
 use cli::{
@@ -84,6 +84,29 @@ struct DaemonArgs {
     /// Real-server ids over all services.
     #[arg(long, value_name = "N", default_value_t = sizes::MAX_REALS)]
     max_reals: u32,
+    /// Start a connection sync daemon with the daemon, as `xlb ipvsadm --start-daemon
+    /// ROLE` does (repeat, or `master,backup`, for both): a master multicasts this
+    /// director's connections, a backup installs a master's (IPVS's sync protocol).
+    #[arg(long, value_enum, value_name = "ROLE", value_delimiter = ',', requires = "mcast_interface")]
+    sync_daemon: Vec<sync::Role>,
+    /// The sync daemons' interface (ipvsadm's --mcast-interface).
+    #[arg(long, value_name = "IF", requires = "sync_daemon")]
+    mcast_interface: Option<String>,
+    /// The sync daemons' syncid (0..=255; a backup with 0 takes any).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "sync_daemon")]
+    syncid: u8,
+    /// Largest sync message, bytes (default: the interface's MTU less the IP and UDP headers).
+    #[arg(long, value_name = "L", requires = "sync_daemon")]
+    sync_maxlen: Option<u16>,
+    /// Multicast group (default 224.0.0.81).
+    #[arg(long, value_name = "ADDR", requires = "sync_daemon")]
+    mcast_group: Option<std::net::IpAddr>,
+    /// UDP port (default 8848).
+    #[arg(long, value_name = "PORT", requires = "sync_daemon")]
+    mcast_port: Option<u16>,
+    /// Multicast TTL (default 1).
+    #[arg(long, value_name = "TTL", requires = "sync_daemon")]
+    mcast_ttl: Option<u8>,
 }
 
 #[derive(Subcommand)]
@@ -292,6 +315,19 @@ fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> Resul
         web,
         fastpath_log: args.fastpath_log,
         sizes,
+        sync: args
+            .sync_daemon
+            .iter()
+            .map(|&role| sync::DaemonConfig {
+                role,
+                mcast_interface: args.mcast_interface.clone().unwrap_or_default(),
+                syncid: args.syncid,
+                sync_maxlen: args.sync_maxlen,
+                mcast_group: args.mcast_group,
+                mcast_port: args.mcast_port,
+                mcast_ttl: args.mcast_ttl,
+            })
+            .collect(),
     })
 }
 
