@@ -32,6 +32,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // The bench's real servers and its userspace balancer to compare with.
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
+    // The failover tests' VRRP (keepalived --vrrp on each director).
+    ("keepalived", "keepalived"),
 ];
 
 /// (file, Debian package providing it) for data files the tests read.

@@ -49,6 +49,18 @@ pub fn notify_script() -> Result<PathBuf> {
     path.canonicalize().with_context(|| format!("the notify script {}", path.display()))
 }
 
+/// keepalived's binary: on PATH, or in /usr/sbin or /sbin (a non-login root shell's PATH
+/// often lacks them). Errors: not installed (Debian package keepalived; every `cargo xtask`
+/// command installs it).
+pub fn keepalived_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("keepalived"))
+        .find(|p| p.is_file())
+        .context("keepalived is not installed (Debian package keepalived; `cargo xtask test` installs it)")
+}
+
 /// How the pair is set up.
 #[derive(Clone, Debug)]
 pub struct FailoverOptions {
@@ -169,7 +181,7 @@ impl VrrpDirector {
     /// Starts keepalived (VRRP only) with this director's files, in its namespace.
     fn start_keepalived(&mut self) -> Result<()> {
         let log = File::create(&self.keepalived_log).with_context(|| format!("creating {}", self.keepalived_log.display()))?;
-        let mut cmd = self.ns.command("keepalived");
+        let mut cmd = self.ns.command(keepalived_binary()?);
         // -n: stay in the foreground; -l -D: detailed log on the console (the log file);
         // -G: not to the host's syslog; -P: VRRP only; own pid files, so that several
         // keepalived can run on one host.
