@@ -67,6 +67,8 @@ pub struct DaemonOptions {
     pub sizes: TableSizes,
     /// Connection sync daemons to start with the daemon (`--sync-daemon` …).
     pub sync: Vec<sync::DaemonConfig>,
+    /// How often a master sends its active connections again (`--sync-refresh-period`).
+    pub sync_refresh: Duration,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -791,6 +793,28 @@ impl Engine {
         if let Err(e) = self.rates.sample(&self.maps) {
             tracing::warn!("sampling rates: {e:#}");
         }
+        if let Some(window) = self.sync.refresh_due() {
+            self.sync_refresh(window);
+        }
+    }
+
+    /// The master's refresh round: the connections with packets in the last `window_ns`
+    /// nanoseconds are sent again, so the backup's entries of long-lived connections do
+    /// not expire there while they live here.
+    fn sync_refresh(&mut self, window_ns: u64) {
+        let now = ops::monotonic_ns();
+        let active: Vec<SyncEvent> = self
+            .maps
+            .conns
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, c)| c.state != tcp::GONE && now.saturating_sub(c.last_seen_ns) <= window_ns)
+            .map(|(flow, c)| sync::event_of(&flow, &c))
+            .collect();
+        if !active.is_empty() {
+            tracing::debug!("sync master: refreshing {} active connection(s)", active.len());
+            self.sync_events(active);
+        }
     }
 }
 
@@ -1231,6 +1255,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         next_hops: run::NextHops::default(),
         sync: sync::Daemons::new(&opts.paths.pin_dir, sync_events_tx, sync_in_tx),
     };
+    engine.sync.set_refresh_period(opts.sync_refresh);
     // No master runs yet: a previous daemon's switch goes off.
     ops::set_sync_master(&mut engine.maps, false)?;
     if let Some(desired) = &desired {

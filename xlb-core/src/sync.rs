@@ -74,6 +74,12 @@ const PE_NAME_MAX: usize = 16;
 const V4_HEADERS: u32 = 20 + 8;
 const V6_HEADERS: u32 = 40 + 8;
 
+/// How often, by default, the master sends again the connections that had packets
+/// since its last round (`xlb daemon --sync-refresh-period`; IPVS resends a connection
+/// every `sync_period` packets, or every `sync_refresh_period`): the backup's entry of a
+/// long-lived connection is renewed before its timeout, though no state changes.
+pub const REFRESH_PERIOD: Duration = Duration::from_secs(60);
+
 /// How long a message waits for more entries after its first (IPVS waits up to 2 s;
 /// a failover soon after a connection opens should find it synced).
 pub const FLUSH_DELAY: Duration = Duration::from_millis(30);
@@ -792,6 +798,8 @@ struct Master {
     /// The rate cap: this second's start and the messages sent in it.
     second: Instant,
     in_second: u32,
+    /// The last refresh round.
+    refreshed: Instant,
 }
 
 struct Backup {
@@ -807,6 +815,8 @@ pub struct Daemons {
     pub counters: Counters,
     events: mpsc::Sender<Vec<SyncEvent>>,
     datagrams: mpsc::Sender<Vec<u8>>,
+    /// The master's refresh period ([`REFRESH_PERIOD`] by default).
+    refresh_period: Duration,
 }
 
 impl Drop for Daemons {
@@ -824,7 +834,20 @@ impl Daemons {
     /// No daemon running; their events and datagrams will be sent to `events` and
     /// `datagrams` (the state owner's channels).
     pub fn new(pin_dir: &Path, events: mpsc::Sender<Vec<SyncEvent>>, datagrams: mpsc::Sender<Vec<u8>>) -> Self {
-        Self { pin_dir: pin_dir.to_owned(), master: None, backup: None, counters: Counters::default(), events, datagrams }
+        Self {
+            pin_dir: pin_dir.to_owned(),
+            master: None,
+            backup: None,
+            counters: Counters::default(),
+            events,
+            datagrams,
+            refresh_period: REFRESH_PERIOD,
+        }
+    }
+
+    /// Sets the master's refresh period (the daemon's ticks, every 2 s, bound it below).
+    pub fn set_refresh_period(&mut self, period: Duration) {
+        self.refresh_period = period;
     }
 
     pub fn views(&self) -> Vec<DaemonView> {
@@ -862,8 +885,17 @@ impl Daemons {
                 let reader = tokio::spawn(read_events(fd, self.events.clone()));
                 let message = MessageBuilder::new(view.syncid, view.sync_maxlen as usize);
                 tracing::info!("sync master started: {}", view.line());
-                self.master =
-                    Some(Master { view: view.clone(), socket, message, first_at: None, reader, second: Instant::now(), in_second: 0 });
+                let now = Instant::now();
+                self.master = Some(Master {
+                    view: view.clone(),
+                    socket,
+                    message,
+                    first_at: None,
+                    reader,
+                    second: now,
+                    in_second: 0,
+                    refreshed: now,
+                });
             }
             Role::Backup => {
                 let socket = receive_socket(&view, index)?;
@@ -894,6 +926,19 @@ impl Daemons {
         }
         tracing::info!("{} sync daemon stopped", role.name());
         Ok(())
+    }
+
+    /// Whether the master's refresh round is due (its refresh period passed); if so, it starts
+    /// now and the caller sends the connections active since `ns_ago` nanoseconds.
+    pub fn refresh_due(&mut self) -> Option<u64> {
+        let period = self.refresh_period;
+        let m = self.master.as_mut()?;
+        let since = m.refreshed.elapsed();
+        if since < period {
+            return None;
+        }
+        m.refreshed = Instant::now();
+        Some(since.as_nanos() as u64)
     }
 
     /// When the master's message must go (None: nothing waits).
@@ -990,6 +1035,20 @@ impl Daemons {
             (Verdict::Nat, _) => c.refused_nat += 1,
             (Verdict::Unsupported, _) => c.refused_unsupported += 1,
         }
+    }
+}
+
+/// The event that sends connection `c` of `flow` again (a refresh round).
+pub fn event_of(flow: &FlowKey, c: &ConnEntry) -> SyncEvent {
+    SyncEvent {
+        flow: *flow,
+        real_ip: c.real_ip,
+        service_id: c.service_id,
+        real_id: c.real_id,
+        real_port: c.real_port,
+        forward: c.forward,
+        state: c.state,
+        _pad: 0,
     }
 }
 
@@ -1186,6 +1245,29 @@ mod tests {
         // An empty message takes one entry whatever its size.
         let mut tiny = MessageBuilder::new(0, 10);
         assert!(tiny.fits(&v6conn()));
+    }
+
+    /// The fuzz target's seeds (fuzz/seeds/sync_message) are what they say: the
+    /// malformed ones are refused, the others round-trip.
+    #[test]
+    fn the_fuzz_seeds_decode_as_named() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/sync_message");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            match name.as_str() {
+                "version-0" | "truncated" => assert!(decode(&bytes).is_err(), "{name}"),
+                _ => {
+                    let m = decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(encode(&m), bytes, "{name}");
+                }
+            }
+            seen += 1;
+        }
+        assert!(seen >= 5, "{seen} seeds");
+        assert_eq!(std::fs::read(dir.join("v4-dr-established")).unwrap(), GOLDEN_V4);
     }
 
     #[test]

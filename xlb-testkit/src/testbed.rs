@@ -34,6 +34,8 @@ pub const SUBNET_PREFIX: &str = "10.99.0";
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
 pub const DIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 pub const CIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+/// The standby director's own address ([`DrCluster::build_with_backup`]).
+pub const DIP2: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
 /// Interface name of every host's NIC inside its namespace.
 pub const NIC: &str = "eth0";
 /// Port of the real servers' line echo servers.
@@ -47,6 +49,7 @@ pub fn rip(i: usize) -> Ipv4Addr {
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x100);
 pub const DIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x2);
 pub const CIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x10);
+pub const DIP2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x3);
 
 pub fn rip6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x11 + i as u16)
@@ -357,10 +360,21 @@ pub struct DrCluster {
     /// Route (DR) or Tunnel (TUN).
     pub method: ForwardMethod,
     director_processes: Director,
+    /// The standby director of [`DrCluster::build_with_backup`] (None otherwise).
+    pub backup: Option<StandbyDirector>,
     pub client: Netns,
     pub director: Netns,
     pub reals: Vec<RealServer>,
     pub switch: Netns,
+}
+
+/// A second director on the cluster's LAN (active/standby pairs: connection sync,
+/// failover). It holds no VIP until [`DrCluster::move_vip_to_backup`] gives it the VIP.
+pub struct StandbyDirector {
+    /// Its `xlb daemon` and the XDP stub on its switch port (stopped first).
+    processes: Director,
+    pub ns: Netns,
+    pub pin_dir: PathBuf,
 }
 
 impl DrCluster {
@@ -392,7 +406,7 @@ impl DrCluster {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{id}"));
         let director_processes = Director { xlb: xlb.to_owned(), pin_dir: pin_dir.clone(), mode, children: Vec::new(), peer_stubs: true, own_process_group: false };
         let mut cluster =
-            Self { pin_dir, id, xlb: xlb.to_owned(), mode, method, director_processes, client, director, reals, switch };
+            Self { pin_dir, id, xlb: xlb.to_owned(), mode, method, director_processes, backup: None, client, director, reals, switch };
         cluster.wire()?;
         start_http_servers(&cluster.reals, 80, &mut cluster.director_processes.children)?;
         Ok(cluster)
@@ -411,6 +425,60 @@ impl DrCluster {
         for rs in &self.reals {
             plug_dr_real(&self.switch, rs, &self.xlb, self.method, &format!("{VIP},{VIP6}"))?;
         }
+        Ok(())
+    }
+
+    /// A DR cluster with a standby director beside the active one ([`DIP2`], no VIP):
+    /// its own pins, API socket and `xlb daemon` ([`DrCluster::start_backup_daemon`]).
+    pub fn build_with_backup(xlb: &Path, real_count: usize, mode: AttachMode) -> Result<Self> {
+        Self::build_pair(xlb, real_count, mode, ForwardMethod::Route)
+    }
+
+    /// [`DrCluster::build_with_backup`] for DR (`Route`) or TUN (`Tunnel`).
+    pub fn build_pair(xlb: &Path, real_count: usize, mode: AttachMode, method: ForwardMethod) -> Result<Self> {
+        let mut cluster = Self::build_with(xlb, real_count, mode, method)?;
+        let ns = host(&format!("xlb-{}-dir2", cluster.id))?;
+        plug(&cluster.switch, "br0", &ns, NIC, "p-dir2", &format!("{DIP2}/24"))?;
+        add_ip6(&ns, NIC, &format!("{DIP2_6}/64"))?;
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlb-{}-b", cluster.id));
+        let processes =
+            Director { xlb: xlb.to_owned(), pin_dir: pin_dir.clone(), mode, children: Vec::new(), peer_stubs: true, own_process_group: false };
+        cluster.backup = Some(StandbyDirector { processes, ns, pin_dir });
+        Ok(cluster)
+    }
+
+    fn standby(&self) -> Result<&StandbyDirector> {
+        self.backup.as_ref().context("the cluster has no standby director (DrCluster::build_with_backup)")
+    }
+
+    /// `xlb daemon` on the standby director's NIC, with `extra` arguments.
+    pub fn start_backup_daemon(&mut self, extra: &[&str]) -> Result<Vec<String>> {
+        let b = self.backup.as_mut().context("the cluster has no standby director (DrCluster::build_with_backup)")?;
+        b.processes.start("daemon", &b.ns, &self.switch, &[NIC], &["p-dir2"], extra)
+    }
+
+    /// The standby director's `xlb` command line for `args`.
+    pub fn backup_xlb_command(&self, args: &[&str]) -> Result<Command> {
+        let b = self.standby()?;
+        Ok(b.processes.command(&b.ns, args))
+    }
+
+    /// Runs an `xlb` command on the standby director and returns its stdout.
+    pub fn backup_xlb(&self, args: &[&str]) -> Result<String> {
+        netns::run(&mut self.backup_xlb_command(args)?)
+    }
+
+    /// Failover by hand (what keepalived's VRRP does): the VIPs leave the active
+    /// director and go to the standby, and the client forgets the old director's MAC
+    /// (keepalived's gratuitous ARP and unsolicited neighbour advertisements).
+    pub fn move_vip_to_backup(&self) -> Result<()> {
+        let b = self.standby()?;
+        self.director.ip(&["addr", "del", &format!("{VIP}/32"), "dev", NIC])?;
+        self.director.ip(&["-6", "addr", "del", &format!("{VIP6}/128"), "dev", NIC])?;
+        b.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", NIC])?;
+        add_ip6(&b.ns, NIC, &format!("{VIP6}/128"))?;
+        self.client.ip(&["neigh", "flush", "dev", NIC])?;
+        self.client.ip(&["-6", "neigh", "flush", "dev", NIC])?;
         Ok(())
     }
 

@@ -107,6 +107,11 @@ struct DaemonArgs {
     /// Multicast TTL (default 1).
     #[arg(long, value_name = "TTL", requires = "sync_daemon")]
     mcast_ttl: Option<u8>,
+    /// Seconds between a master's rounds sending again the connections that had packets
+    /// since the last (IPVS's sync_refresh_period): the backup's entries of long-lived
+    /// connections are renewed before they expire there.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    sync_refresh_period: u64,
 }
 
 #[derive(Subcommand)]
@@ -328,6 +333,7 @@ fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> Resul
                 mcast_ttl: args.mcast_ttl,
             })
             .collect(),
+        sync_refresh: std::time::Duration::from_secs(args.sync_refresh_period),
     })
 }
 

@@ -182,8 +182,9 @@ fn ipvsadm_errors_are_exact_and_change_nothing() {
         ("-A -t 10.99.0.100:82 -r 10.99.0.11", 2, "Illegal 'real-server' option with the 'add-service' command"),
         ("--set 1 2", 2, "--set option requires 3 timeout values"),
         ("-A -t [fd00:99::100]:80 -p -M 255.255.255.0", 2, "illegal ipv6 netmask specified"),
-        // What xlb does not do (yet) fails as the kernel would refuse it.
-        ("--start-daemon master", 255, "start-daemon: connection synchronisation is not supported by xlb yet (no sync daemon); a backup director starts with an empty connection table"),
+        // A sync daemon without an interface, and one not running: libipvs's words.
+        ("--start-daemon master", 255, "No such device"),
+        ("--stop-daemon backup", 255, "No daemon is running"),
     ] {
         let (got_code, _, err) = ipvsadm(&c, args, None);
         assert_eq!((got_code, err.trim_end()), (code, message), "ipvsadm {args}");

@@ -295,6 +295,7 @@ const PARSER_TARGETS: &[&str] = &[
     "packet_logic",
     "tables",
     "keepalived_conf",
+    "sync_message",
 ];
 
 /// Where the fuzz targets are built: outside the checkout, so that a fresh clone (CI)
