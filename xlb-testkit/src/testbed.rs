@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub mod vrrp;
+
 use xlb_core::{
     loader::AttachMode,
     netns::{self, Netns},
@@ -115,7 +117,12 @@ impl ChildGuard {
         Ok(Self { what: what.to_string(), child })
     }
 
-    /// Whether the process still runs (not exited, or exited but not reaped yet).
+    /// Guards a child started elsewhere (one that prints no ready line).
+    pub fn new(what: &str, child: Child) -> Self {
+        Self { what: what.to_string(), child }
+    }
+
+    /// Whether the process is still running (not yet exited).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -322,6 +329,22 @@ impl Drop for Director {
     }
 }
 
+/// A TCP connection from namespace `ns` to `to`, with a 5 s read timeout (the socket
+/// belongs to `ns`, whichever thread uses it).
+fn connect_in(ns: &Netns, to: std::net::SocketAddr) -> Result<std::net::TcpStream> {
+    let file = std::fs::File::open(ns.path())?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {}", ns.name))?;
+            let stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            Ok(stream)
+        })
+        .join()
+        .expect("connect thread")
+    })
+}
+
 /// `curl ARGS… URL` from `client`, on whatever CPU the scheduler picks. Returns the body.
 fn curl(client: &Netns, url: &str, args: &[&str]) -> Result<String> {
     // --globoff: an IPv6 URL's brackets are brackets, not a pattern.
@@ -409,16 +432,7 @@ impl DrCluster {
         self.director.ip(&["addr", "add", &format!("{VIP}/32"), "dev", NIC])?;
         add_ip6(&self.director, NIC, &format!("{VIP6}/128"))?;
         for rs in &self.reals {
-            plug(&self.switch, "br0", &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;
-            add_ip6(&rs.ns, NIC, &format!("{}/64", rs.ip6))?;
-            // The seeds' real-server script: VIP on lo, and never answer or announce it by
-            // ARP; for TUN also the decapsulator on the NIC the tunnelled packets arrive on.
-            let mut setup = rs.ns.command(&self.xlb);
-            setup.args(["realserver", "setup", "--vip", &format!("{VIP},{VIP6}")]);
-            if self.method == ForwardMethod::Tunnel {
-                setup.args(["--mode", "tun", "--iface", NIC]);
-            }
-            netns::run(&mut setup)?;
+            plug_dr_real(&self.switch, rs, &self.xlb, self.method, &format!("{VIP},{VIP6}"))?;
         }
         Ok(())
     }
@@ -552,17 +566,7 @@ impl DrCluster {
     /// A TCP connection from the client namespace to VIP:`port` (the socket belongs to
     /// the client's namespace, whichever thread uses it).
     pub fn connect_from_client(&self, port: u16) -> Result<std::net::TcpStream> {
-        let ns = std::fs::File::open(self.client.path())?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {}", self.client.name))?;
-                let stream = std::net::TcpStream::connect_timeout(&(VIP, port).into(), Duration::from_secs(5))?;
-                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-                Ok(stream)
-            })
-            .join()
-            .expect("connect thread")
-        })
+        connect_in(&self.client, (VIP, port).into())
     }
 
     /// Adds the round-robin service VIP:80 with every real server, by the cluster's method.
@@ -609,11 +613,30 @@ impl DrCluster {
 
 impl Drop for DrCluster {
     fn drop(&mut self) {
-        // Setup's state file lives in the host's /run/xlb, which outlives the namespaces,
-        // and the decapsulator's pins in the host's bpffs.
-        for rs in &self.reals {
-            let _ = netns::run(rs.ns.command(&self.xlb).args(["realserver", "teardown"]));
-        }
+        teardown_dr_reals(&self.xlb, &self.reals);
+    }
+}
+
+/// Plugs DR (or TUN) real server `rs` into the switch's br0 (its IPv4 and IPv6 address)
+/// and sets it up with `xlb realserver setup --vip VIPS` (comma-separated).
+fn plug_dr_real(switch: &Netns, rs: &RealServer, xlb: &Path, method: ForwardMethod, vips: &str) -> Result<()> {
+    plug(switch, "br0", &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;
+    add_ip6(&rs.ns, NIC, &format!("{}/64", rs.ip6))?;
+    // The seeds' real-server script: VIP on lo, and never answer or announce it by
+    // ARP; for TUN also the decapsulator on the NIC the tunnelled packets arrive on.
+    let mut setup = rs.ns.command(xlb);
+    setup.args(["realserver", "setup", "--vip", vips]);
+    if method == ForwardMethod::Tunnel {
+        setup.args(["--mode", "tun", "--iface", NIC]);
+    }
+    netns::run(&mut setup).map(drop)
+}
+
+/// `xlb realserver teardown` on every real: setup's state file lives in the host's
+/// /run/xlb, which outlives the namespaces, and the decapsulator's pins in the host's bpffs.
+fn teardown_dr_reals(xlb: &Path, reals: &[RealServer]) {
+    for rs in reals {
+        let _ = netns::run(rs.ns.command(xlb).args(["realserver", "teardown"]));
     }
 }
 

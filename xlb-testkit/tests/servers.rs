@@ -55,6 +55,17 @@ fn http_server_names_itself_and_serves_sized_bodies() {
 }
 
 #[test]
+fn paced_bodies_take_their_time() {
+    let (_server, addr) = start("http-serve", "rs-paced");
+    let start = std::time::Instant::now();
+    let body = get(addr, "/bytes/200000?rate=400000");
+    let took = start.elapsed();
+    assert_eq!(body, xlb_testkit::httpd::body_of(200_000));
+    // 200 kB at 400 kB/s: the last 16 KiB chunk is due after 0.46 s.
+    assert!(took >= std::time::Duration::from_millis(450), "200 kB at 400 kB/s took only {took:?}");
+}
+
+#[test]
 fn echo_server_answers_every_line_with_its_name() {
     let (_server, addr) = start("echo-serve", "echo-test");
     let mut stream = TcpStream::connect(addr).unwrap();

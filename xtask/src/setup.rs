@@ -35,6 +35,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // VIP announcement by BGP (xlb/tests/bgp.rs runs a router's and a director's BIRD).
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    // The failover tests' VRRP (keepalived --vrrp on each director).
+    ("keepalived", "keepalived"),
 ];
 
 /// (file, Debian package providing it) for data files the tests read.
