@@ -121,7 +121,7 @@ fn config_of(services: u32, reals: u32, scheduler: Scheduler) -> Config {
             real_health: Default::default(),
         })
         .collect();
-    Config { settings: None, services }
+    Config { settings: None, services, bgp: None }
 }
 
 /// The daemon's `Apply`: parse the TOML, reconcile (one batch), save the state file's text.

@@ -84,6 +84,9 @@ pub struct StatusView {
     /// Each map's size and estimated kernel memory.
     #[serde(default)]
     pub tables: Vec<crate::sizes::MapMemory>,
+    /// The VIP announcement through BIRD (None: not configured).
+    #[serde(default)]
+    pub bgp: Option<crate::bgp::BgpStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

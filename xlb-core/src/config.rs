@@ -45,6 +45,17 @@
 //! reals = ["10.0.0.11"]
 //! ```
 //!
+//!
+//! [bgp]                      # optional: announce VIPs with quorum through BIRD 2 (see `bgp`)
+//! bird_vips = "/run/xlb/bird-vips.conf"    # the include file xlb writes (required here)
+//! bird_vips6 = "/run/xlb/bird-vips6.conf"  # optional: IPv6 VIPs go here instead
+//! bird_socket = "/run/bird/bird.ctl"       # BIRD's control socket (this default)
+//! quorum = 1                 # reals taking new connections a service needs (default 1)
+//! ```
+//!
+//! `[bgp]` is read when the daemon starts (`--bird-vips`, `--bird-vips6`,
+//! `--bird-socket` and `--bgp-quorum` override it); it is not part of the saved state.
+//!
 //! The whole file is parsed and checked before anything is applied.
 use std::{collections::HashSet, ops::Range, path::Path};
 
@@ -66,6 +77,25 @@ struct File {
     settings: Option<SettingsSection>,
     #[serde(default)]
     service: Vec<Spanned<ServiceSection>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bgp: Option<BgpSection>,
+}
+
+/// `[bgp]`: VIP announcement through BIRD (see [`crate::bgp`]). The daemon's command
+/// line options override each field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSection {
+    /// The BIRD include file xlb writes (`route VIP/32 blackhole;` lines).
+    pub bird_vips: Option<std::path::PathBuf>,
+    /// IPv6 VIPs go to this file instead of `bird_vips` (a static protocol takes one
+    /// address family).
+    pub bird_vips6: Option<std::path::PathBuf>,
+    /// BIRD's control socket (default /run/bird/bird.ctl).
+    pub bird_socket: Option<std::path::PathBuf>,
+    /// Reals taking new connections a service needs for its VIPs to be announced
+    /// (default 1; 0 is refused).
+    pub quorum: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -171,6 +201,8 @@ pub struct ServiceConfig {
 pub struct Config {
     pub settings: Option<Settings>,
     pub services: Vec<ServiceConfig>,
+    /// `[bgp]`, as the file has it (the daemon reads it at start).
+    pub bgp: Option<BgpSection>,
 }
 
 /// The config as TOML that [`parse`] reads back to the same config.
@@ -235,7 +267,7 @@ pub fn to_toml(cfg: &Config) -> String {
             })
         })
         .collect();
-    toml::to_string(&File { settings, service }).expect("a config always serialises")
+    toml::to_string(&File { settings, service, bgp: cfg.bgp.clone() }).expect("a config always serialises")
 }
 
 pub fn load(path: &Path) -> Result<Config> {
@@ -292,7 +324,14 @@ pub fn parse(text: &str) -> Result<Config> {
         }
         services.push(svc);
     }
-    Ok(Config { settings, services })
+    if let Some(bgp) = &file.bgp {
+        ensure!(bgp.quorum != Some(0), "bgp: quorum 0 would announce VIPs with no real server; give 1 or more");
+        ensure!(
+            bgp.bird_vips.is_some() || (bgp.bird_vips6.is_none() && bgp.bird_socket.is_none() && bgp.quorum.is_none()),
+            "bgp: give `bird_vips`, the file BIRD includes (or --bird-vips)"
+        );
+    }
+    Ok(Config { settings, services, bgp: file.bgp })
 }
 
 /// Line and column (both from 1; the column in characters) of byte `offset` of `text`.
@@ -474,6 +513,27 @@ mod tests {
         assert_eq!(group.id, ServiceId::Fwmark(7));
         assert_eq!(group.frontends.len(), 4);
         assert_eq!(group.options.sched_flags, lb_common::svc_flags::SH_PORT | lb_common::svc_flags::SH_FALLBACK);
+    }
+
+    #[test]
+    fn the_bgp_section_is_read_and_checked() {
+        let cfg = parse(
+            "[bgp]\nbird_vips = \"/run/bird/xlb-vips.conf\"\nbird_socket = \"/tmp/b.ctl\"\nquorum = 2\n[[service]]\nvip = \"10.0.0.100\"\nport = 80\n",
+        )
+        .unwrap();
+        let bgp = cfg.bgp.clone().unwrap();
+        assert_eq!(bgp.bird_vips.as_deref(), Some(Path::new("/run/bird/xlb-vips.conf")));
+        assert_eq!((bgp.bird_socket.as_deref(), bgp.quorum, bgp.bird_vips6), (Some(Path::new("/tmp/b.ctl")), Some(2), None));
+        assert_eq!(parse(&to_toml(&cfg)).unwrap(), cfg, "written back as read");
+        assert_eq!(parse("[[service]]\nvip = \"10.0.0.100\"\nport = 80\n").unwrap().bgp, None);
+        for (text, why) in [
+            ("[bgp]\nbird_vips = \"/x\"\nquorum = 0\n", "quorum 0"),
+            ("[bgp]\nquorum = 2\n", "give `bird_vips`"),
+            ("[bgp]\nbird_vips = \"/x\"\nneighbor = \"10.0.0.1\"\n", "unknown field"),
+        ] {
+            let e = format!("{:#}", parse(text).unwrap_err());
+            assert!(e.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

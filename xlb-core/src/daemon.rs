@@ -30,6 +30,7 @@ use tokio::{
 
 use crate::{
     api::{self, Paths, Reply, Request, Response, SettingsChange, SettingsView, StatusView},
+    bgp,
     sizes::{self, MapMemory, TableSizes},
     config::{self, Config},
     health::{self, Checker, HealthConfig, OnFailure, RealKey, Verdict},
@@ -63,6 +64,9 @@ pub struct DaemonOptions {
     pub fastpath_log: loader::LogLevel,
     /// Table sizes for maps created at this start (`--max-conns` …).
     pub sizes: TableSizes,
+    /// VIP announcement through BIRD from the command line (`--bird-vips` …): each
+    /// field given overrides the config file's `[bgp]`.
+    pub bgp: config::BgpSection,
 }
 
 /// Per-real rates over the last sampling interval.
@@ -156,6 +160,8 @@ struct Engine {
     batch_hops: HashMap<IpAddr, ops::NextHop>,
     /// What the last lookup of every real's next hop found.
     next_hops: run::NextHops,
+    /// The VIP announcement through BIRD, if configured, and its quorum.
+    bgp: Option<(bgp::Announcer, u32)>,
 }
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -585,7 +591,7 @@ impl Engine {
                 let settings = Some(ops::settings(maps)?);
                 // Services with connections go to the trash (ops::remove_service): an -R
                 // soon after gives them back their ids and connections.
-                let changes = reconcile::apply(maps, &Config { settings, services: Vec::new() })?;
+                let changes = reconcile::apply(maps, &Config { settings, services: Vec::new(), bgp: None })?;
                 self.health.clear();
                 self.configured_weight.clear();
                 self.real_checks.clear();
@@ -657,11 +663,23 @@ impl Engine {
                     connections: maps.conns.iter().count(),
                     half_open_connections: maps.half_open.iter().count(),
                     tables: self.tables.clone(),
+                    bgp: self.bgp.as_ref().map(|(a, _)| a.status()),
                 }));
             }
             Request::Stop => self.stop_and_detach = true,
         }
         Ok(Reply::Done)
+    }
+
+    /// Hands the VIPs that have quorum now to the BGP announcer (which rewrites BIRD's
+    /// file and reconfigures it only if they changed). Called after every change of the
+    /// model and every health event.
+    fn update_bgp(&self) {
+        let Some((announcer, quorum)) = &self.bgp else { return };
+        match ops::vips_with_quorum(&self.maps, *quorum) {
+            Ok(vips) => announcer.set(vips),
+            Err(e) => tracing::warn!("bgp: reading the services' quorum: {e:#}"),
+        }
     }
 
     /// Looks every real's next hop up again (after a neighbour or route change, and
@@ -873,6 +891,7 @@ impl Engine {
             counters: ops::counters(&self.maps)?,
             conntrack_entries: self.maps.conns.keys().count() as u64,
             conntrack_capacity: conns_capacity(&self.tables),
+            bgp: self.bgp.as_ref().map(|(a, _)| a.status()),
         })
     }
 }
@@ -1039,6 +1058,18 @@ pub fn detach_and_unpin(pin_dir: &Path) {
     maps::unpin_all(pin_dir);
 }
 
+/// The announcement's options: the command line's fields over the config file's
+/// `[bgp]`; None without a file to write.
+fn bgp_options(cli: &config::BgpSection, file: Option<&config::BgpSection>) -> Option<bgp::BgpOptions> {
+    let file = file.cloned().unwrap_or_default();
+    Some(bgp::BgpOptions {
+        bird_vips: cli.bird_vips.clone().or(file.bird_vips)?,
+        bird_vips6: cli.bird_vips6.clone().or(file.bird_vips6),
+        bird_socket: cli.bird_socket.clone().or(file.bird_socket).unwrap_or_else(|| bgp::DEFAULT_BIRD_SOCKET.into()),
+        quorum: cli.quorum.or(file.quorum).unwrap_or(1).max(1),
+    })
+}
+
 /// The config file: xlb's TOML, or a keepalived.conf imported (its notes logged).
 fn load_config(path: &Path, keepalived: bool) -> Result<Config> {
     if !keepalived {
@@ -1079,6 +1110,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     // Parse the config before touching anything: a bad file changes nothing.
     let file_config = opts.config.as_deref().map(|p| load_config(p, opts.keepalived)).transpose()?;
+    let file_bgp = file_config.as_ref().and_then(|c| c.bgp.clone());
     let saved = if opts.paths.state.exists() {
         Some(config::load(&opts.paths.state).context("the saved state is unreadable; fix or remove it")?)
     } else {
@@ -1139,6 +1171,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         tables,
         batch_hops: HashMap::new(),
         next_hops: run::NextHops::default(),
+        bgp: None,
     };
     if let Some(desired) = &desired {
         if !fresh {
@@ -1153,6 +1186,18 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     }
     engine.sync_health()?;
     engine.save_state()?;
+    if let Some(opts) = bgp_options(&opts.bgp, file_bgp.as_ref()) {
+        let vips = ops::vips_with_quorum(&engine.maps, opts.quorum)?;
+        say!(
+            "xlb: announcing VIPs with {} or more reals through BIRD: {} ({} now), control socket {}",
+            opts.quorum,
+            opts.bird_vips.display(),
+            vips.len(),
+            opts.bird_socket.display()
+        );
+        let quorum = opts.quorum;
+        engine.bgp = Some((bgp::Announcer::start(opts, vips), quorum));
+    }
 
     let (net_tx, mut net_changes) = mpsc::unbounded_channel();
     let net_task = tokio::spawn(watch_next_hops(monitor, net_tx));
@@ -1222,6 +1267,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                         HashSet::new()
                     };
                     let _ = reply.send((result, pending));
+                    if mutating {
+                        engine.update_bgp();
+                    }
                     if engine.stop_and_detach {
                         break true;
                     }
@@ -1235,6 +1283,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                     events.push(ev);
                 }
                 engine.process_health_events(events);
+                engine.update_bgp();
             }
             Some(mut changes) = net_changes.recv() => {
                 let started = Instant::now();
@@ -1252,6 +1301,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                 Ok(Reply::Changes(c)) => {
                     say!("xlb: reloaded {}: {c:?}", opts.config.as_deref().map_or("?".into(), |p| p.display().to_string()));
                     unresolved_tx.send_replace(engine.refresh_next_hops());
+                    engine.update_bgp();
                 }
                 Ok(_) => {}
                 Err(f) => tracing::error!("reload refused, nothing changed: {:#}", f.error),
@@ -1266,6 +1316,13 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
     drop(web_server);
     let _ = fs::remove_file(&opts.paths.socket);
     if detach {
+        // The fast path goes: so do its routes (first, so that routers stop sending).
+        if let Some((announcer, _)) = engine.bgp.take() {
+            match announcer.withdraw().await {
+                Ok(()) => say!("xlb: withdrew every VIP from BIRD"),
+                Err(e) => tracing::warn!("bgp: withdrawing the VIPs from BIRD failed: {e:#}"),
+            }
+        }
         detach_and_unpin(&opts.paths.pin_dir);
         drop(engine); // closes the last link fds: the program is detached
         // A link held only by its pin goes when the pin's inode is freed, after an RCU

@@ -1,6 +1,7 @@
 //! xlb's core library: the model and its map sync, loader, next hops, health checks,
 //! API types, config and importers, the daemon; everything the `xlb` binary does.
 pub mod api;
+pub mod bgp;
 pub mod config;
 pub mod daemon;
 pub mod decap;

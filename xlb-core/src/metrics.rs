@@ -140,6 +140,20 @@ pub fn exposition(snapshot: &Snapshot) -> String {
     for iface in &snapshot.interfaces {
         attach.get_or_create(&vec![("interface", iface.name.clone()), ("mode", iface.mode_name().to_string())]).set(1);
     }
+    if let Some(bgp) = &snapshot.bgp {
+        // Every VIP of a service, and any still announced: 1 while BIRD holds its route.
+        let announced: std::collections::BTreeSet<std::net::IpAddr> = bgp.announced.iter().flatten().copied().collect();
+        let vips: std::collections::BTreeSet<std::net::IpAddr> =
+            snapshot.services.iter().flat_map(|s| s.frontends.iter().map(|f| f.vip)).chain(announced.iter().copied()).collect();
+        let vip_announced = f.gauge("xlb_bgp_vip_announced", "1 while the VIP's route is in BIRD's include file and BIRD took it, else 0");
+        for vip in vips {
+            vip_announced.get_or_create(&vec![("vip", vip.to_string())]).set(announced.contains(&vip).into());
+        }
+        f.single_gauge("xlb_bgp_in_sync", "1 when BIRD holds exactly the VIPs that have quorum", bgp.in_sync.into());
+        let failures = Counter::<u64>::default();
+        failures.inc_by(bgp.failures);
+        f.registry.register("xlb_bgp_bird_failures", "Failed writes of BIRD's include file or reconfigurations of BIRD", failures);
+    }
 
     let mut text = String::new();
     encode(&mut text, &registry).expect("encoding into a String cannot fail");
@@ -168,6 +182,12 @@ mod tests {
             counters: vec![("tx_dr", 80), ("drop_no_real", 2)],
             conntrack_entries: 8,
             conntrack_capacity: 262_144,
+            bgp: Some(crate::bgp::BgpStatus {
+                announced: Some(vec!["10.99.0.100".parse().unwrap()]),
+                in_sync: true,
+                failures: 2,
+                ..Default::default()
+            }),
         }
     }
 
@@ -224,6 +244,9 @@ mod tests {
             ("xlb_conntrack_entries".into(), "8"),
             ("xlb_conntrack_capacity".into(), "262144"),
             (r#"xlb_attach_mode{interface="eth0",mode="skb"}"#.into(), "1"),
+            (r#"xlb_bgp_vip_announced{vip="10.99.0.100"}"#.into(), "1"),
+            ("xlb_bgp_in_sync".into(), "1"),
+            ("xlb_bgp_bird_failures_total".into(), "2"),
             (
                 format!(
                     r#"xlb_build_info{{version="{}",revision="{}",aya_version="0.14.0"}}"#,
@@ -255,6 +278,7 @@ mod nat_port_tests {
             counters: Vec::new(),
             conntrack_entries: 0,
             conntrack_capacity: 1,
+            bgp: None,
         };
         let text = exposition(&snap);
         for line in [

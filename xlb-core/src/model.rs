@@ -394,6 +394,27 @@ impl Model {
         Ok(self.reals_in(info.id).map(|(id, _)| id).collect())
     }
 
+    /// The VIPs to announce by BGP with `quorum` (at least 1): those of every live
+    /// service (a virtual service, or a firewall-mark group through its frontends, any
+    /// port and protocol) that has at least `quorum` reals able to take new connections
+    /// (weight above 0, not failed by its health check, not removed; the sorry server
+    /// does not count). A VIP is announced if any one of its services has quorum.
+    pub fn vips_with_quorum(&self, quorum: u32) -> BTreeSet<std::net::IpAddr> {
+        let quorum = quorum.max(1);
+        let mut out = BTreeSet::new();
+        for info in self.infos.values().filter(|i| !trashed(i)) {
+            let able = self
+                .reals_in(info.id)
+                .filter(|(_, r)| !r.removed() && !r.sorry() && r.weight > 0 && r.flags & real_flags::HEALTH_DOWN == 0)
+                .count();
+            if (able as u64) < u64::from(quorum) {
+                continue;
+            }
+            out.extend(self.fronts_of.get(&info.id).into_iter().flatten().filter_map(Service::from_key).map(|f| f.vip));
+        }
+        out
+    }
+
     /// The configuration the model holds (services sorted by id, reals by address and
     /// port; health checks are the daemon's, not here).
     pub fn services(&self) -> Vec<ServiceConfig> {

@@ -326,3 +326,80 @@ fn a_large_table_is_double_buffered_and_rewritten_only_where_it_differs() {
     m.check_invariants().unwrap();
     assert_eq!(m.pool.free, Pool::new(m.limits.pool_slots, std::iter::empty()).free, "the whole pool is free again");
 }
+
+/// The VIPs announced by BGP (see `bgp`): a VIP while one of its services has `quorum`
+/// reals that take new connections.
+#[test]
+fn a_vip_is_announced_while_one_of_its_services_has_quorum() {
+    let (mut m, mut store) = (Model::default(), MemStore::default());
+    let vip = |d: u8| ServiceId::Addr(Service { proto: Proto::Tcp, vip: v4(d), port: 80 });
+    let set = |d: &[u8]| d.iter().map(|&d| v4(d)).collect::<std::collections::BTreeSet<_>>();
+    // VIP .100: two reals on :80; VIP .101: one real; a group with VIPs .102 and .103.
+    let mut group = service(ServiceId::Fwmark(7), sched(Scheduler::Wlc), &[(31, 1), (32, 1), (33, 1)]);
+    group.frontends = vec![
+        Service { proto: Proto::Tcp, vip: v4(102), port: 443 },
+        Service { proto: Proto::Udp, vip: v4(103), port: 53 },
+    ];
+    let mut cfg = vec![
+        service(vip(100), sched(Scheduler::Rr), &[(11, 1), (12, 1)]),
+        service(vip(101), sched(Scheduler::Rr), &[(21, 1)]),
+        group,
+    ];
+    apply(&mut m, &mut store, &cfg);
+    assert_eq!(m.vips_with_quorum(1), set(&[100, 101, 102, 103]));
+    assert_eq!(m.vips_with_quorum(0), set(&[100, 101, 102, 103]), "quorum 0 means 1");
+    assert_eq!(m.vips_with_quorum(2), set(&[100, 102, 103]));
+    assert_eq!(m.vips_with_quorum(3), set(&[102, 103]), "a group's reals count for each of its VIPs");
+    assert_eq!(m.vips_with_quorum(4), set(&[]));
+
+    // Weight 0 (quiesced): no new connections, not counted.
+    m.edit_real(vip(100), real(12), w(0)).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(2), set(&[102, 103]));
+    m.edit_real(vip(100), real(12), w(5)).unwrap();
+    // Failed by its health check: not counted; back up, counted again.
+    m.set_real_health(ServiceId::Fwmark(7), real(31), false).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(2), set(&[100, 102, 103]));
+    assert_eq!(m.vips_with_quorum(3), set(&[]));
+    m.set_real_health(ServiceId::Fwmark(7), real(31), true).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(3), set(&[102, 103]));
+    // Removed (kept in the trash while it has connections): not counted.
+    m.remove_real(vip(101), real(21)).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(1), set(&[100, 102, 103]));
+    // A sorry server takes connections only instead of the reals: it is no quorum.
+    m.set_sorry_server(vip(101), Some((v4(99), NextHop::default()))).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(1), set(&[100, 102, 103]));
+
+    // A VIP with two services: announced while either has quorum (any port, any protocol).
+    cfg = vec![
+        service(vip(100), sched(Scheduler::Rr), &[(11, 1)]),
+        service(ServiceId::Addr(Service { proto: Proto::Udp, vip: v4(100), port: 53 }), sched(Scheduler::Rr), &[(11, 1), (12, 1)]),
+    ];
+    apply(&mut m, &mut store, &cfg);
+    assert_eq!(m.vips_with_quorum(2), set(&[100]), "the UDP service has two reals");
+    m.set_real_health(cfg[1].id, real(12), false).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(2), set(&[]));
+    // A service removed with connections waits in the trash: it announces nothing.
+    m.remove_service(cfg[0].id, &mut |_| true).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(1), set(&[100]), "the UDP service still has one real up");
+    m.remove_service(cfg[1].id, &mut |_| true).unwrap();
+    m.commit(&mut store).unwrap();
+    assert_eq!(m.vips_with_quorum(1), set(&[]));
+
+    // IPv6, and a model restored from the maps (a restarted daemon) gives the same set.
+    let v6 = "2001:db8::100".parse().unwrap();
+    let svc6 = ServiceId::Addr(Service { proto: Proto::Tcp, vip: v6, port: 80 });
+    let mut s6 = service(svc6, sched(Scheduler::Rr), &[]);
+    s6.reals = vec![(RealAddr { ip: "2001:db8::11".parse().unwrap(), port: None }, w(1))];
+    apply(&mut m, &mut store, &[s6, service(vip(101), sched(Scheduler::Rr), &[(21, 1)])]);
+    assert_eq!(m.vips_with_quorum(1), [v6, v4(101)].into_iter().collect());
+    let restored = Model::restore(&store, Limits::default()).unwrap();
+    assert_eq!(restored.vips_with_quorum(1), m.vips_with_quorum(1));
+    m.check_invariants().unwrap();
+}

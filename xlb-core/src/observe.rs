@@ -90,6 +90,8 @@ pub struct Snapshot {
     pub counters: Vec<(&'static str, u64)>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
+    /// The VIP announcement through BIRD (None: not configured).
+    pub bgp: Option<crate::bgp::BgpStatus>,
 }
 
 /// A real server's traffic over one interval between two snapshots, per second.

@@ -712,6 +712,15 @@ pub(crate) fn with_model<T>(maps: &mut Maps, f: impl FnOnce(&mut Model) -> Resul
     change(maps, f)
 }
 
+/// The VIPs with `quorum` reals taking new connections in one of their services (see
+/// [`Model::vips_with_quorum`]), from the model, or without one read from the maps.
+pub fn vips_with_quorum(maps: &Maps, quorum: u32) -> Result<std::collections::BTreeSet<IpAddr>> {
+    match &maps.model {
+        Some(m) => Ok(m.vips_with_quorum(quorum)),
+        None => Ok(Model::restore(maps, map_limits(maps))?.vips_with_quorum(quorum)),
+    }
+}
+
 /// The service entry for `id` (from the model, or without one read from the maps).
 pub fn find_service(maps: &Maps, id: ServiceId) -> Result<ServiceInfo> {
     match &maps.model {

@@ -21,7 +21,7 @@ use crate::{
 /// one, else read from the maps).
 pub fn current(maps: &Maps) -> Result<Config> {
     if let Some(services) = ops::model_services(maps) {
-        return Ok(Config { settings: Some(ops::settings(maps)?), services });
+        return Ok(Config { settings: Some(ops::settings(maps)?), services, bgp: None });
     }
     let services = ops::snapshot(maps)?
         .into_iter()
@@ -48,7 +48,7 @@ pub fn current(maps: &Maps) -> Result<Config> {
             real_health: Default::default(),
         })
         .collect();
-    Ok(Config { settings: Some(ops::settings(maps)?), services })
+    Ok(Config { settings: Some(ops::settings(maps)?), services, bgp: None })
 }
 
 /// What a reconcile changed, for the operator.
@@ -79,7 +79,7 @@ impl Changes {
 pub fn apply(maps: &mut Maps, target: &Config) -> Result<Changes> {
     // The model's view (restored from the maps if this process has none yet).
     let services = ops::with_model(maps, |m| Ok(m.services()))?;
-    let before = Config { settings: Some(ops::settings(maps)?), services };
+    let before = Config { settings: Some(ops::settings(maps)?), services, bgp: None };
     let new: BTreeMap<ServiceId, &ServiceConfig> = target.services.iter().map(|s| (s.id, s)).collect();
     let leaving: Vec<ServiceId> = before.services.iter().map(|s| s.id).filter(|id| !new.contains_key(id)).collect();
     let reals = ops::reals_of_services(maps, &leaving)?;

@@ -332,6 +332,7 @@ mod tests {
             counters: vec![("tx_dr", 50)],
             conntrack_entries: 5,
             conntrack_capacity: 100,
+            bgp: None,
         }))
     }
 

@@ -114,6 +114,19 @@ impl ChildGuard {
         Ok(self.child.try_wait()?)
     }
 
+    /// Spawns `cmd` (stdin and stdout closed, stderr inherited) without waiting for it
+    /// to say anything: for daemons that print nothing when ready (BIRD with `-f`).
+    pub fn spawn(what: &str, mut cmd: Command) -> Result<Self> {
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Self { what: what.to_string(), child })
+    }
+
+    /// Whether the process still runs (not exited, or exited but not reaped yet).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -84,6 +84,25 @@ struct DaemonArgs {
     /// Real-server ids over all services.
     #[arg(long, value_name = "N", default_value_t = sizes::MAX_REALS)]
     max_reals: u32,
+    /// Announce by BGP through BIRD 2: write `route VIP/32 blackhole;` (IPv6: /128), one
+    /// line per VIP with quorum, sorted, to FILE (a BIRD include file; empty: nothing
+    /// announced) and have BIRD re-read its configuration after each change. Overrides
+    /// the config file's `[bgp] bird_vips`.
+    #[arg(long, value_name = "FILE")]
+    bird_vips: Option<PathBuf>,
+    /// Write the IPv6 VIPs' routes to FILE instead of --bird-vips (a BIRD static
+    /// protocol takes one address family).
+    #[arg(long, value_name = "FILE")]
+    bird_vips6: Option<PathBuf>,
+    /// BIRD's control socket, asked to `configure` after each change [default:
+    /// /run/bird/bird.ctl, or the config file's `[bgp] bird_socket`].
+    #[arg(long, value_name = "PATH")]
+    bird_socket: Option<PathBuf>,
+    /// Reals taking new connections (weight above 0, not failed, not removed) one of a
+    /// VIP's services needs for the VIP to be announced [default: 1, or the config
+    /// file's `[bgp] quorum`].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    bgp_quorum: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -292,6 +311,12 @@ fn daemon_options(args: DaemonArgs, paths: Paths, detach_on_exit: bool) -> Resul
         web,
         fastpath_log: args.fastpath_log,
         sizes,
+        bgp: xlb_core::config::BgpSection {
+            bird_vips: args.bird_vips,
+            bird_vips6: args.bird_vips6,
+            bird_socket: args.bird_socket,
+            quorum: args.bgp_quorum,
+        },
     })
 }
 
@@ -367,7 +392,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     s.connections,
                     s.half_open_connections,
                     sizes::report_lines(&s.tables).join("\n")
-                )
+                ) + &s.bgp.as_ref().map_or("bgp not configured\n".into(), |b| b.text())
             }),
             other => unexpected(other),
         },

@@ -32,6 +32,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // The bench's real servers and its userspace balancer to compare with.
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
+    // VIP announcement by BGP (xlb/tests/bgp.rs runs a router's and a director's BIRD).
+    ("bird", "bird2"),
+    ("birdc", "bird2"),
 ];
 
 /// (file, Debian package providing it) for data files the tests read.

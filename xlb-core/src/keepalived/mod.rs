@@ -180,7 +180,7 @@ impl Importer {
             );
         }
         // The same checks as `xlb apply`: duplicate services, overlapping frontends.
-        let cfg = Config { settings, services };
+        let cfg = Config { settings, services, bgp: None };
         let text = config::to_toml(&cfg);
         config::parse(&text)?;
         Ok(cfg)
