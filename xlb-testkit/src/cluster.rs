@@ -151,15 +151,12 @@ impl ClusterDirector {
     /// state. Returns xlb's lines.
     pub fn start(&mut self, switch: &Netns, reals: &[RealServer]) -> Result<Vec<String>> {
         if self.bird.is_none() {
-            if !self.vips_file.exists() {
-                std::fs::write(&self.vips_file, "")?;
-            }
             std::fs::write(&self.bird_conf, director_bird_conf(self.ip, &self.vips_file))?;
             self.bird = Some(start_bird(&format!("BIRD on {}", self.name), &self.ns, &self.bird_conf, &self.bird_socket, &self.bird_log)?);
         }
         let vips = self.vips_file.display().to_string();
         let socket = self.bird_socket.display().to_string();
-        let extra: Vec<&str> = if XLB_WRITES_BIRD_FILE { vec!["--bird-vips", &vips, "--bird-socket", &socket] } else { vec![] };
+        let extra = ["--bird-vips", vips.as_str(), "--bird-socket", socket.as_str()];
         let port = self.port.clone();
         let lines = self.processes.start("daemon", &self.ns, switch, &[NIC], &[port.as_str()], &extra)?;
         let service = format!("{CLUSTER_VIP}:{CLUSTER_PORT}");
@@ -171,10 +168,6 @@ impl ClusterDirector {
                 self.xlb(&["real", "add", "tcp", &service, &reals[r].ip.to_string(), "-g"])?;
             }
             self.xlb(&["set", "--sloppy-tcp", "on"])?; // TEMPORARY until main's mid-flow pickup
-        }
-        if !XLB_WRITES_BIRD_FILE {
-            std::fs::write(&self.vips_file, format!("route {CLUSTER_VIP}/32 blackhole;\n"))?;
-            self.birdc(&["configure"])?;
         }
         Ok(lines)
     }
@@ -228,9 +221,6 @@ pub struct EcmpCluster {
     pub switch: Netns,
 }
 
-/// Until the `bird` branch lands: the test bed writes the VIP include file itself.
-const XLB_WRITES_BIRD_FILE: bool = false;
-
 /// How long BIRD gets to open its control socket.
 const BIRD_START: Duration = Duration::from_secs(10);
 
@@ -266,44 +256,41 @@ fn start_bird(what: &str, ns: &Netns, conf: &Path, socket: &Path, log: &Path) ->
     }
 }
 
-/// The BGP timers both sides use: keepalives every second, and after a failure (BFD
-/// down) a new session tried within a second, not BIRD's default minute.
-const BGP_TIMERS: &str = "  hold time 3;\n  keepalive time 1;\n  connect delay time 1;\n  connect retry time 1;\n  error wait time 1, 2;\n";
+/// The shipped BIRD configurations (packaging/bird/), which the cluster runs with only
+/// its addresses, file names and VIP range put in.
+pub const SHIPPED_DIRECTOR_CONF: &str = include_str!("../../packaging/bird/xlb-director.conf");
+pub const SHIPPED_ROUTER_CONF: &str = include_str!("../../packaging/bird/router-ecmp.conf");
 
-fn bfd_protocol() -> String {
-    format!(
-        "protocol bfd {{\n  interface \"{NIC}\" {{ min rx interval {BFD_INTERVAL_MS} ms; min tx interval {BFD_INTERVAL_MS} ms; multiplier {BFD_MULTIPLIER}; }};\n}}\n"
-    )
-}
-
-/// The router's BIRD: a BGP session with BFD to every director, their routes merged into
-/// one multipath kernel route.
+/// The router's BIRD: the shipped router-ecmp.conf (a BGP session with BFD to every
+/// director, their routes merged into one multipath kernel route) for `directors`
+/// directors at [`director_ip`], the VIP range 10.96.0.0/24.
 pub fn router_bird_conf(directors: usize) -> String {
-    let mut conf = format!(
-        "log stderr all;\nrouter id {ROUTER_LAN_IP};\nprotocol device {{ }}\n\
-         # ECMP: equal BGP routes from several directors become one route with a next hop each.\n\
-         protocol kernel {{\n  ipv4 {{ import none; export all; }};\n  merge paths on;\n}}\n{}\
-         template bgp director {{\n  local {ROUTER_LAN_IP} as {ROUTER_AS};\n  ipv4 {{ import all; export none; }};\n  bfd on;\n{BGP_TIMERS}}}\n",
-        bfd_protocol()
-    );
+    let cut = SHIPPED_ROUTER_CONF.find("protocol bgp director1").expect("router-ecmp.conf has `protocol bgp director1`");
+    let mut conf = format!("log stderr all;\n{}", &SHIPPED_ROUTER_CONF[..cut])
+        .replace("192.0.2.1", &ROUTER_LAN_IP.to_string())
+        .replace("198.51.100.0/24{32,32}", &format!("{}/24{{32,32}}", Ipv4Addr::from(u32::from(CLUSTER_VIP) & 0xffff_ff00)));
     for d in 0..directors {
-        let _ = writeln!(conf, "protocol bgp dir{} from director {{ neighbor {} as {DIRECTOR_AS}; }}", d + 1, director_ip(d));
+        let _ = writeln!(conf, "protocol bgp director{} from xlb_director {{\n  neighbor {} as {DIRECTOR_AS};\n}}", d + 1, director_ip(d));
     }
     conf
 }
 
-/// A director's BIRD: the VIP routes xlb writes to `vips_file` (static, blackhole)
-/// announced to the router with this director as next hop, BFD on the session.
+/// A director's BIRD: the shipped xlb-director.conf (the VIP routes xlb writes to
+/// `vips_file`, announced to the router with BFD) for the director at `ip`.
 pub fn director_bird_conf(ip: Ipv4Addr, vips_file: &Path) -> String {
-    // BIRD reads `include` only at the start of a line.
-    format!(
-        "log stderr all;\nrouter id {ip};\nprotocol device {{ }}\n\
-         protocol static xlb_vips {{\n  ipv4;\n  include \"{}\";\n}}\n{}\
-         protocol bgp uplink {{\n  local {ip} as {DIRECTOR_AS};\n  neighbor {ROUTER_LAN_IP} as {ROUTER_AS};\n\
-         \x20 ipv4 {{ import none; export where proto = \"xlb_vips\"; next hop self; }};\n  bfd on;\n{BGP_TIMERS}}}\n",
-        vips_file.display(),
-        bfd_protocol()
-    )
+    // The shipped file's trick: a pattern matching the one file lets BIRD start before
+    // xlb first wrote it ("….conf" as "….con[f]").
+    let file = vips_file.display().to_string();
+    let pattern = match file.strip_suffix('f') {
+        Some(stem) => format!("{stem}[f]"),
+        None => file,
+    };
+    let vips6 = vips_file.with_extension("v6.con[f]");
+    format!("log stderr all;\n{SHIPPED_DIRECTOR_CONF}")
+        .replace("192.0.2.11", &ip.to_string())
+        .replace("192.0.2.1", &ROUTER_LAN_IP.to_string())
+        .replace("/run/bird/xlb-vips.con[f]", &pattern)
+        .replace("/run/bird/xlb-vips6.con[f]", &vips6.display().to_string())
 }
 
 impl EcmpCluster {
