@@ -113,30 +113,13 @@ impl ClusterDirector {
         netns::run(&mut self.processes.command(&self.ns, args)).with_context(|| format!("xlb on {}", self.name))
     }
 
-    /// The connection entries of the cluster's service that saw a packet in the last
-    /// `recent` (an entry's idle time is its state's timeout minus `expires_in`): the
-    /// connections this director carries now, apart from entries left by flows ECMP has
-    /// since moved to another director.
-    pub fn active_conns(&self, recent: Duration) -> Result<Vec<ConnView>> {
+    /// The connection entries of the cluster's service (not persistence templates), any
+    /// state.
+    pub fn conns(&self) -> Result<Vec<ConnView>> {
         let text = self.xlb(&["--output", "json", "conns"])?;
         let conns: Vec<ConnView> = serde_json::from_str(&text).with_context(|| format!("parsing `xlb conns` of {}: {text}", self.name))?;
-        let timeout = self.established_timeout()?;
         let vip = format!("{CLUSTER_VIP}:{CLUSTER_PORT}");
-        Ok(conns
-            .into_iter()
-            .filter(|c| !c.template && c.virtual_address == vip && c.state == "ESTABLISHED")
-            .filter(|c| c.expires_in + recent.as_secs() >= timeout)
-            .collect())
-    }
-
-    /// The ESTABLISHED idle timeout (s), from `xlb timeout` ("Timeout (tcp tcpfin udp): 900 120 300").
-    fn established_timeout(&self) -> Result<u64> {
-        let text = self.xlb(&["timeout"])?;
-        text.split(':')
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no tcp timeout in `xlb timeout` of {}: {text:?}", self.name))
+        Ok(conns.into_iter().filter(|c| !c.template && c.virtual_address == vip).collect())
     }
 
     /// `birdc -s SOCKET ARGS` (the control socket is a path: no namespace needed).
@@ -425,10 +408,26 @@ impl EcmpCluster {
         SocketAddrV4::new(CLUSTER_VIP, CLUSTER_PORT)
     }
 
-    /// How many connections each director carries now (see [`ClusterDirector::active_conns`];
-    /// a dead director counts 0).
-    pub fn carried(&self, recent: Duration) -> Result<Vec<usize>> {
-        self.directors.iter().map(|d| if d.xlb_running() { d.active_conns(recent).map(|c| c.len()) } else { Ok(0) }).collect()
+    /// How many connections each director carries now, from two listings `gap` apart: an
+    /// entry idle all along has its `expires_in` (whole seconds) fall by about `gap`, a
+    /// busy one's stays at its state's timeout (or one less after a hiccup); entries
+    /// new in the second listing count. This leaves out the entries of flows ECMP has
+    /// moved to another director. Give `gap` 2.5 s or more. A dead director counts 0.
+    pub fn carried(&self, gap: Duration) -> Result<Vec<usize>> {
+        let listing = |d: &ClusterDirector| -> Result<BTreeMap<String, u64>> {
+            if !d.xlb_running() {
+                return Ok(BTreeMap::new());
+            }
+            Ok(d.conns()?.into_iter().map(|c| (c.client, c.expires_in)).collect())
+        };
+        let first = self.directors.iter().map(listing).collect::<Result<Vec<_>>>()?;
+        std::thread::sleep(gap);
+        let second = self.directors.iter().map(listing).collect::<Result<Vec<_>>>()?;
+        Ok(first
+            .iter()
+            .zip(&second)
+            .map(|(before, now)| now.iter().filter(|(client, left)| before.get(*client).is_none_or(|was| *left + 1 >= *was)).count())
+            .collect())
     }
 }
 

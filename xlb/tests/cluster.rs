@@ -19,8 +19,9 @@ const INTERVAL: Duration = Duration::from_millis(200);
 /// given PROBE_TIMEOUT (a lost SYN is retried by TCP only after a second).
 const PROBES: usize = 24;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
-/// An entry that saw a packet this recently counts as carried by its director.
-const RECENT: Duration = Duration::from_secs(2);
+/// The gap between the two connection listings that tell a director's busy entries
+/// from idle ones (see EcmpCluster::carried).
+const RECENT: Duration = Duration::from_millis(2500);
 
 fn require_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates namespaces, runs BIRD and attaches XDP: run it as root (cargo xtask test)");
@@ -35,17 +36,22 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     require_root();
     let began = Instant::now();
     let mut c = EcmpCluster::build(Path::new(XLB), 3, 3, AttachMode::Auto).expect("build the ECMP cluster");
+    let starting = Instant::now();
     c.start_all().expect("start BIRD and xlb on every director");
     let all = c.director_ips();
-    let announced = wait_next_hops(&c.router, &all, Instant::now(), Duration::from_secs(20)).expect("the router routes the VIP over all three directors");
+    let announced = wait_next_hops(&c.router, &all, starting, Duration::from_secs(20)).expect("the router routes the VIP over all three directors");
     let orders: Vec<String> = c.directors.iter().map(|d| format!("{}: {:?}", d.name, d.order.iter().map(|&r| c.reals[r].name.as_str()).collect::<Vec<_>>())).collect();
 
     let load = EchoLoad::start(&c.client, c.target(), CONNECTIONS, INTERVAL).expect("open the long-lived connections");
     let opened = began.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
     let before = c.carried(RECENT).unwrap();
     let per_real = load.per_real();
-    assert_eq!(before.iter().sum::<usize>(), CONNECTIONS, "every connection is carried by exactly one director: {}", shares(&before));
+    let carried_sum = before.iter().sum::<usize>();
+    assert!(
+        (CONNECTIONS - CONNECTIONS / 100..=CONNECTIONS).contains(&carried_sum),
+        "every connection is carried by one director: {} (sum {carried_sum})",
+        shares(&before)
+    );
     for (d, &n) in before.iter().enumerate() {
         assert!(n >= CONNECTIONS / 6, "ECMP spreads the flows: dir{} carries only {n} ({})", d + 1, shares(&before));
     }
@@ -67,7 +73,6 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     let new_ok = new_ok.expect("new connections succeed again");
     let failover = load.wait_progress(killed_at + route_dropped, Duration::from_secs(15));
     let all_flowing_after_kill = killed_at.elapsed();
-    std::thread::sleep(RECENT);
     let during = c.carried(RECENT).unwrap();
 
     // dir1 comes back (BIRD and xlb restart; its connection table is empty).
@@ -82,7 +87,6 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     let route_back = route_back.expect("the router routes over dir1 again");
     let failback = load.wait_progress(revived_at + route_back, Duration::from_secs(15));
     let new_after_back = wait_new_connections(&c.client, c.target(), Instant::now(), PROBES, PROBE_TIMEOUT, Duration::from_secs(5));
-    std::thread::sleep(RECENT);
     let after = c.carried(RECENT).unwrap();
     let failed_total = load.failed();
     drop(load);
@@ -91,7 +95,7 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     summary += "==== ECMP cluster scale-out summary ====\n";
     summary += &format!("directors 3 (BIRD eBGP + BFD {}x{} ms), reals 3 (mh with mh-port, DR), connections {CONNECTIONS}, a line each every {} ms\n", xlb_testkit::cluster::BFD_MULTIPLIER, xlb_testkit::cluster::BFD_INTERVAL_MS, INTERVAL.as_millis());
     summary += &format!("real order per director: {}\n", orders.join("; "));
-    summary += &format!("cluster up and routed in {announced:.2?} after the directors started; all connections open {opened:.2?} after the start\n");
+    summary += &format!("VIP routed over the 3 directors {announced:.1?} after their BIRD and xlb started; {CONNECTIONS} connections open {opened:.1?} into the test\n");
     summary += &format!("connections per real: {per_real:?}\n");
     summary += &format!("carried before:           {}\n", shares(&before));
     summary += &format!("dir1 killed: route via dir1 dropped after {route_dropped:.0?}; all {PROBES} new connections succeed after {new_ok:.0?}\n");
