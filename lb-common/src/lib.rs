@@ -91,6 +91,13 @@ pub mod svc_flags {
     /// director's stack, until they expire or the service is added back under its id.
     /// New flows to it are passed, as to no service at all.
     pub const TRASHED: u32 = 256;
+    /// A TCP packet other than a SYN of no known connection is scheduled (its entry
+    /// made) instead of passed to the kernel: set by the controller on mh services, whose
+    /// Maglev table every director with the same reals shares, so a flow ECMP moves
+    /// between directors keeps its real (IPVS's sloppy_tcp with mh; Katran does the same).
+    /// Such a connection starts in CLOSE as under IPVS's sloppy_tcp (tcp_states: sNO +
+    /// ack → sCL), kept while its packets flow.
+    pub const MID_FLOW_PICKUP: u32 = 512;
 }
 
 /// How frames reach a real server ([`RealEntry::forward`], [`ConnEntry::forward`]):

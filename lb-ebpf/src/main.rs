@@ -286,9 +286,15 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
     let Scratch { pkt, conn, back, .. } = s;
     let flow = &pkt.flow;
     // Only a SYN opens a TCP connection (unless sloppy_tcp); anything else goes to the
-    // kernel, which holds the VIP and answers with a reset.
+    // kernel, which holds the VIP and answers with a reset. An mh service picks a
+    // mid-flow packet up (svc_flags::MID_FLOW_PICKUP): its Maglev table, the same on
+    // every director, gives the real the flow already uses where it came from (ECMP
+    // moved it); a RST of a flow it does not know opens nothing (its bit, moved onto the
+    // flag's, clears it). Tested in one expression: a branch or a counter more takes
+    // stack the chain has not.
     let syn_only = pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN;
-    if pkt.flow.proto == PROTO_TCP && !syn_only && settings.sloppy_tcp == 0 {
+    let rst_bit = ((pkt.tcp_flags & tcp::FLAG_RST) as u32) << (svc_flags::MID_FLOW_PICKUP.trailing_zeros() - tcp::FLAG_RST.trailing_zeros());
+    if pkt.flow.proto == PROTO_TCP && !syn_only && settings.sloppy_tcp | (svc.flags & svc_flags::MID_FLOW_PICKUP & !rst_bit) == 0 {
         stats::count(counter::PASS_NO_CONN);
         return xdp_action::XDP_PASS;
     }

@@ -410,4 +410,19 @@ mod tests {
         }
         assert!(matches!(decode_response(&encode_response(&Response::Ok(Reply::Done))), Ok(Reply::Done)));
     }
+
+    /// Found by the api_request fuzz target (CI, stop 21): a number of seconds with more
+    /// digits than an f64 holds parsed to a neighbouring f64 on its way back, so the
+    /// daemon would have read another value than the CLI sent. serde_json's
+    /// float_roundtrip parses exactly. (The daemon then refuses such a timeout:
+    /// HealthConfig::validate.)
+    #[test]
+    fn a_long_number_of_seconds_crosses_the_socket_unchanged() {
+        let line = r#"{"version":2,"xlb":"0..0","request":{"op":"set_health","service":{"addr":{"proto":"tcp","vip":"2.168.1.200","port":809}},"health":{"type":"http","path":"/h","interval":0.0,"timeout":9999999999999999999999999999999999999999999999999999999999999999999999999999999990,"fall":2}}}"#;
+        let request = decode_request(line).expect("a well-formed request");
+        let again = decode_request(&encode_request(&request)).expect("its encoding decodes");
+        assert_eq!(serde_json::to_value(&request).unwrap(), serde_json::to_value(&again).unwrap());
+        let Request::SetHealth { health: Some(h), .. } = again else { panic!("{again:?}") };
+        assert_eq!(h.timeout, 9999999999999999999999999999999999999999999999999999999999999999999999999999999990f64);
+    }
 }

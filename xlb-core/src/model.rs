@@ -816,9 +816,18 @@ impl Model {
             Some(Scheduler::Sh) => tables::sh_buckets(&weights),
             Some(Scheduler::Dh) => tables::dh_buckets(weights.len()),
             Some(Scheduler::Mh) => {
-                let keys: Vec<u32> =
-                    live.iter().map(|(_, r)| hash::real_key(addr::fold(&r.ip), u16::from_be_bytes(r.port))).collect();
-                tables::maglev_table(&keys, &weights)
+                // Built over the reals in address order, not id order: every director
+                // with the same reals and weights then has the same table, whatever order
+                // the reals were added in and whatever ids they got, so a flow that ECMP
+                // moves to another director meets the same real there (issue 15).
+                let mut order: Vec<usize> = (0..live.len()).collect();
+                order.sort_by_key(|&i| (live[i].1.ip, live[i].1.port));
+                let keys: Vec<u32> = order
+                    .iter()
+                    .map(|&i| hash::real_key(addr::fold(&live[i].1.ip), u16::from_be_bytes(live[i].1.port)))
+                    .collect();
+                let sorted_weights: Vec<u32> = order.iter().map(|&i| weights[i]).collect();
+                tables::maglev_table(&keys, &sorted_weights).into_iter().map(|p| order[p as usize] as u32).collect()
             }
             _ => Vec::new(), // scanning schedulers use the real list only
         };

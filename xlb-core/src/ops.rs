@@ -760,7 +760,7 @@ pub(crate) fn info_with(base: ServiceInfo, opts: &ServiceOptions) -> ServiceInfo
     };
     ServiceInfo {
         scheduler: opts.scheduler.id(),
-        flags: opts.flags() | (base.flags & HEALTH_FLAGS),
+        flags: opts.flags() | (base.flags & HEALTH_FLAGS) | if opts.scheduler == Scheduler::Mh { svc_flags::MID_FLOW_PICKUP } else { 0 },
         persist_timeout: p.timeout,
         persist_mask,
         ..base

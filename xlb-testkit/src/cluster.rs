@@ -150,7 +150,6 @@ impl ClusterDirector {
             for &r in &self.order {
                 self.xlb(&["real", "add", "tcp", &service, &reals[r].ip.to_string(), "-g"])?;
             }
-            self.xlb(&["set", "--sloppy-tcp", "on"])?; // TEMPORARY until main's mid-flow pickup
         }
         Ok(lines)
     }

@@ -145,6 +145,53 @@ fn maglev_moves_about_one_nth_when_a_real_leaves() {
     assert!(!after.contains(&gone));
 }
 
+/// Issue 15: two directors with one mh service, the same reals added in other orders
+/// (other ids). A flow started on A and moved by ECMP to B mid-stream: B has no entry,
+/// picks the flow up through its Maglev table, which sends it to the real A chose, and
+/// then follows its own new entry. A RST of no known flow still goes to the kernel.
+#[test]
+fn mh_picks_up_a_flow_another_director_started() {
+    let id = web(80);
+    let reals: Vec<(Ipv4Addr, NextHop)> = (0..5u8)
+        .map(|i| (Ipv4Addr::new(10, 0, 1, 10 + i), NextHop { mac: Some([2, 0x6d, 0, 0, 0, i]), ..RS1 }))
+        .collect();
+    let director = |order: &[usize], decoy: bool| {
+        let mut inst = Instance::empty();
+        if decoy {
+            // Another service's real first: B's reals get other ids than A's.
+            ops::add_service(&mut inst.maps, web(81), sched(Scheduler::Rr)).unwrap();
+            ops::add_real(&mut inst.maps, web(81), RS3_IP, RealOptions::default(), RS3).unwrap();
+        }
+        ops::add_service(&mut inst.maps, id, sched(Scheduler::Mh)).unwrap();
+        for &i in order {
+            ops::add_real(&mut inst.maps, id, reals[i].0, RealOptions::default(), reals[i].1).unwrap();
+        }
+        inst
+    };
+    let mut a = director(&[0, 1, 2, 3, 4], false);
+    let mut b = director(&[4, 2, 0, 3, 1], true);
+    let clients: Vec<Ipv4Addr> = (0..500).map(|i| client(i * 7919)).collect();
+    for (n, c) in clients.iter().enumerate() {
+        let syn = syn_from(*c, 3000, VIP, 80);
+        let on_a = a.forwarded_to(&syn);
+        let ack = Frame { tcp_flags: tcp::FLAG_ACK, payload: b"mid-stream".to_vec(), ..syn.clone() };
+        assert_eq!(b.forwarded_to(&ack), on_a, "client {c}: B sends the moved flow to A's real");
+        // An entry now; the next packet follows it.
+        assert_eq!(ops::connections(&b.maps).unwrap().len(), n + 1);
+        assert_eq!(b.forwarded_to(&ack), on_a);
+        assert_eq!(ops::connections(&b.maps).unwrap().len(), n + 1);
+    }
+    // As IPVS's sloppy_tcp (tcp_states: sNO + ack → sCL): CLOSE, InActConn, kept while
+    // packets flow (each refreshes its 10 s timeout), picked up again after.
+    let inactive: u64 = reals.iter().map(|(ip, _)| b.load(id, *ip).1).sum();
+    assert_eq!(inactive as usize, clients.len(), "picked-up flows count as InActConn");
+    assert_eq!(ops::connections(&b.maps).unwrap().len(), clients.len());
+    let rst = Frame { tcp_flags: tcp::FLAG_RST, ..syn_from(client(9999), 3000, VIP, 80) };
+    assert_eq!(b.run(&rst.bytes()).0, XDP_PASS, "a reset of no known flow opens nothing");
+    assert_eq!(b.counter(counter::PASS_NO_CONN), 1);
+    assert_eq!(ops::connections(&b.maps).unwrap().len(), clients.len());
+}
+
 #[test]
 fn persistence_spans_connections_ports_and_the_netmask() {
     let group = ServiceId::Fwmark(1);
