@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
+pub mod cluster;
 pub mod demo;
 pub mod fixtures;
 pub mod httpd;

@@ -19,11 +19,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build an LVS-DR cluster in network namespaces and show xlb balancing it.
+    /// Build an LVS-DR cluster in network namespaces and show xlb balancing it; with
+    /// --cluster, three directors behind an ECMP router, one killed and brought back.
     Demo {
         /// Send this many requests, print the counters and exit (default: until Ctrl-C).
+        /// With --cluster: this many long-lived connections (default 300).
         #[arg(long)]
         requests: Option<u32>,
+        /// Three xlb directors announcing the VIP by BGP (BIRD, BFD) to a router that
+        /// spreads flows over them by ECMP; kills one and brings it back, showing the
+        /// connections kept and the convergence times (needs bird2).
+        #[arg(long)]
+        cluster: bool,
         #[arg(long, value_enum, default_value = "auto")]
         mode: AttachMode,
         /// Number of real servers.
@@ -63,7 +70,11 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Demo { requests, mode, reals } => {
+        Cmd::Demo { requests, cluster: true, mode, .. } => {
+            let xlb = xlb_testkit::binary("xlb").context("locating the xlb binary")?;
+            demo::cluster_demo(&xlb, demo::ClusterDemoOptions { connections: requests.unwrap_or(300) as usize, mode })
+        }
+        Cmd::Demo { requests, mode, reals, .. } => {
             let xlb = xlb_testkit::binary("xlb").context("locating the xlb binary")?;
             demo::demo(&xlb, demo::DemoOptions { requests, mode, reals: reals as usize })
         }

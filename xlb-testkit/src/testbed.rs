@@ -90,7 +90,7 @@ pub struct RealServer {
 
 /// A host's namespace. Duplicate address detection is off: the addresses the test bed
 /// gives are unique, and a tentative address would hold traffic up for a second.
-fn host(name: &str) -> Result<Netns> {
+pub(crate) fn host(name: &str) -> Result<Netns> {
     let ns = Netns::create(name)?;
     ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
     ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
@@ -109,6 +109,16 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Takes charge of `child`: killed and reaped on drop.
+    pub(crate) fn new(what: &str, child: Child) -> Self {
+        Self { what: what.to_string(), child }
+    }
+
+    /// The process's exit status if it has ended (reaping it), None while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Spawns `cmd` (stdin and stdout closed, stderr inherited) without waiting for it
     /// to say anything: for daemons that print nothing when ready (BIRD with `-f`).
     pub fn spawn(what: &str, mut cmd: Command) -> Result<Self> {
@@ -201,7 +211,7 @@ pub fn spawn_until_ready(what: &str, mut cmd: Command, timeout: Duration) -> Res
 
 /// Plugs `host`'s NIC `nic` into bridge `bridge` of `switch` through port `port`, with
 /// address `cidr`.
-fn plug(switch: &Netns, bridge: &str, host: &Netns, nic: &str, port: &str, cidr: &str) -> Result<()> {
+pub(crate) fn plug(switch: &Netns, bridge: &str, host: &Netns, nic: &str, port: &str, cidr: &str) -> Result<()> {
     netns::veth(host, nic, switch, port)?;
     switch.ip(&["link", "set", port, "master", bridge])?;
     switch.ip(&["link", "set", port, "up"])?;
@@ -210,7 +220,7 @@ fn plug(switch: &Netns, bridge: &str, host: &Netns, nic: &str, port: &str, cidr:
     Ok(())
 }
 
-fn bridge(switch: &Netns, name: &str) -> Result<()> {
+pub(crate) fn bridge(switch: &Netns, name: &str) -> Result<()> {
     switch.ip(&["link", "add", name, "type", "bridge"])?;
     switch.ip(&["link", "set", name, "up"]).map(drop)
 }
@@ -218,7 +228,7 @@ fn bridge(switch: &Netns, name: &str) -> Result<()> {
 /// The host sends frames with complete checksums. On veths a sender leaves TCP/UDP
 /// checksums to "offload", which never happens once XDP sends the frame on (XDP_TX or a
 /// redirect) or rewrites it; a real NIC fills them in before the wire.
-fn checksums_in_software(host: &Netns) -> Result<()> {
+pub(crate) fn checksums_in_software(host: &Netns) -> Result<()> {
     host.exec("ethtool", &["-K", NIC, "tx", "off"]).map(drop)
 }
 
@@ -232,7 +242,7 @@ fn start_http(rs: &RealServer, port: u16) -> Result<ChildGuard> {
 
 /// Starts, on every real server, an HTTP server on `port` and a line echo server on
 /// ECHO_PORT (long-lived connections), both naming the server.
-fn start_http_servers(reals: &[RealServer], port: u16, children: &mut Vec<ChildGuard>) -> Result<()> {
+pub(crate) fn start_http_servers(reals: &[RealServer], port: u16, children: &mut Vec<ChildGuard>) -> Result<()> {
     for rs in reals {
         children.push(start_http(rs, port)?);
         let mut cmd = rs.ns.command(crate::binary(crate::TESTKIT)?);
@@ -244,22 +254,22 @@ fn start_http_servers(reals: &[RealServer], port: u16, children: &mut Vec<ChildG
 }
 
 /// The parts every cluster has: the `xlb` binary, the director's pins, the processes.
-struct Director {
-    xlb: PathBuf,
-    pin_dir: PathBuf,
-    mode: AttachMode,
+pub(crate) struct Director {
+    pub(crate) xlb: PathBuf,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) mode: AttachMode,
     /// Processes (xlb run, HTTP servers, XDP stubs); stopped before the namespaces go.
-    children: Vec<ChildGuard>,
+    pub(crate) children: Vec<ChildGuard>,
     /// XDP stubs on the switch ports facing the director in native/auto mode (off: the
     /// seeds' hand-built lab, whose veth peers run nothing).
-    peer_stubs: bool,
+    pub(crate) peer_stubs: bool,
     /// `xlb run` in a process group of its own, so that a terminal's Ctrl-C (sent to the
     /// whole foreground group) reaches the demo but not the balancer it still asks.
-    own_process_group: bool,
+    pub(crate) own_process_group: bool,
 }
 
 impl Director {
-    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, ns: &Netns, args: &[&str]) -> Command {
         let mut cmd = ns.command(&self.xlb);
         cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
         cmd
@@ -268,7 +278,7 @@ impl Director {
     /// `xlb run` (or `how`: `daemon`) on `nics` of `director`, with XDP stubs on the
     /// switch ports facing them (native XDP_TX or a redirect into a veth is delivered only
     /// if its peer runs XDP too); the stubs stay when the balancer stops and starts again.
-    fn start(&mut self, how: &str, director: &Netns, switch: &Netns, nics: &[&str], ports: &[&str], extra: &[&str]) -> Result<Vec<String>> {
+    pub(crate) fn start(&mut self, how: &str, director: &Netns, switch: &Netns, nics: &[&str], ports: &[&str], extra: &[&str]) -> Result<Vec<String>> {
         let stubs_running = self.children.iter().any(|c| c.what.starts_with("XDP pass stub"));
         if self.mode != AttachMode::Skb && self.peer_stubs && !stubs_running {
             for port in ports {
@@ -296,13 +306,13 @@ impl Director {
         Ok(lines)
     }
 
-    fn stop(&mut self) -> Result<std::process::ExitStatus> {
+    pub(crate) fn stop(&mut self) -> Result<std::process::ExitStatus> {
         let pos = self.children.iter().position(|c| c.what.starts_with("xlb run")).context("xlb run is not running")?;
         self.children.remove(pos).interrupt()
     }
 
     /// SIGKILL to `xlb run`/`xlb daemon`: no cleanup of any kind.
-    fn kill(&mut self) -> Result<()> {
+    pub(crate) fn kill(&mut self) -> Result<()> {
         let pos = self.children.iter().position(|c| c.what.starts_with("xlb run")).context("xlb is not running")?;
         self.children.remove(pos).kill_hard()
     }

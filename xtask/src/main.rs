@@ -22,7 +22,8 @@ use setup::{cmd, ensure_setup, is_root};
         Every subcommand first checks the build prerequisites and installs what is missing: \
         the nightly toolchain with rust-src, bpf-linker 0.10.3 and (as root, via apt-get) \
         the tools the tests, demo and bench use: iproute2, util-linux, ethtool, curl, \
-        bpftool, nftables, wrk, systemd (for systemd-analyze), chromium, nginx-light and haproxy."
+        bpftool, nftables, wrk, systemd (for systemd-analyze), chromium, nginx-light, haproxy \
+        and bird2."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,9 +49,13 @@ enum Task {
     },
     /// Build xlb, then run its self-contained demo in network namespaces (needs root)
     Demo {
-        /// Number of client requests the demo sends
+        /// Number of client requests the demo sends (with --cluster: long-lived connections, default 300)
         #[arg(long, value_name = "N", conflicts_with = "iface")]
         requests: Option<u64>,
+        /// Three xlb directors behind a router spreading flows by ECMP (BIRD: BGP, BFD);
+        /// one is killed and brought back while connections run
+        #[arg(long, conflicts_with = "iface")]
+        cluster: bool,
         /// XDP attach mode (xlb's default: auto)
         #[arg(long, value_enum)]
         mode: Option<Mode>,
@@ -166,9 +171,10 @@ fn main() -> Result<()> {
         Task::Demo {
             requests,
             mode,
+            cluster,
             iface: None,
             ..
-        } => demo(requests, mode),
+        } => demo(requests, mode, cluster),
         Task::Bench { quick, ipvs_vm, only } => {
             require_root_for_xlb("bench")?;
             let xlb = build()?;
@@ -238,12 +244,15 @@ fn run(ifaces: &[String], config: Option<&Path>, mode: Option<Mode>) -> Result<(
     exit_like(wait_through_ctrl_c(command)?)
 }
 
-fn demo(requests: Option<u64>, mode: Option<Mode>) -> Result<()> {
+fn demo(requests: Option<u64>, mode: Option<Mode>, cluster: bool) -> Result<()> {
     require_root_for_xlb("demo")?;
     let xlb = build()?;
     // The demo is the test kit's: it needs test servers and namespaces, not the product.
     let mut command = Command::new(xlb.with_file_name("xlb-testkit"));
     command.arg("demo");
+    if cluster {
+        command.arg("--cluster");
+    }
     if let Some(requests) = requests {
         command.args(["--requests", &requests.to_string()]);
     }
