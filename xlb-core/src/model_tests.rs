@@ -359,6 +359,7 @@ fn maglev_tables_agree_across_directors_whatever_the_order_and_ids() {
     b.edit_real(svc(80), real(12), w(3)).unwrap();
     b.commit(&mut b_store).unwrap();
     assert_eq!(table_by_address(&a_store, sid_a), table_by_address(&b_store, sid_b));
+}
 
 /// The VIPs announced by BGP (see `bgp`): a VIP while one of its services has `quorum`
 /// reals that take new connections.
