@@ -1243,7 +1243,7 @@ mod tests {
         assert!(b.is_empty());
         assert_eq!(decode(&bytes).unwrap(), SyncMessage { syncid: 9, conns: vec![v4conn(), v4conn()] });
         // An empty message takes one entry whatever its size.
-        let mut tiny = MessageBuilder::new(0, 10);
+        let tiny = MessageBuilder::new(0, 10);
         assert!(tiny.fits(&v6conn()));
     }
 

@@ -109,11 +109,6 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    /// Takes charge of `child`: killed and reaped on drop.
-    pub(crate) fn new(what: &str, child: Child) -> Self {
-        Self { what: what.to_string(), child }
-    }
-
     /// The process's exit status if it has ended (reaping it), None while it runs.
     pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
         Ok(self.child.try_wait()?)
