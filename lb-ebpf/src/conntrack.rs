@@ -28,7 +28,7 @@ use lb_common::{
 
 use crate::{
     atomic,
-    maps::{CONNS, HALF_OPEN, HALF_OPEN_REPLIES, NAT_REPLIES, REALS, SCRATCH, SERVICE_INFO},
+    maps::{CONNS, HALF_OPEN, HALF_OPEN_REPLIES, NAT_REPLIES, REALS, SCRATCH, SERVICE_INFO, SETTINGS},
     parse::Packet,
     persist,
     scratch::Scratch,
@@ -314,10 +314,23 @@ pub fn new_entry(entry: &mut ConnEntry, flow: &FlowKey, tcp_flags: u8, service_i
 /// Records a new flow's entry; for NAT also its reply entry `back` (the client's flow
 /// and the way back to the client). Inserted only if absent: of two first packets of a
 /// flow racing on two CPUs, one creates the entry and the other follows it
-/// ([`Created::Exists`]). With `sync` (the master sync daemon is on) the new
-/// connection is told to it. A separate BPF function.
+/// ([`Created::Exists`]). With the master sync daemon on (`Settings::sync_master`,
+/// read here: a value kept live across the call would take stack the chain has not)
+/// the new connection is told to it. A separate BPF function.
 #[inline(never)]
-pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply, sync: bool) -> Created {
+pub fn create(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
+    let sync = matches!(SETTINGS.get(0), Some(s) if s.sync_master != 0);
+    create_with(flow, entry, back, sync)
+}
+
+/// [`create`] without telling a master sync daemon (an entry a backup received).
+#[inline(never)]
+fn create_quiet(flow: &FlowKey, entry: &ConnEntry, back: &NatReply) -> Created {
+    create_with(flow, entry, back, false)
+}
+
+#[inline(always)]
+fn create_with(flow: &FlowKey, entry: &ConnEntry, back: &NatReply, sync: bool) -> Created {
     // Counted before it is visible: a packet on another CPU may move its state (and
     // the counts) as soon as it is in the table.
     stats::load_add(entry.real_id, entry.state, 1);
@@ -401,7 +414,7 @@ pub fn install(flow: &FlowKey, e: &ConnEntry, back: &NatReply) -> u32 {
         let h = *h;
         forget_half_open(flow, &h);
     }
-    match create(flow, e, back, false) {
+    match create_quiet(flow, e, back) {
         Created::Ok => lb_common::sync::INSTALL_CREATED,
         _ => lb_common::sync::INSTALL_REFUSED,
     }
@@ -519,7 +532,7 @@ pub fn half_open(s: &mut Scratch, svc: &ServiceInfo, settings: &Settings, now: u
         c.template = if t.real_id == c.real_id { t.tag } else { 0 };
     }
     persist::hold(svc, &flow.src, c.template);
-    match create(flow, &c, back, settings.sync_master != 0) {
+    match create(flow, &c, back) {
         Created::Ok => {
             forget_half_open(flow, &c);
             stats::count(counter::HALF_OPEN_PROMOTED);

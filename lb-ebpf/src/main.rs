@@ -377,7 +377,7 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         // The template counts the connection before it is visible (another CPU may
         // expire it), and gets it back if it is not made.
         persist::hold(svc, &pkt.flow.src, tag);
-        match conntrack::create(flow, conn, back, settings.sync_master != 0) {
+        match conntrack::create(flow, conn, back) {
             Created::Ok => {}
             Created::Exists => {
                 persist::release(svc.id, &pkt.flow.src, tag);

@@ -422,7 +422,7 @@ mod tests {
     /// HealthConfig::validate.)
     #[test]
     fn a_long_number_of_seconds_crosses_the_socket_unchanged() {
-        let line = r#"{"version":2,"xlb":"0..0","request":{"op":"set_health","service":{"addr":{"proto":"tcp","vip":"2.168.1.200","port":809}},"health":{"type":"http","path":"/h","interval":0.0,"timeout":9999999999999999999999999999999999999999999999999999999999999999999999999999999990,"fall":2}}}"#;
+        let line = r#"{"version":3,"xlb":"0..0","request":{"op":"set_health","service":{"addr":{"proto":"tcp","vip":"2.168.1.200","port":809}},"health":{"type":"http","path":"/h","interval":0.0,"timeout":9999999999999999999999999999999999999999999999999999999999999999999999999999999990,"fall":2}}}"#;
         let request = decode_request(line).expect("a well-formed request");
         let again = decode_request(&encode_request(&request)).expect("its encoding decodes");
         assert_eq!(serde_json::to_value(&request).unwrap(), serde_json::to_value(&again).unwrap());
