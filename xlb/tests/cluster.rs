@@ -108,7 +108,7 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
         failover.reasons
     );
     summary += &format!("carried with dir1 dead:   {}\n", shares(&during));
-    summary += &format!("dir1 back: route via dir1 again after {route_back:.0?} (BIRD + xlb restart included)\n");
+    summary += &format!("dir1 back: route via dir1 again after {route_back:.1?} (BIRD + xlb restart included)\n");
     summary += &format!("  broken {} of {CONNECTIONS} ({} failed, {} stalled), waited {:.0?} {:?}\n", failback.broken(), failback.failed, failback.stalled, failback.waited, failback.reasons);
     summary += &format!("carried after dir1 back:  {}\n", shares(&after));
     summary += &format!("failed connections over the whole run: {failed_total}; test time {:.1?}\n", began.elapsed());
