@@ -15,7 +15,7 @@
 //! ```text
 //! protocol static xlb_vips {
 //!   ipv4;
-//!   include "/run/xlb/bird-vips.conf";
+//!   include "/run/bird/xlb-vips.con[f]";
 //! }
 //! ```
 //!

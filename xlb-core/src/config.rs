@@ -43,12 +43,10 @@
 //! frontends = ["tcp:10.0.0.100:80", "tcp:10.0.0.100:443", "udp:10.0.0.100:8000-8010"]
 //! persistent = 600
 //! reals = ["10.0.0.11"]
-//! ```
-//!
 //!
 //! [bgp]                      # optional: announce VIPs with quorum through BIRD 2 (see `bgp`)
-//! bird_vips = "/run/xlb/bird-vips.conf"    # the include file xlb writes (required here)
-//! bird_vips6 = "/run/xlb/bird-vips6.conf"  # optional: IPv6 VIPs go here instead
+//! bird_vips = "/run/bird/xlb-vips.conf"   # the include file xlb writes (required here)
+//! bird_vips6 = "/run/bird/xlb-vips6.conf" # optional: IPv6 VIPs go here instead
 //! bird_socket = "/run/bird/bird.ctl"       # BIRD's control socket (this default)
 //! quorum = 1                 # reals taking new connections a service needs (default 1)
 //! ```
