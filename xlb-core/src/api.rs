@@ -221,6 +221,26 @@ pub enum ApiError {
     Malformed(String),
 }
 
+impl Request {
+    /// Whether the request may change the services, reals or settings (the daemon then
+    /// saves its state and re-reads what follows from the model: next hops, BGP); false
+    /// for listings, status, stop and the sync daemons (not part of the saved state).
+    pub fn changes_services(&self) -> bool {
+        !matches!(
+            self,
+            Request::List
+                | Request::Conns
+                | Request::Counters
+                | Request::Settings
+                | Request::Status
+                | Request::Stop
+                | Request::StartSyncDaemon { .. }
+                | Request::StopSyncDaemon { .. }
+                | Request::SyncDaemons
+        )
+    }
+}
+
 /// The version mismatch an older CLI (protocol 1, no version field) is answered with,
 /// in the bare form it reads.
 pub fn legacy_mismatch() -> Response {

@@ -526,18 +526,7 @@ impl Engine {
     }
 
     fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
-        let mutating = !matches!(
-            req,
-            Request::List
-                | Request::Conns
-                | Request::Counters
-                | Request::Settings
-                | Request::Status
-                | Request::Stop
-                | Request::StartSyncDaemon { .. }
-                | Request::StopSyncDaemon { .. }
-                | Request::SyncDaemons
-        );
+        let mutating = req.changes_services();
         let reply = match req {
             Request::Batch { requests } => {
                 // One batch: the maps see every request's changes at once, or none.
@@ -1383,18 +1372,7 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         tokio::select! {
             Some(command) = requests.recv() => match command {
                 Command::Api { request, reply } => {
-                    let mutating = !matches!(
-                        request,
-                        Request::List
-                            | Request::Conns
-                            | Request::Counters
-                            | Request::Settings
-                            | Request::Status
-                            | Request::Stop
-                            | Request::StartSyncDaemon { .. }
-                            | Request::StopSyncDaemon { .. }
-                            | Request::SyncDaemons
-                    );
+                    let mutating = request.changes_services();
                     let before = engine.next_hops.unresolved.clone();
                     let result = response(engine.handle(request));
                     // A change may have added reals whose MAC is not known yet (the
