@@ -425,6 +425,23 @@ pub struct Settings {
     pub sync_master: u32,
 }
 
+impl Settings {
+    /// The idle timeout of a connection in `state` ([`tcp`] state or [`tcp::UDP`]),
+    /// seconds: `udp_timeout` for UDP, `tcp_timeouts[state]` for TCP, 0 for a state
+    /// out of range (such an entry is expired at once). One rule for the fast path's
+    /// expiry, the controller's sweep and listings, and the sync daemon's timeouts.
+    #[inline(always)]
+    pub fn timeout_secs(&self, state: u8) -> u32 {
+        if state == tcp::UDP {
+            self.udp_timeout
+        } else if (state as usize) < tcp::STATE_COUNT {
+            self.tcp_timeouts[state as usize]
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {

@@ -84,14 +84,7 @@ pub fn coarse_now() -> u64 {
 
 #[inline(always)]
 pub fn timeout_ns(state: u8, settings: &Settings) -> u64 {
-    let secs = if state == tcp::UDP {
-        settings.udp_timeout
-    } else if (state as usize) < tcp::STATE_COUNT {
-        settings.tcp_timeouts[state as usize]
-    } else {
-        0
-    };
-    secs as u64 * 1_000_000_000
+    settings.timeout_secs(state) as u64 * 1_000_000_000
 }
 
 /// The transition table of a client packet: in NAT the director also sees the replies.

@@ -1184,8 +1184,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 fn idle_limit_ns(state: u8, s: &Settings) -> u64 {
-    let secs = if state == tcp::UDP { s.udp_timeout } else { s.tcp_timeouts.get(state as usize).copied().unwrap_or(0) };
-    secs as u64 * 1_000_000_000
+    s.timeout_secs(state) as u64 * 1_000_000_000
 }
 
 pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {

@@ -414,11 +414,6 @@ pub fn conn_of_event(e: &SyncEvent, fwmark: u32, timeout: u32) -> SyncConn {
     }
 }
 
-/// The idle timeout of `state` under `s`, seconds.
-pub fn state_timeout(s: &Settings, state: u8) -> u32 {
-    if state == tcp::UDP { s.udp_timeout } else { s.tcp_timeouts.get(state as usize).copied().unwrap_or(0) }
-}
-
 /// A sync daemon's role (ipvsadm's `--start-daemon master|backup`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -604,7 +599,7 @@ pub fn verdict(c: &SyncConn, lookup: &mut dyn Lookup, settings: &Settings, now_n
     }
     let Some(sid) = lookup.service(c.vaddr, c.vport, c.protocol) else { return Verdict::UnknownService };
     let Some(real_id) = lookup.real(sid, c.daddr, c.dport, c.vport) else { return Verdict::UnknownReal };
-    let local = state_timeout(settings, state) as u64;
+    let local = settings.timeout_secs(state) as u64;
     let wanted = if c.timeout == 0 { local } else { (c.timeout as u64).min(local) };
     let flow = FlowKey {
         src: addr::from_ip(c.caddr),
@@ -959,7 +954,7 @@ impl Daemons {
                 self.counters.events_unknown_service += 1;
                 continue;
             };
-            let conn = conn_of_event(e, mark, state_timeout(settings, e.state));
+            let conn = conn_of_event(e, mark, settings.timeout_secs(e.state));
             let m = self.master.as_mut().expect("checked above");
             if !m.message.fits(&conn) {
                 self.flush();
