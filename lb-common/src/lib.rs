@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod addr_filter;
 pub mod csum;
 pub mod hash;
 pub mod tcp;
@@ -646,6 +647,8 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const NAT_REPLIES: &str = "NAT_REPLIES";
     pub const VIPS: &str = "VIPS";
+    /// The address filter (see [`crate::addr_filter`]).
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// `xlb trace`'s switch and filter ([`crate::TraceConfig`], one entry) and its
     /// event ring buffer ([`crate::TraceEvent`] records).
     pub const TRACE: &str = "TRACE";
@@ -659,9 +662,9 @@ pub mod map_names {
     /// The fragment table: not pinned (a restart forgets datagrams in flight).
     pub const FRAGS: &str = "FRAGS";
     /// The director's maps (pinned by `xlb run`).
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
-        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS, HALF_OPEN, HALF_OPEN_REPLIES, SYNC_EVENTS,
+        NAT_REPLIES, VIPS, TRACE, TRACE_EVENTS, HALF_OPEN, HALF_OPEN_REPLIES, SYNC_EVENTS, ADDR_FILTER,
     ];
     /// Maps sized by `--max-conns`.
     pub const BY_CONNS: [&str; 4] = [CONNS, NAT_REPLIES, HALF_OPEN, HALF_OPEN_REPLIES];

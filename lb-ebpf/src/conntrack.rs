@@ -208,14 +208,17 @@ fn service_flags(service_id: u32) -> u32 {
 /// [`lookup`]'s `flags` when the caller has not read the service.
 pub const FLAGS_UNKNOWN: u64 = u64::MAX;
 
-/// Finds the client's flow to service `service_id`, expiring it if idle too long or if
-/// a new SYN [`reschedules`] it, and advances its TCP state (clock: [`coarse_now`]).
-/// `flags`: the service's flags when the caller has them, else [`FLAGS_UNKNOWN`]: they
-/// are then read only when they can matter (a SYN, a real failed by its health check),
-/// which keeps the common packet at the service's, the connection's and the real's
-/// lookups. A separate BPF function (at most five arguments: BPF passes none on the stack).
+/// Finds the client's flow, expiring it if idle too long or if a new SYN
+/// [`reschedules`] it, and advances its TCP state (clock: [`coarse_now`]). Looked up
+/// before the service, as IPVS's `ip_vs_in` looks up the connection before scheduling
+/// (`conn_in_get`, then `conn_schedule`): a known flow's packet costs this table's
+/// lookup and its real's, not the service's. An entry whose real now belongs to another
+/// service (the real id was given to another service's real) is expired: the flow is
+/// scheduled afresh. `flags`: the service's flags when the caller has them, else
+/// [`FLAGS_UNKNOWN`]: they are then read (by the entry's service id) only when they
+/// can matter (a SYN, a real failed by its health check). A separate BPF function.
 #[inline(never)]
-pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) -> Lookup {
+pub fn lookup(pkt: &Packet, flags: u64, settings: &Settings) -> Lookup {
     let now = coarse_now();
     let (flow, tcp_flags) = (&pkt.flow, pkt.tcp_flags);
     let Some(conn) = CONNS.get_ptr_mut(flow) else { return Lookup::Miss };
@@ -224,7 +227,7 @@ pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) ->
         // Being removed by another CPU.
         return Lookup::Miss;
     }
-    if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) || c.service_id != service_id {
+    if now.saturating_sub(c.last_seen_ns) > timeout_ns(c.state, settings) {
         expire(flow);
         return Lookup::Miss;
     }
@@ -232,8 +235,9 @@ pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) ->
         expire(flow);
         return Lookup::Miss;
     };
-    if real.ip != c.real_ip {
-        // The id now names another server: never send this flow there.
+    if real.ip != c.real_ip || real.service_id != c.service_id {
+        // The id now names another server, or another service's real: never send
+        // this flow there.
         expire(flow);
         return Lookup::Miss;
     }
@@ -242,7 +246,7 @@ pub fn lookup(pkt: &Packet, service_id: u32, flags: u64, settings: &Settings) ->
     let flags = if flags != FLAGS_UNKNOWN {
         flags as u32
     } else if syn || real.health_down() {
-        service_flags(service_id)
+        service_flags(c.service_id)
     } else {
         0
     };

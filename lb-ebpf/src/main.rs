@@ -15,6 +15,7 @@ mod conntrack;
 mod decap;
 #[cfg(feature = "diagnostics")]
 mod diag;
+mod filter;
 mod frag;
 mod fwd;
 mod icmp;
@@ -28,7 +29,7 @@ mod sync;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    ConnEntry, FlowKey, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, SyncInstall, counter, forward, svc_flags, tcp,
+    ConnEntry, FlowKey, addr_filter, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, SyncInstall, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
@@ -145,108 +146,108 @@ fn balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
 #[inline(always)]
 fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32, ()> {
     let pkt = &s.pkt;
-    // 8-byte aligned on the stack, the key is built with word stores (its own type is
-    // byte-aligned, which makes the compiler copy the address a byte at a time).
-    let key = Aligned(ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 });
-    let Some(&service_id) = (unsafe { SERVICES.get(&key.0) }) else {
-        // For no service: a NAT real's reply, or (most such frames) none of ours, which
-        // leaves here without a further call.
-        let mut back = unsafe { NAT_REPLIES.get(&pkt.flow) };
-        if back.is_none() && pkt.flow.proto == PROTO_TCP && pkt.tcp_flags & tcp::FLAG_SYN != 0 {
-            // A real's SYN-ACK to a half-open connection (only a SYN-ACK looks further:
-            // other frames for no VIP pay no second lookup).
-            back = unsafe { HALF_OPEN_REPLIES.get(&pkt.flow) };
-        }
-        let Some(back) = back else {
-            stats::count(counter::PASS_NOT_VIP);
-            return Ok(xdp_action::XDP_PASS);
-        };
-        return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, back));
-    };
-    // The service's flags matter to a known TCP flow only in rare cases (a SYN on its
-    // tuple, a failed real): conntrack::lookup then reads them itself. UDP needs them
-    // first (one-packet scheduling keeps no entry).
-    let flags = if pkt.flow.proto == PROTO_UDP {
-        let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
-            stats::count(counter::PASS_NOT_VIP);
-            return Ok(xdp_action::XDP_PASS);
-        };
-        svc.flags as u64
-    } else {
-        conntrack::FLAGS_UNKNOWN
-    };
-    let one_packet = pkt.flow.proto == PROTO_UDP && flags & svc_flags::ONE_PACKET as u64 != 0;
-    let lookup = if one_packet { Lookup::Miss } else { conntrack::lookup(pkt, service_id, flags, settings) };
-    match lookup {
-        Lookup::Hit(c, real) if c.forward != forward::NAT && c.forward != forward::TUN && pkt.fragment == parse::WHOLE && real.mac_valid() => {
+    // Neither for a VIP nor from a real server (most frames a director's NIC carries):
+    // passed after two array reads, before any hash lookup.
+    let to_vip = filter::holds(addr_filter::DST, &pkt.flow.dst);
+    if !to_vip {
+        return Ok(reply_or_pass(ctx, s, settings));
+    }
+    // The connection first, as IPVS (ip_vs_in: conn_in_get, then conn_schedule): a
+    // known flow's packet never looks at the service.
+    let lookup = conntrack::lookup(pkt, conntrack::FLAGS_UNKNOWN, settings);
+    if let Lookup::Hit(c, real) = lookup {
+        if c.forward != forward::NAT && c.forward != forward::TUN && pkt.fragment == parse::WHOLE && real.mac_valid() {
             // DR's common packet, sent from here: to_real's call and return cost more
             // than the work (to_real's DR branch does the same).
             let bytes = (ctx.data_end() - ctx.data()) as u64;
             let verdict = fwd::send(ctx, &real.mac, &real.src_mac, real.ifindex)?;
             stats::count_real(c.real_id, bytes, false);
             stats::count(counter::TX_DR);
-            Ok(verdict)
+            return Ok(verdict);
         }
-        Lookup::Hit(c, real) => Ok(send_to_real(ctx, pkt, real, &Target::following(&c))),
-        Lookup::NoDest => {
-            stats::count(counter::DROP_NODEST);
-            Ok(xdp_action::XDP_DROP)
-        }
-        Lookup::Miss => {
-            // A new flow, or a half-open one's (rarer): the service read again, not kept
-            // from above, where the verifier could not follow a pointer kept only for UDP.
-            let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
-                stats::count(counter::PASS_NOT_VIP);
-                return Ok(xdp_action::XDP_PASS);
-            };
-            // The fine clock for a new connection: its persistence template's tag is
-            // made from it.
-            let now = unsafe { bpf_ktime_get_ns() };
-            // A half-open TCP connection's packet: its retransmitted SYN, or the one
-            // completing its handshake (promotion to CONNS). Followed here, not in a
-            // function of its own: another frame in the chain to `to_real` would pass
-            // BPF's 512 bytes of stack.
-            let tcp = s.pkt.flow.proto == PROTO_TCP;
-            let mut raced = false;
-            if tcp {
-                match conntrack::half_open(s, svc, settings, now) {
-                    HalfOpen::None => {}
-                    HalfOpen::Follow(real) => return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&s.conn))),
-                    HalfOpen::Raced => raced = true,
-                    HalfOpen::Drop(reason) => {
-                        stats::count(reason);
-                        return Ok(xdp_action::XDP_DROP);
-                    }
-                }
+        return Ok(send_to_real(ctx, pkt, real, &Target::following(&c)));
+    }
+    if let Lookup::NoDest = lookup {
+        stats::count(counter::DROP_NODEST);
+        return Ok(xdp_action::XDP_DROP);
+    }
+    // 8-byte aligned on the stack, the key is built with word stores (its own type is
+    // byte-aligned, which makes the compiler copy the address a byte at a time).
+    let key = Aligned(ServiceKey { vip: pkt.flow.dst, port: pkt.flow.dport, proto: pkt.flow.proto, _pad: 0 });
+    let Some(&service_id) = (unsafe { SERVICES.get(&key.0) }) else {
+        return Ok(reply_or_pass(ctx, s, settings));
+    };
+    // A new flow, or a half-open one's (rarer).
+    let Some(svc) = (unsafe { SERVICE_INFO.get(&service_id) }) else {
+        stats::count(counter::PASS_NOT_VIP);
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // The fine clock for a new connection: its persistence template's tag is
+    // made from it.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A half-open TCP connection's packet: its retransmitted SYN, or the one
+    // completing its handshake (promotion to CONNS). Followed here, not in a
+    // function of its own: another frame in the chain to `to_real` would pass
+    // BPF's 512 bytes of stack.
+    let tcp = s.pkt.flow.proto == PROTO_TCP;
+    let mut raced = false;
+    if tcp {
+        match conntrack::half_open(s, svc, settings, now) {
+            HalfOpen::None => {}
+            HalfOpen::Follow(real) => return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&s.conn))),
+            HalfOpen::Raced => raced = true,
+            HalfOpen::Drop(reason) => {
+                stats::count(reason);
+                return Ok(xdp_action::XDP_DROP);
             }
-            if !raced {
-                if svc.flags & svc_flags::TRASHED != 0 {
-                    // Kept only for its connections: a new flow finds no service (IPVS).
-                    stats::count(counter::PASS_NOT_VIP);
-                    return Ok(xdp_action::XDP_PASS);
-                }
-                let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
-                let verdict = open_connection(svc, s, settings, now, &mut target);
-                if verdict != RACED {
-                    if verdict != SCHEDULED {
-                        return Ok(verdict);
-                    }
-                    let real = unsafe { REALS.get(&target.real_id) }.ok_or(())?;
-                    return Ok(send_to_real(ctx, &s.pkt, real, &target));
-                }
-            }
-            // Another CPU created this flow's entry first (its connection, or its
-            // half-open entry): follow it.
-            if let Lookup::Hit(c, real) = conntrack::lookup(&s.pkt, svc.id, svc.flags as u64, settings) {
-                return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c)));
-            }
-            if tcp && !raced && let HalfOpen::Follow(real) = conntrack::half_open(s, svc, settings, now) {
-                return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&s.conn)));
-            }
-            stats::count(counter::DROP_CONN_RACE);
-            Ok(xdp_action::XDP_DROP)
         }
     }
+    if !raced {
+        if svc.flags & svc_flags::TRASHED != 0 {
+            // Kept only for its connections: a new flow finds no service (IPVS).
+            stats::count(counter::PASS_NOT_VIP);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        let mut target = Target { real_id: 0, method: 0, real_port: [0; 2], new_conn: true };
+        let verdict = open_connection(svc, s, settings, now, &mut target);
+        if verdict != RACED {
+            if verdict != SCHEDULED {
+                return Ok(verdict);
+            }
+            let real = unsafe { REALS.get(&target.real_id) }.ok_or(())?;
+            return Ok(send_to_real(ctx, &s.pkt, real, &target));
+        }
+    }
+    // Another CPU created this flow's entry first (its connection, or its
+    // half-open entry): follow it.
+    if let Lookup::Hit(c, real) = conntrack::lookup(&s.pkt, svc.flags as u64, settings) {
+        return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&c)));
+    }
+    if tcp && !raced && let HalfOpen::Follow(real) = conntrack::half_open(s, svc, settings, now) {
+        return Ok(send_to_real(ctx, &s.pkt, real, &Target::following(&s.conn)));
+    }
+    stats::count(counter::DROP_CONN_RACE);
+    Ok(xdp_action::XDP_DROP)
+}
+
+/// A frame for no service: a NAT real's reply, or (most such frames) none of ours,
+/// which the address filter's source half passes without a lookup.
+#[inline(always)]
+fn reply_or_pass(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
+    let pkt = &s.pkt;
+    let mut back = None;
+    if filter::holds(addr_filter::SRC, &pkt.flow.src) {
+        back = unsafe { NAT_REPLIES.get(&pkt.flow) };
+        if back.is_none() && pkt.flow.proto == PROTO_TCP && pkt.tcp_flags & tcp::FLAG_SYN != 0 {
+            // A real's SYN-ACK to a half-open connection (only a SYN-ACK looks further).
+            back = unsafe { HALF_OPEN_REPLIES.get(&pkt.flow) };
+        }
+    }
+    let Some(back) = back else {
+        stats::count(counter::PASS_NOT_VIP);
+        return xdp_action::XDP_PASS;
+    };
+    nat_reply(ctx, pkt, &mut s.frag, settings, back)
 }
 
 /// A stack value at an 8-byte boundary.

@@ -7,7 +7,7 @@ use lb_common::{
     ConnEntry, FlowKey, FragEntry, FragKey, MAX_DECAP_VIPS, MAX_FRAGS, MAX_FRONTENDS, MAX_PERSIST, OBJECT_MAX_CONNS, OBJECT_MAX_REALS,
     OBJECT_MAX_SERVICES,
     NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, TraceConfig,
-    counter, decap_counter, sync, trace,
+    addr_filter, counter, decap_counter, sync, trace,
 };
 
 use crate::scratch::Scratch;
@@ -20,6 +20,10 @@ pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_FR
 /// (echo, errors about its flows) is recognised by it.
 #[map]
 pub static VIPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
+
+/// The address filter (see `lb_common::addr_filter`): tested before any hash lookup.
+#[map]
+pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(addr_filter::WORDS, 0);
 
 /// Service id → service. Replaced whole on every change (atomic for the fast path).
 #[map]

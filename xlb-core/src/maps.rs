@@ -36,6 +36,8 @@ pub struct Maps {
     pub nat_replies: HashMap<MapData, FlowKey, NatReply>,
     /// VIP (16-byte form) → its number of frontends (written by `ops` only).
     pub vips: HashMap<MapData, [u8; 16], u32>,
+    /// The address filter's words (see `lb_common::addr_filter`; written by `store` only).
+    pub addr_filter: Array<MapData, u64>,
     /// Half-open TCP connections (LRU, written by the fast path; the sweep removes idle ones).
     pub half_open: HashMap<MapData, FlowKey, ConnEntry>,
     /// Descriptors of the maps the controller writes in batches (aya 0.14 has no batch
@@ -56,6 +58,7 @@ pub(crate) struct BatchFds {
     pub pool: OwnedFd,
     pub reals: OwnedFd,
     pub vips: OwnedFd,
+    pub addr_filter: OwnedFd,
     pub real_load: OwnedFd,
     pub real_stats: OwnedFd,
     pub rr_cursors: OwnedFd,
@@ -96,14 +99,15 @@ impl Maps {
     fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
         let (services, service_info, pool, reals, vips) =
             (get(map_names::SERVICES)?, get(map_names::SERVICE_INFO)?, get(map_names::POOL)?, get(map_names::REALS)?, get(map_names::VIPS)?);
-        let (real_load, real_stats, rr_cursors) =
-            (get(map_names::REAL_LOAD)?, get(map_names::REAL_STATS)?, get(map_names::RR_CURSORS)?);
+        let (real_load, real_stats, rr_cursors, addr_filter) =
+            (get(map_names::REAL_LOAD)?, get(map_names::REAL_STATS)?, get(map_names::RR_CURSORS)?, get(map_names::ADDR_FILTER)?);
         let fds = BatchFds {
             services: dup_fd(&services)?,
             service_info: dup_fd(&service_info)?,
             pool: dup_fd(&pool)?,
             reals: dup_fd(&reals)?,
             vips: dup_fd(&vips)?,
+            addr_filter: dup_fd(&addr_filter)?,
             real_load: dup_fd(&real_load)?,
             real_stats: dup_fd(&real_stats)?,
             rr_cursors: dup_fd(&rr_cursors)?,
@@ -122,6 +126,7 @@ impl Maps {
             counters: get(map_names::COUNTERS)?.try_into()?,
             nat_replies: get(map_names::NAT_REPLIES)?.try_into()?,
             vips: vips.try_into()?,
+            addr_filter: addr_filter.try_into()?,
             fds,
             model: None,
             batch_depth: 0,

@@ -169,6 +169,10 @@ pub struct Model {
     reals: BTreeMap<u32, RealEntry>,
     reals_of: BTreeMap<u32, BTreeSet<u32>>,
     vips: BTreeMap<[u8; 16], u32>,
+    /// ADDR_FILTER as last written (see `lb_common::addr_filter`), and whether the
+    /// addresses it is built from may have changed since.
+    filter: Vec<u64>,
+    filter_dirty: bool,
     /// What each service's pool regions hold (real ids, table), when this process wrote
     /// them: an unchanged rebuild writes nothing.
     tables: BTreeMap<u32, (Vec<u32>, Vec<u32>)>,
@@ -225,6 +229,10 @@ impl Model {
             reals: c.reals,
             reals_of,
             vips: c.vips,
+            // Rebuilt at the first commit (`filter_dirty`): a map left by an older
+            // process, or by one that died mid-commit, is brought to the model.
+            filter: if c.filter.len() == lb_common::addr_filter::WORDS as usize { c.filter } else { vec![0; lb_common::addr_filter::WORDS as usize] },
+            filter_dirty: true,
             tables: BTreeMap::new(),
             spares: BTreeMap::new(),
             pool,
@@ -238,7 +246,9 @@ impl Model {
 
     /// The tables as the maps hold them once every change is committed.
     pub fn contents(&self) -> Contents {
-        Contents { frontends: self.fronts.clone(), infos: self.infos.clone(), reals: self.reals.clone(), vips: self.vips.clone() }
+        // An all-zero filter is an empty one (as a fresh store has it).
+        let filter = if self.filter.iter().all(|w| *w == 0) { Vec::new() } else { self.filter.clone() };
+        Contents { frontends: self.fronts.clone(), infos: self.infos.clone(), reals: self.reals.clone(), vips: self.vips.clone(), filter }
     }
 
     /// Whether changes wait for [`Model::commit`].
@@ -945,6 +955,10 @@ impl Model {
                 }
             }
         }
+        if self.filter_dirty || !p.reals.is_empty() || !p.fronts.is_empty() || !p.vips.is_empty() {
+            self.filter_dirty = false;
+            self.refilter(&mut w);
+        }
         w.fresh_reals = p.fresh_reals.iter().copied().filter(|id| self.reals.contains_key(id)).collect();
         w.fresh_services = p.fresh_services.iter().copied().filter(|id| self.infos.contains_key(id)).collect();
         for id in p.reals {
@@ -966,6 +980,24 @@ impl Model {
             }
         }
         Ok(w)
+    }
+
+    /// The address filter for the model's VIPs (every frontend's, live or trashed
+    /// service: a trashed one's connections still come) and real addresses (every
+    /// real's, removed ones too while they are kept for their connections), as diffs
+    /// against the one last written: words gaining bits first, words losing bits last.
+    fn refilter(&mut self, w: &mut Writes) {
+        let vips = self.fronts.keys().map(|k| &k.vip).chain(self.vips.keys());
+        let want = lb_common::addr_filter::build(vips, self.reals.values().map(|r| &r.ip));
+        for (i, (old, new)) in self.filter.iter_mut().zip(want).enumerate() {
+            if *old | new != *old {
+                w.filter_before.push((i as u32, *old | new));
+            }
+            if new != *old | new {
+                w.filter_after.push((i as u32, new));
+            }
+            *old = new;
+        }
     }
 
     /// Writes everything changed since the last commit to `store`, in one batch, then

@@ -31,6 +31,8 @@ pub struct Contents {
     pub reals: BTreeMap<u32, RealEntry>,
     /// VIPS: VIP → its number of frontends of live services.
     pub vips: BTreeMap<[u8; 16], u32>,
+    /// ADDR_FILTER's words (`lb_common::addr_filter::WORDS` of them; empty: all zero).
+    pub filter: Vec<u64>,
 }
 
 /// One commit's changes. Every list holds each key once.
@@ -54,6 +56,11 @@ pub struct Writes {
     pub del_vips: Vec<[u8; 16]>,
     pub del_infos: Vec<u32>,
     pub del_reals: Vec<u32>,
+    /// ADDR_FILTER words (index, value) written first: the bits of addresses this
+    /// commit brings, added to the old ones.
+    pub filter_before: Vec<(u32, u64)>,
+    /// ADDR_FILTER words written last: the bits of addresses gone, cleared.
+    pub filter_after: Vec<(u32, u64)>,
 }
 
 impl Writes {
@@ -74,6 +81,8 @@ impl Writes {
             + self.del_vips.len()
             + self.del_infos.len()
             + self.del_reals.len()
+            + self.filter_before.len()
+            + self.filter_after.len()
     }
 }
 
@@ -115,6 +124,15 @@ impl MapStore for MemStore {
 
     fn write(&mut self, w: &Writes) -> Result<()> {
         let c = &mut self.contents;
+        if c.filter.is_empty() {
+            c.filter = vec![0; lb_common::addr_filter::WORDS as usize];
+        }
+        for (i, v) in w.filter_before.iter().chain(&w.filter_after) {
+            c.filter[*i as usize] = *v;
+        }
+        if c.filter.iter().all(|w| *w == 0) {
+            c.filter.clear();
+        }
         self.reset_reals.extend(&w.fresh_reals);
         self.reset_services.extend(&w.fresh_services);
         for (off, slots) in &w.pool {
@@ -226,10 +244,15 @@ impl MapStore for Maps {
             let (k, v) = e?;
             c.vips.insert(k, v);
         }
+        c.filter = (0..lb_common::addr_filter::WORDS).map(|i| self.addr_filter.get(&i, 0)).collect::<Result<_, _>>()?;
+        if c.filter.iter().all(|w| *w == 0) {
+            c.filter.clear();
+        }
         Ok(c)
     }
 
     fn write(&mut self, w: &Writes) -> Result<()> {
+        self.write_filter(&w.filter_before)?;
         if !w.fresh_reals.is_empty() {
             // Zeroed counts and per-CPU counters (a per-CPU value is one 8-byte-aligned
             // copy per possible CPU).
@@ -321,6 +344,20 @@ impl MapStore for Maps {
         if !batch::<_, u8>(&self.fds.reals, &w.del_reals, None)? {
             for k in &w.del_reals {
                 self.reals.remove(k)?;
+            }
+        }
+        self.write_filter(&w.filter_after)?;
+        Ok(())
+    }
+}
+
+impl Maps {
+    /// ADDR_FILTER words, in one batch where the kernel has it.
+    fn write_filter(&mut self, words: &[(u32, u64)]) -> Result<()> {
+        let (k, v): (Vec<u32>, Vec<u64>) = words.iter().copied().unzip();
+        if !batch(&self.fds.addr_filter, &k, Some(&v))? {
+            for (k, v) in words {
+                self.addr_filter.set(*k, v, 0)?;
             }
         }
         Ok(())
