@@ -437,3 +437,41 @@ fn a_vip_is_announced_while_one_of_its_services_has_quorum() {
     assert_eq!(restored.vips_with_quorum(1), m.vips_with_quorum(1));
     m.check_invariants().unwrap();
 }
+
+/// Whether `addr`'s bit is set in the filter half at `half` of the store's ADDR_FILTER.
+fn filtered(store: &MemStore, half: u32, ip: IpAddr) -> bool {
+    let (w, m) = lb_common::addr_filter::slot(&addr::from_ip(ip));
+    store.contents.filter.get((half + w) as usize).is_some_and(|word| word & m != 0)
+}
+
+#[test]
+fn the_address_filter_holds_every_vip_and_real_and_loses_them_after_the_tables() {
+    use lb_common::addr_filter::{DST, SRC};
+    let (mut m, mut store) = (Model::default(), MemStore::default());
+    let w = apply(&mut m, &mut store, &[service(svc(80), sched(Scheduler::Rr), &[(1, 1), (2, 1)])]);
+    assert!(filtered(&store, DST, v4(100)) && filtered(&store, SRC, v4(1)) && filtered(&store, SRC, v4(2)));
+    assert!(!filtered(&store, DST, v4(1)), "a real is not a VIP");
+    // Bits come in the commit's first writes, ahead of the frontend that names the VIP.
+    assert!(!w.filter_before.is_empty() && w.filter_after.is_empty(), "{w:?}");
+    assert_eq!(m.contents(), store.contents);
+    // An unchanged apply writes no filter word.
+    let again = apply(&mut m, &mut store, &[service(svc(80), sched(Scheduler::Rr), &[(1, 1), (2, 1)])]);
+    assert!(again.filter_before.is_empty() && again.filter_after.is_empty(), "{again:?}");
+    // Real 2 leaves the service but is kept (removed) for its connections, whose NAT
+    // replies may still come: still in the filter.
+    apply(&mut m, &mut store, &[service(svc(80), sched(Scheduler::Rr), &[(1, 1)])]);
+    assert!(filtered(&store, SRC, v4(2)) && filtered(&store, SRC, v4(1)));
+    // The service gone: the VIP's bit is cleared in the commit's last writes; the
+    // reals stay (removed, until the sweep finds them without connections).
+    let w = apply(&mut m, &mut store, &[]);
+    assert!(w.filter_before.is_empty() && !w.filter_after.is_empty(), "{w:?}");
+    assert!(!filtered(&store, DST, v4(100)) && filtered(&store, SRC, v4(1)) && filtered(&store, SRC, v4(2)));
+    assert_eq!(m.contents(), store.contents);
+    // A model restored from a store with stale bits clears them at its first commit.
+    let mut stale = MemStore::default();
+    stale.contents.filter = vec![u64::MAX; lb_common::addr_filter::WORDS as usize];
+    let mut restored = Model::restore(&stale, Limits::default()).unwrap();
+    apply(&mut restored, &mut stale, &[service(svc(80), sched(Scheduler::Rr), &[(1, 1)])]);
+    assert!(filtered(&stale, DST, v4(100)) && !filtered(&stale, DST, v4(2)));
+    assert_eq!(stale.contents.filter.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+}
