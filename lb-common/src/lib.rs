@@ -839,6 +839,21 @@ pub mod bench {
     pub const RESTORE_PROGRAM: &str = "xlb_bench_restore";
     /// Restores the frame, then runs the balancer on it.
     pub const BALANCE_PROGRAM: &str = "xlb_bench_balance";
+
+    /// Kernel primitives, timed under the same wrapper as the balancer to say what a
+    /// path's parts cost: the "frame" is the key (its first bytes). One lookup in a hash
+    /// of `FlowKey` → `ConnEntry` (CONNS's layout): XDP_DROP on a hit, XDP_PASS on a miss.
+    pub const FLOW_LOOKUP_PROGRAM: &str = "xlb_bench_flow_lookup";
+    /// One lookup in a hash of a 16-byte key (an IPv4 flow's compact key) → `ConnEntry`.
+    pub const COMPACT_LOOKUP_PROGRAM: &str = "xlb_bench_compact_lookup";
+    /// One insert of the frame's `FlowKey` into an LRU hash (HALF_OPEN's layout):
+    /// XDP_DROP when inserted.
+    pub const LRU_INSERT_PROGRAM: &str = "xlb_bench_lru_insert";
+    /// Their maps: one entry in the object (the product never fills them), sized by
+    /// the bench at load as CONNS is.
+    pub const FLOWS_MAP: &str = "BENCH_FLOWS";
+    pub const COMPACT_MAP: &str = "BENCH_COMPACT";
+    pub const LRU_MAP: &str = "BENCH_LRU";
 }
 
 #[cfg(feature = "user")]

@@ -8,10 +8,13 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_store_bytes},
     macros::{map, xdp},
-    maps::{Array, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::bench::{BALANCER_SLOT, BenchFrame, FRAME_MAX, RESTORE_SLOT};
+use lb_common::{
+    ConnEntry, FlowKey,
+    bench::{BALANCER_SLOT, BenchFrame, FRAME_MAX, RESTORE_SLOT},
+};
 use network_types::eth::EthHdr;
 
 use crate::parse::ptr_at;
@@ -109,4 +112,50 @@ fn restore_from(ctx: &XdpContext, frame: &mut BenchFrame) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// The kernel primitives' tables (see `lb_common::bench::FLOW_LOOKUP_PROGRAM`): one entry
+/// each in the object, resized by the bench at load.
+#[map]
+static BENCH_FLOWS: HashMap<FlowKey, ConnEntry> = HashMap::with_max_entries(1, 0);
+#[map]
+static BENCH_COMPACT: HashMap<[u64; 2], ConnEntry> = HashMap::with_max_entries(1, 0);
+#[map]
+static BENCH_LRU: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// A stack value at an 8-byte boundary (the kernel reads keys from the stack).
+#[repr(C, align(8))]
+struct Aligned<T>(T);
+
+/// The frame's first bytes as a `T`, copied to the stack as a key is.
+#[inline(always)]
+fn key_of<T: Copy>(ctx: &XdpContext) -> Option<Aligned<T>> {
+    let p = ptr_at::<T>(ctx, 0).ok()?;
+    Some(Aligned(unsafe { core::ptr::read_unaligned(p) }))
+}
+
+/// One flow-table lookup: XDP_DROP on a hit, XDP_PASS on a miss.
+#[xdp]
+pub fn xlb_bench_flow_lookup(ctx: XdpContext) -> u32 {
+    let Some(key) = key_of::<FlowKey>(&ctx) else { return xdp_action::XDP_ABORTED };
+    if unsafe { BENCH_FLOWS.get(&key.0) }.is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// One lookup of a 16-byte key: XDP_DROP on a hit, XDP_PASS on a miss.
+#[xdp]
+pub fn xlb_bench_compact_lookup(ctx: XdpContext) -> u32 {
+    let Some(key) = key_of::<[u64; 2]>(&ctx) else { return xdp_action::XDP_ABORTED };
+    if unsafe { BENCH_COMPACT.get(&key.0) }.is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// One LRU insert of the frame's flow key (the wrapper makes every iteration's key new):
+/// XDP_DROP when inserted.
+#[xdp]
+pub fn xlb_bench_lru_insert(ctx: XdpContext) -> u32 {
+    let Some(key) = key_of::<FlowKey>(&ctx) else { return xdp_action::XDP_ABORTED };
+    let entry = Aligned(ConnEntry::default());
+    match BENCH_LRU.insert(&key.0, &entry.0, 0) {
+        Ok(()) => xdp_action::XDP_DROP,
+        Err(_) => xdp_action::XDP_ABORTED,
+    }
 }

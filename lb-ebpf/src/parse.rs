@@ -6,7 +6,7 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP,
+    FlowKey, PROTO_TCP, PROTO_UDP, addr_filter,
     csum::{PROTO_ICMP, PROTO_ICMPV6},
     counter,
 };
@@ -279,6 +279,12 @@ fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), u32> {
     }
     if pkt.fragment == LATER_FRAGMENT {
         return fragment_data(ctx, pkt, header_len);
+    }
+    // Neither to a VIP nor from a real server (the address filter): passed before the
+    // transport header is read, as most frames a director's NIC carries are. ICMP goes
+    // on (an error about a balanced flow may come from anywhere).
+    if !pkt.is_icmp() && !crate::filter::holds(addr_filter::DST, &pkt.flow.dst) && !crate::filter::holds(addr_filter::SRC, &pkt.flow.src) {
+        return Err(counter::PASS_NOT_VIP);
     }
     transport(ctx, pkt, header_len)
 }

@@ -330,6 +330,10 @@ pub struct Target {
     /// Why the target is missed whatever the ratio (xlb cannot hold a million flows).
     #[serde(default)]
     pub blocker: Option<String>,
+    /// Why the measured ratio misses the limit, from this run's figures (what the limit
+    /// leaves for the path against what its kernel primitives cost alone).
+    #[serde(default)]
+    pub cause: Option<String>,
 }
 
 impl Target {
@@ -393,6 +397,9 @@ pub struct FastpathResults {
     /// What the fast path's diagnostics cost on the established DR row.
     #[serde(default)]
     pub diagnostics: DiagnosticsCost,
+    /// The kernel primitives in the same rounds (see `primitives`).
+    #[serde(default)]
+    pub primitives: Vec<super::primitives::PrimitiveRow>,
 }
 
 /// The fast path's diagnostics (aya-log, `xlb trace`'s hook) on one row, in the same
@@ -642,7 +649,10 @@ impl Harness {
     fn load_with(nat_tun: bool, object: &[u8]) -> Result<Self> {
         xlb_core::netns::require_root("the fast-path bench (BPF_PROG_TEST_RUN)")?;
         // The tables at the daemon's default sizes (`xlb run` without --max-conns …).
-        let mut ebpf = loader::load_object_sized(object, &xlb_core::sizes::TableSizes::default())?;
+        let sizes = xlb_core::sizes::TableSizes::default();
+        // The kernel primitives' tables at CONNS's size (see `primitives`).
+        let bench_tables = [(names::FLOWS_MAP, sizes.max_conns), (names::COMPACT_MAP, sizes.max_conns), (names::LRU_MAP, sizes.max_conns)];
+        let mut ebpf = loader::load_object_sized_with(object, &sizes, &bench_tables)?;
         for program in [names::DROP_PROGRAM, names::SWAP_TX_PROGRAM, names::RESTORE_PROGRAM, names::BALANCE_PROGRAM] {
             loader::xdp(&mut ebpf, program)?.load().with_context(|| format!("loading {program}"))?;
         }
@@ -675,6 +685,18 @@ impl Harness {
         let mut harness = Self { ebpf, maps, frame, slot, balancer, drop, scheduler_services };
         harness.replay(&tables)?;
         Ok(harness)
+    }
+
+    /// Loads one of the object's bench programs and gives its descriptor.
+    pub fn load_program(&mut self, name: &str) -> Result<ProgramFd> {
+        let prog = loader::xdp(&mut self.ebpf, name)?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        Ok(prog.fd()?.try_clone()?)
+    }
+
+    /// Takes one of the object's maps (once).
+    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).with_context(|| format!("the object has no map {name}"))
     }
 
     /// Puts `program` in the wrapper's tail-call slot (None: xlb's balancer).
@@ -1159,6 +1181,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
         prime(&mut h, item)?;
     }
     let mut diagnostics = DiagnosticsBench::new(&mut h, &items[0])?;
+    let mut primitives = super::primitives::PrimitiveBench::new(&mut h)?;
     let katran_items: Vec<KatranItem> = [(false, false), (false, true), (true, false), (true, true)]
         .into_iter()
         .map(|(ipv6, new_flow)| KatranItem::new(KatranKind { ipv6, new_flow }))
@@ -1219,7 +1242,9 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
             }
         }
         diagnostics.round(&mut h, &items[0], opts.repeat, round, drop, swap_tx)?;
+        primitives.round(&mut h, new_flow_repeat, drop, swap_tx)?;
     }
+    let primitives = primitives.finish();
     let katran_rows: Vec<KatranRow> = katran_items
         .iter()
         .zip(&katran_times)
@@ -1249,7 +1274,8 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
         Growth { rows: Vec::new(), xlb_growth: f64::NAN, katran_growth: f64::NAN }
     };
     let coverage = coverage(&rows);
-    let targets = targets(&rows, &growth, opts);
+    let mut targets = targets(&rows, &growth, opts);
+    explain_misses(&mut targets, &rows, &primitives, RoundTimes::median_of(&bare, |t| t.drop), RoundTimes::median_of(&bare, |t| t.swap_tx));
     let (xlated_insns, jited_bytes) = katran.size;
     Ok(FastpathResults {
         repeat: opts.repeat,
@@ -1271,6 +1297,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
         growth,
         targets,
         diagnostics: diagnostics.finish(&items[0]),
+        primitives,
     })
 }
 
@@ -1458,6 +1485,7 @@ fn targets(rows: &[Row], growth: &Growth, opts: &FastpathOptions) -> Vec<Target>
         measured: found.map(|(x, _)| x),
         note: found.map_or_else(|| format!("no {what} row measured"), |(_, r)| format!("{} ({})", r.case, r.path.label())),
         blocker: None,
+        cause: None,
     };
     let forwarded = |r: &Row| r.counter.starts_with("tx_");
     let not_vip = counter::NAMES[counter::PASS_NOT_VIP as usize];
@@ -1495,7 +1523,7 @@ fn growth_target(g: &Growth, opts: &FastpathOptions) -> Target {
     let (xlb_many, katran_many) = (flows("xlb"), flows("Katran"));
     let target = "with 1M live flows, established DR grows no more than Katran's from 1k to 1M flows (ratio of the growths)";
     if g.rows.is_empty() {
-        return Target { target: target.into(), limit: 1.0, measured: None, note: "live flows not measured in this run".into(), blocker: None };
+        return Target { target: target.into(), limit: 1.0, measured: None, note: "live flows not measured in this run".into(), blocker: None, cause: None };
     }
     Target {
         target: target.into(),
@@ -1506,6 +1534,66 @@ fn growth_target(g: &Growth, opts: &FastpathOptions) -> Target {
             g.xlb_growth, opts.few_flows, g.katran_growth, opts.few_flows
         ),
         blocker: (xlb_many < opts.many_flows).then(|| format!("xlb's connection table holds {MAX_CONNS} flows, so it was filled to {xlb_many}, not {}", opts.many_flows)),
+        cause: None,
+    }
+}
+
+/// Fills in [`Target::cause`] of each missed target from this run's figures: the time
+/// the limit leaves the whole path beyond the test run's own cost (`drop`), against
+/// what the path's unavoidable kernel primitives cost alone (`primitives`).
+fn explain_misses(targets: &mut [Target], rows: &[Row], primitives: &[super::primitives::PrimitiveRow], drop: f64, floor: f64) {
+    use super::primitives::{COMPACT_HIT, FLOW_HIT, FLOW_MISS, LRU_INSERT};
+    let alone = |name: &str| primitives.iter().find(|p| p.primitive == name).map(|p| p.ns_alone);
+    let row_alone = |pred: &dyn Fn(&Row) -> bool| rows.iter().find(|r| pred(r)).map(|r| r.ns_per_packet - drop);
+    let (Some(hit), Some(miss), Some(compact), Some(insert)) = (alone(FLOW_HIT), alone(FLOW_MISS), alone(COMPACT_HIT), alone(LRU_INSERT)) else {
+        return;
+    };
+    // The deciding row (the target's note names it) and Katran's time it was compared with.
+    let decider = |t: &Target| rows.iter().find(|r| format!("{} ({})", r.case, r.path.label()) == t.note);
+    let katran = |t: &Target| -> Option<(f64, f64)> {
+        let r = decider(t)?;
+        t.measured.filter(|m| *m > 0.0).map(|m| (r.ns_per_packet / m, r.ns_per_packet - drop))
+    };
+    for (i, t) in targets.iter_mut().enumerate() {
+        if t.met() != Some(false) || t.blocker.is_some() {
+            continue;
+        }
+        let cause = match i {
+            0 => {
+                let budget = t.limit * floor - drop;
+                let path = row_alone(&|r| r.case == "DR, IPv4 TCP" && r.path == PathKind::Established);
+                Some(format!(
+                    "{:.1}× the floor leaves {budget:.1} ns beyond the test run's own {drop:.1} ns; the path needs one flow-table lookup, which alone costs {hit:.1} ns ({compact:.1} ns with a compact 16-byte IPv4 key), and its real's; the whole path costs {:.1} ns",
+                    t.limit,
+                    path.unwrap_or(f64::NAN)
+                ))
+            }
+            1 => katran(t).map(|(k, path)| {
+                let budget = t.limit * k - drop;
+                format!(
+                    "{:.1}× Katran's {k:.1} ns leaves {budget:.1} ns beyond the test run's own cost; that path costs {path:.1} ns alone, of which one flow-table lookup alone is {hit:.1} ns (a miss {miss:.1} ns)",
+                    t.limit
+                )
+            }),
+            2 => katran(t).map(|(k, path)| {
+                let budget = t.limit * k - drop;
+                format!(
+                    "{:.1}× Katran's SYN ({k:.1} ns) leaves {budget:.1} ns beyond the test run's own cost; that path costs {path:.1} ns alone and needs a flow-table miss ({miss:.1} ns alone) and an LRU insert of the half-open entry ({insert:.1} ns alone), as Katran's SYN needs its LRU insert",
+                    t.limit
+                )
+            }),
+            3 => {
+                let budget = t.limit * floor - drop;
+                let arp = row_alone(&|r| r.case == "ARP request passes");
+                Some(format!(
+                    "{:.1}× the floor leaves {budget:.1} ns beyond the test run's own cost; the program's fixed part (an ARP frame, passed after its ethertype) costs {:.1} ns alone",
+                    t.limit,
+                    arp.unwrap_or(f64::NAN)
+                ))
+            }
+            _ => None,
+        };
+        t.cause = cause;
     }
 }
 

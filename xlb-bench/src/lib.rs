@@ -11,6 +11,7 @@
 pub mod control;
 pub mod e2e;
 pub mod fastpath;
+pub mod primitives;
 pub mod katran;
 pub mod report;
 pub mod scale;

@@ -94,10 +94,21 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
         ns(f.method_check_drop_ns)
     );
     let _ = writeln!(md, "### Targets (issue 12, point 2), this run\n");
-    let _ = writeln!(md, "| Target | Result | Decided by |");
-    let _ = writeln!(md, "|---|---|---|");
+    let _ = writeln!(md, "| Target | Result | Decided by | Why missed (this run's figures) |");
+    let _ = writeln!(md, "|---|---|---|---|");
     for t in &f.targets {
-        let _ = writeln!(md, "| {} | {} | {} |", t.target, t.verdict(), t.note);
+        let _ = writeln!(md, "| {} | {} | {} | {} |", t.target, t.verdict(), t.note, t.cause.as_deref().unwrap_or(if t.met() == Some(true) { "–" } else { "" }));
+    }
+    if !f.primitives.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n### Kernel primitives\n\nIn the same rounds and by the same method (the \"frame\" is the key; tables at CONNS's default size, one entry in the lookup tables, the LRU emptied after every round): what the parts of a path cost alone, against which the targets' budgets are set above.\n"
+        );
+        let _ = writeln!(md, "| Primitive | alone, ns | ns/packet (+ XDP_DROP) | every iteration's verdict as expected |");
+        let _ = writeln!(md, "|---|---:|---:|:---:|");
+        for p in &f.primitives {
+            let _ = writeln!(md, "| {} | {} | {} | {} |", p.primitive, ns(p.ns_alone), ns(p.ns_per_packet), if p.proven { "✓" } else { "✗" });
+        }
     }
     let _ = writeln!(
         md,

@@ -109,8 +109,13 @@ pub fn load_object(object: &[u8]) -> Result<Ebpf> {
 
 /// As [`load_object`], with the tables at `sizes`.
 pub fn load_object_sized(object: &[u8], sizes: &crate::sizes::TableSizes) -> Result<Ebpf> {
+    load_object_sized_with(object, sizes, &[])
+}
+
+/// As [`load_object_sized`], with further maps sized (name, entries): the bench's own.
+pub fn load_object_sized_with(object: &[u8], sizes: &crate::sizes::TableSizes, more: &[(&str, u32)]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    for (name, size) in sizes.overrides() {
+    for (name, size) in sizes.overrides().into_iter().chain(more.iter().copied()) {
         loader.map_max_entries(name, size);
     }
     load_programs(&mut loader, object, LogLevel::Off)
