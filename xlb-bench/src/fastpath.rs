@@ -1726,7 +1726,7 @@ mod tests {
     use super::*;
 
     fn target(measured: Option<f64>, blocker: Option<&str>) -> Target {
-        Target { target: "t".into(), limit: 0.5, measured, note: String::new(), blocker: blocker.map(String::from) }
+        Target { target: "t".into(), limit: 0.5, measured, note: String::new(), blocker: blocker.map(String::from), cause: None }
     }
 
     #[test]
