@@ -18,6 +18,7 @@ mod diag;
 mod frag;
 mod fwd;
 mod icmp;
+mod l2;
 mod maps;
 mod parse;
 mod persist;
@@ -161,8 +162,15 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
             stats::count(counter::PASS_NOT_VIP);
             return Ok(xdp_action::XDP_PASS);
         };
+        if !l2::for_this_host(pkt) {
+            return Ok(l2::pass_other_host());
+        }
         return Ok(nat_reply(ctx, pkt, &mut s.frag, settings, back));
     };
+    // For a VIP: balanced only if addressed to this host's MAC (a flooded frame is not).
+    if !l2::for_this_host(pkt) {
+        return Ok(l2::pass_other_host());
+    }
     // The service's flags matter to a known TCP flow only in rare cases (a SYN on its
     // tuple, a failed real): conntrack::lookup then reads them itself. UDP needs them
     // first (one-packet scheduling keeps no entry).

@@ -452,3 +452,45 @@ fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
     assert_eq!(inst.load(ServiceId::Addr(svc), fixtures::RS2_IP), (0, 1));
     assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "and follows its new entry");
 }
+
+#[test]
+fn l2_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    fixtures::install_ingress_macs(&mut inst.maps).expect("register the NICs' MACs");
+    inst.check_cases(&fixtures::l2_cases());
+}
+
+/// The daemon's registration reads the NICs' MACs and their macvlan uppers' from the
+/// kernel: a keepalived-style VRRP MAC on pub0 becomes an extra MAC of pub0 (and is
+/// accepted there), and goes when its link does.
+#[test]
+fn registration_follows_the_kernels_links() {
+    use lb_common::IngressMac;
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    let ifaces = ["pub0".to_string(), "priv0".to_string()];
+    let entry = |ifindex, mac| IngressMac { ifindex, mac, _pad: [0; 2] };
+    let vmac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+    net.ns.ip(&["link", "add", "vrrp.51", "link", "pub0", "address", "00:00:5e:00:01:33", "type", "macvlan", "mode", "private"]).unwrap();
+    let plan = xlb_core::l2::register(&mut inst.maps, &ifaces).unwrap();
+    assert_eq!(inst.maps.ingress_macs.get(&PUBLIC_IFINDEX, 0).unwrap(), entry(PUBLIC_IFINDEX, fixtures::DIRECTOR_MAC));
+    assert_eq!(inst.maps.ingress_macs.get(&PRIVATE_IFINDEX, 0).unwrap(), entry(PRIVATE_IFINDEX, DIRECTOR_PRIVATE_MAC));
+    assert_eq!(inst.maps.ingress_macs.get(&1, 0).unwrap(), IngressMac::default(), "lo is not attached: its slot stays empty");
+    let extras: Vec<IngressMac> = inst.maps.extra_macs.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(extras, vec![entry(PUBLIC_IFINDEX, vmac)], "{plan:?}");
+    // A syn to the VIP by the VRRP MAC on pub0 is balanced; to another MAC it is not.
+    let port = fixtures::DR_OTHER_NIC.port;
+    let by_vmac = Frame { dst_mac: vmac, ..Frame::tcp(VIP, port, 42000) };
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &by_vmac.bytes()).0, XDP_REDIRECT);
+    let flooded = Frame { dst_mac: fixtures::OTHER_DIRECTOR_MAC, ..Frame::tcp(VIP, port, 42001) };
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &flooded.bytes()), (XDP_PASS, flooded.bytes()));
+    assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 1);
+    net.ns.ip(&["link", "del", "vrrp.51"]).unwrap();
+    xlb_core::l2::register(&mut inst.maps, &ifaces).unwrap();
+    assert_eq!(inst.maps.extra_macs.keys().count(), 0, "the macvlan's MAC went with it");
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &Frame { sport: 42002, ..by_vmac }.bytes()).0, XDP_PASS);
+    assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 2);
+}
