@@ -459,7 +459,19 @@ fn l2_fixture_table() {
     let _inside = net.enter().unwrap();
     let mut inst = instance();
     fixtures::install_ingress_macs(&mut inst.maps).expect("register the NICs' MACs");
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.icmp_echo = 1;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
     inst.check_cases(&fixtures::l2_cases());
+    // The same echo and error for the NIC's own MAC are answered and sent on.
+    let ping = Frame::icmp(VIP, fixtures::Icmp { kind: 8, code: 0, rest: [0, 7, 0, 1] }, b"ping".to_vec());
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &ping.bytes()).0, fixtures::XDP_TX);
+    assert_eq!(inst.counter(counter::TX_ICMP_ECHO_REPLY), 1);
+    let about = Frame { src: VIP.into(), sport: 84, dst: CLIENT_IP.into(), dport: 41000, tcp_flags: 0x12, ..Frame::tcp(VIP, 84, 41000) };
+    let too_big = fixtures::Icmp { kind: 3, code: 4, rest: [0, 0, 0x05, 0x78] };
+    let error = Frame::icmp_error(fixtures::ROUTER_IP.into(), VIP.into(), too_big, &about, 28, fixtures::ROUTER_MAC, fixtures::DIRECTOR_MAC);
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &error.bytes()).0, fixtures::XDP_TX);
+    assert_eq!(inst.counter(counter::TX_ICMP_ERROR), 1);
 }
 
 /// The daemon's registration reads the NICs' MACs and their macvlan uppers' from the
