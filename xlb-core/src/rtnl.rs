@@ -595,11 +595,17 @@ mod tests {
         let mut rbuf = vec![0u8; r.buffer_len()];
         r.serialize(&mut rbuf);
         buf.extend_from_slice(&rbuf);
+        let mut l = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::NewLink(LinkMessage::default())));
+        l.finalize();
+        let mut lbuf = vec![0u8; l.buffer_len()];
+        l.serialize(&mut lbuf);
+        buf.extend_from_slice(&lbuf);
         assert_eq!(
             parse_changes(&buf),
             vec![
                 Change::Neighbour { ifindex: 7, address: "10.0.0.2".parse().unwrap(), mac: Some([2, 0, 0, 0, 0, 9]) },
-                Change::Route
+                Change::Route,
+                Change::Link
             ]
         );
     }

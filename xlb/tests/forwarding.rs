@@ -505,4 +505,22 @@ fn registration_follows_the_kernels_links() {
     assert_eq!(inst.maps.extra_macs.keys().count(), 0, "the macvlan's MAC went with it");
     assert_eq!(inst.run_on(PUBLIC_IFINDEX, &Frame { sport: 42002, ..by_vmac }.bytes()).0, XDP_PASS);
     assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 2);
+
+    // A third NIC whose index shares pub0's slot (266 & 255 = 10): pub0 keeps the slot,
+    // the newcomer's MAC is found in EXTRA_MACS, and both are checked.
+    let col_mac = [0x02, 0xd1, 0, 0, 0x01, 0x0a];
+    net.ns.ip(&["link", "add", "col0", "index", "266", "address", "02:d1:00:00:01:0a", "type", "veth", "peer", "name", "col0p"]).unwrap();
+    net.ns.ip(&["link", "set", "col0", "up"]).unwrap();
+    net.ns.ip(&["link", "set", "col0p", "up"]).unwrap();
+    let three = ["pub0".to_string(), "priv0".to_string(), "col0".to_string()];
+    xlb_core::l2::register(&mut inst.maps, &three).unwrap();
+    assert_eq!(inst.maps.ingress_macs.get(&PUBLIC_IFINDEX, 0).unwrap(), entry(PUBLIC_IFINDEX, fixtures::DIRECTOR_MAC));
+    let extras: Vec<IngressMac> = inst.maps.extra_macs.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(extras, vec![entry(266, col_mac)]);
+    let syn = |mac, sport| Frame { dst_mac: mac, ..Frame::tcp(VIP, port, sport) }.bytes();
+    assert_eq!(inst.run_on(266, &syn(col_mac, 42010)).0, XDP_REDIRECT, "col0's own MAC, from EXTRA_MACS");
+    assert_eq!(inst.run_on(266, &syn(fixtures::DIRECTOR_MAC, 42011)).0, XDP_PASS, "pub0's MAC is another host's on col0");
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn(fixtures::DIRECTOR_MAC, 42012)).0, XDP_REDIRECT);
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn(col_mac, 42013)).0, XDP_PASS, "col0's MAC is another host's on pub0");
+    assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 4);
 }
