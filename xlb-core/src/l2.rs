@@ -17,7 +17,7 @@
 //! Filled by the daemon before it attaches (or takes over a pinned link), and again when
 //! the kernel announces a link change and at every periodic resync. The maps are not
 //! pinned: they live as long as the program, and a detached program takes them along.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
 use anyhow::{Context, Result};
 use lb_common::{INGRESS_MAC_SLOTS, IngressMac, MAX_EXTRA_MACS};
@@ -56,10 +56,13 @@ pub fn plan(nics: &[u32], links: &[rtnl::LinkAddress]) -> Plan {
         let Some(own) = by_index.get(&nic).and_then(|l| l.mac).filter(unicast) else { continue };
         let slot = nic & (INGRESS_MAC_SLOTS - 1);
         // The lower index keeps a shared slot; the others are found in EXTRA_MACS.
-        if p.slots.contains_key(&slot) {
-            p.extras.insert(entry(nic, own));
-        } else {
-            p.slots.insert(slot, entry(nic, own));
+        match p.slots.entry(slot) {
+            Entry::Vacant(v) => {
+                v.insert(entry(nic, own));
+            }
+            Entry::Occupied(_) => {
+                p.extras.insert(entry(nic, own));
+            }
         }
         for l in links {
             let upper = matches!(l.kind.as_deref(), Some("macvlan" | "macvtap" | "vlan")) && l.lower == Some(nic);
