@@ -564,24 +564,32 @@ pub mod counter {
     /// that entry was being removed when it looked again: dropped (the client
     /// retransmits).
     pub const DROP_CONN_RACE: u32 = 26;
+    /// A frame for a VIP (or a NAT real's reply, or an ICMP message about a balanced
+    /// flow) addressed to another host's unicast MAC: passed untouched, and the kernel
+    /// drops it as PACKET_OTHERHOST (ip_rcv_core), as it does before IPVS sees it. A
+    /// switch floods such frames to every port (unknown unicast: the owner's MAC aged
+    /// out, or its port went down); without this check every director reached would
+    /// balance them. Checked against the MACs of the NIC the frame came in by (see
+    /// [`super::IngressMac`]), only for NICs the controller registered.
+    pub const PASS_OTHER_HOST: u32 = 27;
     /// Verdict counters: indexes below this.
-    pub const VERDICTS: u32 = 27;
+    pub const VERDICTS: u32 = 28;
 
     /// Event: the persistence table is full: a connection was scheduled without a template.
-    pub const PERSIST_TABLE_FULL: u32 = 27;
+    pub const PERSIST_TABLE_FULL: u32 = 28;
     /// Event: a TCP SYN opened a half-open entry (in the LRU half-open table, not yet
     /// in the connection table or the real's counts). A SYN flood shows here.
-    pub const HALF_OPEN_CREATED: u32 = 28;
+    pub const HALF_OPEN_CREATED: u32 = 29;
     /// Event: a client completed its handshake (its first packet after the SYN): the
     /// half-open entry moved to the connection table, keeping its real.
-    pub const HALF_OPEN_PROMOTED: u32 = 29;
+    pub const HALF_OPEN_PROMOTED: u32 = 30;
     /// Event: a retransmitted SYN followed its half-open entry to the same real.
-    pub const HALF_OPEN_SYN_AGAIN: u32 = 30;
+    pub const HALF_OPEN_SYN_AGAIN: u32 = 31;
     /// Event: a half-open entry found idle past its state's timeout or with its real
     /// gone: forgotten, the packet treated as a new flow's. (Entries the LRU evicts
     /// under a flood are not seen again: a late ACK of one counts as pass_no_conn.)
-    pub const HALF_OPEN_STALE: u32 = 31;
-    pub const COUNT: u32 = 32;
+    pub const HALF_OPEN_STALE: u32 = 32;
+    pub const COUNT: u32 = 33;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -612,6 +620,7 @@ pub mod counter {
         "tx_icmp_echo_reply",
         "pass_icmp",
         "drop_conn_race",
+        "pass_other_host",
         "persist_table_full",
         "half_open_created",
         "half_open_promoted",
@@ -630,6 +639,28 @@ pub mod decap_counter {
     pub const PASS_NOT_FOR_VIP: u32 = 1;
     pub const COUNT: u32 = 2;
     pub const NAMES: [&str; COUNT as usize] = ["decapsulated", "pass_not_for_vip"];
+}
+
+/// Slots of the INGRESS_MACS array: a NIC's slot is `ifindex & (INGRESS_MAC_SLOTS - 1)`.
+pub const INGRESS_MAC_SLOTS: u32 = 256;
+/// Entries of EXTRA_MACS: further unicast MACs of the NICs the fast path runs on.
+pub const MAX_EXTRA_MACS: u32 = 1024;
+
+/// A unicast MAC the kernel accepts on NIC `ifindex` (its frames are PACKET_HOST there,
+/// not PACKET_OTHERHOST). The value of the INGRESS_MACS array (slot `ifindex & 255`:
+/// the NIC's own address, IFLA_ADDRESS) and the key of the EXTRA_MACS hash (the MACs
+/// of the macvlan/macvtap links on that NIC, such as keepalived's `use_vmac` VRRP MAC
+/// 00:00:5e:00:01:VRID, RFC 5798 §7.3, whose frames arrive on the lower NIC; and the
+/// own MAC of a NIC whose slot another NIC holds: its frames are checked against
+/// EXTRA_MACS only). A slot with `ifindex` 0 registers nothing: the fast path then
+/// checks no MAC (an object loaded without the controller). The controller fills both
+/// (`xlb_core::l2`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IngressMac {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Names of the maps in the eBPF object (and of their pins in bpffs).
@@ -661,6 +692,10 @@ pub mod map_names {
     pub const HALF_OPEN_REPLIES: &str = "HALF_OPEN_REPLIES";
     /// The fragment table: not pinned (a restart forgets datagrams in flight).
     pub const FRAGS: &str = "FRAGS";
+    /// The MACs of the NICs the balancer runs on ([`crate::IngressMac`]): not pinned
+    /// (every daemon start fills its object's own from the kernel's links).
+    pub const INGRESS_MACS: &str = "INGRESS_MACS";
+    pub const EXTRA_MACS: &str = "EXTRA_MACS";
     /// The director's maps (pinned by `xlb run`).
     pub const ALL: [&str; 19] = [
         SERVICES, SERVICE_INFO, POOL, REALS, REAL_LOAD, CONNS, PERSIST, SETTINGS, RR_CURSORS, REAL_STATS, COUNTERS,
@@ -876,6 +911,7 @@ mod pod {
     unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for SyncEvent {}
     unsafe impl aya::Pod for SyncInstall {}
+    unsafe impl aya::Pod for IngressMac {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }
 
@@ -900,6 +936,7 @@ mod tests {
         assert_eq!(size_of::<SyncInstall>(), 80);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragEntry>(), 28);
+        assert_eq!(size_of::<IngressMac>(), 12);
         assert_eq!(size_of::<bench::BenchFrame>(), 24 + bench::FRAME_MAX);
     }
 
@@ -917,6 +954,7 @@ mod tests {
         assert_eq!(counter::NAMES[counter::PERSIST_TABLE_FULL as usize], "persist_table_full");
         assert_eq!(counter::NAMES[counter::DROP_NAT_CLASH as usize], "drop_nat_clash");
         assert_eq!(counter::NAMES[counter::PASS_ICMP as usize], "pass_icmp");
+        assert_eq!(counter::NAMES[counter::PASS_OTHER_HOST as usize], "pass_other_host");
         assert_eq!(counter::VERDICTS, counter::PERSIST_TABLE_FULL, "events follow the verdicts");
         assert_eq!(decap_counter::NAMES.len(), decap_counter::COUNT as usize);
     }

@@ -13,6 +13,7 @@ use crate::{
         nat::{self, End, Quoted},
         tun,
     },
+    l2,
     maps::{CONNS, HALF_OPEN, HALF_OPEN_REPLIES, NAT_REPLIES, REALS, VIPS},
     parse::{IPV6_HEADER_LEN, Packet, ptr_at},
     scratch::Scratch,
@@ -63,6 +64,9 @@ fn try_handle(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<
         )
     };
     if echo && code == 0 && settings.icmp_echo != 0 && unsafe { VIPS.get(&pkt.flow.dst) }.is_some() {
+        if !l2::for_this_host(pkt) {
+            return Ok(l2::pass_other_host());
+        }
         return echo_reply(ctx, pkt, kind);
     }
     if error {
@@ -204,6 +208,9 @@ fn try_icmp_error(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, ()> {
     // The quoted packet went the other way: its destination is our flow's source.
     *turned = FlowKey { src: inner.dst, dst: inner.src, sport: inner.dport, dport: inner.sport, proto: inner.quoted.proto, _pad: [0; 3] };
     if unsafe { VIPS.get(&pkt.flow.dst) }.is_some() {
+        if !l2::for_this_host(pkt) {
+            return Ok(l2::pass_other_host());
+        }
         // About a packet a real server sent from the VIP: `turned` is the client's flow
         // (a connection, or a half-open one: IPVS relates errors to SYN_RECV ones too).
         let Some(c) = (unsafe { CONNS.get(&*turned).or_else(|| HALF_OPEN.get(&*turned)) }) else { return pass(counter::PASS_ICMP_NO_FLOW) };
@@ -217,6 +224,9 @@ fn try_icmp_error(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, ()> {
     // From a NAT real about a client's packet it got: `turned` is its reply tuple.
     let back = unsafe { NAT_REPLIES.get(&*turned).or_else(|| HALF_OPEN_REPLIES.get(&*turned)) };
     let Some(back) = back else { return pass(counter::PASS_ICMP_NO_FLOW) };
+    if !l2::for_this_host(pkt) {
+        return Ok(l2::pass_other_host());
+    }
     let Some(c) = (unsafe { CONNS.get(&back.flow).or_else(|| HALF_OPEN.get(&back.flow)) }) else { return pass(counter::PASS_ICMP_NO_FLOW) };
     let real_id = c.real_id;
     nat::rewrite_icmp_error(ctx, pkt, &inner.quoted, End::Source, &back.flow.dst, back.flow.dport)?;

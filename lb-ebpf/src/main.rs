@@ -19,6 +19,7 @@ mod filter;
 mod frag;
 mod fwd;
 mod icmp;
+mod l2;
 mod maps;
 mod parse;
 mod persist;
@@ -152,6 +153,11 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     if !to_vip {
         return Ok(reply_or_pass(ctx, s, settings));
     }
+    // For a VIP: balanced only if addressed to this host's MAC (a frame a switch flooded
+    // is not), checked before the connection's state can move.
+    if !l2::for_this_host(pkt) {
+        return Ok(l2::pass_other_host());
+    }
     // The connection first, as IPVS (ip_vs_in: conn_in_get, then conn_schedule): a
     // known flow's packet never looks at the service.
     let lookup = conntrack::lookup(pkt, conntrack::FLAGS_UNKNOWN, settings);
@@ -247,6 +253,9 @@ fn reply_or_pass(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 
         stats::count(counter::PASS_NOT_VIP);
         return xdp_action::XDP_PASS;
     };
+    if !l2::for_this_host(pkt) {
+        return l2::pass_other_host();
+    }
     nat_reply(ctx, pkt, &mut s.frag, settings, back)
 }
 

@@ -4,7 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    ConnEntry, FlowKey, FragEntry, FragKey, MAX_DECAP_VIPS, MAX_FRAGS, MAX_FRONTENDS, MAX_PERSIST, OBJECT_MAX_CONNS, OBJECT_MAX_REALS,
+    ConnEntry, FlowKey, FragEntry, FragKey, INGRESS_MAC_SLOTS, IngressMac, MAX_DECAP_VIPS, MAX_EXTRA_MACS, MAX_FRAGS, MAX_FRONTENDS, MAX_PERSIST, OBJECT_MAX_CONNS, OBJECT_MAX_REALS,
     OBJECT_MAX_SERVICES,
     NatReply, POOL_SLOTS, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings, TraceConfig,
     addr_filter, counter, decap_counter, sync, trace,
@@ -74,6 +74,17 @@ pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(
 /// Persistence templates: client network within a service → real.
 #[map]
 pub static PERSIST: HashMap<PersistKey, PersistEntry> = HashMap::with_max_entries(MAX_PERSIST, 0);
+
+/// Slot `ifindex & 255` → the MAC of the NIC `ifindex` the balancer runs on (see
+/// `l2`): frames for a VIP addressed to another unicast MAC are passed.
+#[map]
+pub static INGRESS_MACS: Array<IngressMac> = Array::with_max_entries(INGRESS_MAC_SLOTS, 0);
+
+/// (NIC, MAC) → 1: further unicast MACs the kernel accepts on that NIC (its macvlan
+/// uppers, such as keepalived's VRRP virtual MAC; the own MAC of a NIC whose
+/// INGRESS_MACS slot another holds).
+#[map]
+pub static EXTRA_MACS: HashMap<IngressMac, u8> = HashMap::with_max_entries(MAX_EXTRA_MACS, 0);
 
 /// Timeouts and IPVS-style switches (one entry).
 #[map]

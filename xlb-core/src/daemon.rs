@@ -34,6 +34,7 @@ use crate::{
     sizes::{self, MapMemory, TableSizes},
     config::{self, Config},
     health::{self, Checker, HealthConfig, OnFailure, RealKey, Verdict},
+    l2,
     loader::{self, AttachMode},
     maps::{self, Maps},
     nexthop, observe,
@@ -770,12 +771,21 @@ impl Engine {
         self.next_hops.unresolved.clone()
     }
 
+    /// Registers the attached NICs' MACs again (after a link change, and as a periodic
+    /// resync): a NIC's new MAC, a keepalived VMAC link made or removed.
+    fn refresh_macs(&mut self) {
+        if let Err(e) = l2::register(&mut self.maps, &self.opts_ifaces) {
+            tracing::warn!("registering the NICs' MACs for the fast path: {e:#}");
+        }
+    }
+
     /// Whether kernel notifications may change a real's next hop: a route changed, a
     /// neighbour the reals use changed, or some neighbour was resolved while a real
     /// waits for its MAC (its router's address is not known yet).
     fn concerns_reals(&self, changes: &[rtnl::Change]) -> bool {
         changes.iter().any(|c| match c {
             rtnl::Change::Route => true,
+            rtnl::Change::Link => false,
             rtnl::Change::Neighbour { address, mac, .. } => {
                 self.next_hops.neighbours.contains(address)
                     || self.next_hops.unresolved.contains(address)
@@ -1117,7 +1127,9 @@ fn attach_or_adopt(opts: &DaemonOptions) -> Result<(Ebpf, Maps, bool)> {
     if opts.fastpath_log != loader::LogLevel::Off {
         crate::trace::forward_fastpath_log(&mut ebpf)?;
     }
-    let maps = if fresh { Maps::take(&mut ebpf, None)? } else { Maps::take_existing(&mut ebpf)? };
+    let mut maps = if fresh { Maps::take(&mut ebpf, None)? } else { Maps::take_existing(&mut ebpf)? };
+    // Before the program runs on them: which MACs are this host's on each NIC.
+    l2::register(&mut maps, &opts.ifaces).context("registering the NICs' MACs for the fast path")?;
     for iface in &opts.ifaces {
         let pin = link_pin(pin_dir, iface);
         if pin.exists() {
@@ -1331,6 +1343,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
         tokio::select! {
             _ = &mut deadline => break,
             Some(changes) = net_changes.recv() => {
+                if changes.contains(&rtnl::Change::Link) {
+                    engine.refresh_macs();
+                }
                 if engine.concerns_reals(&changes) {
                     unresolved = engine.refresh_next_hops();
                 }
@@ -1408,6 +1423,9 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
                 while let Ok(more) = net_changes.try_recv() {
                     changes.extend(more);
                 }
+                if changes.contains(&rtnl::Change::Link) {
+                    engine.refresh_macs();
+                }
                 if engine.concerns_reals(&changes) {
                     unresolved_tx.send_replace(engine.refresh_next_hops());
                     tracing::debug!("{} neighbour/route change(s): next hops looked up again in {:?}", changes.len(), started.elapsed());
@@ -1423,7 +1441,10 @@ async fn run_owner(opts: DaemonOptions) -> Result<()> {
             }
             _ = sleep_until(engine.sync.flush_deadline()) => engine.sync.flush(),
             _ = tick.tick() => engine.periodic(),
-            _ = resync.tick() => drop(unresolved_tx.send_replace(engine.refresh_next_hops())),
+            _ = resync.tick() => {
+                engine.refresh_macs();
+                unresolved_tx.send_replace(engine.refresh_next_hops());
+            }
             _ = sighup.recv() => match engine.handle(Request::Reload) {
                 Ok(Reply::Changes(c)) => {
                     say!("xlb: reloaded {}: {c:?}", opts.config.as_deref().map_or("?".into(), |p| p.display().to_string()));

@@ -9,6 +9,7 @@ pub mod ebpf;
 pub mod health;
 pub mod ipvsadm;
 pub mod keepalived;
+pub mod l2;
 pub mod listing;
 pub mod loader;
 pub mod maps;

@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    ConnEntry, FlowKey, NatReply, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings,
+    ConnEntry, FlowKey, IngressMac, NatReply, PersistEntry, PersistKey, RealEntry, RealLoad, RealStats, ServiceInfo, ServiceKey, Settings,
     map_names,
 };
 
@@ -40,6 +40,9 @@ pub struct Maps {
     pub addr_filter: Array<MapData, u64>,
     /// Half-open TCP connections (LRU, written by the fast path; the sweep removes idle ones).
     pub half_open: HashMap<MapData, FlowKey, ConnEntry>,
+    /// The attached NICs' MACs and their further unicast MACs (see `l2`; not pinned).
+    pub ingress_macs: Array<MapData, IngressMac>,
+    pub extra_macs: HashMap<MapData, IngressMac, u8>,
     /// Descriptors of the maps the controller writes in batches (aya 0.14 has no batch
     /// operations: `store` issues them with bpf(2)).
     pub(crate) fds: BatchFds,
@@ -132,6 +135,8 @@ impl Maps {
             batch_depth: 0,
             last_commit_entries: 0,
             half_open: get(map_names::HALF_OPEN)?.try_into()?,
+            ingress_macs: get(map_names::INGRESS_MACS)?.try_into()?,
+            extra_macs: get(map_names::EXTRA_MACS)?.try_into()?,
         })
     }
 }

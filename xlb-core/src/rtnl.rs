@@ -295,6 +295,56 @@ pub fn link(ifindex: u32) -> Result<Link> {
     Ok(link)
 }
 
+/// What the layer-2 check needs of an interface (see [`crate::l2`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkAddress {
+    pub index: u32,
+    /// IFLA_ADDRESS when it is a 6-byte (Ethernet) address.
+    pub mac: Option<[u8; 6]>,
+    /// IFLA_INFO_KIND: "macvlan", "vlan", "bridge", …; None for a plain NIC.
+    pub kind: Option<String>,
+    /// IFLA_LINK: the lower device of a macvlan/macvtap/VLAN link, when it is in this
+    /// namespace (IFLA_LINK_NETNSID absent).
+    pub lower: Option<u32>,
+    /// IFLA_MASTER: the bridge (or bond …) the interface is a port of.
+    pub master: Option<u32>,
+}
+
+/// Every interface of this namespace with its MAC, kind, lower device and master
+/// (one RTM_GETLINK dump).
+pub fn link_addresses() -> Result<Vec<LinkAddress>> {
+    let answers =
+        exchange(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP).context("listing interfaces")?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| {
+            let RouteNetlinkMessage::NewLink(l) = m else { return None };
+            let mut a = LinkAddress { index: l.header.index, mac: None, kind: None, lower: None, master: None };
+            let mut other_netns = false;
+            for attr in &l.attributes {
+                match attr {
+                    LinkAttribute::Address(m) => a.mac = <[u8; 6]>::try_from(&m[..]).ok(),
+                    LinkAttribute::Link(i) if *i > 0 => a.lower = Some(*i),
+                    LinkAttribute::LinkNetNsId(id) if *id >= 0 => other_netns = true,
+                    LinkAttribute::Controller(i) if *i > 0 => a.master = Some(*i),
+                    LinkAttribute::LinkInfo(infos) => {
+                        a.kind = infos.iter().find_map(|i| match i {
+                            NlLinkInfo::Kind(InfoKind::Other(k)) => Some(k.clone()),
+                            NlLinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            if other_netns {
+                a.lower = None;
+            }
+            Some(a)
+        })
+        .collect())
+}
+
 /// An address of an interface of this namespace (`ip addr show`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfAddress {
@@ -407,10 +457,13 @@ pub fn route_type(dst: IpAddr) -> String {
 pub enum Change {
     Neighbour { ifindex: u32, address: IpAddr, mac: Option<[u8; 6]> },
     Route,
+    /// An interface was added, removed or changed (its MAC among what may change).
+    Link,
 }
 
-/// A subscription to the kernel's neighbour and route changes (RTNLGRP_NEIGH,
-/// RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE) in the namespace of the thread that opens it.
+/// A subscription to the kernel's neighbour, route and link changes (RTNLGRP_NEIGH,
+/// RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_LINK) in the namespace of the thread
+/// that opens it.
 pub struct Monitor {
     socket: TokioSocket,
 }
@@ -420,20 +473,20 @@ impl Monitor {
     pub fn open() -> Result<Self> {
         let mut socket = TokioSocket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
         socket.socket_mut().bind_auto().context("binding a netlink socket")?;
-        for group in [libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_IPV6_ROUTE] {
-            socket.socket_mut().add_membership(group).context("subscribing to neighbour and route changes")?;
+        for group in [libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_IPV6_ROUTE, libc::RTNLGRP_LINK] {
+            socket.socket_mut().add_membership(group).context("subscribing to neighbour, route and link changes")?;
         }
         Ok(Self { socket })
     }
 
     /// The next batch of changes (at least one). An overrun socket (ENOBUFS: changes
-    /// were lost) is reported as a route change, which makes the reader look
+    /// were lost) is reported as a route and a link change, which makes the reader look
     /// everything up again.
     pub async fn next(&mut self) -> Result<Vec<Change>> {
         loop {
             let data = match self.socket.recv_from_full().await {
                 Ok((data, _)) => data,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Change::Route]),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Change::Route, Change::Link]),
                 Err(e) => return Err(e).context("reading netlink notifications"),
             };
             let changes = parse_changes(&data);
@@ -475,6 +528,11 @@ fn parse_changes(mut data: &[u8]) -> Vec<Change> {
             RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
                 if out.last() != Some(&Change::Route) {
                     out.push(Change::Route)
+                }
+            }
+            RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => {
+                if out.last() != Some(&Change::Link) {
+                    out.push(Change::Link)
                 }
             }
             _ => {}
@@ -537,11 +595,17 @@ mod tests {
         let mut rbuf = vec![0u8; r.buffer_len()];
         r.serialize(&mut rbuf);
         buf.extend_from_slice(&rbuf);
+        let mut l = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::NewLink(LinkMessage::default())));
+        l.finalize();
+        let mut lbuf = vec![0u8; l.buffer_len()];
+        l.serialize(&mut lbuf);
+        buf.extend_from_slice(&lbuf);
         assert_eq!(
             parse_changes(&buf),
             vec![
                 Change::Neighbour { ifindex: 7, address: "10.0.0.2".parse().unwrap(), mac: Some([2, 0, 0, 0, 0, 9]) },
-                Change::Route
+                Change::Route,
+                Change::Link
             ]
         );
     }

@@ -356,13 +356,13 @@ impl EcmpCluster {
         // over every director (policy 0 hashes the addresses only).
         self.router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
         for d in &self.directors {
+            // The bridge floods unknown unicast as a switch does: when a director's port
+            // goes down it forgets the MAC and floods what the router still sends there
+            // to every port. The other directors' XDP sees those frames (a veth does not
+            // filter by MAC) and passes them (pass_other_host): the kernel drops them,
+            // as it does before IPVS, and the dead director's flows do not carry on
+            // before the router's route changes.
             plug(&self.switch, "br0", &d.ns, NIC, &d.port, &format!("{}/24", d.ip))?;
-            // No unknown unicast flooded to the directors: when a director's port goes
-            // down the bridge forgets its MAC and would flood what the router still sends
-            // it to every port, and the other directors' XDP (which sees frames for any
-            // MAC on a veth) would balance them: the dead director's flows would carry
-            // on before the router's route changes, hiding the convergence being measured.
-            self.switch.exec("bridge", &["link", "set", "dev", &d.port, "flood", "off"])?;
         }
         for rs in &self.reals {
             plug(&self.switch, "br0", &rs.ns, NIC, &format!("p-{}", rs.name), &format!("{}/24", rs.ip))?;

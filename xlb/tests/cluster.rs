@@ -27,6 +27,14 @@ fn require_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates namespaces, runs BIRD and attaches XDP: run it as root (cargo xtask test)");
 }
 
+/// A director's `pass_other_host` counter: frames for the VIP flooded to it for another
+/// director's MAC, passed (the kernel drops them) rather than balanced.
+fn passed_other_host(c: &EcmpCluster, d: usize) -> u64 {
+    let text = c.directors[d].xlb(&["--output", "json", "counters"]).expect("xlb counters");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("counters as JSON");
+    v["pass_other_host"].as_u64().unwrap_or_else(|| panic!("no pass_other_host in {text}"))
+}
+
 fn shares(carried: &[usize]) -> String {
     carried.iter().enumerate().map(|(d, n)| format!("dir{} {n}", d + 1)).collect::<Vec<_>>().join(", ")
 }
@@ -61,6 +69,7 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     // flows between the two survivors: they must pick up flows they never saw.
     let victim = 0;
     let survivors: Vec<Ipv4Addr> = all.iter().copied().filter(|&ip| ip != all[victim]).collect();
+    let flooded_before: u64 = (0..3).filter(|&d| d != victim).map(|d| passed_other_host(&c, d)).sum();
     let killed_at = Instant::now();
     let (route_dropped, new_ok) = std::thread::scope(|s| {
         let router = &c.router;
@@ -74,6 +83,9 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     let failover = load.wait_progress(killed_at + route_dropped, Duration::from_secs(15));
     let all_flowing_after_kill = killed_at.elapsed();
     let during = c.carried(RECENT).unwrap();
+    // The bridge forgot dir1's MAC with its port and flooded what the router still sent
+    // there (until BFD took the route away) to the survivors, whose fast path passed it.
+    let flooded = (0..3).filter(|&d| d != victim).map(|d| passed_other_host(&c, d)).sum::<u64>() - flooded_before;
 
     // dir1 comes back (BIRD and xlb restart; its connection table is empty).
     let revived_at = Instant::now();
@@ -107,6 +119,7 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
         all_flowing_after_kill,
         failover.reasons
     );
+    summary += &format!("  frames for dir1's MAC flooded to the survivors and passed (pass_other_host), not balanced: {flooded}\n");
     summary += &format!("carried with dir1 dead:   {}\n", shares(&during));
     summary += &format!("dir1 back: route via dir1 again after {route_back:.1?} (BIRD + xlb restart included)\n");
     summary += &format!("  broken {} of {CONNECTIONS} ({} failed, {} stalled), waited {:.0?} {:?}\n", failback.broken(), failback.failed, failback.stalled, failback.waited, failback.reasons);
@@ -120,6 +133,7 @@ fn ecmp_cluster_keeps_connections_when_a_director_dies_and_returns() {
     assert!(failback.broken() < limit, "{} connections broke when dir1 came back (limit < {limit})\n{summary}", failback.broken());
     assert!(new_after_back.is_ok(), "new connections fail after dir1 came back: {new_after_back:?}");
     assert_eq!(during[victim], 0, "{summary}");
+    assert!(flooded > 0, "the survivors saw the frames flooded for dir1's MAC and passed them\n{summary}");
     assert!(during.iter().sum::<usize>() + failover.broken() >= CONNECTIONS, "the survivors carry every unbroken connection\n{summary}");
     assert!(after[victim] > 0, "ECMP gives dir1 flows again once it is back\n{summary}");
 }

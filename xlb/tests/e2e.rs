@@ -328,3 +328,38 @@ fn dr_connection_counts_stay_exact_over_many_short_connections() {
     }
     panic!("ActiveConn/InActConn differ from the connection table after {N} connections:\n{last}");
 }
+
+/// The fast path balances a frame for the VIP only when it is addressed to a MAC of the
+/// director's NIC, as the kernel receives only those: the client sending the VIP's
+/// frames to a MAC nobody holds (the switch floods them) gets no answer, and the
+/// director counts them as `pass_other_host`. A macvlan made on the NIC while the daemon
+/// runs (keepalived's `use_vmac` VRRP MAC) is registered by the daemon's link watch, and
+/// the frames to its MAC are balanced from then on.
+#[test]
+fn only_frames_for_the_directors_macs_are_balanced_and_a_new_vrrp_mac_joins_them() {
+    let mut c = cluster(AttachMode::Skb);
+    c.start_balancer().expect("start xlb run");
+    c.configure_service().expect("configure the service");
+    assert!(c.curl("/").is_ok(), "by the director's own MAC");
+    let passed = |c: &DrCluster| json(&c.xlb(&["--output", "json", "counters"]).unwrap())["pass_other_host"].as_u64().unwrap();
+    assert_eq!(passed(&c), 0);
+    let vmac = "00:00:5e:00:01:33";
+    c.client.ip(&["neigh", "replace", &VIP.to_string(), "lladdr", vmac, "dev", testbed::NIC, "nud", "permanent"]).unwrap();
+    let url = format!("http://{VIP}/");
+    let quick = |c: &DrCluster| c.client.exec("curl", &["--silent", "--fail", "--max-time", "1", &url]);
+    assert!(quick(&c).is_err(), "a frame for another MAC must not be balanced");
+    assert!(passed(&c) > 0, "the SYNs flooded for {vmac} are counted as pass_other_host");
+
+    c.director.ip(&["link", "add", "vrrp.51", "link", testbed::NIC, "address", vmac, "type", "macvlan", "mode", "private"]).unwrap();
+    c.director.ip(&["link", "set", "vrrp.51", "up"]).unwrap();
+    let made = std::time::Instant::now();
+    // Well before the 30 s resync: the link notification brings it.
+    let answer = loop {
+        match quick(&c) {
+            Ok(body) => break body,
+            Err(e) if made.elapsed() > std::time::Duration::from_secs(8) => panic!("{vmac} not balanced {:?} after its macvlan: {e:#}", made.elapsed()),
+            Err(_) => {}
+        }
+    };
+    assert!(answer.starts_with("rs"), "{answer}");
+}

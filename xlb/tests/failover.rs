@@ -144,6 +144,15 @@ struct Failover {
     notified: f64,
     down: Instant,
     download_started: Instant,
+    /// The backup's `pass_other_host` over the failover: the client's frames for the dead
+    /// master's MAC, flooded by the bridge (which forgot that MAC with the master's
+    /// port) until the VIP's gratuitous ARP, passed rather than balanced.
+    flooded: u64,
+}
+
+/// Director `i`'s `pass_other_host` counter.
+fn passed_other_host(c: &FailoverCluster, i: usize) -> u64 {
+    json(&c.directors[i].xlb(&["--output", "json", "counters"]).unwrap())["pass_other_host"].as_u64().expect("pass_other_host counted")
 }
 
 /// Starts the download, checks both directors' entries for it (the backup's as
@@ -168,6 +177,7 @@ fn download_across_failover(c: &mut FailoverCluster, backup_has_entry: bool) -> 
     assert_eq!(c.directors[1].vrrp_state().map(|s| s.0).as_deref(), Some("BACKUP"));
     assert!(!c.directors[1].holds_vip().unwrap(), "the backup holds no VIP before the failover");
 
+    let flooded_before = passed_other_host(c, 1);
     let down_epoch = epoch_secs();
     let down = c.kill_director(0).expect("kill the master");
     wait_until("the backup to hold the VIP", Duration::from_secs(15), || c.directors[1].holds_vip()).unwrap_or_else(|e| {
@@ -177,7 +187,9 @@ fn download_across_failover(c: &mut FailoverCluster, backup_has_entry: bool) -> 
     c.wait_for_state(1, "MASTER", Duration::from_secs(5)).expect("the backup's notify_master");
     let notified = c.directors[1].vrrp_state().unwrap().1 - down_epoch;
     let outcome = download.thread.join().expect("download thread");
-    Failover { outcome, takeover, notified, down, download_started: download.started }
+    let flooded = passed_other_host(c, 1) - flooded_before;
+    assert!(flooded > 0, "the client's frames flooded for the dead master's MAC reach the backup, which passes them");
+    Failover { outcome, takeover, notified, down, download_started: download.started, flooded }
 }
 
 /// The download survives the master's death with VRRP advertisements every
@@ -196,14 +208,16 @@ fn synced_download_survives(advert_int: f64) {
     assert!(o.stall_began + Duration::from_millis(500) >= f.down, "the longest stall began {:?} before the master died", f.down - o.stall_began);
     println!(
         "failover with sync, advert_int {advert_int}: VRRP takeover {:.2} s (master's link down -> VIP on the backup), \
-         notify_master after {:.2} s; client stall {:.2} s (from {:.2} s after the death); {} MiB in {:.1} s, intact (fnv1a {:016x})",
+         notify_master after {:.2} s; client stall {:.2} s (from {:.2} s after the death); {} MiB in {:.1} s, intact (fnv1a {:016x}); \
+         {} frames flooded for the master's MAC passed by the backup",
         f.takeover.as_secs_f64(),
         f.notified,
         o.longest_stall.as_secs_f64(),
         o.stall_began.saturating_duration_since(f.down).as_secs_f64(),
         SIZE >> 20,
         (o.finished - f.download_started).as_secs_f64(),
-        o.fnv1a
+        o.fnv1a,
+        f.flooded
     );
 }
 
@@ -233,11 +247,12 @@ fn download_breaks(sync_ids: Option<[u8; 2]>, what: &str) {
     assert!(o.received < SIZE, "{what}: {} bytes", o.received);
     println!(
         "failover {what}: VRRP takeover {:.2} s, notify_master after {:.2} s; the download was reset {:.2} s after the master's death, \
-         after {} of {SIZE} bytes",
+         after {} of {SIZE} bytes; {} frames flooded for the master's MAC passed by the backup",
         f.takeover.as_secs_f64(),
         f.notified,
         o.finished.saturating_duration_since(f.down).as_secs_f64(),
-        o.received
+        o.received,
+        f.flooded
     );
 }
 

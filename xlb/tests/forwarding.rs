@@ -452,3 +452,75 @@ fn udp_flows_of_a_gone_real_are_rescheduled_with_expire_nodest_conn() {
     assert_eq!(inst.load(ServiceId::Addr(svc), fixtures::RS2_IP), (0, 1));
     assert_eq!(sent_to(&mut inst), fixtures::RS2_MAC, "and follows its new entry");
 }
+
+#[test]
+fn l2_fixture_table() {
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    fixtures::install_ingress_macs(&mut inst.maps).expect("register the NICs' MACs");
+    let mut settings = ops::settings(&inst.maps).unwrap();
+    settings.icmp_echo = 1;
+    ops::set_settings(&mut inst.maps, settings).unwrap();
+    inst.check_cases(&fixtures::l2_cases());
+    // The same echo and error for the NIC's own MAC are answered and sent on.
+    let ping = Frame::icmp(VIP, fixtures::Icmp { kind: 8, code: 0, rest: [0, 7, 0, 1] }, b"ping".to_vec());
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &ping.bytes()).0, fixtures::XDP_TX);
+    assert_eq!(inst.counter(counter::TX_ICMP_ECHO_REPLY), 1);
+    let about = Frame { src: VIP.into(), sport: 84, dst: CLIENT_IP.into(), dport: 41000, tcp_flags: 0x12, ..Frame::tcp(VIP, 84, 41000) };
+    let too_big = fixtures::Icmp { kind: 3, code: 4, rest: [0, 0, 0x05, 0x78] };
+    let error = Frame::icmp_error(fixtures::ROUTER_IP.into(), VIP.into(), too_big, &about, 28, fixtures::ROUTER_MAC, fixtures::DIRECTOR_MAC);
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &error.bytes()).0, fixtures::XDP_TX);
+    assert_eq!(inst.counter(counter::TX_ICMP_ERROR), 1);
+}
+
+/// The daemon's registration reads the NICs' MACs and their macvlan uppers' from the
+/// kernel: a keepalived-style VRRP MAC on pub0 becomes an extra MAC of pub0 (and is
+/// accepted there), and goes when its link does.
+#[test]
+fn registration_follows_the_kernels_links() {
+    use lb_common::IngressMac;
+    let net = director_net();
+    let _inside = net.enter().unwrap();
+    let mut inst = instance();
+    let ifaces = ["pub0".to_string(), "priv0".to_string()];
+    let entry = |ifindex, mac| IngressMac { ifindex, mac, _pad: [0; 2] };
+    let vmac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+    net.ns.ip(&["link", "add", "vrrp.51", "link", "pub0", "address", "00:00:5e:00:01:33", "type", "macvlan", "mode", "private"]).unwrap();
+    let plan = xlb_core::l2::register(&mut inst.maps, &ifaces).unwrap();
+    assert_eq!(inst.maps.ingress_macs.get(&PUBLIC_IFINDEX, 0).unwrap(), entry(PUBLIC_IFINDEX, fixtures::DIRECTOR_MAC));
+    assert_eq!(inst.maps.ingress_macs.get(&PRIVATE_IFINDEX, 0).unwrap(), entry(PRIVATE_IFINDEX, DIRECTOR_PRIVATE_MAC));
+    assert_eq!(inst.maps.ingress_macs.get(&1, 0).unwrap(), IngressMac::default(), "lo is not attached: its slot stays empty");
+    let extras: Vec<IngressMac> = inst.maps.extra_macs.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(extras, vec![entry(PUBLIC_IFINDEX, vmac)], "{plan:?}");
+    // A syn to the VIP by the VRRP MAC on pub0 is balanced; to another MAC it is not.
+    let port = fixtures::DR_OTHER_NIC.port;
+    let by_vmac = Frame { dst_mac: vmac, ..Frame::tcp(VIP, port, 42000) };
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &by_vmac.bytes()).0, XDP_REDIRECT);
+    let flooded = Frame { dst_mac: fixtures::OTHER_DIRECTOR_MAC, ..Frame::tcp(VIP, port, 42001) };
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &flooded.bytes()), (XDP_PASS, flooded.bytes()));
+    assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 1);
+    net.ns.ip(&["link", "del", "vrrp.51"]).unwrap();
+    xlb_core::l2::register(&mut inst.maps, &ifaces).unwrap();
+    assert_eq!(inst.maps.extra_macs.keys().count(), 0, "the macvlan's MAC went with it");
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &Frame { sport: 42002, ..by_vmac }.bytes()).0, XDP_PASS);
+    assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 2);
+
+    // A third NIC whose index shares pub0's slot (266 & 255 = 10): pub0 keeps the slot,
+    // the newcomer's MAC is found in EXTRA_MACS, and both are checked.
+    let col_mac = [0x02, 0xd1, 0, 0, 0x01, 0x0a];
+    net.ns.ip(&["link", "add", "col0", "index", "266", "address", "02:d1:00:00:01:0a", "type", "veth", "peer", "name", "col0p"]).unwrap();
+    net.ns.ip(&["link", "set", "col0", "up"]).unwrap();
+    net.ns.ip(&["link", "set", "col0p", "up"]).unwrap();
+    let three = ["pub0".to_string(), "priv0".to_string(), "col0".to_string()];
+    xlb_core::l2::register(&mut inst.maps, &three).unwrap();
+    assert_eq!(inst.maps.ingress_macs.get(&PUBLIC_IFINDEX, 0).unwrap(), entry(PUBLIC_IFINDEX, fixtures::DIRECTOR_MAC));
+    let extras: Vec<IngressMac> = inst.maps.extra_macs.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(extras, vec![entry(266, col_mac)]);
+    let syn = |mac, sport| Frame { dst_mac: mac, ..Frame::tcp(VIP, port, sport) }.bytes();
+    assert_eq!(inst.run_on(266, &syn(col_mac, 42010)).0, XDP_REDIRECT, "col0's own MAC, from EXTRA_MACS");
+    assert_eq!(inst.run_on(266, &syn(fixtures::DIRECTOR_MAC, 42011)).0, XDP_PASS, "pub0's MAC is another host's on col0");
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn(fixtures::DIRECTOR_MAC, 42012)).0, XDP_REDIRECT);
+    assert_eq!(inst.run_on(PUBLIC_IFINDEX, &syn(col_mac, 42013)).0, XDP_PASS, "col0's MAC is another host's on pub0");
+    assert_eq!(inst.counter(counter::PASS_OTHER_HOST), 4);
+}

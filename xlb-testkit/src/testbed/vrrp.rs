@@ -312,14 +312,12 @@ impl FailoverCluster {
         checksums_in_software(&self.client)?;
         for d in &self.directors {
             // Only the director's own address: the VIP is keepalived's to add.
+            // The bridge floods unknown unicast: when the master's port goes down it
+            // forgets its MAC and floods the frames still sent to it (the client's, until
+            // the VIP's gratuitous ARP) to every port. The backup's XDP sees them (a veth
+            // does not filter by MAC) and passes them (pass_other_host), for its kernel
+            // to drop, rather than forward them before VRRP moved the VIP.
             plug(&self.switch, "br0", &d.ns, NIC, &d.port, &format!("{}/24", d.ip))?;
-            // A NIC drops frames for another MAC address before XDP sees them; a veth
-            // does not. When the master's port goes down the bridge forgets its MAC and
-            // floods the frames still sent to it (the client's, until the VIP's gratuitous
-            // ARP) to every port: the backup's XDP would forward them before VRRP moved
-            // the VIP. No unknown-unicast flooding to the directors' ports makes the veth
-            // a NIC in this (broadcast and multicast, VRRP and sync, still flood).
-            self.switch.ip(&["link", "set", "dev", &d.port, "type", "bridge_slave", "flood", "off"])?;
         }
         for rs in &self.reals {
             plug_dr_real(&self.switch, rs, &self.xlb, ForwardMethod::Route, &VIP.to_string())?;
