@@ -313,12 +313,9 @@ pub struct LinkAddress {
 /// Every interface of this namespace with its MAC, kind, lower device and master
 /// (one RTM_GETLINK dump).
 pub fn link_addresses() -> Result<Vec<LinkAddress>> {
-    let answers =
-        exchange(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP).context("listing interfaces")?;
-    Ok(answers
+    Ok(link_dump()?
         .into_iter()
-        .filter_map(|m| {
-            let RouteNetlinkMessage::NewLink(l) = m else { return None };
+        .filter_map(|l| {
             let mut a = LinkAddress { index: l.header.index, mac: None, kind: None, lower: None, master: None };
             let mut other_netns = false;
             for attr in &l.attributes {
@@ -372,14 +369,18 @@ pub fn addresses() -> Result<Vec<IfAddress>> {
     Ok(out)
 }
 
-/// Every interface of this namespace: (index, name, up) (RTM_GETLINK dump).
-pub fn links() -> Result<Vec<(u32, String, bool)>> {
+/// Every interface of this namespace, as one RTM_GETLINK dump answers.
+fn link_dump() -> Result<Vec<LinkMessage>> {
     let answers =
         exchange(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP).context("listing interfaces")?;
-    Ok(answers
+    Ok(answers.into_iter().filter_map(|m| if let RouteNetlinkMessage::NewLink(l) = m { Some(l) } else { None }).collect())
+}
+
+/// Every interface of this namespace: (index, name, up) (RTM_GETLINK dump).
+pub fn links() -> Result<Vec<(u32, String, bool)>> {
+    Ok(link_dump()?
         .into_iter()
-        .filter_map(|m| {
-            let RouteNetlinkMessage::NewLink(l) = m else { return None };
+        .filter_map(|l| {
             let name = l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })?;
             Some((l.header.index, name, l.header.flags.contains(LinkFlags::Up)))
         })
