@@ -1181,7 +1181,9 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
         prime(&mut h, item)?;
     }
     let mut diagnostics = DiagnosticsBench::new(&mut h, &items[0])?;
-    let mut primitives = super::primitives::PrimitiveBench::new(&mut h)?;
+    // The many live entries only in a full run (a filtered one skips the live-flows rows).
+    let many_entries = if opts.cases.is_empty() { opts.many_flows.min(XLB_MOST_FLOWS) } else { 0 };
+    let mut primitives = super::primitives::PrimitiveBench::new(&mut h, many_entries)?;
     let katran_items: Vec<KatranItem> = [(false, false), (false, true), (true, false), (true, true)]
         .into_iter()
         .map(|(ipv6, new_flow)| KatranItem::new(KatranKind { ipv6, new_flow }))
@@ -1275,7 +1277,7 @@ pub fn run(opts: &FastpathOptions) -> Result<FastpathResults> {
     };
     let coverage = coverage(&rows);
     let mut targets = targets(&rows, &growth, opts);
-    explain_misses(&mut targets, &rows, &primitives, RoundTimes::median_of(&bare, |t| t.drop), RoundTimes::median_of(&bare, |t| t.swap_tx));
+    explain_misses(&mut targets, &rows, &growth, &primitives, RoundTimes::median_of(&bare, |t| t.drop), RoundTimes::median_of(&bare, |t| t.swap_tx));
     let (xlated_insns, jited_bytes) = katran.size;
     Ok(FastpathResults {
         repeat: opts.repeat,
@@ -1541,8 +1543,8 @@ fn growth_target(g: &Growth, opts: &FastpathOptions) -> Target {
 /// Fills in [`Target::cause`] of each missed target from this run's figures: the time
 /// the limit leaves the whole path beyond the test run's own cost (`drop`), against
 /// what the path's unavoidable kernel primitives cost alone (`primitives`).
-fn explain_misses(targets: &mut [Target], rows: &[Row], primitives: &[super::primitives::PrimitiveRow], drop: f64, floor: f64) {
-    use super::primitives::{COMPACT_HIT, FLOW_HIT, FLOW_MISS, LRU_INSERT};
+fn explain_misses(targets: &mut [Target], rows: &[Row], growth: &Growth, primitives: &[super::primitives::PrimitiveRow], drop: f64, floor: f64) {
+    use super::primitives::{COMPACT_HIT, FLOW_HIT, FLOW_HIT_MANY, FLOW_MISS, LRU_INSERT};
     let alone = |name: &str| primitives.iter().find(|p| p.primitive == name).map(|p| p.ns_alone);
     let row_alone = |pred: &dyn Fn(&Row) -> bool| rows.iter().find(|r| pred(r)).map(|r| r.ns_per_packet - drop);
     let (Some(hit), Some(miss), Some(compact), Some(insert)) = (alone(FLOW_HIT), alone(FLOW_MISS), alone(COMPACT_HIT), alone(LRU_INSERT)) else {
@@ -1591,6 +1593,19 @@ fn explain_misses(targets: &mut [Target], rows: &[Row], primitives: &[super::pri
                     arp.unwrap_or(f64::NAN)
                 ))
             }
+            4 => alone(FLOW_HIT_MANY).filter(|_| !growth.rows.is_empty()).map(|many| {
+                let ns = |who: &str, most: bool| {
+                    let mut r: Vec<&GrowthRow> = growth.rows.iter().filter(|r| r.balancer == who).collect();
+                    r.sort_by_key(|r| r.flows);
+                    (if most { r.last() } else { r.first() }).map_or(f64::NAN, |r| r.ns_per_packet)
+                };
+                let (xlb_added, katran_added) = (ns("xlb", true) - ns("xlb", false), ns("Katran", true) - ns("Katran", false));
+                format!(
+                    "xlb's packet grows by {xlb_added:.1} ns, Katran's by {katran_added:.1} ns; one flow-table lookup alone grows by {:.1} ns ({hit:.1} → {many:.1} ns) from a hot entry to the many live entries in turn: cache misses of the larger table, {:.0} % of xlb's growth",
+                    many - hit,
+                    100.0 * (many - hit) / xlb_added
+                )
+            }),
             _ => None,
         };
         t.cause = cause;

@@ -33,9 +33,14 @@ pub const FLOW_HIT: &str = "flow-table lookup, hit (40-byte FlowKey, CONNS's lay
 pub const FLOW_MISS: &str = "flow-table lookup, miss (40-byte FlowKey)";
 pub const COMPACT_HIT: &str = "flow-table lookup, hit (16-byte compact IPv4 key)";
 pub const LRU_INSERT: &str = "LRU insert of a new flow (40-byte FlowKey, HALF_OPEN's layout)";
+/// [`FLOW_HIT`] with many live entries, the timed lookups walking them all in turn (as
+/// the live-flows rows' packets do): the lookup's own growth.
+pub const FLOW_HIT_MANY: &str = "flow-table lookup, hit, every one of the many live flows in turn";
 
 struct Item {
     name: &'static str,
+    /// Iterations per run (0: the round's).
+    repeat: u32,
     program: ProgramFd,
     input: Vec<u8>,
     vary: Vary,
@@ -87,15 +92,21 @@ fn compact(k: &FlowKey) -> [u64; 2] {
 /// Offset in the frame of the LRU key's varied word: the source address's IPv4 bytes.
 const VARIED_OFFSET: u32 = 12;
 const LRU_BASE: u32 = 0x0b00_0000;
+/// Source addresses of the many live entries: 14.0.0.0 onwards.
+const MANY_BASE: u32 = 0x0e00_0000;
 
 impl PrimitiveBench {
-    /// Loads the primitive programs and fills their tables: one present flow in each
-    /// lookup table (the miss looks up another).
-    pub fn new(h: &mut Harness) -> Result<Self> {
+    /// Loads the primitive programs and fills their tables: one present flow in the
+    /// compact table, and in the flow table that one and `many` more (the miss looks up
+    /// another).
+    pub fn new(h: &mut Harness, many: u32) -> Result<Self> {
         let present = flow(0x0a01_0001);
         let absent = flow(0x0a01_0002);
         let mut flows: HashMap<MapData, FlowKey, ConnEntry> = h.take_map(names::FLOWS_MAP)?.try_into()?;
         flows.insert(present, ConnEntry::default(), 0)?;
+        for i in 0..many {
+            flows.insert(flow(MANY_BASE + i), ConnEntry::default(), 0)?;
+        }
         let mut compacts: HashMap<MapData, [u64; 2], ConnEntry> = h.take_map(names::COMPACT_MAP)?.try_into()?;
         compacts.insert(compact(&present), ConnEntry::default(), 0)?;
         let lru: HashMap<MapData, FlowKey, ConnEntry> = h.take_map(names::LRU_MAP)?.try_into()?;
@@ -104,10 +115,19 @@ impl PrimitiveBench {
         std::mem::forget(compacts);
         let lookup = h.load_program(names::FLOW_LOOKUP_PROGRAM)?;
         let items = vec![
-            Item { name: FLOW_HIT, program: lookup.try_clone()?, input: frame_of(key_bytes(&present)), vary: Vary::default(), verdict: XDP_DROP },
-            Item { name: FLOW_MISS, program: lookup, input: frame_of(key_bytes(&absent)), vary: Vary::default(), verdict: XDP_PASS },
+            Item { name: FLOW_HIT, repeat: 0, program: lookup.try_clone()?, input: frame_of(key_bytes(&present)), vary: Vary::default(), verdict: XDP_DROP },
+            Item { name: FLOW_MISS, repeat: 0, program: lookup.try_clone()?, input: frame_of(key_bytes(&absent)), vary: Vary::default(), verdict: XDP_PASS },
+            Item {
+                name: FLOW_HIT_MANY,
+                repeat: many,
+                program: lookup,
+                input: frame_of(key_bytes(&flow(MANY_BASE))),
+                vary: Vary { offset: VARIED_OFFSET, base: MANY_BASE, count: many },
+                verdict: XDP_DROP,
+            },
             Item {
                 name: COMPACT_HIT,
+                repeat: 0,
                 program: h.load_program(names::COMPACT_LOOKUP_PROGRAM)?,
                 input: frame_of(key_bytes(&compact(&present))),
                 vary: Vary::default(),
@@ -115,12 +135,15 @@ impl PrimitiveBench {
             },
             Item {
                 name: LRU_INSERT,
+                repeat: 0,
                 program: h.load_program(names::LRU_INSERT_PROGRAM)?,
                 input: frame_of(key_bytes(&flow(LRU_BASE))),
                 vary: Vary { offset: VARIED_OFFSET, base: LRU_BASE, count: 0 },
                 verdict: XDP_DROP,
             },
         ];
+        // Without many entries (a filtered run) that row is left out.
+        let items: Vec<Item> = items.into_iter().filter(|i| i.name != FLOW_HIT_MANY || many != 0).collect();
         let n = items.len();
         Ok(Self { items, lru, times: vec![Vec::new(); n], proven: vec![true; n] })
     }
@@ -129,6 +152,7 @@ impl PrimitiveBench {
     /// is emptied after its row, so every round inserts into the same empty table.
     pub fn round(&mut self, h: &mut Harness, repeat: u32, drop: f64, swap_tx: f64) -> Result<()> {
         for (i, item) in self.items.iter().enumerate() {
+            let repeat = if item.repeat != 0 { item.repeat } else { repeat };
             h.tail_call(Some(&item.program))?;
             let restore = h.run(names::RESTORE_PROGRAM, &item.input, item.vary, repeat);
             let run = h.run(names::BALANCE_PROGRAM, &item.input, item.vary, repeat);
@@ -136,7 +160,7 @@ impl PrimitiveBench {
             let (restore, run) = (restore?, run?);
             self.proven[i] &= run.verdict == item.verdict;
             self.times[i].push(RoundTimes { wrapper: run.ns, restore: restore.ns, drop, swap_tx });
-            if item.vary.offset != 0 {
+            if item.name == LRU_INSERT {
                 // Every timed iteration made one entry (the restore-only run made none).
                 let keys: Vec<FlowKey> = self.lru.keys().collect::<Result<_, _>>()?;
                 if run.verdict == item.verdict && keys.len() != repeat as usize {

@@ -102,7 +102,7 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     if !f.primitives.is_empty() {
         let _ = writeln!(
             md,
-            "\n### Kernel primitives\n\nIn the same rounds and by the same method (the \"frame\" is the key; tables at CONNS's default size, one entry in the lookup tables, the LRU emptied after every round): what the parts of a path cost alone, against which the targets' budgets are set above.\n"
+            "\n### Kernel primitives\n\nIn the same rounds and by the same method (the \"frame\" is the key; tables at CONNS's default size; the flow table holds the hot entry and as many live entries as the live-flows rows, which one row walks in turn; the compact table one entry; the LRU emptied after every round): what the parts of a path cost alone, against which the targets' budgets are set above.\n"
         );
         let _ = writeln!(md, "| Primitive | alone, ns | ns/packet (+ XDP_DROP) | every iteration's verdict as expected |");
         let _ = writeln!(md, "|---|---:|---:|:---:|");
