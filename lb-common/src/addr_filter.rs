@@ -22,14 +22,19 @@ pub const DST: u32 = 0;
 /// First word of the half for sources (real servers).
 pub const SRC: u32 = HALF_WORDS;
 
-/// The word (within a half) and the bit mask of `addr`: the four 32-bit words of the
-/// 16-byte form folded by XOR (an IPv4 address: its own 4 bytes with the mapped
-/// prefix's constant), then the kernel's hash_32.
+/// The bit of `addr` within a half: the four 32-bit words of the 16-byte form folded
+/// by XOR (an IPv4 address: its own 4 bytes with the mapped prefix's constant), then the
+/// kernel's hash_32.
+#[inline(always)]
+pub fn bit(addr: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    crate::hash::hash_32(w(0) ^ w(4) ^ w(8) ^ w(12), BITS_LOG2)
+}
+
+/// The word (within a half) and the bit mask of `addr` ([`bit`]).
 #[inline(always)]
 pub fn slot(addr: &[u8; 16]) -> (u32, u64) {
-    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-    let folded = w(0) ^ w(4) ^ w(8) ^ w(12);
-    let bit = crate::hash::hash_32(folded, BITS_LOG2);
+    let bit = bit(addr);
     (bit >> 6, 1u64 << (bit & 63))
 }
 

@@ -169,10 +169,17 @@ pub struct Model {
     reals: BTreeMap<u32, RealEntry>,
     reals_of: BTreeMap<u32, BTreeSet<u32>>,
     vips: BTreeMap<[u8; 16], u32>,
-    /// ADDR_FILTER as last written (see `lb_common::addr_filter`), and whether the
-    /// addresses it is built from may have changed since.
+    /// ADDR_FILTER as last written (see `lb_common::addr_filter`), and whether it must
+    /// be recounted from every address (at the first commit after a restore).
     filter: Vec<u64>,
     filter_dirty: bool,
+    /// How many counted addresses set each filter bit (bit index over both halves:
+    /// the source half's start at `SRC * 64`; bits at 0 left out), and the addresses
+    /// counted: each real's (by id) and each VIP. A commit recounts only the addresses
+    /// it changed and rewrites only their words.
+    filter_counts: BTreeMap<u32, u32>,
+    counted_reals: BTreeMap<u32, [u8; 16]>,
+    counted_vips: BTreeSet<[u8; 16]>,
     /// What each service's pool regions hold (real ids, table), when this process wrote
     /// them: an unchanged rebuild writes nothing.
     tables: BTreeMap<u32, (Vec<u32>, Vec<u32>)>,
@@ -233,6 +240,9 @@ impl Model {
             // process, or by one that died mid-commit, is brought to the model.
             filter: if c.filter.len() == lb_common::addr_filter::WORDS as usize { c.filter } else { vec![0; lb_common::addr_filter::WORDS as usize] },
             filter_dirty: true,
+            filter_counts: BTreeMap::new(),
+            counted_reals: BTreeMap::new(),
+            counted_vips: BTreeSet::new(),
             tables: BTreeMap::new(),
             spares: BTreeMap::new(),
             pool,
@@ -955,10 +965,7 @@ impl Model {
                 }
             }
         }
-        if self.filter_dirty || !p.reals.is_empty() || !p.fronts.is_empty() || !p.vips.is_empty() {
-            self.filter_dirty = false;
-            self.refilter(&mut w);
-        }
+        self.refilter(&p.reals, p.fronts.iter().map(|k| k.vip).chain(p.vips.iter().copied()), &mut w);
         w.fresh_reals = p.fresh_reals.iter().copied().filter(|id| self.reals.contains_key(id)).collect();
         w.fresh_services = p.fresh_services.iter().copied().filter(|id| self.infos.contains_key(id)).collect();
         for id in p.reals {
@@ -984,19 +991,74 @@ impl Model {
 
     /// The address filter for the model's VIPs (every frontend's, live or trashed
     /// service: a trashed one's connections still come) and real addresses (every
-    /// real's, removed ones too while they are kept for their connections), as diffs
-    /// against the one last written: words gaining bits first, words losing bits last.
-    fn refilter(&mut self, w: &mut Writes) {
-        let vips = self.fronts.keys().map(|k| &k.vip).chain(self.vips.keys());
-        let want = lb_common::addr_filter::build(vips, self.reals.values().map(|r| &r.ip));
-        for (i, (old, new)) in self.filter.iter_mut().zip(want).enumerate() {
-            if *old | new != *old {
-                w.filter_before.push((i as u32, *old | new));
+    /// real's, removed ones too while they are kept for their connections): recounts the
+    /// changed reals and VIPs (after a restore, all of them) and writes the words whose
+    /// bits changed, as diffs against the ones last written: words gaining bits first,
+    /// words losing bits last.
+    fn refilter(&mut self, reals: &BTreeSet<u32>, vips: impl Iterator<Item = [u8; 16]>, w: &mut Writes) {
+        use lb_common::addr_filter::{SRC, WORDS, bit};
+        let src_base = SRC * 64;
+        let mut words = BTreeSet::new();
+        // One address more (`up`) or less on bit `at`; its word is rewritten.
+        fn count(counts: &mut BTreeMap<u32, u32>, words: &mut BTreeSet<u32>, at: u32, up: bool) {
+            let n = counts.entry(at).or_insert(0);
+            *n = if up { *n + 1 } else { n.saturating_sub(1) };
+            if *n == 0 {
+                counts.remove(&at);
             }
-            if new != *old | new {
-                w.filter_after.push((i as u32, new));
+            words.insert(at >> 6);
+        }
+        let (all_reals, all_vips): (BTreeSet<u32>, BTreeSet<[u8; 16]>);
+        let (reals, vips): (&BTreeSet<u32>, Box<dyn Iterator<Item = [u8; 16]>>) = if self.filter_dirty {
+            // Everything counted afresh, every word compared with the map's.
+            self.filter_dirty = false;
+            self.filter_counts.clear();
+            self.counted_reals.clear();
+            self.counted_vips.clear();
+            all_reals = self.reals.keys().copied().collect();
+            all_vips = self.fronts.keys().map(|k| k.vip).chain(self.vips.keys().copied()).collect();
+            words.extend(0..WORDS);
+            (&all_reals, Box::new(all_vips.into_iter()))
+        } else {
+            (reals, Box::new(vips))
+        };
+        for id in reals {
+            let (old, new) = (self.counted_reals.get(id).copied(), self.reals.get(id).map(|r| r.ip));
+            if old == new {
+                continue;
             }
-            *old = new;
+            if let Some(ip) = old {
+                count(&mut self.filter_counts, &mut words, src_base + bit(&ip), false);
+                self.counted_reals.remove(id);
+            }
+            if let Some(ip) = new {
+                count(&mut self.filter_counts, &mut words, src_base + bit(&ip), true);
+                self.counted_reals.insert(*id, ip);
+            }
+        }
+        for vip in vips {
+            let lo = ServiceKey { vip, port: [0; 2], proto: 0, _pad: 0 };
+            let hi = ServiceKey { vip, port: [0xff; 2], proto: 0xff, _pad: 0xff };
+            let present = self.vips.contains_key(&vip) || self.fronts.range(lo..=hi).next().is_some();
+            if present != self.counted_vips.contains(&vip) {
+                count(&mut self.filter_counts, &mut words, bit(&vip), present);
+                if present {
+                    self.counted_vips.insert(vip);
+                } else {
+                    self.counted_vips.remove(&vip);
+                }
+            }
+        }
+        for i in words {
+            let new = self.filter_counts.range(i * 64..(i + 1) * 64).fold(0u64, |acc, (at, _)| acc | 1 << (at & 63));
+            let old = self.filter[i as usize];
+            if old | new != old {
+                w.filter_before.push((i, old | new));
+            }
+            if new != old | new {
+                w.filter_after.push((i, new));
+            }
+            self.filter[i as usize] = new;
         }
     }
 

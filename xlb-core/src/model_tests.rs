@@ -444,6 +444,15 @@ fn filtered(store: &MemStore, half: u32, ip: IpAddr) -> bool {
     store.contents.filter.get((half + w) as usize).is_some_and(|word| word & m != 0)
 }
 
+/// The filter built whole from the store's tables (`addr_filter::build`), as the store
+/// holds it (empty when all zero): what the model's incremental counting must give.
+fn filter_built_whole(store: &MemStore) -> Vec<u64> {
+    let c = &store.contents;
+    let vips = c.frontends.keys().map(|k| &k.vip).chain(c.vips.keys());
+    let words = lb_common::addr_filter::build(vips, c.reals.values().map(|r| &r.ip));
+    if words.iter().all(|w| *w == 0) { Vec::new() } else { words.to_vec() }
+}
+
 #[test]
 fn the_address_filter_holds_every_vip_and_real_and_loses_them_after_the_tables() {
     use lb_common::addr_filter::{DST, SRC};
@@ -454,6 +463,7 @@ fn the_address_filter_holds_every_vip_and_real_and_loses_them_after_the_tables()
     // Bits come in the commit's first writes, ahead of the frontend that names the VIP.
     assert!(!w.filter_before.is_empty() && w.filter_after.is_empty(), "{w:?}");
     assert_eq!(m.contents(), store.contents);
+    assert_eq!(store.contents.filter, filter_built_whole(&store));
     // An unchanged apply writes no filter word.
     let again = apply(&mut m, &mut store, &[service(svc(80), sched(Scheduler::Rr), &[(1, 1), (2, 1)])]);
     assert!(again.filter_before.is_empty() && again.filter_after.is_empty(), "{again:?}");
@@ -467,6 +477,7 @@ fn the_address_filter_holds_every_vip_and_real_and_loses_them_after_the_tables()
     assert!(w.filter_before.is_empty() && !w.filter_after.is_empty(), "{w:?}");
     assert!(!filtered(&store, DST, v4(100)) && filtered(&store, SRC, v4(1)) && filtered(&store, SRC, v4(2)));
     assert_eq!(m.contents(), store.contents);
+    assert_eq!(store.contents.filter, filter_built_whole(&store));
     // A model restored from a store with stale bits clears them at its first commit.
     let mut stale = MemStore::default();
     stale.contents.filter = vec![u64::MAX; lb_common::addr_filter::WORDS as usize];
@@ -474,4 +485,15 @@ fn the_address_filter_holds_every_vip_and_real_and_loses_them_after_the_tables()
     apply(&mut restored, &mut stale, &[service(svc(80), sched(Scheduler::Rr), &[(1, 1)])]);
     assert!(filtered(&stale, DST, v4(100)) && !filtered(&stale, DST, v4(2)));
     assert_eq!(stale.contents.filter.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+    // Counted one change at a time, the filter stays the one built whole: many services
+    // and reals added, edited, moved, removed.
+    let (mut m, mut store) = (Model::default(), MemStore::default());
+    for round in 0..6u8 {
+        let cfg: Vec<ServiceConfig> = (0..20u16)
+            .filter(|i| (i + u16::from(round)) % 3 != 0)
+            .map(|i| service(svc(1000 + i), sched(Scheduler::Rr), &[(1 + (i as u8 + round) % 40, 1), (50 + round, 2)]))
+            .collect();
+        apply(&mut m, &mut store, &cfg);
+        assert_eq!(store.contents.filter, filter_built_whole(&store), "round {round}");
+    }
 }
