@@ -21,6 +21,13 @@ pub const MAX_FRONTENDS: u32 = 65_536;
 /// RR_CURSORS) get at load. Ids run from 0 to the size less one; the fast path never
 /// compares an id with this constant (an id past a map's size misses its lookup).
 pub const MAX_SERVICES: u32 = 16_384;
+
+/// What the connection tables' clock adds to CLOCK_MONOTONIC, nanoseconds (2^46, about
+/// 19.5 hours): idle stamps (`last_seen_ns`) are CLOCK_MONOTONIC + this, so a stamp
+/// older than the host's uptime exists (a synced connection on a backup booted a
+/// minute ago, an entry aged by a test) instead of being clipped at zero, for the same
+/// reason the kernel starts jiffies at INITIAL_JIFFIES rather than at 0.
+pub const CLOCK_BASE_NS: u64 = 1 << 46;
 /// Real servers in one service.
 pub const MAX_REALS_PER_SERVICE: u32 = 1024;
 /// Real-server ids over all services: the default of `--max-reals`, the size of the
@@ -260,7 +267,7 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet.
+    /// The tables' clock ([`CLOCK_BASE_NS`] + CLOCK_MONOTONIC) at the last packet.
     pub last_seen_ns: u64,
     /// The real's address when the flow was scheduled; a real id since reused by another
     /// server no longer matches, so the flow is never sent to the wrong machine. At an
@@ -347,7 +354,8 @@ pub struct PersistKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PersistEntry {
-    /// CLOCK_MONOTONIC of the last connection it placed (or of its re-arming).
+    /// The tables' clock ([`CLOCK_BASE_NS`] + CLOCK_MONOTONIC) at the last connection it
+    /// placed (or at its re-arming).
     pub last_seen_ns: u64,
     /// Live connections this template placed (atomic adds in the fast path).
     pub n_control: u64,

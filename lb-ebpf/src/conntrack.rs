@@ -20,9 +20,9 @@
 //! back. IPVS counts a SYN_RECV connection as InActConn; here it is counted from its
 //! promotion on (lc/wlc see only connections whose client answered). UDP has no
 //! handshake: its flows go to CONNS at once, as before.
-use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use lb_common::{
-    CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, ServiceInfo, Settings, counter, forward,
+    CLOCK_BASE_NS, CONN_STATE_IN_WORD, CONN_STATE_WORD, ConnEntry, FlowKey, NatReply, PROTO_TCP, RealEntry, ServiceInfo, Settings, counter, forward,
     svc_flags, tcp,
 };
 
@@ -62,7 +62,13 @@ pub enum Created {
     Clash,
 }
 
-/// CLOCK_MONOTONIC at the kernel's last tick (bpf_ktime_get_coarse_ns): the clock of a
+/// The tables' clock (`CLOCK_BASE_NS` + CLOCK_MONOTONIC) now: a new flow's stamp.
+#[inline(always)]
+pub fn clock_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() + CLOCK_BASE_NS }
+}
+
+/// The tables' clock at the kernel's last tick (bpf_ktime_get_coarse_ns): the clock of a
 /// known flow's packets. It moves once per tick (1–10 ms), so a flow's idle stamp is
 /// rewritten at most once per tick ([`advance`]): no write to the shared entry on every
 /// packet. Each CPU keeps the value with the tick it was read in (jiffies, which the
@@ -72,10 +78,10 @@ pub enum Created {
 pub fn coarse_now() -> u64 {
     let tick = unsafe { bpf_jiffies64() };
     // Through a raw pointer: callers hold a reference to another part of the scratch.
-    let Some(s) = SCRATCH.get_ptr_mut(0) else { return unsafe { bpf_ktime_get_coarse_ns() } };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return unsafe { bpf_ktime_get_coarse_ns() } + CLOCK_BASE_NS };
     unsafe {
         if (*s).clock_tick != tick || (*s).clock_ns == 0 {
-            (*s).clock_ns = bpf_ktime_get_coarse_ns();
+            (*s).clock_ns = bpf_ktime_get_coarse_ns() + CLOCK_BASE_NS;
             (*s).clock_tick = tick;
         }
         (*s).clock_ns

@@ -28,7 +28,7 @@ mod sched;
 mod stats;
 mod sync;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     ConnEntry, FlowKey, addr_filter, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, SyncInstall, counter, forward, svc_flags, tcp,
 };
@@ -84,7 +84,7 @@ pub fn xlb_expire(ctx: XdpContext) -> u32 {
     let Some(settings) = SETTINGS.get(0) else { return xdp_action::XDP_ABORTED };
     let Some(c) = (unsafe { CONNS.get(&flow) }) else { return xdp_action::XDP_DROP };
     let c = *c;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::clock_ns();
     if now.saturating_sub(c.last_seen_ns) > conntrack::timeout_ns(c.state, settings) && conntrack::expire(&flow) {
         xdp_action::XDP_PASS
     } else {
@@ -147,10 +147,9 @@ fn balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
 #[inline(always)]
 fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32, ()> {
     let pkt = &s.pkt;
-    // Neither for a VIP nor from a real server (most frames a director's NIC carries):
-    // passed after two array reads, before any hash lookup.
-    let to_vip = filter::holds(addr_filter::DST, &pkt.flow.dst);
-    if !to_vip {
+    // Not for a VIP (the address filter, tested by the parser): a NAT real's reply, or
+    // none of ours, found without a service lookup.
+    if !pkt.to_vip {
         return Ok(reply_or_pass(ctx, s, settings));
     }
     // For a VIP: balanced only if addressed to this host's MAC (a frame a switch flooded
@@ -190,7 +189,7 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
     };
     // The fine clock for a new connection: its persistence template's tag is
     // made from it.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::clock_ns();
     // A half-open TCP connection's packet: its retransmitted SYN, or the one
     // completing its handshake (promotion to CONNS). Followed here, not in a
     // function of its own: another frame in the chain to `to_real` would pass
@@ -237,12 +236,13 @@ fn try_balance_flow(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> R
 }
 
 /// A frame for no service: a NAT real's reply, or (most such frames) none of ours,
-/// which the address filter's source half passes without a lookup.
+/// which the address filter's source half passes without a lookup. A frame not to a
+/// VIP had its source tested by the parser (or is a later fragment, looked up).
 #[inline(always)]
 fn reply_or_pass(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> u32 {
     let pkt = &s.pkt;
     let mut back = None;
-    if filter::holds(addr_filter::SRC, &pkt.flow.src) {
+    if !pkt.to_vip || filter::holds(addr_filter::SRC, &pkt.flow.src) {
         back = unsafe { NAT_REPLIES.get(&pkt.flow) };
         if back.is_none() && pkt.flow.proto == PROTO_TCP && pkt.tcp_flags & tcp::FLAG_SYN != 0 {
             // A real's SYN-ACK to a half-open connection (only a SYN-ACK looks further).

@@ -84,6 +84,9 @@ pub struct Packet {
     /// The datagram's identification (IPv4's 16 bits, or the IPv6 Fragment header's
     /// 32) when `fragment` is not [`WHOLE`].
     pub frag_id: u32,
+    /// The destination is in the address filter's VIP half (maybe a VIP; if not, surely
+    /// none): tested once here, read by the balancer.
+    pub to_vip: bool,
 }
 
 /// Masks for offsets read back from scratch memory: values loaded from a map are
@@ -277,13 +280,14 @@ fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), u32> {
     if pkt.fragment != WHOLE && pkt.is_icmp() {
         return Err(counter::PASS_FRAGMENT);
     }
+    pkt.to_vip = crate::filter::holds(addr_filter::DST, &pkt.flow.dst);
     if pkt.fragment == LATER_FRAGMENT {
         return fragment_data(ctx, pkt, header_len);
     }
     // Neither to a VIP nor from a real server (the address filter): passed before the
     // transport header is read, as most frames a director's NIC carries are. ICMP goes
     // on (an error about a balanced flow may come from anywhere).
-    if !pkt.is_icmp() && !crate::filter::holds(addr_filter::DST, &pkt.flow.dst) && !crate::filter::holds(addr_filter::SRC, &pkt.flow.src) {
+    if !pkt.is_icmp() && !pkt.to_vip && !crate::filter::holds(addr_filter::SRC, &pkt.flow.src) {
         return Err(counter::PASS_NOT_VIP);
     }
     transport(ctx, pkt, header_len)

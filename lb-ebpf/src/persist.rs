@@ -4,7 +4,6 @@
 //! ip_vs_check_template and ip_vs_conn_expire).
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{PersistEntry, PersistKey, RealEntry, ServiceInfo, Settings, addr, counter, svc_flags};
 
 use crate::{
@@ -120,7 +119,7 @@ pub fn release(service_id: u32, client: &[u8; 16], tag: u32) {
             }
             // Never below zero.
             if let Some((1, _)) = atomic::update(&raw mut (*e).n_control, |n| n.checked_sub(1)) {
-                (*e).last_seen_ns = bpf_ktime_get_ns();
+                (*e).last_seen_ns = crate::conntrack::clock_ns();
             }
         }
     }

@@ -744,7 +744,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return tracing::warn!("sync backup: reading the settings: {e:#}"),
         };
-        let now = ops::monotonic_ns();
+        let now = ops::table_clock_ns();
         for c in &conns {
             let v = sync::verdict(c, &mut ops::SyncLookup(&mut self.maps), &settings, now);
             let answer = match &v {
@@ -827,7 +827,7 @@ impl Engine {
     /// nanoseconds are sent again, so the backup's entries of long-lived connections do
     /// not expire there while they live here.
     fn sync_refresh(&mut self, window_ns: u64) {
-        let now = ops::monotonic_ns();
+        let now = ops::table_clock_ns();
         let active: Vec<SyncEvent> = self
             .maps
             .conns

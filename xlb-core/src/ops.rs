@@ -1176,11 +1176,12 @@ pub struct ConnView {
     pub template: bool,
 }
 
-pub fn monotonic_ns() -> u64 {
+/// The connection tables' clock now, nanoseconds: CLOCK_MONOTONIC (bpf_ktime_get_ns's
+/// clock) + `lb_common::CLOCK_BASE_NS`, as the fast path stamps entries.
+pub fn table_clock_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64 + lb_common::CLOCK_BASE_NS
 }
 
 fn idle_limit_ns(state: u8, s: &Settings) -> u64 {
@@ -1189,7 +1190,7 @@ fn idle_limit_ns(state: u8, s: &Settings) -> u64 {
 
 pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
     let s = settings(maps)?;
-    let now = monotonic_ns();
+    let now = table_clock_ns();
     let mut out = Vec::new();
     // Half-open connections too (IPVS lists its SYN_RECV ones); an idle one the fast
     // path has not met again is left out.
@@ -1221,7 +1222,7 @@ pub fn connections(maps: &Maps) -> Result<Vec<ConnView>> {
 /// fwmark service `<IP, client network:0, mark as an address:0, RIP:rport>`; state NONE;
 /// the time left before the template expires if no connection renews it.
 pub fn templates(maps: &Maps) -> Result<Vec<ConnView>> {
-    let now = monotonic_ns();
+    let now = table_clock_ns();
     let infos: BTreeMap<u32, ServiceInfo> = services(maps)?.into_iter().map(|i| (i.id, i)).collect();
     let own: BTreeMap<u32, Service> = frontends(maps)?
         .iter()
@@ -1284,7 +1285,7 @@ pub struct SweepReport {
 /// `xlb_expire` program) so the shared counts stay exact; it returns whether it did.
 pub fn sweep(maps: &mut Maps, expire: &mut dyn FnMut(&FlowKey) -> Result<bool>) -> Result<SweepReport> {
     let s = settings(maps)?;
-    let now = monotonic_ns();
+    let now = table_clock_ns();
     let mut report = SweepReport::default();
     let mut idle = Vec::new();
     // Templates that placed a connection still in the table: IPVS keeps a template

@@ -735,7 +735,7 @@ fn first_packet_meeting_an_entry_being_removed_is_dropped_and_counted() {
         proto: lb_common::PROTO_TCP,
         _pad: [0; 3],
     };
-    let claimed = lb_common::ConnEntry { state: tcp::GONE, last_seen_ns: ops::monotonic_ns(), ..Default::default() };
+    let claimed = lb_common::ConnEntry { state: tcp::GONE, last_seen_ns: ops::table_clock_ns(), ..Default::default() };
     inst.maps.conns.insert(key, claimed, 0).unwrap();
     // The SYN is half-open (to rs1); the ACK that promotes it meets the claimed entry.
     assert_eq!(inst.forwarded_to(&syn), RS1_MAC);

@@ -115,7 +115,7 @@ fn conn_to(real: Ipv4Addr, sport: u16, state: u8) -> SyncConn {
 /// What the backup does with one received connection: (verdict, install answer).
 fn receive(inst: &mut Instance, c: &SyncConn) -> (Verdict, Option<u32>) {
     let settings = ops::settings(&inst.maps).unwrap();
-    let v = sync::verdict(c, &mut ops::SyncLookup(&mut inst.maps), &settings, ops::monotonic_ns());
+    let v = sync::verdict(c, &mut ops::SyncLookup(&mut inst.maps), &settings, ops::table_clock_ns());
     let answer = match v {
         Verdict::Install(flow, entry) => Some(loader::install_conn(&mut inst.ebpf, &sync::install_arg(flow, entry)).unwrap()),
         _ => None,
