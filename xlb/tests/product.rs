@@ -38,8 +38,14 @@ fn xlb_offers_no_bench_test_server_stub_or_demo_command() {
 
 #[test]
 fn the_xlb_package_depends_on_neither_the_test_kit_nor_the_bench() {
+    // The graph for this host only: offline, cargo has no other platform's packages
+    // (a fresh machine's registry holds what the build downloaded, no Windows crates).
+    let version = Command::new(env!("CARGO")).arg("-vV").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let host = version.lines().find_map(|l| l.strip_prefix("host: ")).expect("`cargo -vV` names the host");
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", host])
+        .args(["--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
         .output()
         .unwrap();
     assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
