@@ -1157,7 +1157,6 @@ fn report_tables(pin_dir: &Path, asked: &TableSizes) -> Result<Vec<MapMemory>> {
             "xlb: {name} keeps its pinned size of {pinned} entries, not the {want} asked for: the running tables \
              (and their connections) were adopted; `xlb stop` then a new start applies the new size"
         );
-        tracing::warn!("{name} keeps its pinned size {pinned} (asked {want})");
     }
     Ok(tables)
 }

@@ -1082,6 +1082,12 @@ pub fn main(args: &[String], paths: &Paths, output: Output) -> i32 {
     }
 }
 
+/// The connection table's size (its pinned map's entries), or IPVS's default 4096
+/// when the pin cannot be read.
+fn conn_table_size(paths: &Paths) -> u32 {
+    aya::maps::MapInfo::from_pin(paths.pin_dir.join(lb_common::map_names::CONNS)).map_or(4096, |info| info.max_entries())
+}
+
 fn list(paths: &Paths) -> Result<Vec<ServiceView>, ApiError> {
     match api::call(&paths.socket, &Request::List)? {
         Reply::Services(s) => Ok(s),
@@ -1186,8 +1192,9 @@ fn execute(inv: &Invocation, paths: &Paths, output: Output) -> Result<(), Failur
             }
             let templates = if inv.format == Format::PersistentConn { conns(paths).map_err(Failure::List)? } else { Vec::new() };
             if inv.service.is_none() {
-                // As ipvsadm; xlb holds up to MAX_CONNS connections, not IPVS's hash size.
-                println!("IP Virtual Server version 1.2.1 (size=4096)");
+                // ipvsadm prints IPVS's connection table size here; xlb's is the
+                // connection table's as loaded (`--max-conns`).
+                println!("IP Virtual Server version 1.2.1 (size={})", conn_table_size(paths));
             }
             print!("{}", listing::table(&services, inv.format, inv.exact, &templates));
         }

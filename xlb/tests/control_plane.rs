@@ -41,7 +41,9 @@ fn dest(addr: &str, weight: u32, active: u32, inactive: u32) -> String {
     format!("  -> {addr:<28} {:<7} {weight:<6} {active:<10} {inactive:<10}\n", "Route")
 }
 
-const HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)\n\
+/// The header's size is the connection table's (the daemon's default `--max-conns`,
+/// lb_common::MAX_CONNS, checked below).
+const HEADER: &str = "IP Virtual Server version 1.2.1 (size=1048576)\n\
                       Prot LocalAddress:Port Scheduler Flags\n  \
                       -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n";
 
@@ -82,6 +84,7 @@ const EXPECTED_SAVE: &str = "-A -t 10.99.0.100:80 -s wrr\n\
 
 #[test]
 fn ipvsadm_listings_and_save_restore_round_trip() {
+    assert_eq!(lb_common::MAX_CONNS, 1_048_576, "HEADER's size is the default connection table's");
     let mut c = cluster(2);
     c.start_balancer().unwrap();
     for line in SCRIPT {
@@ -112,7 +115,7 @@ fn ipvsadm_listings_and_save_restore_round_trip() {
     let fields: Vec<&str> = service.split_whitespace().collect();
     assert_eq!(fields[2], "5", "{stats}");
     assert_eq!((fields[4], fields[6]), ("0", "0"), "no outbound in DR: {stats}");
-    assert!(stats.starts_with("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"), "{stats}");
+    assert!(stats.starts_with("IP Virtual Server version 1.2.1 (size=1048576)\nProt LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"), "{stats}");
     assert_eq!(&service[..33], format!("{:<33}", "TCP  10.99.0.100:80"));
     ok(&c, "-Z");
     let zeroed = ok(&c, "-L -n --stats");
