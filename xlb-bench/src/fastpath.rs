@@ -635,9 +635,11 @@ impl Harness {
         Self::load_with(false, xlb_core::ebpf::OBJECT)
     }
 
-    /// As [`Self::load`], from the object built without the fast path's diagnostics.
+    /// As [`Self::load_with_nat_tun`] (any row can be the diagnostics' row: a filtered
+    /// run's first may be NAT's), from the object built without the fast path's
+    /// diagnostics.
     pub fn load_without_diagnostics() -> Result<Self> {
-        Self::load_with(false, xlb_core::ebpf::OBJECT_NODIAG)
+        Self::load_with(true, xlb_core::ebpf::OBJECT_NODIAG)
     }
 
     /// With the NAT and TUN services too, checked against every fixture table: the
@@ -1309,10 +1311,15 @@ fn katran_real(ipv6: bool, id: u32) -> Option<IpAddr> {
 
 /// Runs an established row's handshake once and checks the entry it leaves.
 fn prime(h: &mut Harness, item: &Item) -> Result<()> {
-    for step in &item.prime {
+    for (i, step) in item.prime.iter().enumerate() {
+        let before = xlb_core::ops::counters(&h.maps)?;
         let (verdict, _) = h.once(step.ingress, &step.frame)?;
         if verdict != step.verdict {
-            bail!("{}: a handshake frame got verdict {verdict}, not {}", item.case, step.verdict);
+            // The counters it moved say why.
+            let after = xlb_core::ops::counters(&h.maps)?;
+            let moved: Vec<String> =
+                after.iter().zip(&before).filter(|(a, b)| a.1 != b.1).map(|(a, b)| format!("{} +{}", a.0, a.1 - b.1)).collect();
+            bail!("{}: handshake frame {} of {} got verdict {verdict}, not {} (counted: {})", item.case, i + 1, item.prime.len(), step.verdict, moved.join(", "));
         }
     }
     if let Some((key, state)) = &item.entry {
@@ -1770,3 +1777,4 @@ mod tests {
         assert_eq!(frame[at - 12..at], a.octets()[..12]);
     }
 }
+
