@@ -313,7 +313,7 @@ pub struct KatranResults {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Coverage {
     pub requested: String,
-    /// Index into `rows`, or None: not implemented yet.
+    /// Index into `rows`, or None: not measured in this run (a --case run leaves it out).
     pub row: Option<usize>,
 }
 

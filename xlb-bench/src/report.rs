@@ -178,7 +178,7 @@ fn fastpath_section(md: &mut String, f: &FastpathResults) {
     for c in &f.coverage {
         let measured = match c.row.and_then(|i| f.rows.get(i)) {
             Some(row) => format!("{} ns/packet, {} floor, {} Katran ({}, {})", ns(row.ns_per_packet), ratio(row.x_floor), ratio_or_dash(row.x_katran), row.case, row.path.label()),
-            None => "not implemented yet".into(),
+            None => "not measured in this run (left out by --case)".into(),
         };
         let _ = writeln!(md, "| {} | {} |", c.requested, measured);
     }
@@ -289,7 +289,7 @@ pub fn readme_table(r: &Results, results_file: &str) -> String {
                     let _ = writeln!(md, "| {} | {} | {} | {} | {} |", c.requested, ns(row.ns_per_packet), ratio(row.x_floor), ratio_or_dash(row.x_katran), ratio(row.vs_drop));
                 }
                 None => {
-                    let _ = writeln!(md, "| {} | not implemented yet | | | |", c.requested);
+                    let _ = writeln!(md, "| {} | not measured in this run (left out by --case) | | | |", c.requested);
                 }
             }
         }
