@@ -135,16 +135,48 @@ pub const ICMP_HEADER_LEN: usize = 8;
 /// host needs to find the socket), and a multiple of 4.
 pub const ICMP_QUOTE_LEN: usize = 128;
 
+/// The quote of an ICMP port unreachable the fast path sends (see
+/// [`icmp_error`]): an IPv4 header without options and 8 bytes of the transport
+/// header, RFC 792's minimum (a packet with options is not answered).
+pub const PORT_UNREACHABLE_QUOTE_V4: usize = IPV4_HEADER_LEN + 8;
+/// ICMPv6's: the IPv6 header and the 8 bytes after it (RFC 4443 2.4 (c) allows less
+/// than the most that fits).
+pub const PORT_UNREACHABLE_QUOTE_V6: usize = IPV6_HEADER_LEN + 8;
+/// ICMP destination unreachable / port unreachable (type 3 code 3), the rest zero.
+pub const ICMP_PORT_UNREACHABLE: [u8; ICMP_HEADER_LEN] = [3, 3, 0, 0, 0, 0, 0, 0];
+/// ICMPv6 destination unreachable / port unreachable (type 1 code 4), the rest zero.
+pub const ICMPV6_PORT_UNREACHABLE: [u8; ICMP_HEADER_LEN] = [1, 4, 0, 0, 0, 0, 0, 0];
+
+/// Writes the ICMP header `head` (type, code, zero checksum, the rest) into `h`,
+/// checksummed over itself and a quote whose [`sum_words`] is `quote_sum`.
+#[inline(always)]
+pub fn icmp_error(h: &mut [u8; ICMP_HEADER_LEN], head: [u8; ICMP_HEADER_LEN], quote_sum: u32) {
+    *h = head;
+    let c = (!fold(sum_words(h) + fold(quote_sum) as u32)).to_be_bytes();
+    h[2] = c[0];
+    h[3] = c[1];
+}
+
+/// Writes the ICMPv6 header `head` into `h`, checksummed over the pseudo-header
+/// (`src` → `dst`, the message's length: the header and `quote_len` bytes of quote), itself
+/// and a quote whose [`sum_words`] is `quote_sum`.
+#[inline(always)]
+pub fn icmp6_error(h: &mut [u8; ICMP_HEADER_LEN], head: [u8; ICMP_HEADER_LEN], quote_len: usize, src: &[u8; 16], dst: &[u8; 16], quote_sum: u32) {
+    *h = head;
+    let len = (ICMP_HEADER_LEN + quote_len) as u32;
+    let pseudo = sum_words(src) + sum_words(dst) + (len >> 16) + (len & 0xffff) + PROTO_ICMPV6 as u32;
+    let c = (!fold(fold(pseudo) as u32 + sum_words(h) + fold(quote_sum) as u32)).to_be_bytes();
+    h[2] = c[0];
+    h[3] = c[1];
+}
+
 /// Writes ICMP destination unreachable / fragmentation needed (type 3 code 4) with the
 /// next-hop MTU into `h`, checksummed over itself and a quote whose [`sum_words`] is
 /// `quote_sum`.
 #[inline(always)]
 pub fn icmp_frag_needed(h: &mut [u8; ICMP_HEADER_LEN], mtu: u16, quote_sum: u32) {
     let m = mtu.to_be_bytes();
-    *h = [3, 4, 0, 0, 0, 0, m[0], m[1]];
-    let c = (!fold(sum_words(h) + fold(quote_sum) as u32)).to_be_bytes();
-    h[2] = c[0];
-    h[3] = c[1];
+    icmp_error(h, [3, 4, 0, 0, 0, 0, m[0], m[1]], quote_sum);
 }
 
 /// Writes ICMPv6 packet-too-big (type 2) with `mtu` into `h`, checksummed over the
@@ -153,12 +185,7 @@ pub fn icmp_frag_needed(h: &mut [u8; ICMP_HEADER_LEN], mtu: u16, quote_sum: u32)
 #[inline(always)]
 pub fn icmp6_packet_too_big(h: &mut [u8; ICMP_HEADER_LEN], mtu: u32, src: &[u8; 16], dst: &[u8; 16], quote_sum: u32) {
     let m = mtu.to_be_bytes();
-    *h = [2, 0, 0, 0, m[0], m[1], m[2], m[3]];
-    let len = (ICMP_HEADER_LEN + ICMP_QUOTE_LEN) as u32;
-    let pseudo = sum_words(src) + sum_words(dst) + (len >> 16) + (len & 0xffff) + PROTO_ICMPV6 as u32;
-    let c = (!fold(fold(pseudo) as u32 + sum_words(h) + fold(quote_sum) as u32)).to_be_bytes();
-    h[2] = c[0];
-    h[3] = c[1];
+    icmp6_error(h, [2, 0, 0, 0, m[0], m[1], m[2], m[3]], ICMP_QUOTE_LEN, src, dst, quote_sum);
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub const MAX_SERVICES: u32 = 16_384;
 /// minute ago, an entry aged by a test) instead of being clipped at zero, for the same
 /// reason the kernel starts jiffies at INITIAL_JIFFIES rather than at 0.
 pub const CLOCK_BASE_NS: u64 = 1 << 46;
+
+/// ICMP port unreachable answers (see `counter::TX_ICMP_UNREACHABLE`) each CPU may
+/// send a second, and how many at once after a quiet spell: the kernel's defaults for
+/// all its ICMP errors (net.ipv4.icmp_msgs_per_sec, icmp_msgs_burst).
+pub const ICMP_UNREACHABLE_PER_SEC: u64 = 1000;
+pub const ICMP_UNREACHABLE_BURST: u64 = 50;
 /// Real servers in one service.
 pub const MAX_REALS_PER_SERVICE: u32 = 1024;
 /// Real-server ids over all services: the default of `--max-reals`, the size of the
@@ -517,7 +523,8 @@ pub mod counter {
     /// controller resolves the real); NAT and TUN pass the translated or encapsulated
     /// frame, which the kernel forwards, resolving the neighbour on the way.
     pub const PASS_NEIGH_UNRESOLVED: u32 = 6;
-    /// The scheduler found no available real (none, all quiescent or overloaded).
+    /// The scheduler found no available real (none, all quiescent or overloaded), and
+    /// the frame was not answered ([`TX_ICMP_UNREACHABLE`] says when it is): dropped.
     pub const DROP_NO_REAL: u32 = 7;
     /// Sent to a real server by direct routing (XDP_TX, or XDP_REDIRECT to another NIC:
     /// likewise for every tx_ counter).
@@ -580,24 +587,33 @@ pub mod counter {
     /// balance them. Checked against the MACs of the NIC the frame came in by (see
     /// [`super::IngressMac`]), only for NICs the controller registered.
     pub const PASS_OTHER_HOST: u32 = 27;
+    /// The scheduler found no available real for a new flow: as IPVS (ip_vs_leave), the
+    /// frame is answered with ICMP port unreachable (ICMPv6's for IPv6, for TCP too), so
+    /// the client fails at once instead of waiting for its timeout. At most
+    /// [`super::ICMP_UNREACHABLE_PER_SEC`] a second on each CPU (burst
+    /// [`super::ICMP_UNREACHABLE_BURST`]), as the kernel limits the ICMP errors it sends
+    /// (net.ipv4.icmp_msgs_per_sec); never for an IPv4 header with options or a
+    /// multicast, broadcast or unspecified source (RFC 1122 3.2.2): those count in
+    /// [`DROP_NO_REAL`].
+    pub const TX_ICMP_UNREACHABLE: u32 = 28;
     /// Verdict counters: indexes below this.
-    pub const VERDICTS: u32 = 28;
+    pub const VERDICTS: u32 = 29;
 
     /// Event: the persistence table is full: a connection was scheduled without a template.
-    pub const PERSIST_TABLE_FULL: u32 = 28;
+    pub const PERSIST_TABLE_FULL: u32 = 29;
     /// Event: a TCP SYN opened a half-open entry (in the LRU half-open table, not yet
     /// in the connection table or the real's counts). A SYN flood shows here.
-    pub const HALF_OPEN_CREATED: u32 = 29;
+    pub const HALF_OPEN_CREATED: u32 = 30;
     /// Event: a client completed its handshake (its first packet after the SYN): the
     /// half-open entry moved to the connection table, keeping its real.
-    pub const HALF_OPEN_PROMOTED: u32 = 30;
+    pub const HALF_OPEN_PROMOTED: u32 = 31;
     /// Event: a retransmitted SYN followed its half-open entry to the same real.
-    pub const HALF_OPEN_SYN_AGAIN: u32 = 31;
+    pub const HALF_OPEN_SYN_AGAIN: u32 = 32;
     /// Event: a half-open entry found idle past its state's timeout or with its real
     /// gone: forgotten, the packet treated as a new flow's. (Entries the LRU evicts
     /// under a flood are not seen again: a late ACK of one counts as pass_no_conn.)
-    pub const HALF_OPEN_STALE: u32 = 32;
-    pub const COUNT: u32 = 33;
+    pub const HALF_OPEN_STALE: u32 = 33;
+    pub const COUNT: u32 = 34;
 
     /// Names in index order, for listings and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -629,6 +645,7 @@ pub mod counter {
         "pass_icmp",
         "drop_conn_race",
         "pass_other_host",
+        "tx_icmp_unreachable",
         "persist_table_full",
         "half_open_created",
         "half_open_promoted",

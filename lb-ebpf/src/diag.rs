@@ -197,6 +197,14 @@ fn log(reason: u32, parsed: bool, new_conn: bool, client: &FlowKey, conn: Option
     };
     match reason {
         counter::DROP_NO_REAL => by_family!(v4, warn, "drop_no_real: no available real server for {:i}:{} (client {:i})", [&client.dst], port, [&client.src]),
+        counter::TX_ICMP_UNREACHABLE => by_family!(
+            v4,
+            warn,
+            "tx_icmp_unreachable: no available real server for {:i}:{} (client {:i} answered with port unreachable)",
+            [&client.dst],
+            port,
+            [&client.src]
+        ),
         counter::DROP_CONN_TABLE_FULL => by_family!(v4, warn, "drop_conn_table_full: new connection from {:i} to {:i}:{} dropped", [&client.src], [&client.dst], port),
         counter::DROP_NODEST => by_family!(v4, warn, "drop_nodest: the real of {:i} -> {:i}:{} is gone (expire_nodest_conn)", [&client.src], [&client.dst], port),
         counter::DROP_TOO_BIG => by_family!(v4, warn, "drop_too_big: frame from {:i} to {:i}:{} too big for the tunnel", [&client.src], [&client.dst], port),

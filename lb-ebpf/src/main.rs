@@ -30,7 +30,7 @@ mod sync;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    ConnEntry, FlowKey, addr_filter, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, SyncInstall, counter, forward, svc_flags, tcp,
+    ConnEntry, FlowKey, addr, addr_filter, csum, FragEntry, NatReply, PROTO_TCP, PROTO_UDP, RealEntry, ServiceInfo, ServiceKey, Settings, SyncInstall, counter, forward, svc_flags, tcp,
 };
 
 use crate::{
@@ -127,7 +127,63 @@ fn try_balance(ctx: &XdpContext) -> Result<u32, ()> {
     if s.pkt.is_icmp() {
         return Ok(icmp::handle(ctx, s, settings));
     }
-    Ok(balance_flow(ctx, s, settings))
+    let verdict = balance_flow(ctx, s, settings);
+    if verdict == NO_REAL {
+        return Ok(port_unreachable(ctx, s));
+    }
+    Ok(verdict)
+}
+
+/// A new flow for a service with no available real: as IPVS
+/// (ip_vs_leave: "the TCP socket is not actually created ... ICMP_PORT_UNREACH is sent
+/// here no matter it is TCP/UDP"), answered with ICMP port unreachable, or ICMPv6's for
+/// IPv6, so the client fails at once. Not for an IPv4 header with options, a later
+/// fragment, a multicast, broadcast or unspecified source (RFC 1122 3.2.2), nor past
+/// the CPU's rate limit (`lb_common::ICMP_UNREACHABLE_PER_SEC`). A separate BPF
+/// function, called from the top: under `balance_flow` the chain would pass BPF's 512
+/// bytes of stack.
+#[inline(never)]
+fn port_unreachable(ctx: &XdpContext, s: &mut Scratch) -> u32 {
+    let pkt = &s.pkt;
+    let answerable = if pkt.v4 {
+        let src = addr::v4(&pkt.flow.src);
+        pkt.l4() - pkt.l3() == csum::IPV4_HEADER_LEN && src[0] < 224 && src != [0; 4] && !pkt.later_fragment()
+    } else {
+        pkt.flow.src[0] != 0xff && pkt.flow.src != [0; 16] && !pkt.later_fragment()
+    };
+    if !answerable || !icmp_allowed(s) {
+        stats::count(counter::DROP_NO_REAL);
+        return xdp_action::XDP_DROP;
+    }
+    let pkt = &s.pkt;
+    let made = if pkt.v4 {
+        tun::icmp_error_reply::<{ csum::PORT_UNREACHABLE_QUOTE_V4 }>(ctx, pkt, csum::ICMP_PORT_UNREACHABLE, csum::ICMPV6_PORT_UNREACHABLE)
+    } else {
+        tun::icmp_error_reply::<{ csum::PORT_UNREACHABLE_QUOTE_V6 }>(ctx, pkt, csum::ICMP_PORT_UNREACHABLE, csum::ICMPV6_PORT_UNREACHABLE)
+    };
+    if made.is_err() {
+        // The frame may be half rewritten: dropped, as it was before the answer.
+        stats::count(counter::DROP_NO_REAL);
+        return xdp_action::XDP_DROP;
+    }
+    stats::count(counter::TX_ICMP_UNREACHABLE);
+    xdp_action::XDP_TX
+}
+
+/// The CPU's ICMP rate limit: a token bucket of `ICMP_UNREACHABLE_BURST` answers
+/// refilled at `ICMP_UNREACHABLE_PER_SEC`, kept in nanoseconds of credit in the scratch.
+#[inline(always)]
+fn icmp_allowed(s: &mut Scratch) -> bool {
+    const COST_NS: u64 = 1_000_000_000 / lb_common::ICMP_UNREACHABLE_PER_SEC;
+    let now = conntrack::coarse_now();
+    let credit = (s.icmp_credit_ns + now.saturating_sub(s.icmp_stamp_ns)).min(COST_NS * lb_common::ICMP_UNREACHABLE_BURST);
+    s.icmp_stamp_ns = now;
+    if credit < COST_NS {
+        s.icmp_credit_ns = credit;
+        return false;
+    }
+    s.icmp_credit_ns = credit - COST_NS;
+    true
 }
 
 /// A TCP/UDP frame: a client's (to a service) or a NAT real's reply. A separate BPF
@@ -300,6 +356,9 @@ impl Target {
 const SCHEDULED: u32 = u32::MAX;
 /// [`open_connection`]'s answer when another CPU created the flow's entry first.
 const RACED: u32 = u32::MAX - 1;
+/// [`balance_flow`]'s answer when the scheduler found no available real: the top
+/// answers it with [`port_unreachable`] (not an XDP verdict).
+const NO_REAL: u32 = u32::MAX - 2;
 
 /// A new connection: its real from the persistence template or the scheduler, and its
 /// connection entry. Returns [`SCHEDULED`] with `target` filled, or the frame's
@@ -332,8 +391,8 @@ fn open_connection(svc: &ServiceInfo, s: &mut Scratch, settings: &Settings, now:
         None => sched::schedule(svc, flow),
     };
     let Some(mut real_id) = chosen else {
-        stats::count(counter::DROP_NO_REAL);
-        return xdp_action::XDP_DROP;
+        // Counted and answered from the program's top (port_unreachable).
+        return NO_REAL;
     };
     // A half-open connection's template is made at its promotion (a spoofed SYN makes none).
     if persistent && template.is_none() && !half_open {

@@ -20,6 +20,9 @@ pub struct Scratch {
     /// `conntrack::coarse_now`'s value and the tick (jiffies) it was read in.
     pub clock_tick: u64,
     pub clock_ns: u64,
+    /// The ICMP rate limit's credit and when it was last counted (`icmp_allowed`).
+    pub icmp_credit_ns: u64,
+    pub icmp_stamp_ns: u64,
     /// The frame's verdict counter, for the diagnostics (see `diag`).
     #[cfg(feature = "diagnostics")]
     pub verdict: u32,

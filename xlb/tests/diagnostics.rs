@@ -19,7 +19,7 @@ use xlb_core::{
     trace::{Filter, Line, Session},
 };
 use xlb_testkit::fixtures::{
-    self, CLIENT_IP, DIRECTOR_PRIVATE_MAC, Frame, NAT_WEB, POOL, PRIVATE_IFINDEX, PUBLIC_IFINDEX, RS1_IP, RS1_MAC, VIP, WEB, XDP_DROP, XDP_PASS,
+    self, CLIENT_IP, DIRECTOR_PRIVATE_MAC, Frame, NAT_WEB, POOL, PRIVATE_IFINDEX, PUBLIC_IFINDEX, RS1_IP, RS1_MAC, VIP, WEB, XDP_PASS,
     XDP_REDIRECT, XDP_TX,
 };
 
@@ -142,16 +142,17 @@ fn trace_without_filter_reports_unparsed_frames_and_drops() {
     let line = Line::new(&events[0], 0);
     assert_eq!((line.client, line.service, line.real, line.verdict), (None, None, None, "pass"));
 
-    // A service whose only real is quiescent: no real, dropped.
+    // A service whose only real is quiescent: no real, answered with port unreachable.
     ops::add_service(&mut inst.maps, ServiceId::Addr(ops::Service { port: 90, ..WEB }), fixtures::rr()).unwrap();
     let svc = ServiceId::Addr(ops::Service { port: 90, ..WEB });
     let opts = ops::RealOptions { weight: 0, ..Default::default() };
     ops::add_real(&mut inst.maps, svc, RS1_IP, opts, fixtures::RS1).unwrap();
-    assert_eq!(inst.run(&Frame::tcp(VIP, 90, 43001).bytes()).0, XDP_DROP);
+    // (Answered with ICMP port unreachable, as IPVS: the frame itself goes no further.)
+    assert_eq!(inst.run(&Frame::tcp(VIP, 90, 43001).bytes()).0, xlb_testkit::fixtures::XDP_TX);
     let events = drain(&mut session);
     assert_eq!(events.len(), 1);
     let line = Line::new(&events[0], 0);
-    assert_eq!((line.verdict, line.reason, line.real, line.state), ("drop", "drop_no_real", None, None));
+    assert_eq!((line.verdict, line.reason, line.real, line.state), ("tx", "tx_icmp_unreachable", None, None));
     // A second start is refused while this trace is on (another `xlb trace`, or a killed one).
     let err = session.start(&Filter::default()).unwrap_err();
     assert!(err.to_string().contains("already on"), "{err}");
@@ -255,13 +256,13 @@ fn fastpath_log_at_warn_records_drops_only() {
     let (mut inst, mut logger, records) = logging_instance(LogLevel::Warn);
     let svc = ServiceId::Addr(ops::Service { port: 90, ..WEB });
     ops::add_service(&mut inst.maps, svc, fixtures::rr()).unwrap();
-    assert_eq!(inst.run(&Frame::tcp(VIP, 90, 44100).bytes()).0, XDP_DROP);
+    assert_eq!(inst.run(&Frame::tcp(VIP, 90, 44100).bytes()).0, XDP_TX, "answered with port unreachable");
     assert_eq!(inst.run(&Frame::tcp(VIP, WEB.port, 44101).bytes()).0, XDP_TX);
     logger.flush();
     let got = records.0.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, log::Level::Warn);
-    assert!(got[0].1.starts_with("drop_no_real: no available real server for 10.0.0.100:90"), "{got:?}");
+    assert!(got[0].1.starts_with("tx_icmp_unreachable: no available real server for 10.0.0.100:90"), "{got:?}");
 }
 
 #[test]
@@ -286,7 +287,7 @@ fn fastpath_log_off_records_nothing() {
     assert_eq!(inst.run(&Frame::tcp(VIP, WEB.port, 44200).bytes()).0, XDP_TX);
     let svc = ServiceId::Addr(ops::Service { port: 90, ..WEB });
     ops::add_service(&mut inst.maps, svc, fixtures::rr()).unwrap();
-    assert_eq!(inst.run(&Frame::tcp(VIP, 90, 44201).bytes()).0, XDP_DROP);
+    assert_eq!(inst.run(&Frame::tcp(VIP, 90, 44201).bytes()).0, XDP_TX, "answered with port unreachable");
     logger.flush();
     assert!(records.0.lock().unwrap().is_empty(), "{:?}", records.0.lock().unwrap());
 }

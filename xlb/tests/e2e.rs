@@ -363,3 +363,34 @@ fn only_frames_for_the_directors_macs_are_balanced_and_a_new_vrrp_mac_joins_them
     };
     assert!(answer.starts_with("rs"), "{answer}");
 }
+
+#[test]
+fn a_service_with_no_real_refuses_at_once_as_ipvs() {
+    // IPVS answers a new flow for a service with no available real with ICMP port
+    // unreachable (ip_vs_leave): the client's connect fails at once ("Connection
+    // refused"), a connected UDP socket gets ECONNREFUSED, instead of a silent drop and
+    // the client's timeout.
+    let mut c = cluster(AttachMode::Auto);
+    c.start_balancer().unwrap();
+    c.xlb(&["service", "add", "tcp", &format!("{VIP}:80"), "-s", "rr"]).unwrap();
+    c.xlb(&["service", "add", "udp", &format!("{VIP}:53"), "-s", "rr"]).unwrap();
+    let url = format!("http://{VIP}/");
+    let out = c.client.command("curl").args(["--silent", "--show-error", "--max-time", "10", &url]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // curl: 7 = could not connect (the ICMP error ends the connect); 28 would be its
+    // timeout. The counters below show the answer was xlb's.
+    assert_eq!(out.status.code(), Some(7), "curl {url}: {stderr}");
+    let udp = {
+        let _inside = c.client.enter().unwrap();
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.connect((VIP, 53)).unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        socket.send(b"query").unwrap();
+        socket.recv(&mut [0u8; 64]).map(|_| ()).unwrap_err().kind()
+    };
+    assert_eq!(udp, std::io::ErrorKind::ConnectionRefused);
+    let counters = json(&c.xlb(&["--output", "json", "counters"]).unwrap());
+    let count = |name: &str| counters[name].as_u64();
+    assert_eq!(count("drop_no_real"), Some(0), "{counters}");
+    assert!(count("tx_icmp_unreachable").unwrap() >= 2, "{counters}");
+}

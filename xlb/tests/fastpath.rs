@@ -79,12 +79,48 @@ fn round_robin_alternates_over_new_flows() {
 }
 
 #[test]
-fn service_without_reals_drops_and_counts() {
+fn service_without_reals_answers_port_unreachable_and_counts() {
     let mut inst = instance();
     ops::remove_real(&mut inst.maps, ServiceId::Addr(fixtures::WEB), fixtures::RS1_IP).unwrap();
-    let (verdict, _) = inst.run(&Frame::tcp(VIP, 80, 44000).bytes());
-    assert_eq!(verdict, fixtures::XDP_DROP);
-    assert_eq!(inst.counter(counter::DROP_NO_REAL), 1);
+    ops::remove_real(&mut inst.maps, ServiceId::Addr(fixtures::WEB6), fixtures::RS1_IP6).unwrap();
+    // As IPVS (ip_vs_leave): ICMP port unreachable for TCP too, ICMPv6's for IPv6, VLAN
+    // tags kept; the client fails at once instead of waiting for its timeout.
+    let syn = Frame::tcp(VIP, 80, 44000);
+    let tagged = Frame { vlan: vec![(fixtures::ETH_P_8021Q, 7)], ..syn.clone() };
+    let syn6 = Frame::tcp(fixtures::VIP6, 80, 44000);
+    for frame in [&syn, &tagged, &syn6] {
+        let (verdict, out) = inst.run(&frame.bytes());
+        assert_eq!(verdict, fixtures::XDP_TX, "{frame:?}");
+        assert_eq!(out, frame.port_unreachable_reply(), "{frame:?}");
+    }
+    assert_eq!(inst.counter(counter::TX_ICMP_UNREACHABLE), 3);
+    // No answer to an IPv4 header with options (it is not quoted whole), nor to a
+    // broadcast source (RFC 1122 3.2.2): dropped.
+    let with_options = Frame { ip_options: vec![1, 1, 1, 0], ..syn.clone() }.bytes();
+    let broadcast = Frame { src: std::net::Ipv4Addr::BROADCAST.into(), ..syn.clone() };
+    for input in [with_options, broadcast.bytes()] {
+        assert_eq!(inst.run(&input), (fixtures::XDP_DROP, input.clone()));
+    }
+    assert_eq!(inst.counter(counter::DROP_NO_REAL), 2);
+    assert_eq!(inst.counter(counter::TX_ICMP_UNREACHABLE), 3);
+}
+
+#[test]
+fn port_unreachable_answers_are_rate_limited_per_cpu() {
+    let mut inst = instance();
+    ops::remove_real(&mut inst.maps, ServiceId::Addr(fixtures::WEB), fixtures::RS1_IP).unwrap();
+    let frames: Vec<Vec<u8>> = (0..2000u16).map(|p| Frame { sport: 10000 + p, ..Frame::tcp(VIP, 80, 0) }.bytes()).collect();
+    let started = std::time::Instant::now();
+    let answered = frames.iter().filter(|f| inst.run(f).0 == fixtures::XDP_TX).count() as u64;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    // Each CPU the test ran on: a burst, then one an elapsed millisecond (and a tick
+    // of the coarse clock's slack).
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let most = cpus * (lb_common::ICMP_UNREACHABLE_BURST + (elapsed_ms + 10) * lb_common::ICMP_UNREACHABLE_PER_SEC / 1000);
+    assert!(answered >= lb_common::ICMP_UNREACHABLE_BURST, "{answered} answered");
+    assert!(answered <= most, "{answered} answered in {elapsed_ms} ms on at most {cpus} CPUs (at most {most})");
+    assert_eq!(inst.counter(counter::TX_ICMP_UNREACHABLE), answered);
+    assert_eq!(inst.counter(counter::DROP_NO_REAL), 2000 - answered);
 }
 
 #[test]

@@ -209,8 +209,9 @@ impl Model {
 
     /// Whether `out`, sent on for `input`, goes where `input`'s service allows.
     fn allows(&self, input: &Parsed, out: &Parsed) -> Result<(), String> {
-        // Back to the sender: an ICMP echo reply or too-big error from the address it was sent to.
-        if out.dst_mac == input.src_mac && out.src == input.dst && matches!(out.icmp_type, Some(0 | 3 | 129 | 2)) {
+        // Back to the sender: an ICMP echo reply, too-big or port-unreachable error from the
+        // address it was sent to.
+        if out.dst_mac == input.src_mac && out.src == input.dst && matches!(out.icmp_type, Some(0 | 3 | 129 | 2 | 1)) {
             return Ok(());
         }
         let (Some(dst), Some(src)) = (input.dst, input.src) else { return Err("forwarded, yet no IP packet".into()) };

@@ -87,18 +87,30 @@ pub fn quotable(pkt: &Packet) -> bool {
 /// XDP_TX; the VLAN tags stay, the MACs are swapped.
 #[inline(always)]
 pub fn too_big_reply(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> Result<(), ()> {
+    let m = mtu.min(u16::MAX as u32).to_be_bytes();
+    let head4 = [3, 4, 0, 0, 0, 0, m[2], m[3]];
+    let m = mtu.to_be_bytes();
+    icmp_error_reply::<ICMP_QUOTE_LEN>(ctx, pkt, head4, [2, 0, 0, 0, m[0], m[1], m[2], m[3]])
+}
+
+/// Turns the frame into an ICMP error to its sender (`head4`, or for IPv6 the ICMPv6
+/// `head6`: type, code, zero checksum, the rest), from the address it was sent to,
+/// quoting its first `QUOTE` bytes (a multiple of 4; the caller checks the packet has
+/// them). The caller sends it back by XDP_TX; the VLAN tags stay, the MACs are swapped.
+#[inline(always)]
+pub fn icmp_error_reply<const QUOTE: usize>(ctx: &XdpContext, pkt: &Packet, head4: [u8; ICMP_HEADER_LEN], head6: [u8; ICMP_HEADER_LEN]) -> Result<(), ()> {
     let ip_len = if pkt.v4 { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
     let room = ip_len + ICMP_HEADER_LEN;
     // Keep the quote, then make room in front of it for the new IP and ICMP headers.
     let len = (ctx.data_end() - ctx.data()) as i32;
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (pkt.l3() + ICMP_QUOTE_LEN) as i32 - len) } != 0 {
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (pkt.l3() + QUOTE) as i32 - len) } != 0 {
         return Err(());
     }
     open_room(ctx, room)?;
-    let quote: *mut [u8; ICMP_QUOTE_LEN] = ptr_at(ctx, pkt.l3() + room)?;
+    let quote: *mut [u8; QUOTE] = ptr_at(ctx, pkt.l3() + room)?;
     // bpf_csum_diff sums the quote as little-endian words: byte-swapped, it is the
     // big-endian sum (one's-complement sums commute with swapping).
-    let raw = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, quote.cast(), ICMP_QUOTE_LEN as u32, 0) };
+    let raw = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, quote.cast(), QUOTE as u32, 0) };
     let quote_sum = csum::fold(raw as u32).swap_bytes() as u32;
     let macs: *mut [u8; 12] = ptr_at(ctx, 0)?;
     unsafe {
@@ -109,10 +121,10 @@ pub fn too_big_reply(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> Result<(), ()>
     }
     if pkt.v4 {
         let icmp = unsafe { &mut *ptr_at::<[u8; ICMP_HEADER_LEN]>(ctx, pkt.l3() + IPV4_HEADER_LEN)? };
-        csum::icmp_frag_needed(icmp, mtu.min(u16::MAX as u32) as u16, quote_sum);
+        csum::icmp_error(icmp, head4, quote_sum);
         let fields = Ipv4Fields {
             tos: ICMP_TOS,
-            total_len: (room + ICMP_QUOTE_LEN) as u16,
+            total_len: (room + QUOTE) as u16,
             id: 0,
             frag: 0,
             proto: PROTO_ICMP,
@@ -122,9 +134,9 @@ pub fn too_big_reply(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> Result<(), ()>
         csum::ipv4_header(unsafe { &mut *ptr_at::<[u8; IPV4_HEADER_LEN]>(ctx, pkt.l3())? }, &fields);
     } else {
         let icmp = unsafe { &mut *ptr_at::<[u8; ICMP_HEADER_LEN]>(ctx, pkt.l3() + IPV6_HEADER_LEN)? };
-        csum::icmp6_packet_too_big(icmp, mtu, &pkt.flow.dst, &pkt.flow.src, quote_sum);
+        csum::icmp6_error(icmp, head6, QUOTE, &pkt.flow.dst, &pkt.flow.src, quote_sum);
         let ip = unsafe { &mut *ptr_at::<[u8; IPV6_HEADER_LEN]>(ctx, pkt.l3())? };
-        csum::ipv6_header(ip, ICMP_TOS, (ICMP_HEADER_LEN + ICMP_QUOTE_LEN) as u16, PROTO_ICMPV6, &pkt.flow.dst, &pkt.flow.src);
+        csum::ipv6_header(ip, ICMP_TOS, (ICMP_HEADER_LEN + QUOTE) as u16, PROTO_ICMPV6, &pkt.flow.dst, &pkt.flow.src);
     }
     Ok(())
 }
