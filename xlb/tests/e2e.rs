@@ -297,8 +297,16 @@ fn dr_connection_counts_stay_exact_over_many_short_connections() {
     c.start_balancer().unwrap();
     c.configure_service().unwrap();
     const N: u64 = 300;
+    // Each from its own source port: a port the kernel hands out again (it is free at
+    // once when the server closes first) would find its old connection's entry still in
+    // FIN_WAIT and follow it, as IPVS does (conn_reuse_mode 1 reschedules TIME_WAIT only),
+    // making fewer connections than curls.
+    let url = format!("http://{VIP}/");
     for i in 0..N {
-        c.curl("/").unwrap_or_else(|e| panic!("curl {i}: {e:#}"));
+        let port = (40000 + i).to_string();
+        c.client
+            .exec("curl", &["--silent", "--show-error", "--fail", "--max-time", "10", "--local-port", &port, &url])
+            .unwrap_or_else(|e| panic!("curl {i}: {e:#}"));
     }
     let mut last = String::new();
     for _ in 0..20 {
