@@ -175,8 +175,21 @@ pub fn icmp6_error(h: &mut [u8; ICMP_HEADER_LEN], head: [u8; ICMP_HEADER_LEN], q
 /// `quote_sum`.
 #[inline(always)]
 pub fn icmp_frag_needed(h: &mut [u8; ICMP_HEADER_LEN], mtu: u16, quote_sum: u32) {
+    icmp_error(h, frag_needed_head(mtu), quote_sum);
+}
+
+/// ICMP fragmentation needed's header (type 3 code 4, RFC 1191's next-hop MTU), checksum zero.
+#[inline(always)]
+pub fn frag_needed_head(mtu: u16) -> [u8; ICMP_HEADER_LEN] {
     let m = mtu.to_be_bytes();
-    icmp_error(h, [3, 4, 0, 0, 0, 0, m[0], m[1]], quote_sum);
+    [3, 4, 0, 0, 0, 0, m[0], m[1]]
+}
+
+/// ICMPv6 packet-too-big's header (type 2, RFC 4443 3.2's MTU), checksum zero.
+#[inline(always)]
+pub fn packet_too_big_head(mtu: u32) -> [u8; ICMP_HEADER_LEN] {
+    let m = mtu.to_be_bytes();
+    [2, 0, 0, 0, m[0], m[1], m[2], m[3]]
 }
 
 /// Writes ICMPv6 packet-too-big (type 2) with `mtu` into `h`, checksummed over the
@@ -184,8 +197,7 @@ pub fn icmp_frag_needed(h: &mut [u8; ICMP_HEADER_LEN], mtu: u16, quote_sum: u32)
 /// [`ICMP_QUOTE_LEN`] bytes whose [`sum_words`] is `quote_sum`.
 #[inline(always)]
 pub fn icmp6_packet_too_big(h: &mut [u8; ICMP_HEADER_LEN], mtu: u32, src: &[u8; 16], dst: &[u8; 16], quote_sum: u32) {
-    let m = mtu.to_be_bytes();
-    icmp6_error(h, [2, 0, 0, 0, m[0], m[1], m[2], m[3]], ICMP_QUOTE_LEN, src, dst, quote_sum);
+    icmp6_error(h, packet_too_big_head(mtu), ICMP_QUOTE_LEN, src, dst, quote_sum);
 }
 
 #[cfg(test)]

@@ -280,7 +280,8 @@ fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), u32> {
     if pkt.fragment != WHOLE && pkt.is_icmp() {
         return Err(counter::PASS_FRAGMENT);
     }
-    pkt.to_vip = crate::filter::holds(addr_filter::DST, &pkt.flow.dst);
+    // (ICMP is matched by its quote, never by this: not looked up for it.)
+    pkt.to_vip = !pkt.is_icmp() && crate::filter::holds(addr_filter::DST, &pkt.flow.dst);
     if pkt.fragment == LATER_FRAGMENT {
         return fragment_data(ctx, pkt, header_len);
     }

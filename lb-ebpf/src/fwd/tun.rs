@@ -87,10 +87,8 @@ pub fn quotable(pkt: &Packet) -> bool {
 /// XDP_TX; the VLAN tags stay, the MACs are swapped.
 #[inline(always)]
 pub fn too_big_reply(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> Result<(), ()> {
-    let m = mtu.min(u16::MAX as u32).to_be_bytes();
-    let head4 = [3, 4, 0, 0, 0, 0, m[2], m[3]];
-    let m = mtu.to_be_bytes();
-    icmp_error_reply::<ICMP_QUOTE_LEN>(ctx, pkt, head4, [2, 0, 0, 0, m[0], m[1], m[2], m[3]])
+    let head4 = csum::frag_needed_head(mtu.min(u16::MAX as u32) as u16);
+    icmp_error_reply::<ICMP_QUOTE_LEN>(ctx, pkt, head4, csum::packet_too_big_head(mtu))
 }
 
 /// Turns the frame into an ICMP error to its sender (`head4`, or for IPv6 the ICMPv6
